@@ -1,0 +1,161 @@
+"""Typed events a training run (or a captioning job) reports, and the control
+object that steers it.
+
+Events are small frozen dataclasses; consumers match on their class.  The engine
+never knows who listens: the headless CLI prints them, the TUI turns them into
+Textual messages.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.plan import DatasetReport, StepPlan
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base class. ``time`` is seconds since the epoch."""
+
+    time: float = field(default_factory=time.time, kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlanned(Event):
+    """Dataset scanned and steps planned; no model loaded yet."""
+
+    report: DatasetReport
+    plan: StepPlan
+    output_dir: str
+    output_name: str
+    device: str  # "cpu", "cuda:0 (NVIDIA H100 80GB HBM3)", ...
+
+
+PHASES = ("preparing", "loading_model", "caching_latents", "training", "saving", "paused", "done")
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseChanged(Event):
+    """What the run is doing now. ``current``/``total`` for countable phases
+    (caching latents 120/400); both 0 otherwise."""
+
+    phase: str
+    detail: str = ""
+    current: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StepEvent(Event):
+    epoch: int  # 1-based
+    epochs: int
+    step: int  # optimizer steps done, 1-based
+    total_steps: int
+    loss: float
+    smoothed_loss: float
+    lr: float
+    its: float  # optimizer steps per second (recent average)
+    elapsed: float  # seconds of training so far
+    eta: float  # seconds left
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointSaved(Event):
+    path: str
+    kind: str  # "epoch" | "step" | "manual" | "final" | "state"
+    size: int  # bytes
+    epoch: int = 0
+    step: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WarningEvent(Event):
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class LogEvent(Event):
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished(Event):
+    path: str  # the final LoRA ("" when stopped before any save)
+    steps: int
+    elapsed: float
+    stopped_early: bool = False
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Failed(Event):
+    message: str  # what went wrong, in words a user can act on
+    hint: str = ""  # what to change
+    last_saved: str = ""  # the last good LoRA/state, if any
+
+
+TERMINAL_EVENTS = (Finished, Failed)
+
+
+class Control:
+    """Commands for a running job. Every method is safe to call from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._resume = threading.Event()
+        self._resume.set()
+        self._save_now = False
+        self._stop = False
+        self._abort = threading.Event()
+
+    # -- called by the UI ---------------------------------------------------
+    def pause(self) -> None:
+        self._resume.clear()
+
+    def resume(self) -> None:
+        self._resume.set()
+
+    def save_now(self) -> None:
+        with self._lock:
+            self._save_now = True
+
+    def stop(self) -> None:
+        """Save at the next step boundary, then end."""
+        with self._lock:
+            self._stop = True
+        self._resume.set()
+
+    def abort(self) -> None:
+        """End as soon as possible without saving."""
+        self._abort.set()
+        self._resume.set()
+
+    # -- read by the engine ---------------------------------------------------
+    @property
+    def paused(self) -> bool:
+        return not self._resume.is_set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop
+
+    @property
+    def aborted(self) -> bool:
+        return self._abort.is_set()
+
+    def take_save_request(self) -> bool:
+        with self._lock:
+            wanted, self._save_now = self._save_now, False
+            return wanted
+
+    def wait_if_paused(self, poll: float = 0.2) -> None:
+        while not self._resume.wait(poll):
+            if self._abort.is_set():
+                return
+
+
+class Aborted(Exception):
+    """Raised inside a job when the user aborts it."""

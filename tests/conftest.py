@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def tiny_sd1_dir(tmp_path_factory) -> Path:
+    """A tiny SD 1.x-shaped diffusers folder (random weights), built once."""
+    from engine.tiny import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd1") / "model", "sd1")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory) -> Path:
+    """A tiny SDXL-shaped diffusers folder (random weights), built once."""
+    from engine.tiny import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-sdxl") / "model", "sdxl")
+
+
+@pytest.fixture
+def synthetic_dataset(tmp_path) -> Path:
+    """images/4_shapes with 6 captioned 64×64 PNGs."""
+    from engine.synthetic import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path / "images")
