@@ -159,3 +159,36 @@ class Control:
 
 class Aborted(Exception):
     """Raised inside a job when the user aborts it."""
+
+
+# --------------------------------------------------------------------------- (de)serialisation
+# The metrics file (<output_dir>/<output_name>.metrics.jsonl) holds one event per
+# line as {"type": "<class name>", ...fields}; `loratui watch` replays it.
+
+_EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls
+    for cls in (RunPlanned, PhaseChanged, StepEvent, CheckpointSaved, WarningEvent, LogEvent, Finished, Failed)
+}
+
+
+def event_to_dict(ev: Event) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {"type": type(ev).__name__, **asdict(ev)}
+
+
+def event_from_dict(d: dict[str, Any]) -> Event | None:
+    """Rebuild an event written by ``event_to_dict``; None for unknown types."""
+    from engine.plan import ConceptReport
+
+    d = dict(d)
+    cls = _EVENT_TYPES.get(d.pop("type", ""))
+    if cls is None:
+        return None
+    if cls is RunPlanned:
+        rep = dict(d["report"])
+        rep["concepts"] = [ConceptReport(**c) for c in rep.get("concepts", [])]
+        rep["reg_concepts"] = [ConceptReport(**c) for c in rep.get("reg_concepts", [])]
+        d["report"] = DatasetReport(**rep)
+        d["plan"] = StepPlan(**d["plan"])
+    return cls(**d)
