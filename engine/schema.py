@@ -701,3 +701,14 @@ def diff_profiles(a: Profile, b: Profile) -> list[tuple[str, Any, Any]]:
         if va != vb and not (isinstance(va, float) and isinstance(vb, float) and math.isclose(va, vb)):
             out.append((s.dotted, va, vb))
     return out
+
+
+def resolve_paths(p: Profile) -> Profile:
+    """A copy with ``~`` expanded in every path setting (files, folders, models)."""
+    data = p.to_dict()
+    for s in settings():
+        if s.kind in ("dir", "file", "path", "model"):
+            value = data[s.section].get(s.key)
+            if isinstance(value, str) and value.startswith("~"):
+                data[s.section][s.key] = str(Path(value).expanduser())
+    return Profile.model_validate(data)

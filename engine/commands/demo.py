@@ -1,0 +1,26 @@
+"""`loratui demo [--headless]` — build the tiny demo model + dataset, then train."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+NAME = "demo"
+HELP = "build a tiny local model and dataset (once) and train the demo profile (~1 min on a CPU)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--headless", action="store_true", help="train with plain progress output instead of the app")
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.demo import prepare_demo
+
+    path = prepare_demo(on_progress=lambda msg: print(msg, file=sys.stderr))
+    if not args.headless:
+        from tui.app import run_app  # the app imports textual; only here, on request
+
+        return run_app(str(path), start=True) or 0
+    from engine.commands import train
+
+    return train.run(argparse.Namespace(profile=str(path), overrides=[], overwrite=True, resume=None))

@@ -1,0 +1,78 @@
+"""`loratui train PROFILE.toml [--set section.key=value ...]` — headless training."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+NAME = "train"
+HELP = "train a LoRA from a profile, headless (progress on stdout, final path last)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("profile", help="profile .toml file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a setting, e.g. --set network.network_dim=16 (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing final LoRA of the same name")
+    p.add_argument("--resume", metavar="STATE_DIR", default=None, help="resume from a saved state folder")
+
+
+def load_for_cli(path: str, overrides: list[str]):
+    """Load + validate a profile; print the problems and return None when invalid."""
+    from engine.schema import ProfileError, load_profile, resolve_paths
+
+    try:
+        return resolve_paths(load_profile(path, overrides))
+    except ProfileError as exc:
+        print(f"{path}: {len(exc.problems)} problem(s):" if len(exc.problems) > 1 else "", file=sys.stderr, end="\n" if len(exc.problems) > 1 else "")
+        for line in exc.problems:
+            print(f"  {line}" if len(exc.problems) > 1 else line, file=sys.stderr)
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    profile = load_for_cli(args.profile, args.overrides)
+    if profile is None:
+        return 2
+    from engine.console import ConsolePrinter
+    from engine.events import Failed, Finished
+    from engine.run import start_run
+
+    handle = start_run(profile, overwrite=args.overwrite, resume=args.resume)
+    printer = ConsolePrinter()
+    interrupts = 0
+
+    def on_sigint(signum, frame):
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1:
+            print("\nstopping: saving at the next step boundary (Ctrl+C again to abort without saving)", file=sys.stderr)
+            handle.control.stop()
+        else:
+            handle.control.abort()
+
+    def on_sigterm(signum, frame):
+        handle.control.stop()
+
+    old_int = signal.signal(signal.SIGINT, on_sigint)
+    old_term = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        result = None
+        for ev in handle.iter_events():
+            printer(ev)
+            result = ev
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+    handle.join()
+    if isinstance(result, Finished):
+        if result.path:
+            print(result.path)
+            return 0
+        last = result.summary.get("last_saved", "")
+        if last:
+            print(last)
+        return 3  # stopped before the end
+    assert isinstance(result, Failed)
+    return 1
