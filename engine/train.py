@@ -418,6 +418,9 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
     check_abort()
 
     # ---- 2. model ------------------------------------------------------------------
+    from engine import quiet_libraries
+
+    quiet_libraries()
     mp = resolve_precision(profile, device, warn)
     weight_dtype = weight_dtype_for(mp)
     emit(PhaseChanged(phase="loading_model", detail=profile.model.base_model))
@@ -514,10 +517,9 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
     meter = Meter()
     t_train = time.perf_counter()
     last_saved = ""
-    saved_any = False
 
     def save(path: Path, kind: str, epoch: int) -> None:
-        nonlocal last_saved, saved_any
+        nonlocal last_saved
         emit(PhaseChanged(phase="saving", detail=path.name))
         from engine.metadata import build_metadata, finalize_metadata
 
@@ -539,7 +541,6 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
         md = finalize_metadata(sd, md)
         network.save(path, md, save_dtype_for(profile), state_dict=sd)
         last_saved = str(path)
-        saved_any = True
         emit(CheckpointSaved(path=str(path), kind=kind, size=path.stat().st_size, epoch=epoch, step=step))
         emit(PhaseChanged(phase="training"))
 
