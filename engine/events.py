@@ -34,7 +34,7 @@ class RunPlanned(Event):
     device: str  # "cpu", "cuda:0 (NVIDIA H100 80GB HBM3)", ...
 
 
-PHASES = ("preparing", "loading_model", "caching_latents", "training", "saving", "paused", "done")
+PHASES = ("preparing", "loading_model", "downloading", "caching_latents", "captioning", "training", "saving", "paused", "done")
 
 
 @dataclass(frozen=True, slots=True)

@@ -471,8 +471,6 @@ def profile_warnings(p: Profile) -> list[str]:
     o = p.optimization
     if o.optimizer in ("Prodigy", "DAdaptAdam") and o.learning_rate < 0.1:
         out.append(f"optimization.learning_rate: {o.optimizer} expects a learning rate around 1.0, not {o.learning_rate:g}")
-    if p.dataset.flip_aug and p.dataset.cache_latents != "off":
-        out.append("dataset.flip_aug: with cached latents each image is flipped once, at random, when cached")
     return out
 
 

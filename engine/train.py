@@ -121,8 +121,6 @@ def preflight(profile: Profile, *, overwrite: bool, resuming: bool) -> list[str]
     o = profile.output
     if not profile.model.base_model:
         problems.append("model.base_model: not set — point it at a .safetensors file, a diffusers folder or a Hub repo id")
-    if not profile.dataset.train_data_dir:
-        problems.append("dataset.train_data_dir: not set — the folder holding your <repeats>_<name> image folders")
     if not o.output_dir:
         problems.append("output.output_dir: not set — where the LoRA files are written")
     if not o.output_name:
@@ -398,6 +396,23 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
     problems = list(report.problems)
     problems += preflight(profile, overwrite=overwrite, resuming=bool(resume or o.resume))
     plan = plan_for(profile, scan)
+    resume_dir = resume or o.resume
+    state = None
+    if resume_dir:
+        from engine.state import StateError, read_state, resume_differences
+
+        try:
+            state = read_state(resume_dir)
+        except StateError as exc:
+            problems.append(f"output.resume: {exc}")
+        else:
+            diffs = resume_differences(state, profile)
+            if diffs:
+                problems.append(
+                    f"output.resume: the profile differs from the one {state.folder.name} was trained with:\n    "
+                    + "\n    ".join(diffs)
+                    + "\n  undo these changes, or start a new run without resume"
+                )
     emit(LogEvent(message="importing torch"))
     import torch
 
@@ -433,6 +448,8 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
         on_progress=lambda msg: emit(PhaseChanged(phase="loading_model", detail=msg)),
     )
     emit(LogEvent(message=f"loaded {comp.source}"))
+    for w in comp.warnings:
+        warn(w)
     if comp.family == "sdxl" and profile.model.clip_skip > 1:
         warn("model.clip_skip: SDXL always uses the penultimate layer; clip_skip is ignored")
     check_abort()
@@ -460,16 +477,13 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
     )
     train_te = net.train_text_encoder
     if opt.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-        unet.train()  # diffusers only checkpoints in training mode
-        if train_te:
-            for te in comp.text_encoders:
-                te.gradient_checkpointing_enable()
-                te.train()
-    emit(LogEvent(message=f"LoRA: {network.describe()}"))
+        network.enable_gradient_checkpointing()
+    ranks = ", ".join(f"{n}× rank {r} alpha {a:g}" for (r, a), n in sorted(network.rank_summary().items()))
+    emit(LogEvent(message=f"LoRA: {network.num_modules} modules ({ranks}), {network.num_parameters():,} trainable parameters"))
 
     # ---- 4. latents -------------------------------------------------------------------
     from engine.dataset import cache_latents, epoch_batches, load_image_tensor, process_caption
+    from engine.latent_cache import encode_pixels
 
     store = None
     if ds.cache_latents != "off":
@@ -509,19 +523,41 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
     gen = torch.Generator(device=device).manual_seed(opt.seed)
     caption_rng = random.Random(opt.seed)
     params = [p for g in groups for p in g["params"]]
+    step, start_epoch, skip_batches = 0, 1, 0
+    if state is not None:
+        from engine.state import load_training
+        from engine.lora import read_lora_file
+
+        sd, _ = read_lora_file(state.folder / "lora.safetensors")
+        network.load_kohya_state_dict(sd)
+        tr = load_training(state.folder)
+        optimizer.load_state_dict(tr["optimizer"])
+        lr_scheduler.load_state_dict(tr["scheduler"])
+        if tr.get("scaler") is not None and accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(tr["scaler"])
+        torch.set_rng_state(tr["torch_rng"])
+        gen.set_state(tr["gen"])
+        caption_rng.setstate(tr["caption_rng"])
+        if tr.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(tr["cuda_rng"])
+        step, start_epoch, skip_batches = state.step, state.epoch, state.batch_in_epoch
+        emit(LogEvent(message=f"resumed from {state.folder.name}: step {step}, epoch {start_epoch}, batch {skip_batches}"))
 
     # ---- 6. the loop ----------------------------------------------------------------------
     total, per_epoch, epochs = plan.total_steps, plan.steps_per_epoch, plan.epochs
     ga = opt.gradient_accumulation_steps
-    step = 0
     meter = Meter()
     t_train = time.perf_counter()
     last_saved = ""
 
+    from engine.metadata import model_hashes
+
+    base_hashes = model_hashes(profile.model.base_model, full=False)
+
     def save(path: Path, kind: str, epoch: int) -> None:
         nonlocal last_saved
         emit(PhaseChanged(phase="saving", detail=path.name))
-        from engine.metadata import build_metadata, finalize_metadata
+        from engine.metadata import build_metadata
 
         md = build_metadata(
             profile,
@@ -530,36 +566,69 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
             plan=plan,
             tag_frequency=scan.tag_frequency(),
             bucket_info=scan.bucket_info(),
-            base_model_hashes={},
+            base_model_hashes=base_hashes,
             training_started_at=ctx.started_at,
             training_finished_at=time.time() if kind == "final" else None,
             steps=step,
             epoch=epoch,
             v_pred=v_pred,
         )
-        sd = network.kohya_state_dict(save_dtype_for(profile))
-        md = finalize_metadata(sd, md)
-        network.save(path, md, save_dtype_for(profile), state_dict=sd)
+        network.save(path, md, save_dtype_for(profile))
         last_saved = str(path)
         emit(CheckpointSaved(path=str(path), kind=kind, size=path.stat().st_size, epoch=epoch, step=step))
         emit(PhaseChanged(phase="training"))
 
+    def save_state(epoch: int, batch_in_epoch: int, nbatches: int) -> None:
+        from engine.state import prune_states, state_dir, write_state
+
+        if batch_in_epoch >= nbatches:  # at an epoch's end: continue with the next one
+            epoch, batch_in_epoch = epoch + 1, 0
+        folder = state_dir(profile, step)
+        emit(PhaseChanged(phase="saving", detail=folder.name))
+        training = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": lr_scheduler.state_dict(),
+            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "gen": gen.get_state(),
+            "caption_rng": caption_rng.getstate(),
+        }
+        write_state(
+            folder,
+            lora_sd=network.kohya_state_dict(torch.float32),
+            training=training,
+            epoch=epoch,
+            batch_in_epoch=batch_in_epoch,
+            step=step,
+            profile=profile,
+            extra={"last_saved": last_saved},
+        )
+        prune_states(profile, o.save_last_n_states)
+        size = sum(f.stat().st_size for f in folder.iterdir())
+        emit(CheckpointSaved(path=str(folder), kind="state", size=size, epoch=epoch, step=step))
+        emit(PhaseChanged(phase="training"))
+
     emit(PhaseChanged(phase="training", total=total))
-    epoch = 0
+    epoch = start_epoch
     stopped = False
-    for epoch in range(1, epochs + 1):
+    for epoch in range(start_epoch, epochs + 1):
         batches = epoch_batches(scan.items, opt.train_batch_size, epoch, opt.seed)
         micro = 0
         loss_acc = 0.0
-        for batch in batches:
+        first = skip_batches if epoch == start_epoch else 0
+        for bi, batch in enumerate(batches):
+            if bi < first:
+                continue
             control.wait_if_paused()
             check_abort()
             items = [scan.items[i] for i in batch]
             # -- inputs
             with torch.no_grad():
                 if store is not None:
-                    latents = torch.stack([store.get(i) for i in batch]).to(device, dtype=weight_dtype)
-                    crops = [store.crop(i) for i in batch]
+                    flips = [ds.flip_aug and caption_rng.random() < 0.5 for _ in batch]
+                    latents = torch.stack([store.get(i, f) for i, f in zip(batch, flips)]).to(device, dtype=weight_dtype)
+                    crops = [store.crop(i, f) for i, f in zip(batch, flips)]
                 else:
                     imgs, crops = [], []
                     for it in items:
@@ -568,10 +637,7 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
                         imgs.append(img)
                         crops.append(crop)
                     pix = torch.stack(imgs).to(device, dtype=torch.float32 if comp.vae_needs_fp32 else weight_dtype)
-                    vae_dtype = next(vae.parameters()).dtype
-                    lat = vae.encode(pix.to(vae_dtype)).latent_dist.sample(generator=gen)
-                    shift = comp.vae_shift_factor or 0.0
-                    latents = ((lat - shift) * comp.vae_scale_factor).to(weight_dtype)
+                    latents = encode_pixels(vae, pix).to(device, dtype=weight_dtype)
             captions = [process_caption(it.caption, ds, caption_rng) for it in items]
             ids = tokenize(comp.tokenizers, captions)
             noise = torch.randn(latents.shape, generator=gen, device=device, dtype=latents.dtype)
@@ -605,7 +671,7 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
             accelerator.backward(loss / ga)
             loss_acc += loss.item() / ga
             micro += 1
-            if micro % ga and micro != len(batches):
+            if micro % ga and bi + 1 != len(batches):
                 continue
             # -- optimizer step
             if opt.max_grad_norm:
@@ -642,16 +708,23 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
                 break
             if o.save_every_n_steps and step % o.save_every_n_steps == 0:
                 save(step_path(profile, step), "step", epoch)
+                if o.save_state:
+                    save_state(epoch, bi + 1, len(batches))
             if control.take_save_request():
                 save(step_path(profile, step), "manual", epoch)
+                if o.save_state:
+                    save_state(epoch, bi + 1, len(batches))
             if control.stop_requested:
                 save(step_path(profile, step), "manual", epoch)
+                save_state(epoch, bi + 1, len(batches))
                 stopped = True
                 break
         if stopped or step >= total:
             break
         if o.save_every_n_epochs and epoch % o.save_every_n_epochs == 0 and epoch < epochs:
             save(epoch_path(profile, epoch), "epoch", epoch)
+            if o.save_state:
+                save_state(epoch, len(batches), len(batches))
 
     elapsed = time.perf_counter() - t_train
     if stopped:

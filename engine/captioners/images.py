@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image as PILImage
 
-# sd-scripts' IMAGE_EXTENSIONS (matched case-insensitively); .avif/.jxl when Pillow reads them.
-BASE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-_OPTIONAL_EXTENSIONS = (".avif", ".jxl")
+# The images training uses (sd-scripts' IMAGE_EXTENSIONS, engine.dataset.IMAGE_EXTENSIONS),
+# matched case-insensitively: no point captioning an image that is never trained on.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 class ImageError(Exception):
@@ -29,10 +29,7 @@ class ImageError(Exception):
 
 
 def image_extensions() -> tuple[str, ...]:
-    from PIL import Image
-
-    known = Image.registered_extensions()
-    return BASE_EXTENSIONS + tuple(e for e in _OPTIONAL_EXTENSIONS if e in known)
+    return IMAGE_EXTENSIONS
 
 
 def _hidden(path: Path, root: Path) -> bool:
@@ -76,8 +73,9 @@ def to_rgb(im: "PILImage.Image") -> "PILImage.Image":
 
 def open_rgb(path: str | Path) -> "PILImage.Image":
     """Open ``path`` fully (decoding every pixel, so truncated files fail here)
-    and return it as RGB. Raises :class:`ImageError`."""
-    from PIL import Image, UnidentifiedImageError
+    and return it as RGB, turned upright by its EXIF orientation as training
+    sees it. Raises :class:`ImageError`."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     p = Path(path)
     try:
@@ -89,7 +87,12 @@ def open_rgb(path: str | Path) -> "PILImage.Image":
     try:
         with Image.open(p) as im:
             im.load()
-            return to_rgb(im)
+            try:
+                upright = ImageOps.exif_transpose(im)
+            except Exception:  # noqa: BLE001 - a broken EXIF block must not make the image unusable
+                upright = im
+            out = to_rgb(upright)
+            return out.copy() if out is im else out  # never hand out the file-backed image
     except UnidentifiedImageError:
         raise ImageError(p, "not an image Pillow can read (corrupt or unsupported format)") from None
     except Image.DecompressionBombError as exc:

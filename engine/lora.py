@@ -1,0 +1,698 @@
+"""The LoRA network (built with peft) and its kohya-format file.
+
+``LoRANetwork.create`` injects peft LoRA layers into exactly the modules
+sd-scripts' ``networks/lora.py`` targets by default:
+
+- U-Net: every Linear and Conv2d inside ``Transformer2DModel`` blocks
+  (attn1/attn2 to_q/to_k/to_v/to_out.0, ff.net.0.proj, ff.net.2, proj_in,
+  proj_out).  With a conv rank (LoCon) also the layers inside ResnetBlock2D /
+  Downsample2D / Upsample2D: 3x3 convs get the conv rank/alpha, Linear and 1x1
+  convs there the main rank/alpha -- as sd-scripts does.
+- Text encoders: the Linear layers of CLIPAttention and CLIPMLP.
+
+Scale = alpha / rank.  Down is initialised kaiming-uniform (a=sqrt(5)), up with
+zeros, in float32 -- LoRA parameters stay float32 whatever the base model's
+dtype (peft casts the input to the adapter's dtype and the result back).
+
+The file has sd-scripts' key names (see ``engine.kohya_names``) with
+``.lora_down.weight``, ``.lora_up.weight`` and a scalar ``.alpha`` per module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.kohya_names import (
+    FAMILY_LABELS,
+    LORA_PREFIX_TEXT_ENCODER,
+    LORA_PREFIX_UNET,
+    TEXT_ENCODER_TARGET_BLOCKS,
+    UNET_CONV_TARGET_BLOCKS,
+    UNET_TARGET_BLOCKS,
+    SGMLayout,
+    guess_family,
+    normalize_family,
+    text_encoder_lora_name,
+    text_encoder_prefix,
+    unet_lora_name,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+ADAPTER_NAME = "loratui"
+LORA_FILE_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".pth", ".bin")
+_KOHYA_SUFFIXES = ("lora_down.weight", "lora_up.weight", "alpha")
+_OTHER_NETWORKS = {
+    "hada_": "LoHa (LyCORIS)",
+    "lokr_": "LoKr (LyCORIS)",
+    "lora_mid": "LoCon with Tucker decomposition (LyCORIS)",
+    "dora_scale": "DoRA",
+    "oft_": "OFT",
+    "diff": "full-weight difference (LyCORIS)",
+    "w_norm": "GLoRA/IA3 (LyCORIS)",
+}
+
+
+class LoRAWeightsError(Exception):
+    """A LoRA file that cannot be read or does not fit the base model.  The
+    message names the file and says what does not match."""
+
+
+@dataclass
+class LoRAModule:
+    """One injected LoRA module."""
+
+    name: str  # kohya name, e.g. lora_unet_down_blocks_0_attentions_0_proj_in
+    component: str  # "unet", "te", "te1" or "te2"
+    path: str  # module path inside its model (diffusers / transformers naming)
+    kind: str  # "linear", "conv1x1" or "conv" (kernel > 1)
+    rank: int
+    alpha: float
+    layer: Any = field(repr=False, default=None)  # the peft LoraLayer
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    @property
+    def down(self) -> torch.nn.Module:
+        return self.layer.lora_A[ADAPTER_NAME]
+
+    @property
+    def up(self) -> torch.nn.Module:
+        return self.layer.lora_B[ADAPTER_NAME]
+
+
+@dataclass
+class _Target:
+    name: str
+    component: str
+    path: str
+    kind: str
+    conv_block: bool  # inside ResnetBlock2D/Downsample2D/Upsample2D (LoCon only)
+    module: Any = field(repr=False)
+
+    @property
+    def in_dim(self) -> int:
+        return self.module.in_features if self.kind == "linear" else self.module.in_channels
+
+    @property
+    def out_dim(self) -> int:
+        return self.module.out_features if self.kind == "linear" else self.module.out_channels
+
+    @property
+    def kernel(self) -> tuple[int, ...]:
+        return () if self.kind == "linear" else tuple(self.module.kernel_size)
+
+
+# --------------------------------------------------------------------------- file
+
+
+def read_lora_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a LoRA file: ``(state_dict, metadata)``.  ``.safetensors`` (with its
+    metadata) or a torch pickle (``.pt``/``.ckpt``, read with weights_only).
+    Raises LoRAWeightsError, naming the file, for a missing, truncated or
+    otherwise unreadable file."""
+    import torch
+
+    p = Path(path).expanduser()
+    where = str(p)
+    if not p.exists():
+        raise LoRAWeightsError(f"{where}: file not found")
+    if p.is_dir():
+        raise LoRAWeightsError(f"{where}: is a folder; expected a LoRA .safetensors file")
+    suffix = p.suffix.lower()
+    if suffix not in LORA_FILE_SUFFIXES:
+        raise LoRAWeightsError(f"{where}: not a LoRA file (expected .safetensors)")
+    if p.stat().st_size == 0:
+        raise LoRAWeightsError(f"{where}: the file is empty (an interrupted download or copy?)")
+    metadata: dict[str, str] = {}
+    if suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(p), framework="pt", device="cpu") as f:
+                metadata = dict(f.metadata() or {})
+                sd = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # SafetensorError, OSError, ...
+            raise LoRAWeightsError(
+                f"{where}: not a readable .safetensors file ({_short(exc)}); it may be truncated by an "
+                "interrupted download or copy -- download it again or pick another file"
+            ) from None
+    else:
+        try:
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise LoRAWeightsError(
+                f"{where}: not a readable LoRA file ({_short(exc)}); it may be truncated or not a LoRA -- "
+                "a .safetensors LoRA is preferred"
+            ) from None
+        if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+            obj = obj["state_dict"]
+        if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise LoRAWeightsError(f"{where}: does not hold a LoRA state dict (name -> tensor)")
+        sd = dict(obj)
+    if not sd:
+        raise LoRAWeightsError(f"{where}: holds no tensors")
+    return sd, metadata
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
+
+
+@dataclass
+class _FileModule:
+    down: Any
+    up: Any
+    alpha: float
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+
+def parse_kohya_state_dict(sd: Mapping[str, torch.Tensor], source: str = "LoRA") -> dict[str, _FileModule]:
+    """Group a kohya-format state dict by module: ``{name: (down, up, alpha)}``.
+    A missing ``.alpha`` means alpha = rank (old files); alpha 0 too, as in
+    sd-scripts.  Raises LoRAWeightsError for anything else."""
+    groups: dict[str, dict[str, Any]] = {}
+    foreign: list[str] = []
+    other: dict[str, str] = {}
+    for key, value in sd.items():
+        name, _, suffix = key.partition(".")
+        if not name.startswith((LORA_PREFIX_UNET + "_", LORA_PREFIX_TEXT_ENCODER)):
+            foreign.append(key)
+            continue
+        if suffix not in _KOHYA_SUFFIXES:
+            kind = next((label for marker, label in _OTHER_NETWORKS.items() if suffix.startswith(marker)), None)
+            other.setdefault(kind or f"unknown key '{key}'", key)
+            continue
+        groups.setdefault(name, {})[suffix] = value
+    if other:
+        kinds = ", ".join(sorted(other))
+        raise LoRAWeightsError(
+            f"{source}: holds {kinds} modules (e.g. '{next(iter(other.values()))}'); only plain LoRA/LoCon files "
+            "(lora_down/lora_up/alpha) can be continued"
+        )
+    if foreign:
+        hint = ""
+        if any(k.startswith(("unet.", "text_encoder", "base_model.model.", "transformer.")) for k in foreign):
+            hint = " It looks like a diffusers/PEFT-format LoRA; convert it to kohya format first."
+        raise LoRAWeightsError(
+            f"{source}: not a kohya-format LoRA ({len(foreign)} keys do not start with lora_unet_/lora_te, "
+            f"e.g. '{foreign[0]}').{hint}"
+        )
+    if not groups:
+        raise LoRAWeightsError(f"{source}: holds no LoRA modules")
+    modules: dict[str, _FileModule] = {}
+    for name, parts in groups.items():
+        down, up = parts.get("lora_down.weight"), parts.get("lora_up.weight")
+        if down is None or up is None:
+            missing = "lora_down.weight" if down is None else "lora_up.weight"
+            raise LoRAWeightsError(f"{source}: module {name} has no {missing} (incomplete file)")
+        if down.ndim not in (2, 4) or up.ndim != down.ndim or down.shape[0] != up.shape[1] or down.shape[0] < 1:
+            raise LoRAWeightsError(
+                f"{source}: module {name} has inconsistent shapes: lora_down {list(down.shape)}, "
+                f"lora_up {list(up.shape)}"
+            )
+        if up.ndim == 4 and tuple(up.shape[2:]) != (1, 1):
+            raise LoRAWeightsError(f"{source}: module {name}: lora_up must be a 1x1 conv, got {list(up.shape)}")
+        rank = int(down.shape[0])
+        alpha_t = parts.get("alpha")
+        if alpha_t is None:
+            alpha = float(rank)
+        else:
+            if alpha_t.numel() != 1:
+                raise LoRAWeightsError(f"{source}: module {name}: alpha must be a single number, got shape {list(alpha_t.shape)}")
+            alpha = float(alpha_t.float().item())
+            if not math.isfinite(alpha):
+                raise LoRAWeightsError(f"{source}: module {name}: alpha is {alpha}")
+            if alpha == 0:
+                alpha = float(rank)
+        modules[name] = _FileModule(down, up, alpha)
+    return modules
+
+
+# ------------------------------------------------------------------------ targets
+
+
+def _is_lora_layer(module) -> bool:
+    return hasattr(module, "lora_A") and hasattr(module, "base_layer")
+
+
+def find_targets(
+    unet, text_encoders: list, family: str, *, include_conv_blocks: bool = True
+) -> dict[str, _Target]:
+    """Every module sd-scripts can put a LoRA on, keyed by its kohya name.
+
+    Transformer-block and text-encoder layers always; the layers of
+    ResnetBlock2D/Downsample2D/Upsample2D (``conv_block=True``) when
+    ``include_conv_blocks``."""
+    import torch
+
+    family = normalize_family(family)
+    targets: dict[str, _Target] = {}
+
+    def collect(root, component: str, block_types: tuple[str, ...], conv_block: bool, namer) -> None:
+        for block_path, block in root.named_modules():
+            if type(block).__name__ not in block_types:
+                continue
+            for child_path, child in block.named_modules():
+                if _is_lora_layer(child):
+                    raise ValueError(
+                        "the model already has LoRA layers injected; load a fresh copy of the base model"
+                    )
+                if isinstance(child, torch.nn.Linear):
+                    kind = "linear"
+                elif isinstance(child, torch.nn.Conv2d):
+                    kind = "conv1x1" if tuple(child.kernel_size) == (1, 1) else "conv"
+                else:
+                    continue
+                path = f"{block_path}.{child_path}" if child_path else block_path
+                name = namer(path)
+                if name in targets:
+                    continue
+                targets[name] = _Target(name, component, path, kind, conv_block, child)
+
+    if unet is not None:
+        layout = SGMLayout.from_config(unet.config) if family == "sdxl" else None
+
+        def unet_namer(path: str) -> str:
+            return unet_lora_name(path, family, layout)
+
+        collect(unet, "unet", UNET_TARGET_BLOCKS, False, unet_namer)
+        if include_conv_blocks:
+            collect(unet, "unet", UNET_CONV_TARGET_BLOCKS, True, unet_namer)
+    count = len(text_encoders)
+    for i, te in enumerate(text_encoders):
+        prefix = text_encoder_prefix(i, count)
+        component = prefix[len("lora_") :]
+        collect(te, component, TEXT_ENCODER_TARGET_BLOCKS, False, lambda p, pre=prefix: text_encoder_lora_name(p, pre))
+    return targets
+
+
+def _check_against_target(name: str, mod: _FileModule, t: _Target) -> str | None:
+    """None when the file's module fits the layer, else what does not match."""
+    down, up = tuple(mod.down.shape), tuple(mod.up.shape)
+    if t.kind == "linear" or t.kernel == (1, 1):
+        ok_down = down[1] == t.in_dim and (len(down) == 2 or down[2:] == (1, 1))
+    else:
+        ok_down = len(down) == 4 and down[1] == t.in_dim and down[2:] == t.kernel
+    ok_up = up[0] == t.out_dim
+    if ok_down and ok_up:
+        return None
+    if t.kind == "linear":
+        want = f"a Linear {t.in_dim} -> {t.out_dim}"
+    else:
+        want = f"a Conv2d {t.in_dim} -> {t.out_dim}, kernel {'x'.join(map(str, t.kernel))}"
+    return f"{name}: lora_down {list(down)} / lora_up {list(up)} do not fit the model's layer ({want})"
+
+
+def _reshape_like(tensor, like):
+    if tuple(tensor.shape) == tuple(like.shape):
+        return tensor
+    return tensor.reshape(like.shape)
+
+
+# ------------------------------------------------------------------------ network
+
+
+class LoRANetwork:
+    """LoRA layers injected (with peft) into a U-Net and its text encoders, named
+    and saved as sd-scripts does.  Build it with :meth:`create`."""
+
+    def __init__(self, family: str, unet, text_encoders: list, modules: list[LoRAModule],
+                 train_unet: bool, train_text_encoder: bool):
+        self.family = family
+        self.unet = unet
+        self.text_encoders = text_encoders
+        self.modules = modules
+        self.train_unet = train_unet
+        self.train_text_encoder = train_text_encoder
+        self._by_name = {m.name: m for m in modules}
+
+    # ---------------------------------------------------------------- creation
+
+    @classmethod
+    def create(
+        cls,
+        unet,
+        text_encoders: Iterable | None,
+        family: str,
+        *,
+        rank: int,
+        alpha: float | None,
+        conv_rank: int | None = None,
+        conv_alpha: float | None = None,
+        train_unet: bool = True,
+        train_text_encoder: bool = True,
+        weights: str | Path | None = None,
+    ) -> LoRANetwork:
+        """Inject LoRA layers and return the network.
+
+        ``family``: ``sd1``, ``sd2`` or ``sdxl`` (``sd15``/``sd2-v`` accepted).
+        ``conv_rank`` set = LoCon (3x3 convs of ResNet/down/up blocks too).
+        ``weights``: continue from a kohya-format LoRA file; each module takes
+        its rank and alpha from the file.  A part (U-Net, a text encoder) the
+        file has no module for gets fresh modules from ``rank``/``alpha`` if it
+        is trained.  Modules of parts that are not trained are kept (frozen) so
+        that the saved file loses nothing.  Raises LoRAWeightsError when the
+        file cannot be read or does not fit the model.
+        ``alpha`` None or 0 means alpha = rank (no scaling), as in sd-scripts;
+        ``conv_alpha`` defaults to 1 like sd-scripts' conv_alpha.
+        The base models are frozen (requires_grad False); only the LoRA
+        parameters of the trained parts require gradients afterwards.
+        """
+        import torch
+
+        family = normalize_family(family)
+        text_encoders = list(text_encoders or [])
+        if int(rank) < 1:
+            raise ValueError(f"rank must be at least 1, got {rank}")
+        rank = int(rank)
+        alpha = float(rank) if not alpha else float(alpha)
+        if conv_rank is not None:
+            if int(conv_rank) < 1:
+                raise ValueError(f"conv rank must be at least 1, got {conv_rank}")
+            conv_rank = int(conv_rank)
+            conv_alpha = 1.0 if conv_alpha is None else float(conv_alpha) or float(conv_rank)
+
+        if not train_unet and not train_text_encoder:
+            raise ValueError("nothing to train: enable train_unet or train_text_encoder")
+        targets = find_targets(unet, text_encoders, family, include_conv_blocks=True)
+        components = (["unet"] if unet is not None else []) + [
+            text_encoder_prefix(i, len(text_encoders))[len("lora_") :] for i in range(len(text_encoders))
+        ]
+
+        def trained(component: str) -> bool:
+            return train_unet if component == "unet" else train_text_encoder
+
+        def default_plan(component: str) -> dict[str, tuple[int, float]]:
+            plan = {}
+            for t in targets.values():
+                if t.component != component or (t.conv_block and conv_rank is None):
+                    continue
+                # As sd-scripts: in ResNet/down/up blocks only the kxk convs take the conv rank.
+                plan[t.name] = (conv_rank, conv_alpha) if t.kind == "conv" else (rank, alpha)
+            return plan
+
+        plan: dict[str, tuple[int, float]] = {}
+        file_sd = None
+        if weights is not None and str(weights) != "":
+            source = str(Path(weights).expanduser())
+            file_sd, metadata = read_lora_file(weights)
+            file_modules = parse_kohya_state_dict(file_sd, source)
+            _validate_file(file_modules, file_sd, metadata, targets, family, source)
+            in_file = {targets[n].component for n in file_modules}
+            for comp in components:
+                if comp in in_file:
+                    plan.update({n: (m.rank, m.alpha) for n, m in file_modules.items() if targets[n].component == comp})
+                elif trained(comp):
+                    plan.update(default_plan(comp))
+        else:
+            for comp in components:
+                if trained(comp):
+                    plan.update(default_plan(comp))
+
+        for model in [unet, *text_encoders]:
+            if model is not None:
+                model.requires_grad_(False)
+        modules: list[LoRAModule] = []
+        roots = {"unet": unet}
+        for i, te in enumerate(text_encoders):
+            roots[text_encoder_prefix(i, len(text_encoders))[len("lora_") :]] = te
+        for comp in components:
+            chosen = [t for t in targets.values() if t.component == comp and t.name in plan]
+            if not chosen:
+                continue
+            _inject(roots[comp], [(t.path, *plan[t.name]) for t in chosen])
+            for t in chosen:
+                layer = roots[comp].get_submodule(t.path)
+                r, a = plan[t.name]
+                modules.append(LoRAModule(t.name, comp, t.path, t.kind, r, a, layer))
+
+        net = cls(family, unet, text_encoders, modules, train_unet, train_text_encoder)
+        with torch.no_grad():
+            for m in modules:
+                m.down.float()
+                m.up.float()
+                torch.nn.init.kaiming_uniform_(m.down.weight, a=math.sqrt(5))
+                torch.nn.init.zeros_(m.up.weight)
+        if file_sd is not None:
+            net.load_kohya_state_dict(file_sd, strict=False, source=str(Path(weights).expanduser()))
+        net._set_trainable()
+        return net
+
+    def _set_trainable(self) -> None:
+        for m in self.modules:
+            flag = self.train_unet if m.component == "unet" else self.train_text_encoder
+            m.down.weight.requires_grad_(flag)
+            m.up.weight.requires_grad_(flag)
+
+    # ---------------------------------------------------------------- reporting
+
+    @property
+    def num_modules(self) -> int:
+        return len(self.modules)
+
+    @property
+    def module_names(self) -> list[str]:
+        return [m.name for m in self.modules]
+
+    @property
+    def unet_modules(self) -> list[LoRAModule]:
+        return [m for m in self.modules if m.component == "unet"]
+
+    @property
+    def text_encoder_modules(self) -> list[LoRAModule]:
+        return [m for m in self.modules if m.component != "unet"]
+
+    def rank_summary(self) -> dict[tuple[int, float], int]:
+        """``{(rank, alpha): number of modules}``."""
+        return dict(Counter((m.rank, m.alpha) for m in self.modules))
+
+    def num_parameters(self, trainable_only: bool = True) -> int:
+        return sum(p.numel() for p in (self.parameters() if trainable_only else self._all_parameters()))
+
+    # ---------------------------------------------------------------- parameters
+
+    def _all_parameters(self) -> list:
+        return [p for m in self.modules for p in (m.down.weight, m.up.weight)]
+
+    def unet_parameters(self) -> list:
+        """Trainable U-Net LoRA parameters ([] when the U-Net is not trained)."""
+        if not self.train_unet:
+            return []
+        return [p for m in self.unet_modules for p in (m.down.weight, m.up.weight)]
+
+    def text_encoder_parameters(self) -> list:
+        """Trainable text-encoder LoRA parameters ([] when they are not trained)."""
+        if not self.train_text_encoder:
+            return []
+        return [p for m in self.text_encoder_modules for p in (m.down.weight, m.up.weight)]
+
+    def parameters(self) -> list:
+        return self.unet_parameters() + self.text_encoder_parameters()
+
+    # ---------------------------------------------------------------- state dict
+
+    def kohya_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """``{name.lora_down.weight, name.lora_up.weight, name.alpha}`` on the CPU,
+        in ``dtype`` (alpha too, as sd-scripts saves it); float32 by default."""
+        import torch
+
+        out: dict[str, torch.Tensor] = {}
+        for m in self.modules:
+            tensors = {
+                "lora_down.weight": m.down.weight.detach(),
+                "lora_up.weight": m.up.weight.detach(),
+                "alpha": torch.tensor(float(m.alpha)),
+            }
+            for suffix, t in tensors.items():
+                t = t.to("cpu")
+                if dtype is not None:
+                    t = t.to(dtype)
+                out[f"{m.name}.{suffix}"] = t.contiguous().clone()
+        return out
+
+    def load_kohya_state_dict(self, sd: Mapping[str, torch.Tensor], *, strict: bool = True,
+                              source: str = "LoRA") -> list[str]:
+        """Copy a kohya-format state dict into the injected layers.  Every
+        module of ``sd`` must exist in this network with the same rank and
+        alpha and fitting shapes; with ``strict`` every module of the network
+        must be in ``sd``.  Returns the names loaded.  LoRAWeightsError
+        otherwise (nothing is changed then)."""
+        import torch
+
+        file_modules = parse_kohya_state_dict(sd, source)
+        unknown = [n for n in file_modules if n not in self._by_name]
+        if unknown:
+            raise LoRAWeightsError(
+                f"{source}: {len(unknown)} module(s) are not in this network, e.g. {unknown[0]}"
+                + _family_hint(sd, {}, self.family)
+            )
+        problems = []
+        for n, fm in file_modules.items():
+            m = self._by_name[n]
+            if fm.rank != m.rank:
+                problems.append(f"{n}: rank {fm.rank} in the file, {m.rank} in the network")
+                continue
+            if not math.isclose(fm.alpha, m.alpha, rel_tol=1e-3, abs_tol=1e-6):
+                problems.append(f"{n}: alpha {fm.alpha:g} in the file, {m.alpha:g} in the network")
+                continue
+            if fm.down.numel() != m.down.weight.numel() or fm.up.numel() != m.up.weight.numel():
+                problems.append(
+                    f"{n}: lora_down {list(fm.down.shape)} / lora_up {list(fm.up.shape)} do not fit "
+                    f"{list(m.down.weight.shape)} / {list(m.up.weight.shape)}"
+                )
+        if strict:
+            missing = [m.name for m in self.modules if m.name not in file_modules]
+            if missing:
+                problems.append(f"{len(missing)} module(s) of the network are missing from the file, e.g. {missing[0]}")
+        if problems:
+            raise LoRAWeightsError(f"{source}: does not match the network: " + "; ".join(problems[:3])
+                                   + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""))
+        with torch.no_grad():
+            for n, fm in file_modules.items():
+                m = self._by_name[n]
+                m.down.weight.copy_(_reshape_like(fm.down, m.down.weight).to(m.down.weight.dtype))
+                m.up.weight.copy_(_reshape_like(fm.up, m.up.weight).to(m.up.weight.dtype))
+        return list(file_modules)
+
+    def save(self, path: str | Path, metadata: Mapping[str, Any] | None = None,
+             dtype: torch.dtype | None = None) -> Path:
+        """Write the kohya-format ``.safetensors`` atomically (temporary file,
+        fsync, rename) and return its path.  ``dtype``: a torch dtype or
+        ``fp16``/``bf16``/``fp32`` (None: fp32).  Metadata values that are not
+        strings are written as sd-scripts does: dicts/lists as JSON, the rest
+        with ``str()``.  When ``ss_*`` metadata is given, ``sshs_model_hash``
+        and ``sshs_legacy_hash`` are added as sd-scripts does."""
+        from safetensors.torch import save_file
+
+        from engine.fsutil import atomic_save
+
+        sd = self.kohya_state_dict(as_dtype(dtype))
+        meta = {str(k): _meta_str(v) for k, v in (metadata or {}).items()}
+        if any(k.startswith("ss_") for k in meta):
+            model_hash, legacy_hash = safetensors_hashes(sd, meta)
+            meta["sshs_model_hash"] = model_hash
+            meta["sshs_legacy_hash"] = legacy_hash
+        return atomic_save(path, lambda tmp: save_file(sd, str(tmp), metadata=meta or None))
+
+    # ---------------------------------------------------------------- training helpers
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Gradient checkpointing of the base models that keeps LoRA gradients:
+        non-reentrant checkpointing (the reentrant kind returns no gradient for
+        LoRA layers when the block's inputs are frozen, as in the text
+        encoder)."""
+        if self.unet is not None:
+            self.unet.enable_gradient_checkpointing()
+        for te in self.text_encoders:
+            te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def as_dtype(dtype):
+    """A torch dtype from a torch dtype, ``fp16``/``bf16``/``fp32`` (also
+    ``float16``, ``bfloat16``, ``float32``, ``float``) or None."""
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+    try:
+        return names[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown save precision {dtype!r}; expected fp16, bf16 or fp32") from None
+
+
+def _meta_str(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _inject(model, specs: list[tuple[str, int, float]]) -> None:
+    """peft LoRA on exactly the module paths in ``specs`` [(path, rank, alpha)],
+    with the most common rank/alpha as default and the others as patterns."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    r0, _ = Counter(r for _, r, _ in specs).most_common(1)[0]
+    a0, _ = Counter(a for _, _, a in specs).most_common(1)[0]
+
+    def patterns(values: dict[str, Any], default) -> dict[str, Any]:
+        groups: dict[Any, list[str]] = {}
+        for path, v in values.items():
+            if v != default:
+                groups.setdefault(v, []).append(path)
+        return {"(?:" + "|".join(re.escape(p) for p in paths) + ")": v for v, paths in groups.items()}
+
+    config = LoraConfig(
+        r=r0,
+        lora_alpha=a0,
+        target_modules="(?:" + "|".join(re.escape(p) for p, _, _ in specs) + ")",
+        rank_pattern=patterns({p: r for p, r, _ in specs}, r0),
+        alpha_pattern=patterns({p: a for p, _, a in specs}, a0),
+        lora_dropout=0.0,
+        init_lora_weights=True,
+        bias="none",
+    )
+    inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
+
+
+def _family_hint(sd: Mapping[str, Any], metadata: Mapping[str, str], family: str) -> str:
+    guessed = guess_family({k: tuple(v.shape) for k, v in sd.items()}, metadata)
+    if guessed and guessed != family and not (guessed == "sd1-or-sd2" and family in ("sd1", "sd2")):
+        return (
+            f". The LoRA was made for {FAMILY_LABELS[guessed]} but the base model is {FAMILY_LABELS[family]}: "
+            f"pick a LoRA trained on {FAMILY_LABELS[family]}, or clear network_weights to start a new one"
+        )
+    return ". Was it trained on a different base model? Clear network_weights to start a new LoRA"
+
+
+def _validate_file(file_modules: dict[str, _FileModule], sd, metadata, targets: dict[str, _Target],
+                   family: str, source: str) -> None:
+    unknown = [n for n in file_modules if n not in targets]
+    if unknown:
+        raise LoRAWeightsError(
+            f"{source}: {len(unknown)} of its {len(file_modules)} modules do not exist in this "
+            f"{FAMILY_LABELS[family]} model (e.g. {unknown[0]})" + _family_hint(sd, metadata, family)
+        )
+    mismatched = [msg for n, fm in file_modules.items() if (msg := _check_against_target(n, fm, targets[n]))]
+    if mismatched:
+        raise LoRAWeightsError(
+            f"{source}: {len(mismatched)} module(s) do not fit this {FAMILY_LABELS[family]} model, e.g. "
+            f"{mismatched[0]}" + _family_hint(sd, metadata, family)
+        )
+
+
+def safetensors_hashes(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[str, str]:
+    """``(sshs_model_hash, sshs_legacy_hash)`` as sd-scripts precalculates them
+    for sd-webui-additional-networks: sha256 of the tensor bytes of the file
+    serialised with only the ``ss_*`` metadata, and the old 8-hex hash of the
+    64 KiB at offset 1 MiB of that file."""
+    from safetensors.torch import save
+
+    data = save(dict(sd), {k: v for k, v in metadata.items() if k.startswith("ss_")})
+    n = int.from_bytes(data[:8], "little")
+    model_hash = hashlib.sha256(data[8 + n:]).hexdigest()
+    buf = io.BytesIO(data)
+    buf.seek(0x100000)
+    legacy_hash = hashlib.sha256(buf.read(0x10000)).hexdigest()[:8]
+    return model_hash, legacy_hash
