@@ -7,53 +7,20 @@
 
 The training itself runs in a worker thread (torch releases the GIL in its
 kernels); events go to an unbounded queue so a slow consumer never stalls it,
-and to the run's metrics file (one JSON line per event) so ``loratui watch``
-can follow from elsewhere.  Importing this module does not import torch.
+and (written by the run itself) to its metrics file, one JSON line per event,
+so ``loratui watch`` can follow from elsewhere.  Importing this module does not import torch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
-from engine.events import TERMINAL_EVENTS, Control, Event, event_to_dict
+from engine.events import TERMINAL_EVENTS, Control, Event
 from engine.schema import Profile
-
-
-def metrics_path_for(profile: Profile) -> Path:
-    o = profile.output
-    return Path(o.output_dir) / f"{o.output_name}.metrics.jsonl"
-
-
-class MetricsWriter:
-    """Appends events as JSON lines; flushed per line so a watcher sees them at once."""
-
-    def __init__(self, path: Path, fresh: bool):
-        self.path = path
-        self._fh = None
-        self._fresh = fresh
-
-    def write(self, ev: Event) -> None:
-        if self._fh is None:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fh = open(self.path, "w" if self._fresh else "a", encoding="utf-8")
-            except OSError:
-                return  # the run reports an unwritable output folder itself
-        try:
-            self._fh.write(json.dumps(event_to_dict(ev), ensure_ascii=False) + "\n")
-            self._fh.flush()
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
 
 
 class RunHandle:
@@ -134,16 +101,13 @@ def start_run(
     """Start training ``profile`` in a background thread and return at once."""
     from engine.train import run_training
 
+    from engine.metrics import metrics_path_for
+
     control = control or Control()
-    metrics = MetricsWriter(metrics_path_for(profile), fresh=not (resume or profile.output.resume))
-    handle = RunHandle(profile, control, metrics.path)
-    handle.add_listener(metrics.write)
+    handle = RunHandle(profile, control, metrics_path_for(profile))
 
     def target() -> None:
-        try:
-            run_training(profile, handle.emit, control, overwrite=overwrite, resume=resume)
-        finally:
-            metrics.close()
+        run_training(profile, handle.emit, control, overwrite=overwrite, resume=resume)
 
     handle.thread = threading.Thread(target=target, name="loratui-train", daemon=False)
     handle.thread.start()

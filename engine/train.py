@@ -330,6 +330,7 @@ class RunContext:
     emit: Emit
     control: Control
     started_at: float
+    passed_preflight: Callable[[], None]
 
 
 def run_training(
@@ -341,8 +342,17 @@ def run_training(
     resume: str | None = None,
 ) -> Event:
     """Run to the end and return the terminal event (also emitted)."""
+    from engine.metrics import MetricsWriter, metrics_path_for
+
     control = control or Control()
-    ctx = RunContext(profile, emit, control, time.time())
+    metrics = MetricsWriter(metrics_path_for(profile), fresh=not (resume or profile.output.resume))
+    outer_emit = emit
+
+    def emit(ev: Event) -> None:  # noqa: F811 - every event also goes to the metrics file
+        metrics.write(ev)
+        outer_emit(ev)
+
+    ctx = RunContext(profile, emit, control, time.time(), metrics.release)
     try:
         result: Event = _train(ctx, overwrite=overwrite, resume=resume)
     except Aborted:
@@ -352,6 +362,7 @@ def run_training(
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         result = _unexpected(ctx, exc)
     emit(result)
+    metrics.close()
     return result
 
 
@@ -430,6 +441,7 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
         raise TrainingError("cannot start:\n  " + "\n  ".join(problems), "fix the settings above, then start again")
     if plan.total_steps <= 0:
         raise TrainingError("nothing to train: the plan has 0 steps", "add images or raise epochs/repeats")
+    ctx.passed_preflight()
     check_abort()
 
     # ---- 2. model ------------------------------------------------------------------
