@@ -603,7 +603,13 @@ def _problems_from(exc: ValidationError, source: str) -> list[str]:
         if len(err["loc"]) == 1 and err["type"] == "extra_forbidden":
             out.append(f"{source}:{loc}: unknown section (sections: {', '.join(SECTION_TITLES)})")
             continue
-        out.append(f"{source}:{loc}: {_describe(err)}")
+        msg = _describe(err)
+        if loc == "network.network_type" and err["type"] == "literal_error":
+            msg += (
+                f" — loratui trains LoRA and LoCon; {err.get('input')!r} cannot be trained here yet."
+                " Set network.network_type to \"lora\" or \"locon\" to train"
+            )
+        out.append(f"{source}:{loc}: {msg}")
     return out
 
 

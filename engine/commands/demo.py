@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.headless:
         from tui.app import run_app  # the app imports textual; only here, on request
 
-        return run_app(str(path), start=True) or 0
+        return run_app(str(path)) or 0
     from engine.commands import train
 
     return train.run(argparse.Namespace(profile=str(path), overrides=[], overwrite=True, resume=None))
