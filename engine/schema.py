@@ -351,6 +351,13 @@ class OptimizationSettings(_Section):
     max_grad_norm: float = setting(
         1.0, "Clip gradients to this norm. 0: no clipping.", kohya="max_grad_norm", ge=0, advanced=True
     )
+    max_bad_steps: int = setting(
+        0,
+        "Steps with a NaN/inf loss to skip (no update) before the run stops. 0: stop at the first one.",
+        ge=0,
+        le=1000,
+        advanced=True,
+    )
     min_snr_gamma: float = setting(
         0.0, "Min-SNR weighting gamma (5 is typical). 0: off.", kohya="min_snr_gamma", ge=0, le=100
     )
@@ -397,7 +404,7 @@ class OutputSettings(_Section):
         2, "Keep this many saved states. 0: keep all.", kohya="save_last_n_steps_state", ge=0, advanced=True
     )
     resume: str = setting(
-        "", "Resume from a saved state folder. Empty: start fresh.", kohya="resume", kind="dir"
+        "", "Resume from a saved state folder, or latest (the newest state of this output name). Empty: start fresh.", kohya="resume", kind="dir"
     )
     metadata_title: str = setting("", "Title stored in the LoRA (modelspec.title).", kohya="metadata_title", advanced=True)
     metadata_author: str = setting("", "Author stored in the LoRA.", kohya="metadata_author", advanced=True)

@@ -4,6 +4,20 @@ Reads top to bottom: plan → preflight → load model → build network → cac
 latents → optimizer/scheduler → loop (step, save, control) → final save.
 Every failure a user can cause becomes a ``Failed`` event with a message and a
 hint; the traceback of an unexpected error goes to the run's log file only.
+
+Reliability (tests/test_resume.py, test_kill9.py, test_faults.py, test_bad_inputs.py):
+
+* resume (``resume=`` a state folder or ``"latest"``) restores LoRA, optimizer,
+  scheduler, scaler and every RNG and skips the batches already seen: on the
+  CPU the resumed run ends bitwise equal to an uninterrupted one; a profile or
+  dataset change that matters is refused with the differences listed;
+* a run alone in its output folder first removes the leftovers of interrupted
+  saves (engine.state.OutputDirLock); every file is written atomically;
+* a NaN/inf loss or gradient is caught before the optimizer sees it: the run
+  stops (or skips up to ``optimization.max_bad_steps`` steps), and weights
+  that are not finite are never saved;
+* out of memory and a full disk end in a ``Failed`` event with what to change,
+  and the memory the run held is released before ``run_training`` returns.
 """
 
 from __future__ import annotations
@@ -133,7 +147,7 @@ def preflight(profile: Profile, *, overwrite: bool, resuming: bool) -> list[str]
     if o.output_dir and o.output_name:
         out = Path(o.output_dir)
         target = final_path(profile)
-        if target.exists() and not overwrite and not resuming:
+        if target.exists() and not overwrite:
             problems.append(
                 f"output.output_name: {target} already exists — choose another output name, "
                 "or pass --overwrite to replace it"
@@ -143,16 +157,29 @@ def preflight(profile: Profile, *, overwrite: bool, resuming: bool) -> list[str]
 
 
 def _check_writable(out: Path) -> list[str]:
+    """Can files be created in ``out`` (or the nearest folder above it that
+    exists)? A real probe: ``os.access`` says yes to root on a read-only disk."""
+    import shutil
+    import tempfile
+
+    from engine.fsutil import TMP_PREFIX
+
     probe_dir = out
     while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        if probe_dir.is_symlink():
+            return [f"output.output_dir: {probe_dir} is a broken symbolic link — choose another folder"]
         probe_dir = probe_dir.parent
     if probe_dir.exists() and not probe_dir.is_dir():
-        return [f"output.output_dir: {probe_dir} is a file, not a folder"]
-    if not os.access(probe_dir, os.W_OK | os.X_OK):
-        return [f"output.output_dir: {out} is not writable — choose a folder you can write to"]
+        return [f"output.output_dir: {probe_dir} is a file, not a folder — choose a folder"]
     try:
-        import shutil
-
+        fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX + "probe-", dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        where = "" if probe_dir == out else f" (nothing can be created in {probe_dir})"
+        return [f"output.output_dir: {out} is not writable{where}: {reason} — choose a folder you can write to"]
+    try:
         free = shutil.disk_usage(probe_dir).free
         if free < 50 * 2**20:
             return [f"output.output_dir: only {free / 2**20:.0f} MB free on the disk of {out} — free some space first"]
@@ -331,6 +358,23 @@ class RunContext:
     control: Control
     started_at: float
     passed_preflight: Callable[[], None]
+    # what the run is doing (for error messages) and what it has saved
+    phase: str = "preparing"
+    step: int = 0
+    total_steps: int = 0
+    last_saved: str = ""  # the newest LoRA file written
+    last_state: str = ""  # the newest state folder written
+    lock: Any = None  # engine.state.OutputDirLock while the run writes
+    heavy: bool = False  # past the preflight checks: models may have been loaded
+
+    def where(self) -> str:
+        if self.phase == "training" and self.total_steps:
+            return f"at step {self.step + 1} of {self.total_steps}"
+        return {
+            "loading_model": "while loading the model",
+            "caching_latents": "while caching latents",
+            "saving": "while saving",
+        }.get(self.phase, "")
 
 
 def run_training(
@@ -341,14 +385,27 @@ def run_training(
     overwrite: bool = False,
     resume: str | None = None,
 ) -> Event:
-    """Run to the end and return the terminal event (also emitted)."""
+    """Run to the end and return the terminal event (also emitted).
+
+    Never raises for a problem of the run: a ``Failed`` event says what went
+    wrong (out of memory, disk full, NaN loss, bad input ...) and the memory the
+    run held is released before it is returned. ``resume``: a state folder, or
+    ``"latest"`` for the newest state of this output name."""
+    from engine.errors import release_memory
     from engine.metrics import MetricsWriter, metrics_path_for
 
     control = control or Control()
     metrics = MetricsWriter(metrics_path_for(profile), fresh=not (resume or profile.output.resume))
     outer_emit = emit
+    ctx: RunContext
 
     def emit(ev: Event) -> None:  # noqa: F811 - every event also goes to the metrics file
+        if isinstance(ev, PhaseChanged):
+            ctx.phase = ev.phase
+            if ev.phase == "training" and ev.total:
+                ctx.total_steps = ev.total
+        elif isinstance(ev, StepEvent):
+            ctx.step, ctx.total_steps = ev.step, ev.total_steps
         metrics.write(ev)
         outer_emit(ev)
 
@@ -356,22 +413,32 @@ def run_training(
     try:
         result: Event = _train(ctx, overwrite=overwrite, resume=resume)
     except Aborted:
-        result = Failed(message="aborted by the user; nothing was saved since the last checkpoint")
+        result = Failed(message="aborted by the user; nothing was saved since the last checkpoint", last_saved=ctx.last_saved)
     except TrainingError as exc:
-        result = Failed(message=exc.message, hint=exc.hint)
+        result = Failed(message=exc.message, hint=exc.hint, last_saved=ctx.last_saved)
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         result = _unexpected(ctx, exc)
+    finally:
+        if ctx.lock is not None:
+            ctx.lock.release()
+    if isinstance(result, Failed) and ctx.heavy:
+        # The model, optimizer and activations died with _train's frames (the
+        # exception and its traceback are gone by now): give the memory back
+        # so the app can start another run.
+        release_memory()
     emit(result)
     metrics.close()
     return result
 
 
 def _unexpected(ctx: RunContext, exc: BaseException) -> Failed:
+    from dataclasses import replace
+
     from engine.errors import explain_exception
 
-    known = explain_exception(exc, ctx.profile)
+    known = explain_exception(exc, ctx.profile, where=ctx.where())
     if known is not None:
-        return known
+        return replace(known, last_saved=ctx.last_saved)
     where = ""
     with contextlib.suppress(OSError):
         lp = log_path(ctx.profile)
@@ -380,7 +447,59 @@ def _unexpected(ctx: RunContext, exc: BaseException) -> Failed:
             fh.write(f"\n--- {time.ctime()} internal error ---\n")
             traceback.print_exception(exc, file=fh)
         where = f" (details in {lp})"
-    return Failed(message=f"internal error: {type(exc).__name__}: {exc}{where}", hint="please report this with the log file")
+    return Failed(
+        message=f"internal error: {type(exc).__name__}: {exc}{where}",
+        hint="please report this with the log file",
+        last_saved=ctx.last_saved,
+    )
+
+
+def _few(paths: list[Path], n: int = 4) -> str:
+    names = [p.name for p in paths]
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
+
+
+def check_disk_space(profile: Profile, plan, lora_params: int, warn: Callable[[str], None]) -> None:
+    """Refuse to start when not even one LoRA and one state fit on the output
+    disk; warn when everything the run will write does not."""
+    import shutil
+
+    o = profile.output
+    try:
+        free = shutil.disk_usage(o.output_dir).free
+    except OSError:
+        return
+    per_value = 4 if o.save_precision == "float" else 2
+    lora_bytes = lora_params * per_value + 64 * 1024
+    state_bytes = lora_params * 4 * 3 + 64 * 1024  # fp32 weights + two optimizer moments
+    n_lora = 1
+    if o.save_every_n_epochs:
+        n_lora += max(0, (plan.epochs - 1) // o.save_every_n_epochs)
+    if o.save_every_n_steps:
+        n_lora += plan.total_steps // o.save_every_n_steps
+    n_states = 1
+    if o.save_state:
+        n_states = (o.save_last_n_states + 1) if o.save_last_n_states else n_lora
+    need_min = lora_bytes + state_bytes
+    need_all = n_lora * lora_bytes + n_states * state_bytes
+    out = o.output_dir
+    if free < need_min:
+        raise TrainingError(
+            f"output.output_dir: only {_size(free)} free on the disk of {out}; one LoRA and one saved state "
+            f"need about {_size(need_min)}",
+            "free some space, or choose an output folder on another disk",
+        )
+    if free < need_all:
+        warn(
+            f"output.output_dir: this run writes about {_size(need_all)} ({n_lora} LoRA file(s) of {_size(lora_bytes)}"
+            + (f", {n_states} state(s) of {_size(state_bytes)}" if o.save_state else "")
+            + f") but only {_size(free)} are free on the disk of {out}; it stops with a message if the disk fills up — "
+            "free some space, or save less often (output.save_every_n_epochs / save_every_n_steps / save_last_n_states)"
+        )
 
 
 def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
@@ -399,31 +518,58 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
     for w in profile_warnings(profile):
         warn(w)
     from engine.dataset import plan_for, scan_dataset
+    from engine.state import dataset_fingerprint
 
     scan = scan_dataset(ds)
     report = scan.report
     for w in report.warnings:
         warn(w)
     problems = list(report.problems)
-    problems += preflight(profile, overwrite=overwrite, resuming=bool(resume or o.resume))
+    from engine.models import inspect_model
+
+    problems += inspect_model(profile.model).problems  # headers only: the same checks the loader makes
+    if net.network_weights and not Path(net.network_weights).expanduser().is_file():
+        what = "is a folder" if Path(net.network_weights).expanduser().is_dir() else "does not exist"
+        problems.append(
+            f"network.network_weights: {net.network_weights} {what} — point it at a LoRA .safetensors file "
+            "to continue from, or clear it to start a new LoRA"
+        )
+    resume_spec = resume or o.resume
+    problems += preflight(profile, overwrite=overwrite, resuming=bool(resume_spec))
     plan = plan_for(profile, scan)
-    resume_dir = resume or o.resume
+    fingerprint = dataset_fingerprint(scan.items, plan.total_steps)
     state = None
-    if resume_dir:
-        from engine.state import StateError, read_state, resume_differences
+    restored: list[Path] = []
+    if resume_spec:
+        from engine.state import (
+            OutputDirLock,
+            StateError,
+            dataset_differences,
+            read_state,
+            resolve_resume,
+            resume_differences,
+        )
+
+        if Path(o.output_dir).is_dir():  # a state a kill left moved aside is a state too
+            restored = OutputDirLock.put_back(o.output_dir)
 
         try:
-            state = read_state(resume_dir)
+            state = read_state(resolve_resume(resume_spec, profile))
         except StateError as exc:
-            problems.append(f"output.resume: {exc}")
+            problems.append(f"output.resume: {exc}" + (f" — {exc.hint}" if exc.hint else ""))
         else:
             diffs = resume_differences(state, profile)
             if diffs:
                 problems.append(
                     f"output.resume: the profile differs from the one {state.folder.name} was trained with:\n    "
                     + "\n    ".join(diffs)
-                    + "\n  undo these changes, or start a new run without resume"
+                    + "\n  undo these changes to resume, or start a new run without resume"
                 )
+            else:  # the same settings: is it the same data?
+                ds_problems, ds_warnings = dataset_differences(state, fingerprint)
+                problems += [f"output.resume: {p}" for p in ds_problems]
+                for w in ds_warnings:
+                    warn(f"output.resume: {w}")
     emit(LogEvent(message="importing torch"))
     import torch
 
@@ -442,6 +588,17 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
     if plan.total_steps <= 0:
         raise TrainingError("nothing to train: the plan has 0 steps", "add images or raise epochs/repeats")
     ctx.passed_preflight()
+    ctx.heavy = True
+    from engine.state import OutputDirLock
+
+    ctx.lock = OutputDirLock(o.output_dir).acquire()
+    for p in restored + ctx.lock.restored:
+        warn(f"output.output_dir: put back {p.name}, a complete state an interrupted save had moved aside")
+    if ctx.lock.removed:
+        warn(
+            f"output.output_dir: removed {len(ctx.lock.removed)} leftover(s) of an interrupted save in {o.output_dir} "
+            f"({_few(ctx.lock.removed)}); the files saved before are intact"
+        )
     check_abort()
 
     # ---- 2. model ------------------------------------------------------------------
@@ -490,8 +647,19 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
     train_te = net.train_text_encoder
     if opt.gradient_checkpointing:
         network.enable_gradient_checkpointing()
-    ranks = ", ".join(f"{n}× rank {r} alpha {a:g}" for (r, a), n in sorted(network.rank_summary().items()))
+    summary = network.rank_summary()
+    ranks = ", ".join(f"{n}× rank {r} alpha {a:g}" for (r, a), n in sorted(summary.items()))
     emit(LogEvent(message=f"LoRA: {network.num_modules} modules ({ranks}), {network.num_parameters():,} trainable parameters"))
+    if net.network_weights:
+        expected = {net.network_dim} | ({net.conv_dim} if conv else set())
+        file_ranks = sorted({r for r, _ in summary} - expected)
+        if file_ranks:
+            warn(
+                f"network.network_weights: {Path(net.network_weights).name} has rank(s) "
+                f"{', '.join(map(str, file_ranks))}, not network.network_dim {net.network_dim}; training continues "
+                "at the file's ranks and alphas (set network_dim to match to silence this)"
+            )
+    check_disk_space(profile, plan, network.num_parameters(), warn)
 
     # ---- 4. latents -------------------------------------------------------------------
     from engine.dataset import cache_latents, epoch_batches, load_image_tensor, process_caption
@@ -537,11 +705,11 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
     params = [p for g in groups for p in g["params"]]
     step, start_epoch, skip_batches = 0, 1, 0
     if state is not None:
-        from engine.state import load_training
         from engine.lora import read_lora_file
+        from engine.state import load_training
 
         sd, _ = read_lora_file(state.folder / "lora.safetensors")
-        network.load_kohya_state_dict(sd)
+        network.load_kohya_state_dict(sd, source=str(state.folder / "lora.safetensors"))
         tr = load_training(state.folder)
         optimizer.load_state_dict(tr["optimizer"])
         lr_scheduler.load_state_dict(tr["scheduler"])
@@ -553,6 +721,8 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
         if tr.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(tr["cuda_rng"])
         step, start_epoch, skip_batches = state.step, state.epoch, state.batch_in_epoch
+        ctx.last_saved = str(state.extra.get("last_saved") or "")
+        ctx.last_state = str(state.folder)
         emit(LogEvent(message=f"resumed from {state.folder.name}: step {step}, epoch {start_epoch}, batch {skip_batches}"))
 
     # ---- 6. the loop ----------------------------------------------------------------------
@@ -560,14 +730,50 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
     ga = opt.gradient_accumulation_steps
     meter = Meter()
     t_train = time.perf_counter()
-    last_saved = ""
+    lora_saved_at = state_saved_at = -1  # steps of the newest LoRA / state written by this run
+    bad_steps = 0
 
+    from engine.errors import disk_full_message, is_disk_full, nan_hint
     from engine.metadata import model_hashes
 
     base_hashes = model_hashes(profile.model.base_model, full=False)
 
+    def resume_hint() -> str:
+        if ctx.last_state:
+            return f"; then resume with --resume latest (the newest state is {Path(ctx.last_state).name})"
+        return f"; the last saved LoRA is {ctx.last_saved}" if ctx.last_saved else ""
+
+    def write_guarded(target: Path, write: Callable[[], Any]) -> None:
+        """Disk full or a folder that became read-only: a clear message; the
+        atomic writers have already removed their temporary file."""
+        try:
+            write()
+        except Exception as exc:  # noqa: BLE001 - re-raised unless it is a disk problem
+            if is_disk_full(exc):
+                raise TrainingError(
+                    f"{disk_full_message(target.name)} in {target.parent} at step {step}",
+                    "free some space: the files saved before are intact and no half-written file was left" + resume_hint(),
+                ) from None
+            if isinstance(exc, PermissionError):
+                raise TrainingError(
+                    f"output.output_dir: cannot write {target.name} in {target.parent} (permission denied) at step {step}",
+                    "make the folder writable again: the files saved before are intact" + resume_hint(),
+                ) from None
+            raise
+
+    def check_finite_weights() -> None:
+        with torch.no_grad():
+            if bool(torch.stack([torch.isfinite(p).all() for p in network.parameters()]).all()):
+                return
+        raise TrainingError(
+            f"the LoRA weights are no longer finite (NaN/inf) at step {step}; nothing was saved over the earlier files"
+            + (f" — the last good LoRA is {ctx.last_saved}" if ctx.last_saved else ""),
+            nan_hint(profile, mp),
+        )
+
     def save(path: Path, kind: str, epoch: int) -> None:
-        nonlocal last_saved
+        nonlocal lora_saved_at
+        check_finite_weights()
         emit(PhaseChanged(phase="saving", detail=path.name))
         from engine.metadata import build_metadata
 
@@ -585,14 +791,17 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
             epoch=epoch,
             v_pred=v_pred,
         )
-        network.save(path, md, save_dtype_for(profile))
-        last_saved = str(path)
+        write_guarded(path, lambda: network.save(path, md, save_dtype_for(profile)))
+        ctx.last_saved = str(path)
+        lora_saved_at = step
         emit(CheckpointSaved(path=str(path), kind=kind, size=path.stat().st_size, epoch=epoch, step=step))
         emit(PhaseChanged(phase="training"))
 
     def save_state(epoch: int, batch_in_epoch: int, nbatches: int) -> None:
+        nonlocal state_saved_at
         from engine.state import prune_states, state_dir, write_state
 
+        check_finite_weights()
         if batch_in_epoch >= nbatches:  # at an epoch's end: continue with the next one
             epoch, batch_in_epoch = epoch + 1, 0
         folder = state_dir(profile, step)
@@ -606,20 +815,31 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
             "gen": gen.get_state(),
             "caption_rng": caption_rng.getstate(),
         }
-        write_state(
+        write_guarded(
             folder,
-            lora_sd=network.kohya_state_dict(torch.float32),
-            training=training,
-            epoch=epoch,
-            batch_in_epoch=batch_in_epoch,
-            step=step,
-            profile=profile,
-            extra={"last_saved": last_saved},
+            lambda: write_state(
+                folder,
+                lora_sd=network.kohya_state_dict(torch.float32),
+                training=training,
+                epoch=epoch,
+                batch_in_epoch=batch_in_epoch,
+                step=step,
+                profile=profile,
+                extra={"last_saved": ctx.last_saved, "dataset": fingerprint},
+            ),
         )
-        prune_states(profile, o.save_last_n_states)
+        ctx.last_state = str(folder)
+        state_saved_at = step
+        prune_states(profile, o.save_last_n_states)  # only now that the new one is complete
         size = sum(f.stat().st_size for f in folder.iterdir())
         emit(CheckpointSaved(path=str(folder), kind="state", size=size, epoch=epoch, step=step))
         emit(PhaseChanged(phase="training"))
+
+    def checkpoint(kind: str, epoch: int, bi: int, nbatches: int, with_state: bool) -> None:
+        if lora_saved_at != step:
+            save(step_path(profile, step), kind, epoch)
+        if with_state and state_saved_at != step:
+            save_state(epoch, bi + 1, nbatches)
 
     emit(PhaseChanged(phase="training", total=total))
     epoch = start_epoch
@@ -628,6 +848,7 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
         batches = epoch_batches(scan.items, opt.train_batch_size, epoch, opt.seed)
         micro = 0
         loss_acc = 0.0
+        bad = ""  # why the optimizer step being accumulated must be skipped
         first = skip_batches if epoch == start_epoch else 0
         for bi, batch in enumerate(batches):
             if bi < first:
@@ -680,68 +901,93 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
             if opt.min_snr_gamma:
                 loss = loss * min_snr_weights(noise_scheduler, timesteps, opt.min_snr_gamma, v_pred)
             loss = loss.mean()
-            accelerator.backward(loss / ga)
-            loss_acc += loss.item() / ga
+            loss_value = loss.item()
+            if math.isfinite(loss_value):
+                accelerator.backward(loss / ga)
+                loss_acc += loss_value / ga
+            elif not bad:  # detected at once: never backpropagated, never applied
+                bad = f"the loss became {loss_value}"
+            del loss, pred
             micro += 1
             if micro % ga and bi + 1 != len(batches):
                 continue
             # -- optimizer step
-            if opt.max_grad_norm:
-                accelerator.clip_grad_norm_(params, opt.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            step_loss, loss_acc = loss_acc, 0.0
-            if not math.isfinite(step_loss):
-                raise TrainingError(
-                    f"the loss became {step_loss} at step {step}",
-                    "fp16 overflow is the usual cause: use mixed_precision bf16, or lower the learning rate"
-                    + (f"; the last good LoRA is {last_saved}" if last_saved else ""),
+            if not bad and (opt.max_grad_norm or accelerator.scaler is None):
+                if opt.max_grad_norm:
+                    norm = accelerator.clip_grad_norm_(params, opt.max_grad_norm)
+                else:
+                    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+                # With a grad scaler (fp16), inf gradients are normal: it skips the step and lowers its scale.
+                if accelerator.scaler is None and norm is not None and not math.isfinite(float(norm)):
+                    bad = f"the gradients became {float(norm)}"
+            if bad:
+                optimizer.zero_grad(set_to_none=True)
+                bad_steps += 1
+                if bad_steps > opt.max_bad_steps:
+                    allowed = (
+                        f" ({bad_steps} non-finite steps, more than optimization.max_bad_steps = {opt.max_bad_steps})"
+                        if opt.max_bad_steps
+                        else ""
+                    )
+                    raise TrainingError(
+                        f"{bad} at step {step + 1} (epoch {epoch}){allowed}; the run stopped before the LoRA was updated with it"
+                        + (f" — the last good LoRA is {ctx.last_saved}" if ctx.last_saved else " — no LoRA was saved yet"),
+                        nan_hint(profile, mp),
+                    )
+                step += 1
+                lr_scheduler.step()  # the schedule stays on the plan
+                warn(f"step {step}: {bad}; skipped without updating the LoRA ({bad_steps} of {opt.max_bad_steps} allowed by optimization.max_bad_steps)")
+                bad, loss_acc = "", 0.0
+            else:
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                step_loss, loss_acc = loss_acc, 0.0
+                smooth = meter.update(step_loss)
+                its = meter.its
+                elapsed = time.perf_counter() - t_train
+                emit(
+                    StepEvent(
+                        epoch=epoch,
+                        epochs=epochs,
+                        step=step,
+                        total_steps=total,
+                        loss=step_loss,
+                        smoothed_loss=smooth,
+                        lr=lr_scheduler.get_last_lr()[0],
+                        its=its,
+                        elapsed=elapsed,
+                        eta=(total - step) / its if its > 0 else 0.0,
+                    )
                 )
-            smooth = meter.update(step_loss)
-            its = meter.its
-            elapsed = time.perf_counter() - t_train
-            emit(
-                StepEvent(
-                    epoch=epoch,
-                    epochs=epochs,
-                    step=step,
-                    total_steps=total,
-                    loss=step_loss,
-                    smoothed_loss=smooth,
-                    lr=lr_scheduler.get_last_lr()[0],
-                    its=its,
-                    elapsed=elapsed,
-                    eta=(total - step) / its if its > 0 else 0.0,
-                )
-            )
             if step >= total:
                 break
             if o.save_every_n_steps and step % o.save_every_n_steps == 0:
-                save(step_path(profile, step), "step", epoch)
-                if o.save_state:
-                    save_state(epoch, bi + 1, len(batches))
+                checkpoint("step", epoch, bi, len(batches), o.save_state)
             if control.take_save_request():
-                save(step_path(profile, step), "manual", epoch)
-                if o.save_state:
-                    save_state(epoch, bi + 1, len(batches))
+                checkpoint("manual", epoch, bi, len(batches), o.save_state)
             if control.stop_requested:
-                save(step_path(profile, step), "manual", epoch)
-                save_state(epoch, bi + 1, len(batches))
+                checkpoint("manual", epoch, bi, len(batches), True)
                 stopped = True
                 break
         if stopped or step >= total:
             break
         if o.save_every_n_epochs and epoch % o.save_every_n_epochs == 0 and epoch < epochs:
             save(epoch_path(profile, epoch), "epoch", epoch)
-            if o.save_state:
+            if o.save_state and state_saved_at != step:
                 save_state(epoch, len(batches), len(batches))
 
     elapsed = time.perf_counter() - t_train
     if stopped:
         emit(PhaseChanged(phase="done"))
-        return Finished(path="", steps=step, elapsed=elapsed, stopped_early=True, summary={"last_saved": last_saved})
+        return Finished(
+            path="",
+            steps=step,
+            elapsed=elapsed,
+            stopped_early=True,
+            summary={"last_saved": ctx.last_saved, "last_state": ctx.last_state},
+        )
     save(final_path(profile), "final", epoch)
     emit(PhaseChanged(phase="done"))
     return Finished(

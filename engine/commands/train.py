@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a setting, e.g. --set network.network_dim=16 (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing final LoRA of the same name")
-    p.add_argument("--resume", metavar="STATE_DIR", default=None, help="resume from a saved state folder")
+    p.add_argument("--resume", metavar="STATE_DIR", default=None, help="resume from a saved state folder (<name>-state-stepNNNNNNNN), or 'latest' for the newest one of this output name")
 
 
 def load_for_cli(path: str, overrides: list[str]):
