@@ -1,0 +1,54 @@
+"""Bytes written to the terminal per second of steady training (target ≤ 2 KB/s).
+
+The app trains a tiny model on a pseudo-terminal with the dashboard open; every
+byte it writes is counted with its arrival time.  The window is the steady part
+of training: from the 20th step to 10 steps before the end (no phase changes).
+
+    python bench/tui_bytes.py [--steps 1200] [--size 120x40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from tui_common import PtyApp, app_code, app_env, metrics, tiny_setup, wait_for
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--size", default="120x40,80x24")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="loratui-bench-"))
+    try:
+        for n, size in enumerate(args.size.split(",")):
+            cols, rows = (int(v) for v in size.split("x"))
+            name = f"bytes{n}"
+            profile = tiny_setup(tmp, args.steps, name)
+            # the wall clock of the events ↔ the perf_counter of the bytes
+            offset = time.time() - time.perf_counter()
+            app = PtyApp(app_code(profile), app_env(tmp), cols, rows)
+            try:
+                assert app.wait_text(b"profile:", 0, 30), "no first frame"
+                time.sleep(0.3)
+                app.send(b"\x12")
+                path = tmp / f"out-{name}" / f"{name}.metrics.jsonl"
+                assert wait_for(lambda: metrics(path) and metrics(path)[-1]["type"] in ("Finished", "Failed"), 900)
+                steps = [e for e in metrics(path) if e["type"] == "StepEvent"]
+                a, b = steps[20]["time"] - offset, steps[-10]["time"] - offset
+                nbytes = app.bytes_between(a, b)
+                its = (len(steps) - 30) / (b - a)
+                print(f"{size}: {nbytes / (b - a):7.0f} B/s over {b - a:.1f} s of steady training "
+                      f"({its:.1f} steps/s; {nbytes / (len(steps) - 30):.0f} B/step)   target ≤ 2048 B/s", flush=True)
+            finally:
+                app.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

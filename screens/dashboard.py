@@ -1,0 +1,218 @@
+"""The dashboard: what the run is doing, loss and learning-rate charts, GPU, saves, log.
+
+It draws from ``app.run_state`` when the app forwards a (coalesced) ``RunUpdated``.
+To keep a slow SSH link calm, each part redraws only when its text changed, the
+status line at most ``STATUS_EVERY`` seconds apart and the charts at most
+``CHART_EVERY`` seconds apart (the last state is always drawn).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Label, RichLog
+
+from engine.gpu import GpuSample
+from tui.bridge import RunState
+from tui.widgets import set_text
+from tui.widgets.chart import LineChart
+from tui.widgets.panels import TextPanel, gpu_line, gpu_text, saved_text, status_text
+
+if TYPE_CHECKING:
+    from tui.app import LoraTuiApp
+
+STATUS_EVERY = 1.0
+
+
+def set_title(widget, title: str) -> None:
+    if widget.border_title != title:
+        widget.border_title = title
+CHART_EVERY = 2.0
+LOG_STYLES = {"warning": "yellow", "error": "red", "hint": "cyan", "done": "bold green"}
+
+
+class DashboardScreen(Screen):
+    CSS_PATH = "dashboard.tcss"
+    BINDINGS = [
+        Binding("space", "app.pause_resume", "pause", id="run.pause"),
+        Binding("s", "app.save_now", "save now", id="run.save_now"),
+        Binding("x", "app.stop_run", "stop & save", id="run.stop"),
+        Binding("f", "app.form", "form", id="screen.form"),
+        Binding("l", "toggle_details", "log/saves", id="dashboard.details"),
+    ]
+
+    def __init__(self, readonly: bool = False) -> None:
+        super().__init__(id="dashboard-screen")
+        self.readonly = readonly
+        self._status_at = 0.0
+        self._chart_at = 0.0
+        self._log_seen = 0
+        self._pending = None
+        self._pending_at = 0.0
+        self._drawn_phase = ""
+        self._status_dirty = False
+        self._chart_dirty = False
+        self._gpu: tuple[list[GpuSample] | None, str] = (None, "")
+        self.redraw_calls = 0
+        self._ready = False
+
+    @property
+    def lt_app(self) -> "LoraTuiApp":
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="topbar"):
+            yield Label("", id="title", markup=False)
+            yield Label("", id="device", markup=False)
+        yield TextPanel(id="status")
+        yield TextPanel(id="gpu-line")
+        with Horizontal(id="main"):
+            with Vertical(id="charts"):
+                with Vertical(id="loss-box", classes="box"):
+                    yield LineChart(id="loss", empty="waiting for the first step…")
+                with Vertical(id="lr-box", classes="box"):
+                    yield LineChart(id="lr", empty="", floor=0.0)
+            with Vertical(id="side"):
+                with Vertical(id="gpu-box", classes="box"):
+                    yield TextPanel(id="gpu")
+                with Vertical(id="saved-box", classes="box"):
+                    yield TextPanel(id="saved")
+        with Vertical(id="log-box", classes="box"):
+            yield RichLog(id="log", max_lines=500, wrap=False, markup=False, auto_scroll=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._ready = True
+        self.query_one("#loss-box").border_title = "loss ── raw · [b]smoothed[/b]"
+        self.query_one("#lr-box").border_title = "learning rate"
+        self.query_one("#gpu-box").border_title = "GPU"
+        self.query_one("#saved-box").border_title = "saved"
+        self.query_one("#log-box").border_title = "log"
+        self._layout_for(self.app.size.width, self.app.size.height)
+        self.set_interval(5.0, self._tick)
+        state = self.lt_app.run_state
+        if state is not None:
+            self.update_from(state, force=True)
+        self.show_gpu(*self.lt_app.gpu_last)
+
+    def on_resize(self, event) -> None:
+        self._layout_for(event.size.width, event.size.height)
+
+    def _layout_for(self, width: int, height: int) -> None:
+        self.set_class(width < 100 or height < 30, "-narrow")
+
+    def on_screen_resume(self) -> None:
+        state = self.lt_app.run_state
+        if state is not None:
+            self.update_from(state, force=True)
+
+    def action_toggle_details(self) -> None:
+        self.toggle_class("-details")
+
+    # ------------------------------------------------------------------ drawing
+    def update_from(self, state: RunState, force: bool = False) -> None:
+        """Draw ``state``; parts whose text did not change are not redrawn, and
+        parts drawn recently wait for their next turn (a timer draws the latest)."""
+        if not self._ready:
+            return
+        self.redraw_calls += 1
+        now = time.monotonic()
+        # a new phase (training starts, a pause, the end) shows at once
+        urgent = force or state.done or state.phase != "training" or state.display_phase != self._drawn_phase
+        self._drawn_phase = state.display_phase
+        self._draw_title(state)
+        self._draw_log(state)
+        status_due = self._status_at + STATUS_EVERY - now
+        chart_due = self._chart_at + CHART_EVERY - now
+        if urgent or status_due <= 0:
+            self._status_at = now
+            status_due = STATUS_EVERY
+            self.query_one("#status", TextPanel).show(status_text(state, self.size.width or 120))
+            self._status_dirty = False
+        else:
+            self._status_dirty = True
+        if urgent or chart_due <= 0:
+            self._chart_at = now
+            chart_due = CHART_EVERY
+            self._draw_charts(state)
+            self.query_one("#saved", TextPanel).show(saved_text(state))
+            self._chart_dirty = False
+        else:
+            self._chart_dirty = True
+        if self._status_dirty or self._chart_dirty:
+            due = min(d for d, dirty in ((status_due, self._status_dirty), (chart_due, self._chart_dirty)) if dirty)
+            at = now + max(0.02, due)
+            if self._pending is None or at < self._pending_at - 0.01:
+                if self._pending is not None:
+                    self._pending.stop()
+                self._pending_at = at
+                self._pending = self.set_timer(at - now, self._draw_pending)
+
+    def _draw_pending(self) -> None:
+        self._pending = None
+        state = self.lt_app.run_state
+        if state is not None:
+            self.update_from(state)
+
+    def _draw_title(self, state: RunState) -> None:
+        title = f" loratui  {state.profile_name}" + (f"  run {state.run_name}" if state.run_name else "")
+        if state.readonly:
+            title += "  (watching, read-only)"
+        set_text(self.query_one("#title", Label), title)
+        set_text(self.query_one("#device", Label), state.device or "", layout=True)
+
+    def _draw_charts(self, state: RunState) -> None:
+        x_max = state.total_steps or None
+        self.query_one("#loss", LineChart).set_series(
+            [(state.losses, "grey50"), (state.smoothed_losses, "bold bright_cyan")], x_max=x_max
+        )
+        self.query_one("#lr", LineChart).set_series([(state.lrs, "yellow")], x_max=x_max)
+        # titles change rarely: a new title redraws the whole box
+        sched = self.lt_app.run_scheduler_label()
+        set_title(self.query_one("#lr-box"), "learning rate" + (f" ── {sched}" if sched else ""))
+
+    def _draw_log(self, state: RunState) -> None:
+        new = state.log_count - self._log_seen
+        if new <= 0:
+            return
+        log = self.query_one("#log", RichLog)
+        lines = list(state.log)[-min(new, len(state.log)):]
+        for at, level, text in lines:
+            t = Text(no_wrap=True, overflow="ellipsis")
+            t.append(time.strftime("%H:%M:%S ", time.localtime(at)), style="dim")
+            t.append(text, style=LOG_STYLES.get(level, ""))
+            log.write(t)
+        self._log_seen = state.log_count
+
+    def show_gpu(self, samples: list[GpuSample] | None, reason: str) -> None:
+        self._gpu = (samples, reason)
+        if not self._ready:
+            return
+        state = self.lt_app.run_state
+        index = 0
+        if state is not None and state.device.startswith("cuda:"):
+            try:
+                index = int(state.device.split(":")[1].split()[0])
+            except ValueError:
+                index = 0
+        width = self.query_one("#gpu", TextPanel).size.width or 36
+        self.query_one("#gpu", TextPanel).show(gpu_text(samples, reason, width, index))
+        self.query_one("#gpu-line", TextPanel).show(gpu_line(samples, reason, index))
+
+    def _tick(self) -> None:
+        # "4m ago" ages; a stale read-only run says how long it has been quiet
+        state = self.lt_app.run_state
+        if state is None:
+            return
+        self.query_one("#saved", TextPanel).show(saved_text(state))
+        if state.readonly and not state.done and state.last_event_at:
+            quiet = time.time() - state.last_event_at
+            title = self.query_one("#title", Label)
+            base = f" loratui  {state.profile_name}  run {state.run_name}  (watching, read-only)"
+            set_text(title, base + (f"  last event {int(quiet)} s ago" if quiet > 30 else ""))

@@ -1,0 +1,533 @@
+"""The training screen: the profile as a form (generated from the schema) and the plan panel.
+
+Validation runs on every change: problems show at their field, in red, with the
+reason; warnings in yellow.  The plan panel scans the dataset in a worker thread
+(it reads image headers) whenever a dataset folder changes — typed, or changed on
+disk — and recomputes the steps on every keystroke.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Button, Footer, Label, Static
+
+from engine.schema import (
+    SECTION_TITLES,
+    DatasetSettings,
+    Profile,
+    ProfileError,
+    SettingInfo,
+    profile_from_dict,
+    profile_warnings,
+    settings,
+)
+from tui.widgets import set_text
+from tui.widgets.fields import SettingField
+from tui.widgets.plan import PlanPanel
+
+if TYPE_CHECKING:
+    from tui.app import LoraTuiApp
+
+PROBLEM_RE = re.compile(r"^[^:]*:([a-z_]+)\.([a-z_]+): (.*)$", re.S)
+WARNING_RE = re.compile(r"^([a-z_]+)\.([a-z_]+): (.*)$", re.S)
+SCAN_KEYS = {"dataset.train_data_dir", "dataset.reg_data_dir", "dataset.caption_extension"}
+FORM_SOURCE = "form"
+REPO_ID_RE = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+class ScanDone(Message):
+    def __init__(self, key: tuple, result: Any, error: str) -> None:
+        super().__init__()
+        self.key = key
+        self.result = result
+        self.error = error
+
+
+class DatasetChanged(Message):
+    """A dataset folder changed on disk."""
+
+
+class TrainingScreen(Screen):
+    """Form + plan.  ``app.session`` says which profile is open."""
+
+    CSS_PATH = "training.tcss"
+    AUTO_FOCUS = ""  # no field has focus at first, so single-letter keys work
+    WATCH_EVERY = 2.0  # seconds between checks of the dataset folders
+    BINDINGS = [
+        Binding("ctrl+r", "app.start_run", "start", id="run.start"),
+        Binding("ctrl+s", "app.save_profile", "save", id="profile.save"),
+        Binding("p,ctrl+o", "app.profiles", "profiles", id="screen.profiles"),
+        Binding("i", "app.dataset", "dataset", id="screen.dataset"),
+        Binding("c", "app.captions", "captions", id="screen.captions", show=False),
+        Binding("d", "app.dashboard", "dashboard", id="screen.dashboard", show=False),
+        Binding("ctrl+t", "toggle_advanced", "advanced", id="form.advanced"),
+        Binding("escape", "leave_field", "leave field", show=False, id="form.leave_field"),
+        Binding("ctrl+n", "next_section", "next section", id="form.next_section"),
+        Binding("ctrl+b", "previous_section", "previous section", show=False, id="form.previous_section"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="form-screen")
+        self.fields: dict[str, SettingField] = {}
+        self.infos: list[SettingInfo] = [s for s in settings() if s.section in SECTION_TITLES]
+        self.valid: Profile | None = None  # the form's profile when it validates
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+        self._last_good: Profile = Profile()
+        self._scan_key: tuple | None = None
+        self._scan_result: Any = None
+        self._scan_error = ""
+        self._scan_signature: tuple | None = None
+        self._scan_timer = None
+        self._dataset_api: Any = None
+        self.show_advanced = False
+        self._hint = ""
+        self._ready = False
+        self.section = next(iter(SECTION_TITLES))
+        self._mounted_sections: set[str] = set()
+        self._section_errors: dict[str, int] = {}
+
+    @property
+    def lt_app(self) -> "LoraTuiApp":
+        return self.app  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ layout
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="topbar"):
+            yield Label("", id="title", markup=False)
+            yield Label("", id="run-badge", markup=False)
+            yield Label("", id="gpu", markup=False)
+        yield Static("", id="hint", markup=False)
+        initial = self.lt_app.session.profile
+        for info in self.infos:
+            self.fields[info.dotted] = SettingField(info, initial.get(info.dotted))
+        with Horizontal(id="body"):
+            with Vertical(id="form"):
+                # One section at a time (ctrl+n / ctrl+b): a short form lays out fast on
+                # every key press, and a section's widgets are built when it is first shown.
+                for section in SECTION_TITLES:
+                    with VerticalScroll(id=f"sec-{section}", classes="section-pane", can_focus=False):
+                        if section == self.section:
+                            yield from self._section_fields(section)
+                with Horizontal(id="actions"):
+                    yield Button("Start training  ctrl+r", id="start", variant="success", compact=True)
+                    yield Label("", id="problem-count")
+            with Vertical(id="plan-box"):
+                yield PlanPanel(id="plan")
+        yield Footer()
+
+    def _section_fields(self, section: str) -> list[SettingField]:
+        self._mounted_sections.add(section)
+        return [self.fields[i.dotted] for i in self.infos if i.section == section]
+
+    def on_mount(self) -> None:
+        self._ready = True
+        for section in SECTION_TITLES:
+            self.query_one(f"#sec-{section}").display = section == self.section
+        self._draw_sections_title()
+        self.query_one("#plan-box").border_title = "Plan"
+        self._layout_for(self.app.size.width, self.app.size.height)
+        session = self.lt_app.session
+        self.load_profile(session.profile, scan=False)
+        self.call_after_refresh(self._request_scan, True)  # after the first frame
+        self.set_hint(self._hint)
+        self.show_gpu_summary(self.lt_app.gpu_summary())
+        self.set_interval(self.WATCH_EVERY, self._watch_dataset)
+
+    def on_resize(self, event) -> None:
+        self._layout_for(event.size.width, event.size.height)
+
+    def _layout_for(self, width: int, height: int) -> None:
+        narrow = width < 100
+        self.set_class(narrow, "-narrow")
+        self.query_one(PlanPanel).show(compact=narrow or height < 30)
+
+    def on_screen_resume(self) -> None:
+        self.refresh_title()
+        self.lt_app.refresh_run_badge()
+
+    # ------------------------------------------------------------------ profile in / out
+    def load_profile(self, profile: Profile, scan: bool = True) -> None:
+        """Show ``profile`` in the form (programmatic: no change messages)."""
+        for info in self.infos:
+            self.fields[info.dotted].set_value(profile.get(info.dotted))
+        self._last_good = profile
+        self.validate()
+        self.refresh_title()
+        if scan:
+            self._request_scan(immediate=True)
+
+    def raw_values(self) -> dict[str, Any]:
+        return {d: f.raw for d, f in self.fields.items()}
+
+    def collect(self) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """(nested dict of parsed values, {dotted: parse error})."""
+        data: dict[str, dict[str, Any]] = {s: {} for s in SECTION_TITLES}
+        errors: dict[str, str] = {}
+        for info in self.infos:
+            try:
+                data[info.section][info.key] = self.fields[info.dotted].parsed()
+            except ValueError as exc:
+                errors[info.dotted] = str(exc)
+        return data, errors
+
+    def validate(self) -> Profile | None:
+        """Check every field; mark problems in place; returns the profile or None."""
+        data, parse_errors = self.collect()
+        errors: dict[str, str] = dict(parse_errors)
+        general: list[str] = []
+        for dotted in parse_errors:
+            section, key = dotted.split(".")
+            data[section].pop(key, None)
+        profile = None
+        try:
+            profile = profile_from_dict(data, FORM_SOURCE)
+        except ProfileError as exc:
+            for line in exc.problems:
+                m = PROBLEM_RE.match(line)
+                if m and f"{m.group(1)}.{m.group(2)}" in self.fields:
+                    errors.setdefault(f"{m.group(1)}.{m.group(2)}", m.group(3))
+                else:
+                    general.append(line.removeprefix(f"{FORM_SOURCE}:"))
+        if parse_errors:
+            profile = None
+        warnings: dict[str, str] = {}
+        warn_lines = profile_warnings(profile) if profile is not None else []
+        for line in warn_lines:
+            m = WARNING_RE.match(line)
+            if m and f"{m.group(1)}.{m.group(2)}" in self.fields:
+                warnings.setdefault(f"{m.group(1)}.{m.group(2)}", m.group(3))
+        for dotted, f in self.fields.items():
+            f.set_problem(errors.get(dotted, ""), warnings.get(dotted, ""))
+            f.set_class(f.info.advanced and dotted in errors, "-forced")
+        self.problems = [f"{d}: {m}" for d, m in errors.items()] + general
+        counts: dict[str, int] = {}
+        for dotted in errors:
+            counts[dotted.split(".")[0]] = counts.get(dotted.split(".")[0], 0) + 1
+        if counts != self._section_errors:
+            self._section_errors = counts
+            if self._ready:
+                self._draw_sections_title()
+        self.warnings = warn_lines
+        self.valid = profile
+        if profile is not None:
+            self._last_good = profile
+        self._update_status_line()
+        self._update_notes()
+        return profile
+
+    def dataset_problems(self) -> list[str]:
+        """What the last scan of the dataset folder found that stops training."""
+        report = getattr(self._scan_result, "report", None)
+        return list(report.problems) if report is not None else []
+
+    def _update_status_line(self) -> None:
+        count = self.query_one("#problem-count", Label)
+        n, ds = len(self.problems), self.dataset_problems()
+        if n:
+            text = f"✗ {n} problem{'s' if n > 1 else ''} — see the fields in red"
+        elif ds:
+            text = f"✗ the dataset has {len(ds)} problem{'s' if len(ds) > 1 else ''} — see the plan"
+        elif self.warnings:
+            text = f"! {len(self.warnings)} warning{'s' if len(self.warnings) > 1 else ''}"
+        else:
+            text = "✓ ready"
+        set_text(count, text)
+        count.set_class(bool(n or ds), "-error")
+
+    def best_effort(self) -> Profile:
+        """The last valid profile with every value that parses applied (not validated):
+        enough for the step calculator while a field is being typed."""
+        data, _errors = self.collect()
+        base = self._last_good
+        updates = {}
+        for section in SECTION_TITLES:
+            current = getattr(base, section)
+            upd = {k: v for k, v in data[section].items() if k in type(current).model_fields}
+            updates[section] = current.model_copy(update=upd)
+        return base.model_copy(update=updates)
+
+    @property
+    def dirty(self) -> bool:
+        from engine.schema import diff_profiles
+
+        saved = self.lt_app.session.profile
+        if self.valid is None:
+            return True
+        return bool(diff_profiles(saved, self.valid))
+
+    def refresh_title(self) -> None:
+        s = self.lt_app.session
+        title = self.query_one("#title", Label)
+        text = f" loratui  profile: {s.name}" + (" *" if self.dirty else "")
+        if s.bundled:
+            text += "  (bundled: ctrl+s saves a copy)"
+        set_text(title, text)
+
+    def show_gpu_summary(self, text: str) -> None:
+        set_text(self.query_one("#gpu", Label), text, layout=True)
+
+    def set_hint(self, text: str) -> None:
+        self._hint = text
+        if not self._ready:
+            return
+        hint = self.query_one("#hint", Static)
+        set_text(hint, text, layout=True)
+        hint.set_class(bool(text), "-shown")
+
+    # ------------------------------------------------------------------ changes
+    @on(SettingField.Changed)
+    def _field_changed(self, event: SettingField.Changed) -> None:
+        dotted = event.field.info.dotted
+        self.validate()
+        self.refresh_title()
+        if dotted in SCAN_KEYS:
+            self._request_scan()
+        else:
+            self._update_plan()
+
+    @on(SettingField.PickRequested)
+    def _pick(self, event: SettingField.PickRequested) -> None:
+        from tui.widgets.dialogs import PathPicker
+
+        f = event.field
+        info = f.info
+
+        def chosen(path: str | None) -> None:
+            if path:
+                f.editor.value = path
+                f.focus_editor()
+
+        self.app.push_screen(PathPicker(f"{info.label}: {info.help}", str(f.raw), info.kind or "path"), chosen)
+
+    @on(Button.Pressed, "#start")
+    def _start(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.app.run_action("start_run")
+
+    def _draw_sections_title(self) -> None:
+        parts = []
+        for section, title in SECTION_TITLES.items():
+            errors = self._section_errors.get(section, 0)
+            text = title + (f" [red]✗{errors}[/red]" if errors else "")
+            parts.append(f"[reverse] {text} [/reverse]" if section == self.section else f" {text} ")
+        self.query_one("#form").border_title = "─".join(parts)
+
+    def _update_notes(self) -> None:
+        f = self.fields.get("model.base_model")
+        if f is not None:
+            f.set_note(model_note(str(f.raw)))
+        for key in ("network.network_weights", "output.resume", "model.vae"):
+            g = self.fields.get(key)
+            if g is not None and not g.error:
+                value = os.path.expanduser(str(g.raw).strip())
+                if value and (os.sep in value or value.startswith(".")) and not os.path.exists(value):
+                    g.set_note("not found")
+                else:
+                    g.set_note("")
+
+    # ------------------------------------------------------------------ navigation
+    def action_toggle_advanced(self) -> None:
+        self.show_advanced = not self.show_advanced
+        self.set_class(self.show_advanced, "-show-advanced")
+        self.notify("advanced settings " + ("shown" if self.show_advanced else "hidden"), timeout=2)
+
+    def action_leave_field(self) -> None:
+        # Leave a text field so single-letter keys (p, i, c, ?) work.
+        self.set_focus(None)
+
+    def show_section(self, section: str):
+        """Show ``section`` (building its fields the first time); awaitable."""
+        from textual.await_complete import AwaitComplete
+
+        pane = self.query_one(f"#sec-{section}", VerticalScroll)
+        mounting = None
+        if section not in self._mounted_sections:
+            mounting = pane.mount_all(self._section_fields(section))
+        if section != self.section:
+            self.query_one(f"#sec-{self.section}").display = False
+            self.section = section
+            pane.display = True
+            self._draw_sections_title()
+        return mounting if mounting is not None else AwaitComplete.nothing()
+
+    def focus_section(self, section: str) -> None:
+        first = next(i for i in self.infos if i.section == section and (self.show_advanced or not i.advanced))
+        self.focus_field(first.dotted)
+
+    def focus_field(self, dotted: str):
+        """Show a field's section, then focus the field; awaitable."""
+        f = self.fields.get(dotted)
+        if f is None:
+            return None
+        if f.info.advanced and not self.show_advanced:
+            self.action_toggle_advanced()
+        waiting = self.show_section(f.info.section)
+        pane = self.query_one(f"#sec-{f.info.section}", VerticalScroll)
+
+        async def focus_when_built() -> None:
+            await waiting
+            f.focus_editor()
+            # after the next layout: a section built just now has no sizes yet
+            pane.call_after_refresh(pane.scroll_to_widget, f, animate=False, top=False)
+
+        from textual.await_complete import AwaitComplete
+
+        return AwaitComplete(focus_when_built())
+
+    def action_next_section(self) -> None:
+        names = list(SECTION_TITLES)
+        self.focus_section(names[(names.index(self.section) + 1) % len(names)])
+
+    def action_previous_section(self) -> None:
+        names = list(SECTION_TITLES)
+        self.focus_section(names[(names.index(self.section) - 1) % len(names)])
+
+    # ------------------------------------------------------------------ plan / dataset scan
+    def _dataset_module(self):
+        if self._dataset_api is None:
+            try:
+                import engine.dataset as mod
+
+                self._dataset_api = mod
+            except ImportError:
+                self._dataset_api = False
+        return self._dataset_api or None
+
+    def _scan_settings(self) -> DatasetSettings:
+        ds = self.best_effort().dataset
+        return ds.model_copy(
+            update={
+                "train_data_dir": os.path.expanduser(ds.train_data_dir.strip()),
+                "reg_data_dir": os.path.expanduser(ds.reg_data_dir.strip()),
+            }
+        )
+
+    def _request_scan(self, immediate: bool = False) -> None:
+        if self._scan_timer is not None:
+            self._scan_timer.stop()
+            self._scan_timer = None
+        if immediate:
+            self._start_scan()
+        else:
+            self._scan_timer = self.set_timer(0.3, self._start_scan)
+
+    def _start_scan(self) -> None:
+        self._scan_timer = None
+        ds = self._scan_settings()
+        key = (ds.train_data_dir, ds.reg_data_dir, ds.caption_extension)
+        self._scan_key = key
+        if not ds.train_data_dir:
+            self._scan_result, self._scan_error = None, ""
+            self._scan_signature = None
+            self._update_plan()
+            self._update_status_line()
+            return
+        panel = self.query_one(PlanPanel)
+        panel.show(scanning=True)
+        self._scan_worker(ds, key)
+
+    @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
+    def _scan_worker(self, ds: DatasetSettings, key: tuple) -> None:
+        signature = dataset_signature(ds)
+        mod = self._dataset_module()
+        if mod is None:
+            self.post_message(ScanDone(key, None, "the dataset scanner is not available (engine.dataset)"))
+            return
+        try:
+            result = mod.scan_dataset(ds)
+        except Exception as exc:  # the scanner reports problems in its report; anything else lands here
+            self.post_message(ScanDone(key, None, f"cannot scan {ds.train_data_dir}: {exc}"))
+            return
+        self._scan_signature = signature
+        self.post_message(ScanDone(key, result, ""))
+
+    @on(ScanDone)
+    def _scan_done(self, event: ScanDone) -> None:
+        if event.key != self._scan_key:
+            return  # an older folder
+        self._scan_result, self._scan_error = event.result, event.error
+        self.query_one(PlanPanel).show(scanning=False)
+        self._update_plan()
+        self._update_status_line()
+
+    def _update_plan(self) -> None:
+        panel = self.query_one(PlanPanel)
+        profile = self.best_effort()
+        family = profile.model.family
+        scan = self._scan_result
+        report = getattr(scan, "report", None)
+        plan = None
+        if scan is not None:
+            mod = self._dataset_module()
+            try:
+                plan = mod.plan_for(profile, scan) if mod else None
+            except Exception:  # a half-typed value (batch 0): plan with the last valid settings
+                try:
+                    plan = mod.plan_for(self._last_good, scan) if mod else None
+                except Exception:
+                    plan = None
+        panel.show(family=family, report=report, plan=plan, scan_error=self._scan_error)
+
+    def _watch_dataset(self) -> None:
+        """Every 2 s: rescan when a dataset folder changed on disk."""
+        if self.app.screen is not self or self._scan_signature is None or self._scan_key is None:
+            return
+        self._check_signature()
+
+    @work(thread=True, exclusive=True, group="watch", exit_on_error=False)
+    def _check_signature(self) -> None:
+        ds = self._scan_settings()
+        if dataset_signature(ds) != self._scan_signature:
+            self.post_message(DatasetChanged())
+
+    @on(DatasetChanged)
+    def _dataset_changed(self) -> None:
+        self._request_scan(immediate=True)
+
+
+def dataset_signature(ds: DatasetSettings) -> tuple:
+    """Modification times of the dataset folders and their concept folders: adding,
+    removing or renaming an image or a caption changes one of them."""
+    out = []
+    for root in (ds.train_data_dir, ds.reg_data_dir):
+        if not root:
+            continue
+        try:
+            out.append((root, os.stat(root).st_mtime_ns))
+            with os.scandir(root) as it:
+                for e in it:
+                    if e.is_dir():
+                        out.append((e.path, e.stat().st_mtime_ns))
+        except OSError:
+            out.append((root, None))
+    return tuple(sorted(out, key=lambda x: x[0]))
+
+
+def model_note(value: str) -> str:
+    value = value.strip()
+    if not value:
+        return ""
+    path = Path(os.path.expanduser(value))
+    looks_like_path = value.startswith(("/", "~", ".")) or value.endswith((".safetensors", ".ckpt")) or os.sep in value and path.exists()
+    if path.is_file():
+        return f"file · {path.stat().st_size / 1024**3:.1f} GB" if path.stat().st_size > 2**28 else f"file · {path.stat().st_size / 2**20:.0f} MB"
+    if path.is_dir():
+        kind = "diffusers folder" if (path / "model_index.json").exists() else "folder (no model_index.json: not a diffusers folder?)"
+        return kind
+    if looks_like_path:
+        return "not found on this machine"
+    if REPO_ID_RE.match(value):
+        return "Hugging Face repo id (downloaded on first use)"
+    return ""

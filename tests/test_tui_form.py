@@ -1,0 +1,247 @@
+"""Pilot tests of the training form: generated from the schema, one section at a
+time, validation in place, the live plan panel, keys."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from textual.widgets import Input, Select, Static, Switch
+
+from engine.schema import SECTION_TITLES, Profile, save_profile, settings
+from screens.training import TrainingScreen
+from tui.app import LoraTuiApp
+from tui.widgets.dialogs import ChoiceDialog, PathPicker
+from tui.widgets.fields import complete_path, format_value, parse_value
+from tui.widgets.plan import PlanPanel
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORATUI_CONFIG_DIR", str(tmp_path / "cfg"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def make_profile(tmp_path: Path, dataset: Path, **sections) -> Path:
+    data = {
+        "model": {"base_model": str(tmp_path / "model")},
+        "dataset": {"train_data_dir": str(dataset), "resolution": 64, "enable_bucket": False},
+        "optimization": {"max_train_epochs": 10, "train_batch_size": 1, "mixed_precision": "no"},
+        "output": {"output_dir": str(tmp_path / "out"), "output_name": "mylora"},
+    }
+    for sec, values in sections.items():
+        data.setdefault(sec, {}).update(values)
+    path = tmp_path / "mine.toml"
+    save_profile(Profile.model_validate(data), path)
+    return path
+
+
+def app_for(path: Path) -> LoraTuiApp:
+    return LoraTuiApp(path, gpu=False, check_live_runs=False)
+
+
+async def edit(pilot, form: TrainingScreen, dotted: str, text: str):
+    """Go to a field (its section shows) and type ``text`` over its value: all but
+    the last character pasted, the last one typed as a key press."""
+    await form.focus_field(dotted)
+    await pilot.pause()
+    field = form.fields[dotted]
+    assert pilot.app.focused is field.editor
+    field.editor.value = text[:-1]
+    field.editor.cursor_position = len(text) - 1
+    if text:
+        await pilot.press(text[-1])
+    await pilot.pause()
+    return field
+
+
+async def until(pilot, cond, timeout: float = 10.0):
+    for _ in range(int(timeout / 0.05)):
+        if cond():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out: {cond}")
+
+
+def plan_ready(form: TrainingScreen):
+    panel = form.query_one(PlanPanel)
+    return lambda: panel.plan is not None and not panel.scanning
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def test_values_round_trip_through_the_editor_format():
+    for info in settings():
+        if info.default is None:
+            continue
+        assert parse_value(info, format_value(info, info.default)) == info.default, info.dotted
+    lr = next(s for s in settings() if s.dotted == "optimization.text_encoder_lr")
+    assert format_value(lr, 5e-5) == "5e-5"
+    assert parse_value(lr, "") is None  # optional: empty means unset
+    with pytest.raises(ValueError, match="not a number"):
+        parse_value(lr, "fast")
+
+
+def test_path_completion(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images_old").mkdir()
+    (tmp_path / "imagine.txt").write_text("x")
+    assert complete_path(str(tmp_path / "ima")) == str(tmp_path / "images") + "/"
+    assert complete_path(str(tmp_path / "imagi")) == str(tmp_path / "imagine.txt")
+    assert complete_path(str(tmp_path / "imagi"), dirs_only=True) is None
+    assert complete_path(str(tmp_path / "nothing-here")) is None
+
+
+# --------------------------------------------------------------------------- the form
+
+
+async def test_sections_and_fields_come_from_the_schema(env, synthetic_dataset):
+    app = app_for(make_profile(env, synthetic_dataset))
+    async with app.run_test(size=(120, 40)) as pilot:
+        form = app.form
+        infos = settings()
+        assert set(form.fields) == {s.dotted for s in infos}
+        assert form.section == "model"
+        # one section at a time; ctrl+n walks through all of them
+        seen = []
+        for _ in SECTION_TITLES:
+            seen.append(form.section)
+            await pilot.pause()
+            for info in (i for i in infos if i.section == form.section):
+                editor = form.fields[info.dotted].editor
+                want = {"bool": Switch, "choice": Select}.get(info.type, Input)
+                assert isinstance(editor, want), info.dotted
+                assert editor.value == format_value(info, form.valid.get(info.dotted))
+            await pilot.press("ctrl+n")
+        assert seen == list(SECTION_TITLES) and form.section == "model"  # wrapped around
+        assert form.fields["dataset.resolution"].editor.value == "64"
+        assert form.fields["output.output_name"].editor.value == "mylora"
+        # advanced settings are folded until ctrl+t
+        await form.focus_field("optimization.learning_rate")
+        await pilot.pause()
+        adv = form.fields["optimization.max_grad_norm"]
+        assert adv.info.advanced and not adv.display
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        assert adv.display
+        assert form.valid is not None and not form.problems
+
+
+async def test_validation_in_place_and_start_refused(env, synthetic_dataset):
+    app = app_for(make_profile(env, synthetic_dataset))
+    async with app.run_test(size=(120, 40)) as pilot:
+        form = app.form
+        res = await edit(pilot, form, "dataset.resolution", "1000")
+        assert "must be a multiple of 64" in res.error
+        assert res.query_one(".below", Static).display and "✗ 1000 must be a multiple of 64" in res.below_text
+        assert "-invalid" in res.classes and form.valid is None and form.dirty
+        assert "1 problem" in str(form.query_one("#problem-count").render())
+        assert "Dataset [red]✗1" in form.query_one("#form").border_title
+        await edit(pilot, form, "dataset.resolution", "1024")
+        assert res.error == "" and "✗" not in res.below_text
+        assert form.valid is not None and form.valid.dataset.resolution == 1024
+
+        rank = await edit(pilot, form, "network.network_dim", "0")
+        assert "out of range" in rank.error and "≥ 1" in rank.error
+        await edit(pilot, form, "network.network_dim", "8x")  # letters do not go into a number
+        assert rank.editor.value == "8" and rank.error == ""
+        # the focused field shows its help (with the kohya name); the others do not
+        assert "LoRA rank" in rank.below_text and "kohya: network_dim" in rank.below_text
+        assert form.fields["network.network_alpha"].below_text == ""
+        # a warning shows in place and does not block
+        alpha = await edit(pilot, form, "network.network_alpha", "64")
+        assert alpha.error == "" and "! 64 is larger than the rank" in alpha.below_text
+        assert form.valid is not None
+        # enter moves to the next field, like a paper form
+        await pilot.press("enter")
+        assert app.focused is form.fields["network.conv_dim"].editor
+
+        # Start is refused with the list of problems
+        await edit(pilot, form, "dataset.resolution", "100")
+        await edit(pilot, form, "optimization.train_batch_size", "0")
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        assert isinstance(app.screen, ChoiceDialog)
+        body = str(app.screen.query_one(".body", Static).render())
+        assert "dataset.resolution" in body and "multiple of 64" in body and "optimization.train_batch_size" in body
+        assert app.run_state is None  # nothing started
+        await pilot.press("g")  # go to the first problem
+        await pilot.pause()
+        assert form.section == "dataset" and app.focused is res.editor
+
+
+async def test_the_plan_follows_keystrokes_and_the_folder(env, synthetic_dataset, monkeypatch, tmp_path):
+    monkeypatch.setattr(TrainingScreen, "WATCH_EVERY", 0.1)
+    app = app_for(make_profile(env, synthetic_dataset))  # 6 images × 4 repeats = 24 per epoch
+    async with app.run_test(size=(120, 40)) as pilot:
+        form = app.form
+        panel = form.query_one(PlanPanel)
+        await until(pilot, plan_ready(form))
+        assert panel.report.images == 6 and panel.plan.images_x_repeats == 24 and panel.plan.total_steps == 240
+        text = str(panel.render())
+        assert "240" in text and "4_shapes" in text and "✓ caps" in text
+        await edit(pilot, form, "optimization.max_train_epochs", "5")
+        assert panel.plan.total_steps == 120
+        await edit(pilot, form, "optimization.train_batch_size", "2")
+        assert panel.plan.total_steps == 60
+        await edit(pilot, form, "optimization.gradient_accumulation_steps", "3")
+        assert panel.plan.total_steps == 20  # 24 ÷ 2 = 12 batches ÷ 3 = 4 steps × 5 epochs
+        # an image added on disk is picked up
+        concept = synthetic_dataset / "4_shapes"
+        shutil.copy(concept / "img_000.png", concept / "extra.png")  # no caption
+        await until(pilot, lambda: panel.report.images == 7)
+        assert panel.report.missing_captions == 1 and "1 no cap" in str(panel.render())
+        # a typed folder that does not exist is reported
+        missing = tmp_path / "nowhere"
+        field = await edit(pilot, form, "dataset.train_data_dir", "")
+        field.editor.value = str(missing)
+        await until(pilot, lambda: panel.report is not None and panel.report.root == str(missing) and not panel.scanning)
+        assert panel.report.problems and "✗" in str(panel.render())
+
+
+async def test_pick_a_folder_and_leave_a_field(env, synthetic_dataset):
+    app = app_for(make_profile(env, synthetic_dataset))
+    async with app.run_test(size=(120, 40)) as pilot:
+        form = app.form
+        await form.focus_field("dataset.reg_data_dir")
+        await pilot.pause()
+        await pilot.press("ctrl+g")
+        await pilot.pause()
+        picker = app.screen
+        assert isinstance(picker, PathPicker)
+        path_input = picker.query_one("#picker-path", Input)
+        path_input.focus()
+        path_input.value = str(synthetic_dataset)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen is form
+        field = form.fields["dataset.reg_data_dir"]
+        assert field.editor.value == str(synthetic_dataset) and app.focused is field.editor
+        panel = form.query_one(PlanPanel)
+        await until(pilot, lambda: panel.report is not None and panel.report.problems)
+        assert any("same folder" in p for p in panel.report.problems)
+        # a letter types into the field; esc leaves it and the same letter is a command
+        await pilot.press("p")
+        assert field.editor.value.endswith("p")
+        await pilot.press("escape", "p")
+        await pilot.pause()
+        assert type(app.screen).__name__ == "ProfilesScreen"
+
+
+async def test_the_form_works_at_80x24(env, synthetic_dataset):
+    app = app_for(make_profile(env, synthetic_dataset))
+    async with app.run_test(size=(80, 24)) as pilot:
+        form = app.form
+        await until(pilot, plan_ready(form))
+        assert "-narrow" in form.classes
+        box, pane = form.query_one("#plan-box"), form.query_one("#form")
+        assert box.region.y >= pane.region.bottom  # the plan sits under the form
+        assert "240 steps" in str(form.query_one(PlanPanel).render())
+        # the last field of the longest section can be reached and is scrolled into view
+        await form.focus_field("optimization.noise_offset")
+        await pilot.pause(0.2)
+        f = form.fields["optimization.noise_offset"]
+        assert form.query_one("#sec-optimization").region.contains_region(f.query_one(".row").region)

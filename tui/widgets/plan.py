@@ -1,0 +1,137 @@
+"""The plan panel beside the form: the dataset report and the step calculator."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from engine.plan import DatasetReport, StepPlan
+
+
+def render_plan(
+    *,
+    family: str,
+    report: DatasetReport | None,
+    plan: StepPlan | None,
+    scanning: bool = False,
+    scan_error: str = "",
+    width: int = 32,
+    compact: bool = False,
+) -> Text:
+    """The panel's text. ``compact`` (80×24): three lines, the steps first."""
+    if compact:
+        return _render_compact(family, report, plan, scanning, scan_error)
+    t = Text(no_wrap=False, overflow="fold")
+
+    def row(label: str, value: str, style: str = "") -> None:
+        t.append(f"{label:<12}", style="dim")
+        t.append(value + "\n", style=style)
+
+    row("family", family)
+    if scan_error:
+        t.append(scan_error + "\n", style="red")
+    elif report is None:
+        t.append(("scanning the dataset…" if scanning else "no dataset folder set") + "\n", style="dim italic")
+    else:
+        concepts = report.concepts
+        row("concepts", f"{len(concepts)}" + ("  (scanning…)" if scanning else ""))
+        name_w = max(8, width - 22)
+        for c in concepts + report.reg_concepts:
+            folder = f"{c.repeats}_{c.name}"
+            if len(folder) > name_w:
+                folder = folder[: name_w - 1] + "…"
+            t.append(f" {folder:>{name_w}} {c.images:>4} img ", style="")
+            if c.unreadable:
+                t.append(f"{len(c.unreadable)} bad", style="red")
+            elif c.missing_captions:
+                t.append(f"{c.missing_captions} no cap", style="yellow")
+            else:
+                t.append("✓ caps", style="green")
+            if c.is_reg:
+                t.append(" reg", style="dim")
+            t.append("\n")
+        row("images", f"{report.images}" + (f"  {report.missing_captions} uncaptioned" if report.missing_captions else ""))
+        for p in report.problems[:6]:
+            t.append(f"✗ {p}\n", style="red")
+        for w in report.warnings[:4]:
+            t.append(f"! {w}\n", style="yellow")
+    if plan is not None:
+        row("images×rep", f"{plan.images_x_repeats:,} per epoch" + (f" +{plan.reg_samples} reg" if plan.reg_samples else ""))
+        row("epochs", f"{plan.epochs}")
+        row("batch × acc", f"{plan.batch_size} × {plan.grad_accum}")
+        t.append("─" * max(8, width - 2) + "\n", style="dim")
+        row("steps/epoch", f"{plan.steps_per_epoch:,}")
+        row("steps", f"{plan.total_steps:,}" + ("  (max steps)" if plan.max_steps_cap else ""), style="bold")
+        row("est. time", "—", style="dim")
+        row("est. VRAM", "—", style="dim")
+    t.rstrip()
+    return t
+
+
+def _render_compact(family, report, plan, scanning, scan_error) -> Text:
+    t = Text(no_wrap=True, overflow="ellipsis")
+    if plan is not None:
+        t.append(f"{plan.total_steps:,} steps", style="bold")
+        t.append(
+            f" = {plan.images_x_repeats:,} img×rep" + (f" +{plan.reg_samples} reg" if plan.reg_samples else "")
+            + f" × {plan.epochs} epochs ÷ batch {plan.batch_size} ÷ acc {plan.grad_accum}"
+            + (" (max steps)" if plan.max_steps_cap else ""),
+            style="",
+        )
+        t.append("\n")
+    t.append(f"family {family}  ", style="dim")
+    if scan_error:
+        t.append(scan_error, style="red")
+    elif report is None:
+        t.append("scanning the dataset…" if scanning else "no dataset folder set", style="dim italic")
+    else:
+        t.append(f"{len(report.concepts)} concept{'s' if len(report.concepts) != 1 else ''} · {report.images} images")
+        if report.missing_captions:
+            t.append(f" · {report.missing_captions} uncaptioned", style="yellow")
+        bad = sum(len(c.unreadable) for c in report.concepts)
+        if bad:
+            t.append(f" · {bad} unreadable", style="red")
+        for p in report.problems[:2]:
+            t.append(f"\n✗ {p}", style="red")
+        if not report.problems:
+            for w in report.warnings[:1]:
+                t.append(f"\n! {w}", style="yellow")
+    return t
+
+
+class PlanPanel(Static):
+    """Shows what ``render_plan`` gives; the training screen feeds it."""
+
+    DEFAULT_CSS = """
+    PlanPanel { height: 1fr; }
+    """
+
+    def __init__(self, **kw):
+        super().__init__("", **kw)
+        self.family = "auto"
+        self.report: DatasetReport | None = None
+        self.plan: StepPlan | None = None
+        self.scanning = False
+        self.scan_error = ""
+        self.compact = False
+        self._last: str | None = None
+
+    def show(self, **changes) -> None:
+        for k, v in changes.items():
+            setattr(self, k, v)
+        text = render_plan(
+            family=self.family,
+            report=self.report,
+            plan=self.plan,
+            scanning=self.scanning,
+            scan_error=self.scan_error,
+            width=max(24, self.size.width or 32),
+            compact=self.compact,
+        )
+        if text.markup != self._last:  # a redraw only when something changed
+            self._last = text.markup
+            self.update(text, layout=False)  # fixed size: no relayout of the long form
+
+    def on_resize(self) -> None:
+        self._last = None
+        self.show()
