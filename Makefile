@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	loratui demo
+	$(PYTHON) -m tui.cli demo
 
 demo-headless: $(STAMP)
-	loratui demo --headless
+	$(PYTHON) -m tui.cli demo --headless
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -n 2 -q

@@ -1393,6 +1393,10 @@ def _map_dataset_config(data: dict[str, Any], b: _Builder, path: Path, prefix: s
 
     train = [s for s in subsets if not _truthy(s.get("is_reg"))]
     reg = [s for s in subsets if _truthy(s.get("is_reg"))]
+    for idx, sub in enumerate(subsets):
+        if "is_reg" in sub:
+            b.mapped.append((f"{prefix}datasets[0].subsets[{idx}].is_reg", sub["is_reg"],
+                             "dataset.reg_data_dir" if _truthy(sub["is_reg"]) else "a training concept"))
     if not train:
         b.unsupported_(f"{prefix}datasets[0].subsets", None, "no training subset (all are regularization or none given)")
 

@@ -25,7 +25,9 @@ def _base(key: str) -> str:
 
 
 def _accounted(result) -> set[str]:
-    return {_base(k) for k, _, _ in result.mapped + result.ignored + result.unsupported}
+    entries = result.mapped + result.ignored + result.unsupported
+    # "additional_parameters --x" accounts for both the option and the free-form field itself
+    return {_base(k) for k, _, _ in entries} | {k.split(" ")[0] for k, _, _ in entries}
 
 
 def _changed(result) -> dict[str, dict]:
