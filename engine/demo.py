@@ -37,9 +37,11 @@ def prepare_demo(root: Path | None = None, on_progress: Callable[[str], None] | 
     except (OSError, ValueError, KeyError):
         pass
     if not built:
+        from engine import quiet_libraries
         from engine.synthetic import write_synthetic_dataset
         from engine.tiny import save_tiny_pipeline
 
+        quiet_libraries()
         root.mkdir(parents=True, exist_ok=True)
         say("building the tiny demo model (random weights, no download)")
         save_tiny_pipeline(root / "tiny-sd1", "sd1", seed=0)
