@@ -127,7 +127,7 @@ def save_dtype_for(profile: Profile):
 # --------------------------------------------------------------------------- preflight
 
 
-def preflight(profile: Profile, *, overwrite: bool, resuming: bool) -> list[str]:
+def preflight(profile: Profile, *, overwrite: bool) -> list[str]:
     """Problems known before any model loads (output folder, names, 8-bit on CPU)."""
     import torch
 
@@ -535,7 +535,7 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
             "to continue from, or clear it to start a new LoRA"
         )
     resume_spec = resume or o.resume
-    problems += preflight(profile, overwrite=overwrite, resuming=bool(resume_spec))
+    problems += preflight(profile, overwrite=overwrite)
     plan = plan_for(profile, scan)
     fingerprint = dataset_fingerprint(scan.items, plan.total_steps)
     state = None

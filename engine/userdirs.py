@@ -198,6 +198,34 @@ def check_name(name: str) -> str | None:
     return None
 
 
+def new_name_problem(name: str, keep: Path | None = None) -> str | None:
+    """Why ``name`` cannot be a new user profile (bad name, or taken by another file)."""
+    problem = check_name(name)
+    if problem:
+        return problem
+    path = user_profiles_dir() / f"{name}.toml"
+    if path.exists() and (keep is None or path.resolve() != Path(keep).resolve()):
+        return f"{name} exists already — choose another name"
+    return None
+
+
+def keep_comments(path: str | Path) -> Path | None:
+    """Before a profile file is rewritten (TOML writers drop comments): when it holds
+    comments of its author, copy it once to ``<file>.orig``. Returns the copy."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    ours = {f"# {line}" for line in profile_header(read_origin(path)).splitlines()}
+    authored = [line for line in text.splitlines() if "#" in line and line.strip() not in ours]
+    backup = path.with_name(path.name + ".orig")
+    if not authored or backup.exists():
+        return None
+    atomic_write_text(backup, text)
+    return backup
+
+
 def unique_name(base: str) -> str:
     taken = {e.name for e in user_profiles()}
     if base not in taken:

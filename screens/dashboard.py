@@ -16,12 +16,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Label, RichLog
+from textual.widgets import Label, RichLog
 
 from engine.gpu import GpuSample
 from tui.bridge import RunState
 from tui.widgets import set_text
 from tui.widgets.chart import LineChart
+from tui.widgets.keybar import KeyBar
 from tui.widgets.panels import TextPanel, gpu_line, gpu_text, saved_text, status_text
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ class DashboardScreen(Screen):
                     yield TextPanel(id="saved")
         with Vertical(id="log-box", classes="box"):
             yield RichLog(id="log", max_lines=500, wrap=False, markup=False, auto_scroll=True)
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self._ready = True
@@ -108,6 +109,7 @@ class DashboardScreen(Screen):
         self.set_class(width < 100 or height < 30, "-narrow")
 
     def on_screen_resume(self) -> None:
+        self.query_one(KeyBar).refresh_keys()
         state = self.lt_app.run_state
         if state is not None:
             self.update_from(state, force=True)

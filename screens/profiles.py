@@ -15,22 +15,23 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Label, OptionList, Static
+from textual.widgets import Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from engine.schema import ProfileError, diff_profiles, load_profile
 from engine.userdirs import (
     ProfileEntry,
     bundled_profiles,
-    check_name,
     delete_user_profile,
     load_origin,
+    new_name_problem,
     origin_name,
     save_user_profile,
     unique_name,
     user_profiles,
     user_profiles_dir,
 )
+from tui.widgets.keybar import KeyBar
 
 if TYPE_CHECKING:
     from tui.app import LoraTuiApp
@@ -86,7 +87,7 @@ class ProfilesScreen(Screen):
             yield OptionList(id="list")
             with VerticalScroll(id="details-box"):
                 yield Static("", id="details")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.query_one("#list").border_title = "profiles"
@@ -219,7 +220,7 @@ class ProfilesScreen(Screen):
             self.notify(f"saved {path}", title="profile duplicated")
             self.reload(highlight=path)
 
-        self.app.push_screen(NameDialog(f"Duplicate {e.name} as:", unique_name(f"{e.name}-copy"), check=_new_name_problem), named)
+        self.app.push_screen(NameDialog(f"Duplicate {e.name} as:", unique_name(f"{e.name}-copy"), check=new_name_problem), named)
 
     def action_delete(self) -> None:
         from tui.widgets.dialogs import ChoiceDialog
@@ -248,12 +249,3 @@ def _home(path: Path) -> str:
     home = str(Path.home())
     text = str(path)
     return "~" + text[len(home):] if text.startswith(home + "/") else text
-
-
-def _new_name_problem(name: str) -> str | None:
-    problem = check_name(name)
-    if problem:
-        return problem
-    if (user_profiles_dir() / f"{name}.toml").exists():
-        return f"{name} exists already"
-    return None

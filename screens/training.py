@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +19,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Label, Static
+from textual.widgets import Button, Label, Static
 
 from engine.schema import (
     SECTION_TITLES,
@@ -34,6 +33,7 @@ from engine.schema import (
 )
 from tui.widgets import set_text
 from tui.widgets.fields import SettingField
+from tui.widgets.keybar import KeyBar
 from tui.widgets.plan import PlanPanel
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ class TrainingScreen(Screen):
         Binding("i", "app.dataset", "dataset", id="screen.dataset"),
         Binding("c", "app.captions", "captions", id="screen.captions", show=False),
         Binding("d", "app.dashboard", "dashboard", id="screen.dashboard", show=False),
-        Binding("ctrl+t", "toggle_advanced", "advanced", id="form.advanced"),
+        Binding("ctrl+t", "toggle_advanced", "advanced", id="form.advanced", show=False),
         Binding("escape", "leave_field", "leave field", show=False, id="form.leave_field"),
         Binding("ctrl+n", "next_section", "next section", id="form.next_section"),
         Binding("ctrl+b", "previous_section", "previous section", show=False, id="form.previous_section"),
@@ -125,7 +125,7 @@ class TrainingScreen(Screen):
                     yield Label("", id="problem-count")
             with Vertical(id="plan-box"):
                 yield PlanPanel(id="plan")
-        yield Footer()
+        yield KeyBar()
 
     def _section_fields(self, section: str) -> list[SettingField]:
         self._mounted_sections.add(section)
@@ -156,6 +156,7 @@ class TrainingScreen(Screen):
     def on_screen_resume(self) -> None:
         self.refresh_title()
         self.lt_app.refresh_run_badge()
+        self.query_one(KeyBar).refresh_keys()
 
     # ------------------------------------------------------------------ profile in / out
     def load_profile(self, profile: Profile, scan: bool = True) -> None:

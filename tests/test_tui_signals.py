@@ -125,3 +125,31 @@ def test_hangup_keeps_training_and_sigterm_then_saves(tmp_path, tiny_sd1_dir, sy
         if pid:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+
+
+def test_hangup_without_a_run_ends_the_app(tmp_path):
+    """Nothing to keep going: the app ends (and does not hang on its dead terminal)."""
+    path = tmp_path / "idle.toml"
+    save_profile(Profile(), path)
+    env = {**os.environ, "TERM": "xterm-256color", "LORATUI_CONFIG_DIR": str(tmp_path / "cfg"),
+           "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+    pid, fd, out = spawn_app(path, env, 80, 24)
+    try:
+        wait_for(lambda: sum(map(len, out)) > 2000, 30, "the first frame")
+        os.close(fd)
+        fd = -1
+        end = time.monotonic() + 15
+        while time.monotonic() < end:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                pid = 0
+                assert os.waitstatus_to_exitcode(status) == 0
+                return
+            time.sleep(0.05)
+        raise AssertionError("the app did not end after its terminal hung up")
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)

@@ -30,11 +30,12 @@ from engine.events import Failed
 from engine.schema import SECTION_TITLES, Profile, ProfileError, load_profile, save_profile, settings
 from engine.userdirs import (
     bundled_profiles_dir,
-    check_name,
     is_bundled,
+    keep_comments,
     last_profile,
     list_profiles,
     load_keymap,
+    new_name_problem,
     origin_name,
     profile_header,
     read_origin,
@@ -191,6 +192,7 @@ class LoraTuiApp(App):
         self._hangup_handled = False
         self.terminating = False
         self.seen_end = False
+        self._keys_for_active = False
         self._demo_ready = threading.Event()
         self._tail_stop = threading.Event()
 
@@ -408,12 +410,10 @@ class LoraTuiApp(App):
         if save_as or s.bundled or s.path is None:
             from tui.widgets.dialogs import NameDialog
 
-            base = s.name if not s.bundled else s.name
-            origin = None
             if s.bundled:
                 origin = origin_name(ProfileEntry(s.name, s.path, True))  # type: ignore[arg-type]
-            elif s.path is not None:
-                origin = s.origin if not save_as else (s.origin or s.name)
+            else:
+                origin = s.name if save_as else s.origin
 
             def named(name: str | None) -> None:
                 if not name:
@@ -427,15 +427,16 @@ class LoraTuiApp(App):
                     then()
 
             self.push_screen(
-                NameDialog("Save the form as your profile named:", unique_name(base if s.bundled else f"{base}"), check=check_name),
-                named,
+                NameDialog("Save the form as your profile named:", unique_name(s.name), check=new_name_problem), named
             )
             return
+        backup = keep_comments(s.path)
         save_profile(profile, s.path, header=profile_header(s.origin))
         self.session = ProfileSession(profile, s.path, s.name, False, s.origin)
         remember_last_profile(s.path)
         self.form.refresh_title()
-        self.notify(f"saved {s.path}", title="profile saved", timeout=3)
+        note = f"\nyour comments are kept in {backup}" if backup else ""
+        self.notify(f"saved {s.path}{note}", title="profile saved", timeout=5 if backup else 3)
         if then:
             then()
 
@@ -590,7 +591,7 @@ class LoraTuiApp(App):
         from engine.train import final_path
 
         profile = resolve_paths(profile)
-        if final_path(profile).exists() and not profile.output.resume:
+        if final_path(profile).exists():
             from tui.widgets.dialogs import ChoiceDialog
 
             def answer(key: str | None) -> None:
@@ -674,6 +675,16 @@ class LoraTuiApp(App):
         if dash is not None and event.state is self.run_state:
             dash.update_from(event.state)
         self.refresh_run_badge()
+        active = self.run_active
+        if active != self._keys_for_active:  # a run started or ended: other keys apply
+            self._keys_for_active = active
+            self.refresh_keys()
+
+    def refresh_keys(self) -> None:
+        from tui.widgets.keybar import KeyBar
+
+        for bar in self.screen.query(KeyBar):
+            bar.refresh_keys()
 
     def refresh_run_badge(self) -> None:
         form = self._installed("form")
@@ -1003,4 +1014,6 @@ def run_watch(metrics_path: str | Path) -> int:
     """The read-only dashboard of a run started elsewhere (``loratui watch``)."""
     app = LoraTuiApp(watch_path=metrics_path, install_signals=True, owns_terminal=True)
     app.run()
+    if app.hung_up:
+        stop_input_thread(app)
     return app.return_code or 0

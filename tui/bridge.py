@@ -23,6 +23,7 @@ from pathlib import Path
 
 from textual.message import Message
 
+from engine.console import fmt_duration, fmt_size, report_lines
 from engine.events import (
     TERMINAL_EVENTS,
     CheckpointSaved,
@@ -134,8 +135,6 @@ class RunState:
             if self.requested == "save" and ev.phase == "training" and self.checkpoints:
                 self.requested = ""
         elif isinstance(ev, RunPlanned):
-            from engine.console import report_lines
-
             self.planned = ev
             self.device = ev.device
             self.total_steps = ev.plan.total_steps
@@ -146,7 +145,7 @@ class RunState:
             self.add_log(f"device   {ev.device}", at=ev.time)
         elif isinstance(ev, CheckpointSaved):
             self.checkpoints.append(ev)
-            self.add_log(f"saved {ev.path} ({_size(ev.size)})", at=ev.time)
+            self.add_log(f"saved {ev.path} ({fmt_size(ev.size)})", at=ev.time)
             if self.requested == "save":
                 self.requested = ""
         elif isinstance(ev, WarningEvent):
@@ -164,7 +163,7 @@ class RunState:
                     extra += f" · final loss {ev.summary['final_loss']:.4f}"
                 if isinstance(ev.summary.get("its"), (int, float)) and ev.summary["its"]:
                     extra += f" · {ev.summary['its']:.2f} it/s"
-                self.add_log(f"done: {ev.path} — {ev.steps} steps in {_duration(ev.elapsed)}{extra}", "done", at=ev.time)
+                self.add_log(f"done: {ev.path} — {ev.steps} steps in {fmt_duration(ev.elapsed)}{extra}", "done", at=ev.time)
             else:
                 last = ev.summary.get("last_saved", "")
                 self.add_log(
@@ -182,18 +181,6 @@ class RunState:
                 self.add_log(f"hint: {ev.hint}", "hint", at=ev.time)
             if ev.last_saved:
                 self.add_log(f"last saved: {ev.last_saved}", "info", at=ev.time)
-
-
-def _size(n: int) -> str:
-    from engine.console import fmt_size
-
-    return fmt_size(n)
-
-
-def _duration(s: float) -> str:
-    from engine.console import fmt_duration
-
-    return fmt_duration(s)
 
 
 # --------------------------------------------------------------------------- messages

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     for line in report_lines(scan.report, plan):
         print(line)
     ok = ok and not scan.report.problems
-    for p in preflight(profile, overwrite=args.overwrite, resuming=bool(profile.output.resume)):
+    for p in preflight(profile, overwrite=args.overwrite):
         print(f"error    {p}")
         ok = False
     print("ready to train" if ok else "not ready: fix the errors above")

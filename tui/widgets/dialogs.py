@@ -23,12 +23,12 @@ class ChoiceDialog(ModalScreen[str | None]):
     DEFAULT_CSS = """
     ChoiceDialog { align: center middle; }
     ChoiceDialog > Vertical {
-        width: auto; min-width: 40; max-width: 90%; height: auto; max-height: 90%;
+        width: 90%; max-width: 100; height: auto; max-height: 90%;
         border: round $warning; background: $surface; padding: 0 1;
     }
     ChoiceDialog .title { text-style: bold; }
     ChoiceDialog VerticalScroll { height: auto; max-height: 16; }
-    ChoiceDialog .body { width: auto; max-width: 100; }
+    ChoiceDialog .body { width: 100%; }
     ChoiceDialog Horizontal { height: auto; margin-top: 1; width: auto; }
     ChoiceDialog Button { margin-right: 1; }
     """
