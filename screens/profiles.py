@@ -70,6 +70,7 @@ class ProfilesScreen(Screen):
         Binding("n", "duplicate", "duplicate", id="profiles.duplicate"),
         Binding("a", "app.save_profile_as", "save form as", id="profiles.save_as"),
         Binding("delete,d", "delete", "delete", id="profiles.delete"),
+        Binding("m", "import_config", "import kohya", id="profiles.import"),
     ]
 
     def __init__(self) -> None:
@@ -243,6 +244,51 @@ class ProfilesScreen(Screen):
                 self.reload()
 
         self.app.push_screen(ChoiceDialog(f"Delete {e.name}?", str(e.path), [("y", "delete it")]), answer)
+
+
+    def action_import_config(self) -> None:
+        """Import a kohya_ss GUI .json or sd-scripts .toml config as a user profile."""
+        from tui.widgets.dialogs import ChoiceDialog, NameDialog
+
+        def config_problem(text: str) -> str | None:
+            if not text:
+                return "the path of a kohya_ss .json or sd-scripts .toml config"
+            path = Path(text).expanduser()
+            if not path.is_file():
+                return f"{path}: no such file"
+            if path.suffix.lower() not in (".json", ".toml"):
+                return "a kohya_ss GUI .json or an sd-scripts .toml"
+            return None
+
+        def got_config(text: str | None) -> None:
+            if not text:
+                return
+            from engine.kohya import KohyaImportError, import_kohya, save_import
+
+            src = Path(text).expanduser()
+            try:
+                result = import_kohya(src)
+            except KohyaImportError as exc:
+                self.notify(str(exc), title="cannot import", severity="error")
+                return
+
+            def named(name: str | None) -> None:
+                if not name:
+                    return
+                target = user_profiles_dir() / f"{name}.toml"
+                try:
+                    save_import(result, target)
+                except (FileExistsError, OSError) as exc:
+                    self.notify(f"{target}: {exc}", title="cannot save", severity="error")
+                    return
+                self.reload(highlight=target)
+                self.app.push_screen(ChoiceDialog(f"Imported {src.name} as {name}", result.report().splitlines(), []))
+
+            self.app.push_screen(
+                NameDialog("Save the imported profile as:", unique_name(src.stem), check=new_name_problem), named
+            )
+
+        self.app.push_screen(NameDialog("Import a kohya_ss .json or sd-scripts .toml config (path):", "", check=config_problem), got_config)
 
 
 def _home(path: Path) -> str:

@@ -483,7 +483,11 @@ class TrainingScreen(Screen):
 
     def _watch_dataset(self) -> None:
         """Every 2 s: rescan when a dataset folder changed on disk."""
-        if self.app.screen is not self or self._scan_signature is None or self._scan_key is None:
+        try:
+            current = self.app.screen is self
+        except Exception:  # noqa: BLE001 - the app is shutting down (no screen on the stack)
+            return
+        if not current or self._scan_signature is None or self._scan_key is None:
             return
         self._check_signature()
 

@@ -229,3 +229,32 @@ async def test_command_palette_help_and_a_remapped_key(env):
         await pilot.press("enter")
         await pilot.pause(0.3)
         assert app.session.name == "sdxl-style" and app.session.bundled
+
+
+async def test_import_a_kohya_config_from_the_profiles_screen(env):
+    config = Path(__file__).parent / "fixtures" / "kohya" / "gui_sd15_locon_messy.json"
+    app = LoraTuiApp(gpu=False, check_live_runs=False, prepare_demo=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        await pilot.press("p")
+        await pilot.pause()
+        assert isinstance(app.screen, ProfilesScreen)
+        await pilot.press("m")
+        await pilot.pause()
+        assert isinstance(app.screen, NameDialog)
+        app.screen.query_one(Input).value = str(env / "missing.json")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, NameDialog)  # refused: no such file
+        app.screen.query_one(Input).value = str(config)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, NameDialog)
+        assert app.screen.query_one(Input).value == "gui_sd15_locon_messy"
+        app.screen.query_one(Input).value = "from-kohya"
+        await pilot.press("enter")
+        await pilot.pause()
+        saved = user_profiles_dir() / "from-kohya.toml"
+        assert saved.is_file()
+        assert load_profile(saved).network.network_type == "locon"
+        assert isinstance(app.screen, ChoiceDialog)  # the import report
