@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from engine.events import CheckpointSaved, Control, Failed, Finished, LogEvent, StepEvent, WarningEvent
-from engine.schema import profile_from_dict
 from engine.state import list_states, read_state
 from engine.train import run_training
+from tiny_runs import tiny_profile
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,20 +36,17 @@ def data(tmp_path_factory):
     return write_synthetic_dataset(tmp_path_factory.mktemp("resume") / "images", {"2_toy": 4}, size=(64, 64))
 
 
+RESUME_DEFAULTS = {
+    "optimization__lr_scheduler": "cosine",
+    "optimization__lr_warmup_steps": 2.0,
+    "optimization__noise_offset": 0.05,
+    "output__save_every_n_epochs": 0,
+    "output__save_precision": "float",
+}
+
+
 def make_profile(model, data, out, **over):
-    d = {
-        "model": {"base_model": str(model)},
-        "dataset": {"train_data_dir": str(data), "resolution": 64, "enable_bucket": False, "min_bucket_reso": 64},
-        "network": {"network_dim": 4, "network_alpha": 2.0},
-        "optimization": {"optimizer": "AdamW", "learning_rate": 1e-3, "max_train_epochs": 2, "train_batch_size": 2,
-                         "mixed_precision": "no", "lr_scheduler": "cosine", "lr_warmup_steps": 2.0,
-                         "noise_offset": 0.05},
-        "output": {"output_dir": str(out), "output_name": "tiny", "save_every_n_epochs": 0, "save_precision": "float"},
-    }
-    for dotted, value in over.items():
-        section, key = dotted.split("__")
-        d.setdefault(section, {})[key] = value
-    return profile_from_dict(d)
+    return tiny_profile(model, data, out, **{**RESUME_DEFAULTS, **over})
 
 
 def train(profile, *, stop_at: int | None = None, **kw):

@@ -18,23 +18,11 @@ import ldm_convert  # noqa: E402
 
 from engine.events import CheckpointSaved, Control, Failed, Finished, PhaseChanged, RunPlanned, StepEvent  # noqa: E402
 from engine.run import start_run  # noqa: E402
-from engine.schema import profile_from_dict  # noqa: E402
-from engine.train import run_training  # noqa: E402
+from engine.train import run_training
+from tiny_runs import tiny_profile  # noqa: E402
 
 
-def make_profile(model: Path, data: Path, out: Path, **over):
-    d = {
-        "model": {"base_model": str(model)},
-        "dataset": {"train_data_dir": str(data), "resolution": 64, "enable_bucket": False, "min_bucket_reso": 64},
-        "network": {"network_dim": 4, "network_alpha": 2.0},
-        "optimization": {"optimizer": "AdamW", "learning_rate": 1e-3, "max_train_epochs": 2, "train_batch_size": 2,
-                         "mixed_precision": "no", "lr_scheduler": "constant"},
-        "output": {"output_dir": str(out), "output_name": "tiny", "save_every_n_epochs": 1},
-    }
-    for dotted, value in over.items():
-        section, key = dotted.split("__")
-        d.setdefault(section, {})[key] = value
-    return profile_from_dict(d)
+make_profile = tiny_profile
 
 
 def train(profile, **kw):
