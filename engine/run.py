@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from engine.events import TERMINAL_EVENTS, Control, Event
@@ -32,18 +32,12 @@ class RunHandle:
         self._q: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
-        self._listeners: list[Callable[[Event], None]] = []
         self.thread: threading.Thread | None = None
 
     # -- producer side (training thread) ---------------------------------------
     def emit(self, ev: Event) -> None:
         if isinstance(ev, TERMINAL_EVENTS):
             self.result = ev
-        for fn in self._listeners:
-            try:
-                fn(ev)
-            except Exception:  # a listener must never break training
-                pass
         self._q.put(ev)
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None:
@@ -51,10 +45,6 @@ class RunHandle:
                 loop.call_soon_threadsafe(wake.set)
             except RuntimeError:  # loop closed
                 pass
-
-    def add_listener(self, fn: Callable[[Event], None]) -> None:
-        """Call ``fn(event)`` in the training thread for every event (keep it cheap)."""
-        self._listeners.append(fn)
 
     # -- consumer side -------------------------------------------------------------
     @property
