@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PYTHON) -m tui.cli demo
+	$(PYTHON) -m loratui.tui.cli demo
 
 demo-headless: $(STAMP)
-	$(PYTHON) -m tui.cli demo --headless
+	$(PYTHON) -m loratui.tui.cli demo --headless
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -n 2 -q

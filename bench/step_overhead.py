@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def engine_run(model_dir: Path, data_dir: Path, out_dir: Path, steps: int, resolution: int, batch: int) -> list[float]:
-    from engine.events import StepEvent
-    from engine.schema import profile_from_dict
-    from engine.train import run_training
+    from loratui.engine.events import StepEvent
+    from loratui.engine.schema import profile_from_dict
+    from loratui.engine.train import run_training
 
     profile = profile_from_dict(
         {
@@ -127,9 +127,9 @@ def main() -> int:
 
     import torch
 
-    from engine import quiet_libraries
-    from engine.synthetic import write_synthetic_dataset
-    from engine.tiny import save_tiny_pipeline
+    from loratui.engine import quiet_libraries
+    from loratui.engine.synthetic import write_synthetic_dataset
+    from loratui.engine.tiny import save_tiny_pipeline
 
     quiet_libraries()
     tmp = Path(tempfile.mkdtemp(prefix="loratui-bench-"))

@@ -101,9 +101,9 @@ def app_code(profile: Path) -> str:
 
 def tiny_setup(tmp: Path, steps: int, name: str = "bench", resolution: int = 64) -> Path:
     """A tiny SD 1.x model, a synthetic dataset and a profile that trains ``steps`` steps."""
-    from engine.schema import Profile, save_profile
-    from engine.synthetic import write_synthetic_dataset
-    from engine.tiny import save_tiny_pipeline
+    from loratui.engine.schema import Profile, save_profile
+    from loratui.engine.synthetic import write_synthetic_dataset
+    from loratui.engine.tiny import save_tiny_pipeline
 
     model = tmp / "model"
     if not model.exists():

@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="loratui-bench-"))
-    from engine.userdirs import bundled_profiles_dir
+    from loratui.engine.userdirs import bundled_profiles_dir
 
     profile = tmp / "mine.toml"
     shutil.copy(bundled_profiles_dir() / "sd15-character.toml", profile)

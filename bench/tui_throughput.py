@@ -25,8 +25,8 @@ from tui_common import REPO, PtyApp, app_code, app_env, metrics, tiny_setup, wai
 
 
 def finished(path: Path) -> dict | None:
-    from engine.commands.watch import last_event
-    from engine.events import Failed, Finished, event_to_dict
+    from loratui.engine.commands.watch import last_event
+    from loratui.engine.events import Failed, Finished, event_to_dict
 
     ev = last_event(path)  # reads only the file's end: the watcher must not load the machine
     return event_to_dict(ev) if isinstance(ev, (Finished, Failed)) else None
@@ -35,7 +35,7 @@ def finished(path: Path) -> dict | None:
 def headless(tmp: Path, steps: int, name: str) -> float:
     profile = tiny_setup(tmp, steps, name)
     env = app_env(tmp)
-    subprocess.run([sys.executable, "-m", "engine.cli", "train", str(profile)], cwd=REPO, env=env,
+    subprocess.run([sys.executable, "-m", "loratui.engine.cli", "train", str(profile)], cwd=REPO, env=env,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     ev = finished(tmp / f"out-{name}" / f"{name}.metrics.jsonl")
     assert ev and ev["type"] == "Finished", ev

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from engine.schema import DatasetSettings
+    from loratui.engine.schema import DatasetSettings
 
 Size = tuple[int, int]  # (width, height)
 

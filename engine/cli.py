@@ -12,13 +12,13 @@ import pkgutil
 import sys
 from types import ModuleType
 
-import engine.commands
+from loratui.engine import commands as engine_commands
 
 
 def command_modules() -> dict[str, ModuleType]:
     mods: dict[str, ModuleType] = {}
-    for info in pkgutil.iter_modules(engine.commands.__path__):
-        mod = importlib.import_module(f"engine.commands.{info.name}")
+    for info in pkgutil.iter_modules(engine_commands.__path__):
+        mod = importlib.import_module(f"loratui.engine.commands.{info.name}")
         if hasattr(mod, "NAME") and hasattr(mod, "run"):
             mods[mod.NAME] = mod
     return dict(sorted(mods.items()))

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import TextIO
 
-from engine.events import (
+from loratui.engine.events import (
     CheckpointSaved,
     Event,
     Failed,
@@ -17,7 +17,7 @@ from engine.events import (
     StepEvent,
     WarningEvent,
 )
-from engine.plan import DatasetReport, StepPlan
+from loratui.engine.plan import DatasetReport, StepPlan
 
 
 def fmt_duration(seconds: float) -> str:

@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
-from engine.buckets import BucketManager, cover_size
-from engine.latent_cache import CACHE_DIR_NAME, LatentCacheError, LatentStore, cache_latents, vae_fingerprint  # noqa: F401
-from engine.plan import ConceptReport, DatasetReport, StepPlan, plan_steps
+from loratui.engine.buckets import BucketManager, cover_size
+from loratui.engine.latent_cache import CACHE_DIR_NAME, LatentCacheError, LatentStore, cache_latents, vae_fingerprint  # noqa: F401
+from loratui.engine.plan import ConceptReport, DatasetReport, StepPlan, plan_steps
 
 if TYPE_CHECKING:
-    from engine.schema import DatasetSettings, Profile
+    from loratui.engine.schema import DatasetSettings, Profile
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # image types people drop into a dataset that we do not train on: said, not silently ignored

@@ -12,8 +12,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import profiles
-from engine.fsutil import atomic_write_text
+from loratui import profiles
+from loratui.engine.fsutil import atomic_write_text
 
 DEMO_VERSION = 1
 BUNDLED_DEMO = Path(profiles.__file__).parent / "demo.toml"
@@ -37,9 +37,9 @@ def prepare_demo(root: Path | None = None, on_progress: Callable[[str], None] | 
     except (OSError, ValueError, KeyError):
         pass
     if not built:
-        from engine import quiet_libraries
-        from engine.synthetic import write_synthetic_dataset
-        from engine.tiny import save_tiny_pipeline
+        from loratui.engine import quiet_libraries
+        from loratui.engine.synthetic import write_synthetic_dataset
+        from loratui.engine.tiny import save_tiny_pipeline
 
         quiet_libraries()
         root.mkdir(parents=True, exist_ok=True)

@@ -15,10 +15,10 @@ import gc
 import sys
 from typing import TYPE_CHECKING
 
-from engine.events import Failed
+from loratui.engine.events import Failed
 
 if TYPE_CHECKING:
-    from engine.schema import Profile
+    from loratui.engine.schema import Profile
 
 # Errors our own modules raise: their text is already meant for the user.
 OWN_ERRORS = ("ModelLoadError", "LoRAWeightsError", "DatasetError", "LatentCacheError", "ProfileError", "StateError")

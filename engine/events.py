@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.plan import DatasetReport, StepPlan
+from loratui.engine.plan import DatasetReport, StepPlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +179,7 @@ def event_to_dict(ev: Event) -> dict[str, Any]:
 
 def event_from_dict(d: dict[str, Any]) -> Event | None:
     """Rebuild an event written by ``event_to_dict``; None for unknown types."""
-    from engine.plan import ConceptReport
+    from loratui.engine.plan import ConceptReport
 
     d = dict(d)
     cls = _EVENT_TYPES.get(d.pop("type", ""))

@@ -48,10 +48,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.dataset import IMAGE_EXTENSIONS, UPSCALE_WARN, DatasetError, probe_image, read_caption, scan_dataset
+from loratui.engine.dataset import IMAGE_EXTENSIONS, UPSCALE_WARN, DatasetError, probe_image, read_caption, scan_dataset
 
 if TYPE_CHECKING:
-    from engine.schema import DatasetSettings
+    from loratui.engine.schema import DatasetSettings
 
 NEAR_DUPLICATE_BITS = 6  # dHash Hamming distance (of 64 bits) at or below which two images look alike
 NEAR_DUPLICATE_COLOUR = 24  # and their mean colours differ by at most this (0-255) per channel
@@ -367,7 +367,7 @@ def dataset_settings(
     raised to the resolution when that is larger. Raises InspectError for a bad value."""
     from pydantic import ValidationError
 
-    from engine.schema import DatasetSettings
+    from loratui.engine.schema import DatasetSettings
 
     try:
         res = int(resolution)
@@ -553,7 +553,7 @@ def image_fingerprint(path: str | Path) -> tuple[int, tuple[int, int, int]]:
     Raises DatasetError when the pixels cannot be decoded."""
     from PIL import Image, ImageOps
 
-    from engine.captioners.images import to_rgb
+    from loratui.engine.captioners.images import to_rgb
 
     try:
         with warnings.catch_warnings():
@@ -676,7 +676,7 @@ def load_caption(image: str | Path, caption_extension: str = ".txt") -> tuple[st
 def save_caption(image: str | Path, text: str, caption_extension: str = ".txt") -> Path:
     """Write ``text`` as ``image``'s caption, atomically (the old file stays whole
     until the new one is complete; its permissions are kept). Returns the path."""
-    from engine.fsutil import atomic_write_text
+    from loratui.engine.fsutil import atomic_write_text
 
     image = Path(image)
     if not caption_extension.startswith(".") or len(caption_extension) < 2:
@@ -857,7 +857,7 @@ def make_kohya_folder(
     defaults to :func:`suggest_repeats` of the readable images. Unreadable images
     are left out (listed in ``skipped``). The folder is built under a temporary
     name and renamed into place when complete; an existing folder is never replaced."""
-    from engine.fsutil import atomic_dir
+    from loratui.engine.fsutil import atomic_dir
 
     if mode not in LINK_MODES:
         raise InspectError(f"mode: {mode!r} is not one of {', '.join(LINK_MODES)}")

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.schema import (
+from loratui.engine.schema import (
     NETWORK_TYPES,
     OPTIMIZERS,
     SCHEDULERS,
@@ -119,8 +119,8 @@ def save_import(result: ImportResult, path: str | Path, *, overwrite: bool = Fal
     import report's unsupported keys as a header. A profile the schema refuses (an
     unsupported network type kept as given) is written as well, so the user can open
     and change it. Raises FileExistsError when ``path`` exists and not ``overwrite``."""
-    from engine.fsutil import atomic_write_text
-    from engine.schema import save_profile
+    from loratui.engine.fsutil import atomic_write_text
+    from loratui.engine.schema import save_profile
 
     path = Path(path)
     if path.exists() and not overwrite:
@@ -1803,7 +1803,7 @@ def export_sd_scripts(p: Profile, out_dir: str | Path, *, source: str = "", over
     """Write ``config.toml`` (``--config_file``) and, when the concept folders can be
     listed, ``dataset.toml`` (``--dataset_config``) into ``out_dir``, atomically.
     Raises FileExistsError (without writing) when a file exists and not ``overwrite``."""
-    from engine.fsutil import atomic_write_text
+    from loratui.engine.fsutil import atomic_write_text
 
     out_dir = Path(out_dir)
     cfg_path = out_dir / names[0]

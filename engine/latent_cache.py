@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from engine.dataset import CropInfo, ImageItem
+    from loratui.engine.dataset import CropInfo, ImageItem
 
 CACHE_DIR_NAME = ".loratui_cache"
 CACHE_VERSION = 1  # bump when the resize / crop / encode recipe changes
@@ -278,7 +278,7 @@ def cache_latents(
     decoded."""
     import torch
 
-    from engine.dataset import array_to_tensor, load_image_array
+    from loratui.engine.dataset import array_to_tensor, load_image_array
 
     if mode not in ("memory", "disk"):
         raise ValueError(f"mode must be 'memory' or 'disk', not {mode!r}")
@@ -454,7 +454,7 @@ def _key_now(item: "ImageItem", vae_id: str) -> str:
 
 
 def _crop_from_meta(meta: dict[str, str], suffix: str) -> "CropInfo":
-    from engine.dataset import CropInfo
+    from loratui.engine.dataset import CropInfo
 
     return CropInfo(
         original_size=_unfmt(meta["original_size"]),
@@ -471,7 +471,7 @@ def _remove_old_leftovers(folder: Path) -> None:
     run beside us is writing right now)."""
     import time
 
-    from engine.fsutil import TMP_PREFIX
+    from loratui.engine.fsutil import TMP_PREFIX
 
     try:
         for p in folder.iterdir():
@@ -484,7 +484,7 @@ def _remove_old_leftovers(folder: Path) -> None:
 def _write_cache(path: Path, tensors: dict, key: str, crop: "CropInfo", crop_f: "CropInfo | None") -> None:
     from safetensors.torch import save_file
 
-    from engine.fsutil import atomic_save
+    from loratui.engine.fsutil import atomic_save
 
     meta = {
         "format": "loratui-latent-cache",

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.kohya_names import (
+from loratui.engine.kohya_names import (
     FAMILY_LABELS,
     LORA_PREFIX_TEXT_ENCODER,
     LORA_PREFIX_UNET,
@@ -581,7 +581,7 @@ class LoRANetwork:
         and ``sshs_legacy_hash`` are added as sd-scripts does."""
         from safetensors.torch import save_file
 
-        from engine.fsutil import atomic_save
+        from loratui.engine.fsutil import atomic_save
 
         sd = self.kohya_state_dict(as_dtype(dtype))
         meta = {str(k): _meta_str(v) for k, v in (metadata or {}).items()}

@@ -31,8 +31,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from engine.plan import DatasetReport, StepPlan
-from engine.schema import Profile
+from loratui.engine.plan import DatasetReport, StepPlan
+from loratui.engine.schema import Profile
 
 # What sd-scripts writes for ``optimizer_class.__module__ + "." + optimizer_class.__name__``.
 OPTIMIZER_CLASS_PATHS = {

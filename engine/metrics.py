@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.events import Event, event_to_dict
-from engine.schema import Profile
+from loratui.engine.events import Event, event_to_dict
+from loratui.engine.schema import Profile
 
 
 def metrics_path_for(profile: Profile) -> Path:

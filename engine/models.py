@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.configs import config_dir
+from loratui.engine.configs import config_dir
 
 FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 SAFETENSORS_EXT = (".safetensors", ".sft")

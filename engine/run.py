@@ -19,8 +19,8 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-from engine.events import TERMINAL_EVENTS, Control, Event
-from engine.schema import Profile
+from loratui.engine.events import TERMINAL_EVENTS, Control, Event
+from loratui.engine.schema import Profile
 
 
 class RunHandle:
@@ -89,9 +89,9 @@ def start_run(
     resume: str | None = None,
 ) -> RunHandle:
     """Start training ``profile`` in a background thread and return at once."""
-    from engine.train import run_training
+    from loratui.engine.train import run_training
 
-    from engine.metrics import metrics_path_for
+    from loratui.engine.metrics import metrics_path_for
 
     control = control or Control()
     handle = RunHandle(profile, control, metrics_path_for(profile))

@@ -697,7 +697,7 @@ def profile_to_toml(p: Profile, header: str | None = None) -> str:
 
 def save_profile(p: Profile, path: str | Path, header: str | None = None) -> Path:
     """Write atomically (temp file in the same folder, fsync, rename)."""
-    from engine.fsutil import atomic_write_text
+    from loratui.engine.fsutil import atomic_write_text
 
     path = Path(path)
     atomic_write_text(path, profile_to_toml(p, header))

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.schema import Profile, diff_profiles, profile_from_dict
+from loratui.engine.schema import Profile, diff_profiles, profile_from_dict
 
 STATE_VERSION = 1
 STATE_MARK = "-state-step"
@@ -130,7 +130,7 @@ def write_state(
     import torch
     from safetensors.torch import save_file
 
-    from engine.fsutil import atomic_dir
+    from loratui.engine.fsutil import atomic_dir
 
     def fill(tmp: Path) -> None:
         save_file({k: v.contiguous() for k, v in lora_sd.items()}, str(tmp / "lora.safetensors"))
@@ -157,7 +157,7 @@ def prune_states(profile: Profile, keep: int) -> list[Path]:
     Call it only after the newest one is complete."""
     if keep <= 0:
         return []
-    from engine.fsutil import TMP_PREFIX
+    from loratui.engine.fsutil import TMP_PREFIX
 
     states = list_states(profile)
     doomed = states[:-keep]
@@ -336,7 +336,7 @@ class OutputDirLock:
         return lock.restored
 
     def _put_back(self, min_age: float) -> None:
-        from engine.fsutil import TMP_PREFIX
+        from loratui.engine.fsutil import TMP_PREFIX
 
         old_prefix = TMP_PREFIX + "old-"
         now = time.time()
@@ -353,7 +353,7 @@ class OutputDirLock:
                     self.restored.append(target)
 
     def _cleanup(self, min_age: float) -> None:
-        from engine.fsutil import TMP_PREFIX, remove_leftovers
+        from loratui.engine.fsutil import TMP_PREFIX, remove_leftovers
 
         now = time.time()
         self._put_back(min_age)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.events import (
+from loratui.engine.events import (
     Aborted,
     CheckpointSaved,
     Control,
@@ -47,7 +47,7 @@ from engine.events import (
     StepEvent,
     WarningEvent,
 )
-from engine.schema import EIGHT_BIT_OPTIMIZERS, Profile, profile_warnings
+from loratui.engine.schema import EIGHT_BIT_OPTIMIZERS, Profile, profile_warnings
 
 Emit = Callable[[Event], None]
 
@@ -162,7 +162,7 @@ def _check_writable(out: Path) -> list[str]:
     import shutil
     import tempfile
 
-    from engine.fsutil import TMP_PREFIX
+    from loratui.engine.fsutil import TMP_PREFIX
 
     probe_dir = out
     while not probe_dir.exists() and probe_dir != probe_dir.parent:
@@ -391,8 +391,8 @@ def run_training(
     wrong (out of memory, disk full, NaN loss, bad input ...) and the memory the
     run held is released before it is returned. ``resume``: a state folder, or
     ``"latest"`` for the newest state of this output name."""
-    from engine.errors import release_memory
-    from engine.metrics import MetricsWriter, metrics_path_for
+    from loratui.engine.errors import release_memory
+    from loratui.engine.metrics import MetricsWriter, metrics_path_for
 
     control = control or Control()
     metrics = MetricsWriter(metrics_path_for(profile), fresh=not (resume or profile.output.resume))
@@ -434,7 +434,7 @@ def run_training(
 def _unexpected(ctx: RunContext, exc: BaseException) -> Failed:
     from dataclasses import replace
 
-    from engine.errors import explain_exception
+    from loratui.engine.errors import explain_exception
 
     known = explain_exception(exc, ctx.profile, where=ctx.where())
     if known is not None:
@@ -517,15 +517,15 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
     emit(PhaseChanged(phase="preparing", detail="scanning the dataset"))
     for w in profile_warnings(profile):
         warn(w)
-    from engine.dataset import plan_for, scan_dataset
-    from engine.state import dataset_fingerprint
+    from loratui.engine.dataset import plan_for, scan_dataset
+    from loratui.engine.state import dataset_fingerprint
 
     scan = scan_dataset(ds)
     report = scan.report
     for w in report.warnings:
         warn(w)
     problems = list(report.problems)
-    from engine.models import inspect_model
+    from loratui.engine.models import inspect_model
 
     problems += inspect_model(profile.model).problems  # headers only: the same checks the loader makes
     if net.network_weights and not Path(net.network_weights).expanduser().is_file():
@@ -541,7 +541,7 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
     state = None
     restored: list[Path] = []
     if resume_spec:
-        from engine.state import (
+        from loratui.engine.state import (
             OutputDirLock,
             StateError,
             dataset_differences,
@@ -589,7 +589,7 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
         raise TrainingError("nothing to train: the plan has 0 steps", "add images or raise epochs/repeats")
     ctx.passed_preflight()
     ctx.heavy = True
-    from engine.state import OutputDirLock
+    from loratui.engine.state import OutputDirLock
 
     ctx.lock = OutputDirLock(o.output_dir).acquire()
     for p in restored + ctx.lock.restored:
@@ -602,13 +602,13 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
     check_abort()
 
     # ---- 2. model ------------------------------------------------------------------
-    from engine import quiet_libraries
+    from loratui.engine import quiet_libraries
 
     quiet_libraries()
     mp = resolve_precision(profile, device, warn)
     weight_dtype = weight_dtype_for(mp)
     emit(PhaseChanged(phase="loading_model", detail=profile.model.base_model))
-    from engine.models import load_components
+    from loratui.engine.models import load_components
 
     comp = load_components(
         profile.model,
@@ -624,7 +624,7 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
     check_abort()
 
     # ---- 3. network -----------------------------------------------------------------
-    from engine.lora import LoRANetwork
+    from loratui.engine.lora import LoRANetwork
 
     torch.manual_seed(opt.seed)
     random.seed(opt.seed)
@@ -662,8 +662,8 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
     check_disk_space(profile, plan, network.num_parameters(), warn)
 
     # ---- 4. latents -------------------------------------------------------------------
-    from engine.dataset import cache_latents, epoch_batches, load_image_tensor, process_caption
-    from engine.latent_cache import encode_pixels
+    from loratui.engine.dataset import cache_latents, epoch_batches, load_image_tensor, process_caption
+    from loratui.engine.latent_cache import encode_pixels
 
     store = None
     if ds.cache_latents != "off":
@@ -705,8 +705,8 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
     params = [p for g in groups for p in g["params"]]
     step, start_epoch, skip_batches = 0, 1, 0
     if state is not None:
-        from engine.lora import read_lora_file
-        from engine.state import load_training
+        from loratui.engine.lora import read_lora_file
+        from loratui.engine.state import load_training
 
         sd, _ = read_lora_file(state.folder / "lora.safetensors")
         network.load_kohya_state_dict(sd, source=str(state.folder / "lora.safetensors"))
@@ -733,8 +733,8 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
     lora_saved_at = state_saved_at = -1  # steps of the newest LoRA / state written by this run
     bad_steps = 0
 
-    from engine.errors import disk_full_message, is_disk_full, nan_hint
-    from engine.metadata import model_hashes
+    from loratui.engine.errors import disk_full_message, is_disk_full, nan_hint
+    from loratui.engine.metadata import model_hashes
 
     base_hashes = model_hashes(profile.model.base_model, full=False)
 
@@ -775,7 +775,7 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
         nonlocal lora_saved_at
         check_finite_weights()
         emit(PhaseChanged(phase="saving", detail=path.name))
-        from engine.metadata import build_metadata
+        from loratui.engine.metadata import build_metadata
 
         md = build_metadata(
             profile,
@@ -799,7 +799,7 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
 
     def save_state(epoch: int, batch_in_epoch: int, nbatches: int) -> None:
         nonlocal state_saved_at
-        from engine.state import prune_states, state_dir, write_state
+        from loratui.engine.state import prune_states, state_dir, write_state
 
         check_finite_weights()
         if batch_in_epoch >= nbatches:  # at an epoch's end: continue with the next one

@@ -20,8 +20,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.fsutil import atomic_write_text
-from engine.schema import Profile, ProfileError, load_profile, save_profile
+from loratui.engine.fsutil import atomic_write_text
+from loratui.engine.schema import Profile, ProfileError, load_profile, save_profile
 
 APP_NAME = "loratui"
 ORIGIN_RE = re.compile(r"^#\s*based on:\s*(.+?)\s*$")
@@ -42,7 +42,7 @@ def user_profiles_dir() -> Path:
 
 
 def bundled_profiles_dir() -> Path:
-    import profiles
+    from loratui import profiles
 
     return Path(profiles.__file__).parent
 

@@ -18,15 +18,15 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Label, RichLog
 
-from engine.gpu import GpuSample
-from tui.bridge import RunState
-from tui.widgets import set_text
-from tui.widgets.chart import LineChart
-from tui.widgets.keybar import KeyBar
-from tui.widgets.panels import TextPanel, gpu_line, gpu_text, saved_text, status_text
+from loratui.engine.gpu import GpuSample
+from loratui.tui.bridge import RunState
+from loratui.tui.widgets import set_text
+from loratui.tui.widgets.chart import LineChart
+from loratui.tui.widgets.keybar import KeyBar
+from loratui.tui.widgets.panels import TextPanel, gpu_line, gpu_text, saved_text, status_text
 
 if TYPE_CHECKING:
-    from tui.app import LoraTuiApp
+    from loratui.tui.app import LoraTuiApp
 
 STATUS_EVERY = 1.0
 

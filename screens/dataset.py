@@ -36,8 +36,8 @@ from textual.widgets import (
     TextArea,
 )
 
-from engine.events import Control, Failed, LogEvent, PhaseChanged, WarningEvent
-from engine.inspection import (
+from loratui.engine.events import Control, Failed, LogEvent, PhaseChanged, WarningEvent
+from loratui.engine.inspection import (
     MAX_REPEATS,
     DatasetInspection,
     ImageInfo,
@@ -49,8 +49,8 @@ from engine.inspection import (
 )
 
 if TYPE_CHECKING:
-    from engine.captioners import CaptionSettings
-    from engine.schema import DatasetSettings
+    from loratui.engine.captioners import CaptionSettings
+    from loratui.engine.schema import DatasetSettings
 
 TABS = ("images", "tags", "buckets", "problems")
 ISSUE_STYLES = {
@@ -279,7 +279,7 @@ class CaptionJobDialog(ModalScreen[dict | None]):
 
     @on(Select.Changed, "#cap-tagger")
     def _tagger_changed(self, event: Select.Changed) -> None:
-        from engine.captioners import DEFAULT_MODELS
+        from loratui.engine.captioners import DEFAULT_MODELS
 
         self.query_one("#cap-model", Input).placeholder = DEFAULT_MODELS.get(str(event.value), "")
 
@@ -438,7 +438,7 @@ class DatasetScreen(Screen):
     def _scan_worker(self, generation: int) -> None:
         from textual.worker import get_current_worker
 
-        from engine.inspection import inspect_dataset
+        from loratui.engine.inspection import inspect_dataset
 
         worker = get_current_worker()
         try:
@@ -766,7 +766,7 @@ class DatasetScreen(Screen):
 
     # ------------------------------------------------------------------ captioning
     def _caption_defaults(self) -> "CaptionSettings":
-        from engine.captioners import CaptionSettings
+        from loratui.engine.captioners import CaptionSettings
 
         base = self.caption_settings or CaptionSettings()
         if base.caption_extension != self.caption_extension:
@@ -832,7 +832,7 @@ class DatasetScreen(Screen):
 
     @work(thread=True, exclusive=True, group="dataset-caption", exit_on_error=False)
     def _caption_worker(self, settings, folder: Path, images, control: Control) -> None:
-        from engine.captioners import run_captioner
+        from loratui.engine.captioners import run_captioner
 
         outcome: dict[str, Any] = {"failed": None}
 

@@ -10,7 +10,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from engine.userdirs import keymap_path
+from loratui.engine.userdirs import keymap_path
 
 
 KEY_NAMES = {"question_mark": "?", "escape": "esc", "delete": "del", "backspace": "backspace", "tilde": "~"}
@@ -18,10 +18,10 @@ KEY_NAMES = {"question_mark": "?", "escape": "esc", "delete": "del", "backspace"
 
 def binding_rows(app) -> list[tuple[str, str, str, str]]:
     """(where, keys, what, id) for every binding with an id, keymap applied."""
-    from screens.dashboard import DashboardScreen
-    from screens.profiles import ProfilesScreen
-    from screens.training import TrainingScreen
-    from tui.widgets.dialogs import PathPicker
+    from loratui.screens.dashboard import DashboardScreen
+    from loratui.screens.profiles import ProfilesScreen
+    from loratui.screens.training import TrainingScreen
+    from loratui.tui.widgets.dialogs import PathPicker
 
     keymap = getattr(app, "user_keymap", {})
     groups = [

@@ -18,8 +18,8 @@ from textual.screen import Screen
 from textual.widgets import Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from engine.schema import ProfileError, diff_profiles, load_profile
-from engine.userdirs import (
+from loratui.engine.schema import ProfileError, diff_profiles, load_profile
+from loratui.engine.userdirs import (
     ProfileEntry,
     bundled_profiles,
     delete_user_profile,
@@ -31,10 +31,10 @@ from engine.userdirs import (
     user_profiles,
     user_profiles_dir,
 )
-from tui.widgets.keybar import KeyBar
+from loratui.tui.widgets.keybar import KeyBar
 
 if TYPE_CHECKING:
-    from tui.app import LoraTuiApp
+    from loratui.tui.app import LoraTuiApp
 
 
 def fmt(v) -> str:
@@ -203,7 +203,7 @@ class ProfilesScreen(Screen):
         self.app.pop_screen()
 
     def action_duplicate(self) -> None:
-        from tui.widgets.dialogs import NameDialog
+        from loratui.tui.widgets.dialogs import NameDialog
 
         e = self._entry()
         if e is None:
@@ -224,7 +224,7 @@ class ProfilesScreen(Screen):
         self.app.push_screen(NameDialog(f"Duplicate {e.name} as:", unique_name(f"{e.name}-copy"), check=new_name_problem), named)
 
     def action_delete(self) -> None:
-        from tui.widgets.dialogs import ChoiceDialog
+        from loratui.tui.widgets.dialogs import ChoiceDialog
 
         e = self._entry()
         if e is None:
@@ -248,7 +248,7 @@ class ProfilesScreen(Screen):
 
     def action_import_config(self) -> None:
         """Import a kohya_ss GUI .json or sd-scripts .toml config as a user profile."""
-        from tui.widgets.dialogs import ChoiceDialog, NameDialog
+        from loratui.tui.widgets.dialogs import ChoiceDialog, NameDialog
 
         def config_problem(text: str) -> str | None:
             if not text:
@@ -263,7 +263,7 @@ class ProfilesScreen(Screen):
         def got_config(text: str | None) -> None:
             if not text:
                 return
-            from engine.kohya import KohyaImportError, import_kohya, save_import
+            from loratui.engine.kohya import KohyaImportError, import_kohya, save_import
 
             src = Path(text).expanduser()
             try:

@@ -21,7 +21,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, Label, Static
 
-from engine.schema import (
+from loratui.engine.schema import (
     SECTION_TITLES,
     DatasetSettings,
     Profile,
@@ -31,13 +31,13 @@ from engine.schema import (
     profile_warnings,
     settings,
 )
-from tui.widgets import set_text
-from tui.widgets.fields import SettingField
-from tui.widgets.keybar import KeyBar
-from tui.widgets.plan import PlanPanel
+from loratui.tui.widgets import set_text
+from loratui.tui.widgets.fields import SettingField
+from loratui.tui.widgets.keybar import KeyBar
+from loratui.tui.widgets.plan import PlanPanel
 
 if TYPE_CHECKING:
-    from tui.app import LoraTuiApp
+    from loratui.tui.app import LoraTuiApp
 
 PROBLEM_RE = re.compile(r"^[^:]*:([a-z_]+)\.([a-z_]+): (.*)$", re.S)
 WARNING_RE = re.compile(r"^([a-z_]+)\.([a-z_]+): (.*)$", re.S)
@@ -261,7 +261,7 @@ class TrainingScreen(Screen):
 
     @property
     def dirty(self) -> bool:
-        from engine.schema import diff_profiles
+        from loratui.engine.schema import diff_profiles
 
         saved = self.lt_app.session.profile
         if self.valid is None:
@@ -300,7 +300,7 @@ class TrainingScreen(Screen):
 
     @on(SettingField.PickRequested)
     def _pick(self, event: SettingField.PickRequested) -> None:
-        from tui.widgets.dialogs import PathPicker
+        from loratui.tui.widgets.dialogs import PathPicker
 
         f = event.field
         info = f.info
@@ -399,7 +399,7 @@ class TrainingScreen(Screen):
     def _dataset_module(self):
         if self._dataset_api is None:
             try:
-                import engine.dataset as mod
+                import loratui.engine.dataset as mod
 
                 self._dataset_api = mod
             except ImportError:

@@ -17,7 +17,7 @@ SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
 @pytest.fixture(scope="session")
 def tiny_sd1_dir(tmp_path_factory) -> Path:
     """A tiny SD 1.x-shaped diffusers folder (random weights), built once."""
-    from engine.tiny import save_tiny_pipeline
+    from loratui.engine.tiny import save_tiny_pipeline
 
     return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd1") / "model", "sd1")
 
@@ -25,7 +25,7 @@ def tiny_sd1_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sdxl_dir(tmp_path_factory) -> Path:
     """A tiny SDXL-shaped diffusers folder (random weights), built once."""
-    from engine.tiny import save_tiny_pipeline
+    from loratui.engine.tiny import save_tiny_pipeline
 
     return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-sdxl") / "model", "sdxl")
 
@@ -33,6 +33,6 @@ def tiny_sdxl_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def synthetic_dataset(tmp_path) -> Path:
     """images/4_shapes with 6 captioned 64×64 PNGs."""
-    from engine.synthetic import write_synthetic_dataset
+    from loratui.engine.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path / "images")

@@ -28,9 +28,9 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.events import Control, Failed, Finished, LogEvent, PhaseChanged, RunPlanned, StepEvent, WarningEvent
-from engine.schema import profile_from_dict
-from engine.train import run_training
+from loratui.engine.events import Control, Failed, Finished, LogEvent, PhaseChanged, RunPlanned, StepEvent, WarningEvent
+from loratui.engine.schema import profile_from_dict
+from loratui.engine.train import run_training
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -444,7 +444,7 @@ def sandbox(shared, tiny_sd1_dir):
 def run_case(sb: Sandbox, c: Case, capsys) -> tuple[str, object, list]:
     """(all text the user sees, the terminal event or return code, events)."""
     if c.via in ("train", "check"):
-        from engine.cli import run_command
+        from loratui.engine.cli import run_command
 
         rc = run_command([c.via, str(sb.root / "case.toml")])
         cap = capsys.readouterr()

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from engine.captioners import CaptionSettings, run_captioner
-from engine.captioners.tiny import TINY_BLIP_WORDS, save_tiny_blip
-from engine.events import Failed, Finished, LogEvent, PhaseChanged
-from engine.synthetic import write_synthetic_dataset
+from loratui.engine.captioners import CaptionSettings, run_captioner
+from loratui.engine.captioners.tiny import TINY_BLIP_WORDS, save_tiny_blip
+from loratui.engine.events import Failed, Finished, LogEvent, PhaseChanged
+from loratui.engine.synthetic import write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

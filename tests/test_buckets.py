@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.buckets import BucketManager, center_crop_offset, cover_size, make_bucket_resolutions
-from engine.schema import DatasetSettings
+from loratui.engine.buckets import BucketManager, center_crop_offset, cover_size, make_bucket_resolutions
+from loratui.engine.schema import DatasetSettings
 
 # sd-scripts' make_bucket_resolutions((512, 512)) with its defaults (min 256, max 1024, step 64)
 SD_SCRIPTS_512 = [

@@ -9,9 +9,9 @@ import stat
 import pytest
 from PIL import Image
 
-from engine.captioners import CaptionSettings, run_captioner
-from engine.captioners.tiny import save_tiny_wd14
-from engine.captioners.writer import (
+from loratui.engine.captioners import CaptionSettings, run_captioner
+from loratui.engine.captioners.tiny import save_tiny_wd14
+from loratui.engine.captioners.writer import (
     APPENDED,
     OVERWRITTEN,
     SKIPPED,
@@ -23,8 +23,8 @@ from engine.captioners.writer import (
     merge_tags,
     write_caption,
 )
-from engine.events import Control, Failed, Finished, PhaseChanged, WarningEvent
-from engine.fsutil import TMP_PREFIX
+from loratui.engine.events import Control, Failed, Finished, PhaseChanged, WarningEvent
+from loratui.engine.fsutil import TMP_PREFIX
 
 RED_CAPTION = "red theme, long hair, ^_^, dim tag"
 
@@ -261,7 +261,7 @@ def test_abort_before_start_writes_nothing(tagger_dir, tmp_path):
 
 
 def test_cli_caption(tagger_dir, tmp_path, capsys):
-    from engine.cli import run_command
+    from loratui.engine.cli import run_command
 
     d = _red_folder(tmp_path / "imgs", n=2)
     rc = run_command(["caption", str(d), "--model", str(tagger_dir), "--trigger", "mychar",
@@ -289,7 +289,7 @@ def test_cli_caption(tagger_dir, tmp_path, capsys):
 def test_cli_offline_model_message(tmp_path, capsys, monkeypatch):
     from huggingface_hub import constants
 
-    from engine.cli import run_command
+    from loratui.engine.cli import run_command
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
@@ -308,8 +308,8 @@ def test_importing_the_captioners_loads_no_heavy_library():
     import sys
 
     code = (
-        "import sys, engine.captioners, engine.captioners.wd14, engine.captioners.blip, "
-        "engine.captioners.writer, engine.commands.caption\n"
+        "import sys, loratui.engine.captioners, loratui.engine.captioners.wd14, loratui.engine.captioners.blip, "
+        "loratui.engine.captioners.writer, loratui.engine.commands.caption\n"
         "heavy = [m for m in ('torch', 'transformers', 'onnxruntime', 'PIL', 'numpy') if m in sys.modules]\n"
         "print(heavy); sys.exit(1 if heavy else 0)"
     )

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.dataset import (
+from loratui.engine.dataset import (
     ImageItem,
     batches_per_epoch,
     epoch_batches,
@@ -24,8 +24,8 @@ from engine.dataset import (
     read_caption,
     scan_dataset,
 )
-from engine.schema import DatasetSettings, OptimizationSettings, Profile
-from engine.synthetic import write_synthetic_dataset
+from loratui.engine.schema import DatasetSettings, OptimizationSettings, Profile
+from loratui.engine.synthetic import write_synthetic_dataset
 
 SMALL = dict(resolution=64, min_bucket_reso=64, max_bucket_reso=128)
 
@@ -286,7 +286,7 @@ def test_one_pixel_image_trains_with_a_warning(tmp_path):
 
 
 def test_load_error_after_scan_names_the_file(tmp_path):
-    from engine.dataset import DatasetError
+    from loratui.engine.dataset import DatasetError
 
     p = noise(tmp_path / "img/1_x/a.png")
     scan = scan_dataset(settings(tmp_path / "img"))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.cli import main
+from loratui.engine.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 

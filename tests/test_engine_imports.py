@@ -11,7 +11,7 @@ ENGINE = Path(__file__).resolve().parent.parent / "engine"
 
 def engine_modules() -> list[str]:
     return sorted(
-        "engine." + ".".join(p.relative_to(ENGINE).with_suffix("").parts)
+        "loratui.engine." + ".".join(p.relative_to(ENGINE).with_suffix("").parts)
         for p in ENGINE.rglob("*.py")
         if p.name != "__init__.py"
     )
@@ -19,7 +19,7 @@ def engine_modules() -> list[str]:
 
 def test_there_are_engine_modules():
     mods = engine_modules()
-    assert "engine.schema" in mods and "engine.events" in mods
+    assert "loratui.engine.schema" in mods and "loratui.engine.events" in mods
 
 
 def test_no_engine_module_imports_textual_or_rich():

@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.events import CheckpointSaved, Control, Failed, Finished, PhaseChanged, StepEvent, WarningEvent
-from engine.train import run_training
+from loratui.engine.events import CheckpointSaved, Control, Failed, Finished, PhaseChanged, StepEvent, WarningEvent
+from loratui.engine.train import run_training
 from tiny_runs import tiny_profile
 
 
@@ -30,7 +30,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from engine.synthetic import write_synthetic_dataset
+    from loratui.engine.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("faults") / "images", {"2_toy": 4}, size=(64, 64))
 
@@ -180,7 +180,7 @@ def test_weights_that_became_nan_are_never_saved(monkeypatch, tiny_sd1_dir, data
 
 
 def test_nan_hint_names_fp16_and_the_learning_rates(tiny_sd1_dir, data, tmp_path):
-    from engine.errors import nan_hint
+    from loratui.engine.errors import nan_hint
 
     p = make_profile(tiny_sd1_dir, data, tmp_path, optimization__mixed_precision="fp16", optimization__unet_lr=2e-4)
     hint = nan_hint(p)
@@ -195,7 +195,7 @@ def test_nan_hint_names_fp16_and_the_learning_rates(tiny_sd1_dir, data, tmp_path
 def test_cuda_oom_fails_with_figures_frees_memory_and_the_app_goes_on(monkeypatch, tiny_sd1_dir, data, tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from engine.run import start_run
+    from loratui.engine.run import start_run
 
     real = UNet2DConditionModel.forward
     seen: list[weakref.ref] = []
@@ -234,7 +234,7 @@ def test_cuda_oom_fails_with_figures_frees_memory_and_the_app_goes_on(monkeypatc
 
 
 def test_oom_hint_for_a_heavy_profile(tiny_sd1_dir, data, tmp_path):
-    from engine.errors import explain_exception
+    from loratui.engine.errors import explain_exception
 
     p = make_profile(tiny_sd1_dir, data, tmp_path, dataset__resolution=1024, dataset__cache_latents="off",
                      network__network_dim=64, network__network_type="locon", network__conv_dim=32,
@@ -364,8 +364,8 @@ def test_almost_full_disk_is_refused_before_the_model_loads(monkeypatch, tiny_sd
 def test_disk_space_estimate(free_mb, expected, monkeypatch, tiny_sd1_dir, data, tmp_path):
     import shutil
 
-    from engine.plan import plan_steps
-    from engine.train import TrainingError, check_disk_space
+    from loratui.engine.plan import plan_steps
+    from loratui.engine.train import TrainingError, check_disk_space
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(0, 0, free_mb * 2**20))
@@ -389,7 +389,7 @@ def test_disk_space_estimate(free_mb, expected, monkeypatch, tiny_sd1_dir, data,
 
 def test_leftovers_of_a_live_run_in_the_same_folder_are_left_alone(tiny_sd1_dir, data, tmp_path):
     """Only a run alone in its output folder removes temporary files there."""
-    from engine.state import OutputDirLock
+    from loratui.engine.state import OutputDirLock
 
     out = tmp_path / "out"
     other = OutputDirLock(out).acquire()  # another run, writing into the same folder

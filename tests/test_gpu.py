@@ -11,7 +11,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
-from engine.gpu import GB, GpuMonitor, default_monitor
+from loratui.engine.gpu import GB, GpuMonitor, default_monitor
 
 
 def test_the_real_library_never_raises():

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.dataset import scan_dataset
-from engine.schema import DatasetSettings
-from engine.inspection import (
+from loratui.engine.dataset import scan_dataset
+from loratui.engine.schema import DatasetSettings
+from loratui.engine.inspection import (
     NEAR_DUPLICATE_BITS,
     InspectError,
     apply_balance,

@@ -26,10 +26,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from engine.events import Finished
-from engine.schema import load_profile
-from engine.state import list_states, load_training, read_state
-from engine.train import run_training
+from loratui.engine.events import Finished
+from loratui.engine.schema import load_profile
+from loratui.engine.state import list_states, load_training, read_state
+from loratui.engine.train import run_training
 
 FSYNC_DELAY = 0.05
 SITECUSTOMIZE = f"""
@@ -44,7 +44,7 @@ os.fsync = _slow_fsync
 
 @pytest.fixture
 def setup(tiny_sd1_dir, tmp_path):
-    from engine.synthetic import write_synthetic_dataset
+    from loratui.engine.synthetic import write_synthetic_dataset
 
     data = write_synthetic_dataset(tmp_path / "images", {"2_toy": 4}, size=(64, 64))
     out = tmp_path / "out"
@@ -148,7 +148,7 @@ def test_kill_9_at_many_moments_then_resume_each_time(setup, tmp_path):
     toml, out, env = setup
     profile = load_profile(toml)
     metrics = out / "kill.metrics.jsonl"
-    train = [sys.executable, "-m", "tui.cli", "train", str(toml)]
+    train = [sys.executable, "-m", "loratui.tui.cli", "train", str(toml)]
     resume = train + ["--resume", "latest"]
     # 4 images × 2 repeats ÷ batch 2 = 4 steps per epoch, 12 steps in all
     # (command, the line to wait for, whether to wait until the save it announces is under way)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import SHARED_FIXTURES
 
-from engine.cli import run_command
-from engine.kohya import export_sd_scripts, import_kohya, sd_scripts_command
-from engine.schema import load_profile, profile_from_dict, save_profile
+from loratui.engine.cli import run_command
+from loratui.engine.kohya import export_sd_scripts, import_kohya, sd_scripts_command
+from loratui.engine.schema import load_profile, profile_from_dict, save_profile
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kohya"
 SHARED = SHARED_FIXTURES / "kohya_ss"

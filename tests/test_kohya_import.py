@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import SHARED_FIXTURES
 
-from engine.cli import run_command
-from engine.kohya import KohyaImportError, import_kohya, network_type_message
-from engine.schema import Profile, ProfileError, load_profile
+from loratui.engine.cli import run_command
+from loratui.engine.kohya import KohyaImportError, import_kohya, network_type_message
+from loratui.engine.schema import Profile, ProfileError, load_profile
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kohya"
 SHARED = SHARED_FIXTURES / "kohya_ss"
@@ -414,7 +414,7 @@ def test_values_the_schema_refuses_are_reported_and_replaced(tmp_path):
 
 
 def test_save_import_refuses_to_overwrite(tmp_path):
-    from engine.kohya import save_import
+    from loratui.engine.kohya import save_import
 
     r = import_kohya(FIXTURES / "gui_sdxl_prodigy.json")
     out = tmp_path / "p.toml"

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from engine.kohya_names import (
+from loratui.engine.kohya_names import (
     SGMLayout,
     guess_family,
     normalize_family,
@@ -114,7 +114,7 @@ def _meta_models(family: str):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from engine.configs import config_dir
+    from loratui.engine.configs import config_dir
 
     folder = config_dir(family)
     names = ["text_encoder", "text_encoder_2"] if family == "sdxl" else ["text_encoder"]
@@ -132,7 +132,7 @@ def _count(names, prefix):
 
 
 def test_full_size_sd15_names_and_counts():
-    from engine.lora import LoRANetwork
+    from loratui.engine.lora import LoRANetwork
 
     unet, tes = _meta_models("sd15")
     net = LoRANetwork.create(unet, tes, "sd1", rank=8, alpha=4)
@@ -163,7 +163,7 @@ def test_full_size_sd15_names_and_counts():
 
 
 def test_full_size_sd15_locon_adds_resnet_and_sampler_layers():
-    from engine.lora import LoRANetwork
+    from loratui.engine.lora import LoRANetwork
 
     unet, tes = _meta_models("sd15")
     net = LoRANetwork.create(unet, tes, "sd1", rank=8, alpha=4, conv_rank=4, conv_alpha=1, train_text_encoder=False)
@@ -183,8 +183,8 @@ def test_full_size_sd15_locon_adds_resnet_and_sampler_layers():
 def test_full_size_sd2_text_encoder_names():
     from transformers import CLIPTextConfig
 
-    from engine.configs import config_dir
-    from engine.lora import LoRANetwork
+    from loratui.engine.configs import config_dir
+    from loratui.engine.lora import LoRANetwork
 
     unet, tes = _meta_models("sd2")
     net = LoRANetwork.create(unet, tes, "sd2", rank=4, alpha=4)
@@ -197,7 +197,7 @@ def test_full_size_sd2_text_encoder_names():
 
 
 def test_full_size_sdxl_names_and_counts():
-    from engine.lora import LoRANetwork
+    from loratui.engine.lora import LoRANetwork
 
     unet, tes = _meta_models("sdxl")
     net = LoRANetwork.create(unet, tes, "sdxl", rank=8, alpha=4)
@@ -231,7 +231,7 @@ def test_full_size_sdxl_names_and_counts():
 
 
 def test_full_size_sdxl_locon_names():
-    from engine.lora import LoRANetwork
+    from loratui.engine.lora import LoRANetwork
 
     unet, tes = _meta_models("sdxl")
     net = LoRANetwork.create(unet, tes, "sdxl", rank=8, alpha=8, conv_rank=4, conv_alpha=2, train_text_encoder=False)

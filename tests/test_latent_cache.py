@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.dataset import DatasetError, load_image_tensor, scan_dataset
-from engine.fsutil import TMP_PREFIX
-from engine.latent_cache import (
+from loratui.engine.dataset import DatasetError, load_image_tensor, scan_dataset
+from loratui.engine.fsutil import TMP_PREFIX
+from loratui.engine.latent_cache import (
     CACHE_DIR_NAME,
     LatentCacheError,
     cache_latents,
@@ -21,8 +21,8 @@ from engine.latent_cache import (
     encode_pixels,
     vae_fingerprint,
 )
-from engine.schema import DatasetSettings
-from engine.tiny import tiny_vae
+from loratui.engine.schema import DatasetSettings
+from loratui.engine.tiny import tiny_vae
 
 
 def make_vae(seed: int = 0):
@@ -351,7 +351,7 @@ def test_same_bucket_but_another_resize_is_encoded_again(tmp_path):
 
 
 def test_old_leftovers_of_a_killed_write_are_removed(data):
-    from engine import latent_cache
+    from loratui.engine import latent_cache
 
     folder = data / "2_x" / CACHE_DIR_NAME
     folder.mkdir()

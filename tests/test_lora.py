@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.lora import (
+from loratui.engine.lora import (
     ADAPTER_NAME,
     LoRANetwork,
     LoRAWeightsError,
@@ -115,7 +115,7 @@ def _merge_into_base(pipe, family: str, sd: dict) -> None:
     """Reference for the kohya semantics, independent of peft: add
     (up @ down) * alpha / rank to each targeted layer's weight, as
     AUTOMATIC1111 and sd-scripts' merge do."""
-    from engine.lora import find_targets, parse_kohya_state_dict
+    from loratui.engine.lora import find_targets, parse_kohya_state_dict
 
     targets = find_targets(pipe.unet, _text_encoders(pipe), family)
     with torch.no_grad():

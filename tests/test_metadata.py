@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.metadata import (
+from loratui.engine.metadata import (
     OPTIMIZER_CLASS_PATHS,
     build_metadata,
     finalize_metadata,
@@ -19,8 +19,8 @@ from engine.metadata import (
     tag_frequency,
     with_progress,
 )
-from engine.plan import ConceptReport, DatasetReport, plan_steps
-from engine.schema import profile_from_dict
+from loratui.engine.plan import ConceptReport, DatasetReport, plan_steps
+from loratui.engine.schema import profile_from_dict
 
 
 def _profile(tmp_path: Path, **overrides):

@@ -20,14 +20,14 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ldm_convert  # noqa: E402
 
-from engine.configs import config_dir  # noqa: E402
-from engine.models import (  # noqa: E402
+from loratui.engine.configs import config_dir  # noqa: E402
+from loratui.engine.models import (  # noqa: E402
     ModelLoadError,
     detect_family_from_keys,
     inspect_model,
     load_components,
 )
-from engine.schema import ModelSettings  # noqa: E402
+from loratui.engine.schema import ModelSettings  # noqa: E402
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -203,7 +203,7 @@ def test_ckpt_that_needs_code_is_refused(tmp_path):
     assert "builtins.exec" in info.problems[0] and "weights_only=True" in info.problems[0]
     assert "refused" in info.problems[0] and ".safetensors" in info.problems[0]
     # The loader itself refuses too (torch.load(weights_only=True)), with the same explanation.
-    from engine.models import load_state_dict_file
+    from loratui.engine.models import load_state_dict_file
 
     with pytest.raises(ModelLoadError) as e:
         load_state_dict_file(ckpt)
@@ -404,7 +404,7 @@ def test_sd2_v_prediction_detect_or_warn(tmp_path):
     info = inspect_model(ModelSettings(base_model=str(f), v_parameterization=True))
     assert info.ok and not info.warnings
     # Declared by metadata or a v_pred marker: detected, used, and said.
-    from engine.models import resolve_prediction
+    from loratui.engine.models import resolve_prediction
 
     for f in (
         _sd2_file(tmp_path / "a.safetensors", metadata={"modelspec.prediction_type": "v"}),
@@ -541,7 +541,7 @@ def test_single_file_without_vae_needs_model_vae(tiny_sd1_dir, tmp_path, sd1_ref
 
 
 def test_fp16_variant_folder(tiny_sd1_dir, tmp_path):
-    from engine.models import _variant
+    from loratui.engine.models import _variant
 
     d = tmp_path / "variant"
     shutil.copytree(tiny_sd1_dir, d)
@@ -563,7 +563,7 @@ def tiny_sd2_dir(tmp_path_factory) -> Path:
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from engine import tiny
+    from loratui.engine import tiny
 
     torch.manual_seed(2)
     tok = CLIPTokenizer.from_pretrained(tiny.write_tiny_tokenizer(Path(tempfile.mkdtemp(prefix="tok-"))))

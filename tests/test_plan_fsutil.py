@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from engine.fsutil import TMP_PREFIX, atomic_dir, atomic_write_text, remove_leftovers
-from engine.plan import plan_steps
+from loratui.engine.fsutil import TMP_PREFIX, atomic_dir, atomic_write_text, remove_leftovers
+from loratui.engine.plan import plan_steps
 
 
 def test_guide_example_25_images_20_epochs_batch_1():
@@ -31,7 +31,7 @@ def test_atomic_write_replaces_whole_and_leaves_no_temp(tmp_path):
 
 
 def test_atomic_write_failure_keeps_old_file(tmp_path):
-    from engine.fsutil import atomic_save
+    from loratui.engine.fsutil import atomic_save
 
     target = tmp_path / "a.bin"
     target.write_bytes(b"old")

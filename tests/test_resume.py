@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.events import CheckpointSaved, Control, Failed, Finished, LogEvent, StepEvent, WarningEvent
-from engine.state import list_states, read_state
-from engine.train import run_training
+from loratui.engine.events import CheckpointSaved, Control, Failed, Finished, LogEvent, StepEvent, WarningEvent
+from loratui.engine.state import list_states, read_state
+from loratui.engine.train import run_training
 from tiny_runs import tiny_profile
 
 
@@ -31,7 +31,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from engine.synthetic import write_synthetic_dataset
+    from loratui.engine.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("resume") / "images", {"2_toy": 4}, size=(64, 64))
 
@@ -237,7 +237,7 @@ def test_harmless_changes_are_allowed(over, stopped, tiny_sd1_dir, data):
 
 
 def test_state_from_another_profile_is_refused(stopped, tiny_sd1_dir, data, tmp_path):
-    from engine.synthetic import write_synthetic_dataset
+    from loratui.engine.synthetic import write_synthetic_dataset
 
     other_data = write_synthetic_dataset(tmp_path / "other", {"3_thing": 5}, size=(64, 64), seed=5)
     other = make_profile(tiny_sd1_dir, other_data, tmp_path / "other-out", network__network_alpha=4.0,
@@ -254,7 +254,7 @@ def test_state_from_another_profile_is_refused(stopped, tiny_sd1_dir, data, tmp_
 
 
 def test_changed_dataset_is_refused_but_an_edited_caption_only_warns(tiny_sd1_dir, tmp_path):
-    from engine.synthetic import write_synthetic_dataset
+    from loratui.engine.synthetic import write_synthetic_dataset
 
     images = write_synthetic_dataset(tmp_path / "images", {"2_toy": 4}, size=(64, 64))
     out = tmp_path / "out"
@@ -321,7 +321,7 @@ def test_resume_latest_takes_the_newest_state(tiny_sd1_dir, data, tmp_path):
 
 
 def test_last_n_states_kept_and_pruned_only_after_the_new_one_is_complete(tiny_sd1_dir, data, tmp_path, monkeypatch):
-    import engine.fsutil as fsutil
+    import loratui.engine.fsutil as fsutil
 
     out = tmp_path / "out"
     profile = make_profile(tiny_sd1_dir, data, out, output__save_every_n_steps=1, output__save_state=True,
@@ -353,7 +353,7 @@ def test_a_state_a_kill_left_moved_aside_is_put_back_and_resumed(stopped, tiny_s
     """atomic_dir replaces an existing state folder by moving it aside, then
     moving the new one in; a kill between the two leaves only the moved-aside
     copy (and the new one under its temporary name)."""
-    from engine.fsutil import TMP_PREFIX
+    from loratui.engine.fsutil import TMP_PREFIX
 
     state = stopped / "tiny-state-step00000003"
     aside = stopped / f"{TMP_PREFIX}old-{state.name}"

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.schema import (
+from loratui.engine.schema import (
     Profile,
     ProfileError,
     apply_overrides,

@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ldm_convert  # noqa: E402
 
-from engine.events import CheckpointSaved, Control, Failed, Finished, PhaseChanged, RunPlanned, StepEvent  # noqa: E402
-from engine.run import start_run  # noqa: E402
-from engine.train import run_training
+from loratui.engine.events import CheckpointSaved, Control, Failed, Finished, PhaseChanged, RunPlanned, StepEvent  # noqa: E402
+from loratui.engine.run import start_run  # noqa: E402
+from loratui.engine.train import run_training
 from tiny_runs import tiny_profile  # noqa: E402
 
 
@@ -33,7 +33,7 @@ def train(profile, **kw):
 
 @pytest.fixture
 def data(tmp_path):
-    from engine.synthetic import write_synthetic_dataset
+    from loratui.engine.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path / "images", {"2_toy": 4}, size=(64, 64))
 
@@ -202,11 +202,11 @@ def test_cli_train_prints_final_path_last_and_check(tiny_sd1_dir, data, tmp_path
         f'enable_bucket = false\nmin_bucket_reso = 64\n[optimization]\nmax_train_epochs = 1\nmixed_precision = "no"\n'
         f'[output]\noutput_dir = "{tmp_path / "out"}"\noutput_name = "cli"\n'
     )
-    check = subprocess.run([sys.executable, "-m", "tui.cli", "check", str(profile)], capture_output=True, text=True)
+    check = subprocess.run([sys.executable, "-m", "loratui.tui.cli", "check", str(profile)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "ready to train" in check.stdout and "2 × toy" in check.stdout
     proc = subprocess.run(
-        [sys.executable, "-m", "tui.cli", "train", str(profile), "--set", "network.network_dim=2"],
+        [sys.executable, "-m", "loratui.tui.cli", "train", str(profile), "--set", "network.network_dim=2"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -215,7 +215,7 @@ def test_cli_train_prints_final_path_last_and_check(tiny_sd1_dir, data, tmp_path
     assert "Traceback" not in proc.stdout + proc.stderr
     with safe_open(last, "pt") as f:
         assert f.metadata()["ss_network_dim"] == "2"
-    bad = subprocess.run([sys.executable, "-m", "tui.cli", "train", str(profile), "--set", "network.network_dim=0"],
+    bad = subprocess.run([sys.executable, "-m", "loratui.tui.cli", "train", str(profile), "--set", "network.network_dim=0"],
                          capture_output=True, text=True)
     assert bad.returncode == 2
     assert f"{profile}:network.network_dim: 0 is out of range" in bad.stderr

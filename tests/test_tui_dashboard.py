@@ -9,7 +9,7 @@ import time
 import pytest
 from textual.widgets import RichLog
 
-from engine.events import (
+from loratui.engine.events import (
     CheckpointSaved,
     Failed,
     Finished,
@@ -20,13 +20,13 @@ from engine.events import (
     WarningEvent,
     event_to_dict,
 )
-from engine.gpu import GpuSample
-from engine.plan import ConceptReport, DatasetReport, plan_steps
-from screens.dashboard import DashboardScreen
-from tui.app import LoraTuiApp
-from tui.bridge import Bridge, Coalescer, MetricsTail, RunState, RunUpdated, find_live_run, last_event
-from tui.widgets.chart import LineChart, columns, plot
-from tui.widgets.panels import gpu_line, gpu_text, status_text
+from loratui.engine.gpu import GpuSample
+from loratui.engine.plan import ConceptReport, DatasetReport, plan_steps
+from loratui.screens.dashboard import DashboardScreen
+from loratui.tui.app import LoraTuiApp
+from loratui.tui.bridge import Bridge, Coalescer, MetricsTail, RunState, RunUpdated, find_live_run, last_event
+from loratui.tui.widgets.chart import LineChart, columns, plot
+from loratui.tui.widgets.panels import gpu_line, gpu_text, status_text
 
 
 @pytest.fixture
@@ -66,8 +66,8 @@ class NoDriver:
 
 
 def dashboard_app(tmp_path, gpu=None) -> LoraTuiApp:
-    from engine.gpu import GpuMonitor
-    from engine.schema import Profile, save_profile
+    from loratui.engine.gpu import GpuMonitor
+    from loratui.engine.schema import Profile, save_profile
 
     path = tmp_path / "p.toml"
     save_profile(Profile(), path)

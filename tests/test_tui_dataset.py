@@ -12,9 +12,9 @@ from textual.app import App
 from textual.binding import Binding
 from textual.widgets import DataTable, Input, TabbedContent, TextArea
 
-from engine.captioners import CaptionSettings
-from engine.captioners.tiny import save_tiny_wd14
-from screens.dataset import (
+from loratui.engine.captioners import CaptionSettings
+from loratui.engine.captioners.tiny import save_tiny_wd14
+from loratui.screens.dataset import (
     CaptionEditor,
     CaptionJobDialog,
     CaptionProgress,

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input, Select, Static, Switch
 
-from engine.schema import SECTION_TITLES, Profile, save_profile, settings
-from screens.training import TrainingScreen
-from tui.app import LoraTuiApp
-from tui.widgets.dialogs import ChoiceDialog, PathPicker
-from tui.widgets.fields import complete_path, format_value, parse_value
-from tui.widgets.plan import PlanPanel
+from loratui.engine.schema import SECTION_TITLES, Profile, save_profile, settings
+from loratui.screens.training import TrainingScreen
+from loratui.tui.app import LoraTuiApp
+from loratui.tui.widgets.dialogs import ChoiceDialog, PathPicker
+from loratui.tui.widgets.fields import complete_path, format_value, parse_value
+from loratui.tui.widgets.plan import PlanPanel
 
 
 @pytest.fixture

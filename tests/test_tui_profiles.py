@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input, OptionList
 
-from engine.schema import Profile, ProfileError, load_profile
-from engine.userdirs import (
+from loratui.engine.schema import Profile, ProfileError, load_profile
+from loratui.engine.userdirs import (
     bundled_profiles,
     check_name,
     config_dir,
@@ -28,10 +28,10 @@ from engine.userdirs import (
     unique_name,
     user_profiles_dir,
 )
-from screens.help import HelpScreen, binding_rows
-from screens.profiles import ProfilesScreen
-from tui.app import FIRST_RUN_HINT, LoraTuiApp
-from tui.widgets.dialogs import ChoiceDialog, NameDialog
+from loratui.screens.help import HelpScreen, binding_rows
+from loratui.screens.profiles import ProfilesScreen
+from loratui.tui.app import FIRST_RUN_HINT, LoraTuiApp
+from loratui.tui.widgets.dialogs import ChoiceDialog, NameDialog
 
 
 @pytest.fixture

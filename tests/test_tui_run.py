@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.schema import Profile, save_profile
-from screens.dashboard import DashboardScreen
-from tui.app import LoraTuiApp
-from tui.widgets.dialogs import ChoiceDialog
+from loratui.engine.schema import Profile, save_profile
+from loratui.screens.dashboard import DashboardScreen
+from loratui.tui.app import LoraTuiApp
+from loratui.tui.widgets.dialogs import ChoiceDialog
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from engine.schema import Profile, save_profile
+from loratui.engine.schema import Profile, save_profile
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.events import CheckpointSaved, LogEvent, PhaseChanged, RunPlanned, StepEvent, WarningEvent
-from engine.gpu import GpuMonitor
-from engine.plan import ConceptReport, DatasetReport, plan_steps
-from engine.userdirs import bundled_profiles_dir
-from tui.app import LoraTuiApp
-from tui.bridge import Bridge, RunState
-from tui.widgets.plan import PlanPanel
+from loratui.engine.events import CheckpointSaved, LogEvent, PhaseChanged, RunPlanned, StepEvent, WarningEvent
+from loratui.engine.gpu import GpuMonitor
+from loratui.engine.plan import ConceptReport, DatasetReport, plan_steps
+from loratui.engine.userdirs import bundled_profiles_dir
+from loratui.tui.app import LoraTuiApp
+from loratui.tui.bridge import Bridge, RunState
+from loratui.tui.widgets.plan import PlanPanel
 
 SIZES = [(80, 24), (120, 40)]
 T0 = 1_800_000_000.0  # a fixed wall clock for events
@@ -44,7 +44,7 @@ def fixed_env(monkeypatch):
     monkeypatch.setenv("LORATUI_CONFIG_DIR", str(CONFIG))
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
-    import tui.widgets.panels as panels
+    import loratui.tui.widgets.panels as panels
 
     class Clock:  # "saved 4m ago" against a fixed now
         @staticmethod

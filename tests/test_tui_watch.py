@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from engine.cli import main as cli_main
-from engine.events import Finished, PhaseChanged, StepEvent, event_to_dict
-from engine.schema import Profile, save_profile
-from screens.dashboard import DashboardScreen
-from tui.app import LoraTuiApp
-from tui.widgets.dialogs import ChoiceDialog
+from loratui.engine.cli import main as cli_main
+from loratui.engine.events import Finished, PhaseChanged, StepEvent, event_to_dict
+from loratui.engine.schema import Profile, save_profile
+from loratui.screens.dashboard import DashboardScreen
+from loratui.tui.app import LoraTuiApp
+from loratui.tui.widgets.dialogs import ChoiceDialog
 
 
 @pytest.fixture

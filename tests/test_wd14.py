@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.captioners import CaptionError, CaptionSettings, run_captioner
-from engine.captioners.tiny import TINY_WD14_TAGS, save_tiny_wd14, tiny_wd14_scores
-from engine.captioners.wd14 import (
+from loratui.engine.captioners import CaptionError, CaptionSettings, run_captioner
+from loratui.engine.captioners.tiny import TINY_WD14_TAGS, save_tiny_wd14, tiny_wd14_scores
+from loratui.engine.captioners.wd14 import (
     KAOMOJIS,
     WD14Tagger,
     display_tag,
@@ -17,7 +17,7 @@ from engine.captioners.wd14 import (
     preprocess,
     scores_to_tags,
 )
-from engine.events import Failed, Finished, PhaseChanged
+from loratui.engine.events import Failed, Finished, PhaseChanged
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -181,7 +181,7 @@ def test_fixed_batch_model_runs_any_batch_size(tmp_path):
 
 
 def test_tagger_that_only_takes_one_image_falls_back_to_batch_one(tmp_path):
-    from engine.events import LogEvent
+    from loratui.engine.events import LogEvent
 
     d = save_tiny_wd14(tmp_path / "single", size=32, one_at_a_time=True)
     events = []
@@ -289,7 +289,7 @@ def test_download_reports_progress_as_events(monkeypatch, tagger_dir, one_image,
     from huggingface_hub import constants
     from huggingface_hub import errors as hf_errors
 
-    import engine.captioners.hub as hub
+    import loratui.engine.captioners.hub as hub
 
     store = tmp_path / "fetched"
     store.mkdir()
@@ -321,7 +321,7 @@ def test_download_reports_progress_as_events(monkeypatch, tagger_dir, one_image,
 
 
 def test_progress_class_prints_nothing(capsys):
-    from engine.captioners.hub import progress_class
+    from loratui.engine.captioners.hub import progress_class
 
     seen = []
     bar_cls = progress_class(lambda d, n, t: seen.append((d, n, t)))
@@ -334,7 +334,7 @@ def test_progress_class_prints_nothing(capsys):
 
 
 def test_exif_orientation_is_applied(tmp_path):
-    from engine.captioners.images import open_rgb
+    from loratui.engine.captioners.images import open_rgb
 
     im = Image.new("RGB", (40, 20), RED)
     exif = Image.Exif()
@@ -344,7 +344,7 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 def test_cuda_request_falls_back_to_cpu_with_a_warning(tagger_dir, capfd):
-    from engine.events import WarningEvent
+    from loratui.engine.events import WarningEvent
 
     events = []
     tagger = WD14Tagger.load(_settings(tagger_dir, device="cuda"), on_event=events.append)

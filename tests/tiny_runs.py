@@ -3,7 +3,7 @@ the end-to-end, resume and fault tests."""
 
 from __future__ import annotations
 
-from engine.schema import Profile, profile_from_dict
+from loratui.engine.schema import Profile, profile_from_dict
 
 
 def tiny_profile(model, data, out, **over) -> Profile:

@@ -26,9 +26,9 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from engine.events import Failed
-from engine.schema import SECTION_TITLES, Profile, ProfileError, load_profile, save_profile, settings
-from engine.userdirs import (
+from loratui.engine.events import Failed
+from loratui.engine.schema import SECTION_TITLES, Profile, ProfileError, load_profile, save_profile, settings
+from loratui.engine.userdirs import (
     bundled_profiles_dir,
     is_bundled,
     keep_comments,
@@ -44,8 +44,8 @@ from engine.userdirs import (
     unique_name,
     ProfileEntry,
 )
-from tui.widgets import set_text
-from tui.bridge import Bridge, EventsArrived, MetricsTail, RunState, RunUpdated, continue_headless, find_live_run
+from loratui.tui.widgets import set_text
+from loratui.tui.bridge import Bridge, EventsArrived, MetricsTail, RunState, RunUpdated, continue_headless, find_live_run
 
 FIRST_RUN_HINT = (
     "First time? This is the demo profile: ctrl+r trains a tiny model on the CPU in about a minute. "
@@ -228,7 +228,7 @@ class LoraTuiApp(App):
         if self.watch_path is not None:
             self.watch_run(self.watch_path)
             return
-        from screens.training import TrainingScreen
+        from loratui.screens.training import TrainingScreen
 
         self.install_screen(TrainingScreen(), "form")
         self.push_screen("form")
@@ -266,7 +266,7 @@ class LoraTuiApp(App):
     def _gpu_worker(self) -> None:
         from textual.worker import get_current_worker
 
-        from engine.gpu import default_monitor
+        from loratui.engine.gpu import default_monitor
 
         mon = self.gpu_monitor or default_monitor()
         self.gpu_monitor = mon
@@ -330,7 +330,7 @@ class LoraTuiApp(App):
     @work(thread=True, exclusive=True, group="demo", exit_on_error=False)
     def _prepare_demo(self) -> None:
         try:
-            from engine.demo import prepare_demo
+            from loratui.engine.demo import prepare_demo
 
             path = prepare_demo()
         except Exception as exc:  # no cache folder, a full disk...
@@ -357,7 +357,7 @@ class LoraTuiApp(App):
         try:
             session = ProfileSession.from_path(path)
         except ProfileError as exc:
-            from tui.widgets.dialogs import ChoiceDialog
+            from loratui.tui.widgets.dialogs import ChoiceDialog
 
             self.push_screen(ChoiceDialog(f"Cannot open {Path(path).name}", exc.problems, []))
             return False
@@ -383,7 +383,7 @@ class LoraTuiApp(App):
         if not form.dirty:
             proceed()
             return
-        from tui.widgets.dialogs import ChoiceDialog
+        from loratui.tui.widgets.dialogs import ChoiceDialog
 
         def answer(key: str | None) -> None:
             if key == "s":
@@ -408,7 +408,7 @@ class LoraTuiApp(App):
             return
         s = self.session
         if save_as or s.bundled or s.path is None:
-            from tui.widgets.dialogs import NameDialog
+            from loratui.tui.widgets.dialogs import NameDialog
 
             if s.bundled:
                 origin = origin_name(ProfileEntry(s.name, s.path, True))  # type: ignore[arg-type]
@@ -451,13 +451,13 @@ class LoraTuiApp(App):
         self.save_profile(save_as=True, then=self._refresh_profiles_screen)
 
     def _refresh_profiles_screen(self) -> None:
-        from screens.profiles import ProfilesScreen
+        from loratui.screens.profiles import ProfilesScreen
 
         if isinstance(self.screen, ProfilesScreen):
             self.screen.reload(highlight=self.session.path)
 
     def action_profiles(self) -> None:
-        from screens.profiles import ProfilesScreen
+        from loratui.screens.profiles import ProfilesScreen
 
         if self._installed("form") is None or isinstance(self.screen, ProfilesScreen):
             return
@@ -472,7 +472,7 @@ class LoraTuiApp(App):
         self.form.focus_field(dotted)
 
     def _show_problems(self, title: str, problems: list[str]) -> None:
-        from tui.widgets.dialogs import ChoiceDialog
+        from loratui.tui.widgets.dialogs import ChoiceDialog
 
         def answer(key: str | None) -> None:
             if key == "g" and problems:
@@ -497,7 +497,7 @@ class LoraTuiApp(App):
         self._show_dashboard()
 
     def _show_dashboard(self) -> None:
-        from screens.dashboard import DashboardScreen
+        from loratui.screens.dashboard import DashboardScreen
 
         if self._installed("dashboard") is None:
             self.install_screen(DashboardScreen(readonly=bool(self.run_state and self.run_state.readonly)), "dashboard")
@@ -512,7 +512,7 @@ class LoraTuiApp(App):
 
     def action_dataset(self, tab: str = "images") -> None:
         try:
-            from screens import dataset as dataset_screen
+            from loratui.screens import dataset as dataset_screen
         except ImportError:
             self.notify("the dataset screen is not part of this build yet", severity="warning")
             return
@@ -537,7 +537,7 @@ class LoraTuiApp(App):
         self.action_dataset("captions")
 
     def action_help(self) -> None:
-        from screens.help import HelpScreen
+        from loratui.screens.help import HelpScreen
 
         if isinstance(self.screen, HelpScreen):
             return
@@ -587,12 +587,12 @@ class LoraTuiApp(App):
                 self.notify("building the demo model and dataset (a few seconds)…", timeout=4)
                 self._prepare_demo()
             return
-        from engine.schema import resolve_paths
-        from engine.train import final_path
+        from loratui.engine.schema import resolve_paths
+        from loratui.engine.train import final_path
 
         profile = resolve_paths(profile)
         if final_path(profile).exists():
-            from tui.widgets.dialogs import ChoiceDialog
+            from loratui.tui.widgets.dialogs import ChoiceDialog
 
             def answer(key: str | None) -> None:
                 if key == "o":
@@ -638,7 +638,7 @@ class LoraTuiApp(App):
         assert bridge is not None
 
         def start():
-            from engine.run import start_run
+            from loratui.engine.run import start_run
 
             handle = start_run(profile, overwrite=overwrite)
             self.handle = handle  # set in the thread: a SIGHUP right now still finds it
@@ -681,7 +681,7 @@ class LoraTuiApp(App):
             self.refresh_keys()
 
     def refresh_keys(self) -> None:
-        from tui.widgets.keybar import KeyBar
+        from loratui.tui.widgets.keybar import KeyBar
 
         for bar in self.screen.query(KeyBar):
             bar.refresh_keys()
@@ -768,7 +768,7 @@ class LoraTuiApp(App):
 
     def action_interrupt(self) -> None:
         """Ctrl+C: asks before touching a run; without a run it quits (asking about unsaved changes)."""
-        from tui.widgets.dialogs import ChoiceDialog
+        from loratui.tui.widgets.dialogs import ChoiceDialog
 
         if isinstance(self.screen, ChoiceDialog):
             return
@@ -793,7 +793,7 @@ class LoraTuiApp(App):
         )
 
     async def action_quit(self) -> None:
-        from tui.widgets.dialogs import ChoiceDialog
+        from loratui.tui.widgets.dialogs import ChoiceDialog
 
         if self.run_active:
 
@@ -870,7 +870,7 @@ class LoraTuiApp(App):
     def _on_live_run(self, event: _LiveRunFound) -> None:
         if self.run_active:
             return
-        from tui.widgets.dialogs import ChoiceDialog
+        from loratui.tui.widgets.dialogs import ChoiceDialog
 
         live = event.live
 
@@ -973,7 +973,7 @@ def _finish_headless(app: LoraTuiApp) -> int:
         return 0
     if state.done and app.seen_end:
         return 0 if state.finished is not None else 1
-    from engine.train import log_path
+    from loratui.engine.train import log_path
 
     note = "terminal closed (SIGHUP); training goes on" if app.hung_up else "the app ended while training; training goes on"
     if not app.hung_up:

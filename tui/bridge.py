@@ -23,8 +23,8 @@ from pathlib import Path
 
 from textual.message import Message
 
-from engine.console import fmt_duration, fmt_size, report_lines
-from engine.events import (
+from loratui.engine.console import fmt_duration, fmt_size, report_lines
+from loratui.engine.events import (
     TERMINAL_EVENTS,
     CheckpointSaved,
     Event,
@@ -301,7 +301,7 @@ class Bridge:
 
 # --------------------------------------------------------------------------- metrics file
 # The reading side lives with `loratui watch` (no Textual there); re-exported here.
-from engine.commands.watch import LiveRun, MetricsTail, find_live_run, find_metrics_file, last_event  # noqa: E402,F401
+from loratui.engine.commands.watch import LiveRun, MetricsTail, find_live_run, find_metrics_file, last_event  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------- after SIGHUP
@@ -313,7 +313,7 @@ def continue_headless(handle, log_path: str | Path, note: str = "", *, seen_end:
     Used when the terminal is gone: the training thread goes on, and what the
     dashboard would have drawn is appended to the run's log instead.
     ``seen_end``: the UI already consumed the terminal event."""
-    from engine.console import ConsolePrinter
+    from loratui.engine.console import ConsolePrinter
 
     log_path = Path(log_path)
     last = handle.result

@@ -12,12 +12,12 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from engine.cli import command_modules, run_command
+    from loratui.engine.cli import command_modules, run_command
 
     if argv and (argv[0] in command_modules() or argv[0] in ("-h", "--help")):
         return run_command(argv)
     profile = argv[0] if argv else None
-    from tui.app import run_app
+    from loratui.tui.app import run_app
 
     return run_app(profile) or 0
 

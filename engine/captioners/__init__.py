@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from engine.captioners.common import (
+from loratui.engine.captioners.common import (
     DEFAULT_BLIP_MODEL,
     DEFAULT_MODELS,
     DEFAULT_WD14_MODEL,
@@ -31,7 +31,7 @@ from engine.captioners.common import (
     CaptionSettings,
     with_trigger,
 )
-from engine.events import Aborted, Control, Failed, Finished, LogEvent, PhaseChanged, WarningEvent
+from loratui.engine.events import Aborted, Control, Failed, Finished, LogEvent, PhaseChanged, WarningEvent
 
 __all__ = [
     "DEFAULT_BLIP_MODEL",
@@ -79,10 +79,10 @@ class CaptionSummary:
 def load_captioner(settings: CaptionSettings, *, on_event: Callable[[object], None], control: Control):
     """The WD14 tagger or BLIP captioner the settings ask for (downloads when needed)."""
     if settings.tagger == "wd14":
-        from engine.captioners.wd14 import WD14Tagger
+        from loratui.engine.captioners.wd14 import WD14Tagger
 
         return WD14Tagger.load(settings, on_event=on_event, control=control)
-    from engine.captioners.blip import BlipCaptioner
+    from loratui.engine.captioners.blip import BlipCaptioner
 
     return BlipCaptioner.load(settings, on_event=on_event, control=control)
 
@@ -96,8 +96,8 @@ def _check_stop(control: Control) -> None:
 def _gather(
     settings: CaptionSettings, folder: Path, images: Iterable[str | Path] | None, emit: Callable[[object], None]
 ) -> list[Path]:
-    from engine.captioners.images import image_extensions, list_images
-    from engine.captioners.writer import caption_path
+    from loratui.engine.captioners.images import image_extensions, list_images
+    from loratui.engine.captioners.writer import caption_path
 
     if images is None:
         if not folder.exists():
@@ -174,8 +174,8 @@ def run_captioner(
         emit(Failed(message=message, hint=hint))
         return summary
 
-    from engine.captioners.images import ImageError, open_rgb
-    from engine.captioners.writer import (
+    from loratui.engine.captioners.images import ImageError, open_rgb
+    from loratui.engine.captioners.writer import (
         APPENDED,
         OVERWRITTEN,
         SKIPPED,

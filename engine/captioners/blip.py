@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.captioners.common import CaptionError, CaptionSettings
-from engine.captioners.hub import download, looks_like_repo_id
-from engine.events import Control, LogEvent, WarningEvent
+from loratui.engine.captioners.common import CaptionError, CaptionSettings
+from loratui.engine.captioners.hub import download, looks_like_repo_id
+from loratui.engine.events import Control, LogEvent, WarningEvent
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image as PILImage

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from engine.schema import _Section, setting
+from loratui.engine.schema import _Section, setting
 
 DEFAULT_WD14_MODEL = "SmilingWolf/wd-v1-4-convnextv2-tagger-v2"
 DEFAULT_BLIP_MODEL = "Salesforce/blip-image-captioning-large"

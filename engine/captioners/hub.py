@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from engine.captioners.common import CaptionError
-from engine.events import Aborted, Control, PhaseChanged
+from loratui.engine.captioners.common import CaptionError
+from loratui.engine.events import Aborted, Control, PhaseChanged
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.captioners.common import CaptionError, CaptionSettings, parse_tag_list, tag_key
-from engine.captioners.hub import download, looks_like_repo_id
-from engine.events import Control, LogEvent, WarningEvent
+from loratui.engine.captioners.common import CaptionError, CaptionSettings, parse_tag_list, tag_key
+from loratui.engine.captioners.hub import download, looks_like_repo_id
+from loratui.engine.events import Control, LogEvent, WarningEvent
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -284,7 +284,7 @@ def preprocess(image: "PILImage.Image", size: int) -> "np.ndarray":
     import numpy as np
     from PIL import Image
 
-    from engine.captioners.images import to_rgb
+    from loratui.engine.captioners.images import to_rgb
 
     im = to_rgb(image)
     w, h = im.size

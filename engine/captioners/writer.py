@@ -20,8 +20,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.captioners.common import SEPARATOR, WRITE_MODES, split_tags, tag_key
-from engine.fsutil import atomic_save
+from loratui.engine.captioners.common import SEPARATOR, WRITE_MODES, split_tags, tag_key
+from loratui.engine.fsutil import atomic_save
 
 # What happened to one caption file.
 WRITTEN = "written"  # there was none (or an empty one)

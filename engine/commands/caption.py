@@ -45,8 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from engine.captioners import CaptionSettings
-    from engine.captioners.common import split_tags
+    from loratui.engine.captioners import CaptionSettings
+    from loratui.engine.captioners.common import split_tags
 
     ext = args.ext if args.ext.startswith(".") or not args.ext else "." + args.ext
     return CaptionSettings(
@@ -110,7 +110,7 @@ class _Printer:
             os.close(devnull)
 
     def _print(self, ev: object) -> None:
-        from engine.events import Failed, Finished, LogEvent, PhaseChanged, WarningEvent
+        from loratui.engine.events import Failed, Finished, LogEvent, PhaseChanged, WarningEvent
 
         if isinstance(ev, PhaseChanged):
             if ev.phase == "downloading":
@@ -153,8 +153,8 @@ class _Printer:
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from engine.captioners import run_captioner
-    from engine.events import Control, Failed
+    from loratui.engine.captioners import run_captioner
+    from loratui.engine.events import Control, Failed
 
     try:
         settings = settings_from_args(args)

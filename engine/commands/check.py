@@ -15,16 +15,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.commands.train import load_for_cli
+    from loratui.engine.commands.train import load_for_cli
 
     profile = load_for_cli(args.profile, args.overrides)
     if profile is None:
         return 2
-    from engine.console import report_lines
-    from engine.dataset import plan_for, scan_dataset
-    from engine.models import inspect_model
-    from engine.schema import profile_warnings
-    from engine.train import preflight
+    from loratui.engine.console import report_lines
+    from loratui.engine.dataset import plan_for, scan_dataset
+    from loratui.engine.models import inspect_model
+    from loratui.engine.schema import profile_warnings
+    from loratui.engine.train import preflight
 
     ok = True
     print(f"profile  {args.profile}: valid")

@@ -79,7 +79,7 @@ _FOLD_AFTER = 8
 
 def report_text(insp, top: int = 20) -> list[str]:
     """The report as plain lines (also what the tests read)."""
-    from engine.inspection import NEAR_DUPLICATE_BITS
+    from loratui.engine.inspection import NEAR_DUPLICATE_BITS
 
     lines = [f"dataset   {insp.root}  (resolution {insp.resolution}, captions {insp.caption_extension})"]
     if insp.concepts:
@@ -144,7 +144,7 @@ def report_text(insp, top: int = 20) -> list[str]:
 
 def _do_action(args: argparse.Namespace, out: dict) -> list[str]:
     """Run the action flag, if any; lines to print before the report."""
-    from engine.inspection import apply_balance, find_concept, inspect_dataset, make_kohya_folder, repeats_target, set_repeats
+    from loratui.engine.inspection import apply_balance, find_concept, inspect_dataset, make_kohya_folder, repeats_target, set_repeats
 
     lines: list[str] = []
     if args.set_repeats:
@@ -203,7 +203,7 @@ def _do_action(args: argparse.Namespace, out: dict) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.inspection import InspectError, dataset_settings, inspect_dataset
+    from loratui.engine.inspection import InspectError, dataset_settings, inspect_dataset
 
     out: dict = {}
     try:

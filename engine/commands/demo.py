@@ -14,13 +14,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.demo import prepare_demo
+    from loratui.engine.demo import prepare_demo
 
     path = prepare_demo(on_progress=lambda msg: print(msg, file=sys.stderr))
     if not args.headless:
-        from tui.app import run_app  # the app imports textual; only here, on request
+        from loratui.tui.app import run_app  # the app imports textual; only here, on request
 
         return run_app(str(path)) or 0
-    from engine.commands import train
+    from loratui.engine.commands import train
 
     return train.run(argparse.Namespace(profile=str(path), overrides=[], overwrite=True, resume=None))

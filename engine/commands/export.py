@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.kohya import _friendlier, export_problems, export_sd_scripts, export_warnings, sd_scripts_command
-    from engine.schema import ProfileError, load_profile
+    from loratui.engine.kohya import _friendlier, export_problems, export_sd_scripts, export_warnings, sd_scripts_command
+    from loratui.engine.schema import ProfileError, load_profile
 
     try:
         profile = load_profile(args.profile, args.overrides)

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.kohya import KohyaImportError, import_kohya, save_import
+    from loratui.engine.kohya import KohyaImportError, import_kohya, save_import
 
     src = Path(args.config)
     out = Path(args.output)

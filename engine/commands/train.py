@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_for_cli(path: str, overrides: list[str]):
     """Load + validate a profile; print the problems and return None when invalid."""
-    from engine.schema import ProfileError, load_profile, resolve_paths
+    from loratui.engine.schema import ProfileError, load_profile, resolve_paths
 
     try:
         return resolve_paths(load_profile(path, overrides))
@@ -35,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
     profile = load_for_cli(args.profile, args.overrides)
     if profile is None:
         return 2
-    from engine.console import ConsolePrinter
-    from engine.events import Failed, Finished
-    from engine.run import start_run
+    from loratui.engine.console import ConsolePrinter
+    from loratui.engine.events import Failed, Finished
+    from loratui.engine.run import start_run
 
     handle = start_run(profile, overwrite=args.overwrite, resume=args.resume)
     printer = ConsolePrinter()

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.events import TERMINAL_EVENTS, Event, PhaseChanged, StepEvent, event_from_dict
+from loratui.engine.events import TERMINAL_EVENTS, Event, PhaseChanged, StepEvent, event_from_dict
 
 NAME = "watch"
 HELP = "follow a run started elsewhere: its dashboard, read-only, from OUTPUT_DIR's metrics file"
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         path = found
     if args.plain:
         return follow_plain(path)
-    from tui.app import run_watch  # the UI only when asked for
+    from loratui.tui.app import run_watch  # the UI only when asked for
 
     return run_watch(path)
 
@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
 def follow_plain(path: Path, out=None, poll: float = 0.5, idle_exit: float | None = None) -> int:
     """Print the run's events as `loratui train` would, until it ends.
     ``idle_exit``: give up after that many seconds without a new event."""
-    from engine.console import ConsolePrinter
-    from engine.events import Failed
+    from loratui.engine.console import ConsolePrinter
+    from loratui.engine.events import Failed
 
     printer = ConsolePrinter(out or sys.stdout)
     tail = MetricsTail(path)

@@ -19,8 +19,8 @@ from textual.message import Message
 from textual.suggester import Suggester
 from textual.widgets import Button, Input, Label, Select, Static, Switch
 
-from engine.schema import SettingInfo
-from tui.widgets import set_text
+from loratui.engine.schema import SettingInfo
+from loratui.tui.widgets import set_text
 
 # --------------------------------------------------------------------------- values
 

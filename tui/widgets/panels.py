@@ -8,9 +8,9 @@ from pathlib import Path
 from rich.text import Text
 from textual.widgets import Static
 
-from engine.console import fmt_duration, fmt_size
-from engine.gpu import GB, GpuSample
-from tui.bridge import PHASE_TITLES, RunState
+from loratui.engine.console import fmt_duration, fmt_size
+from loratui.engine.gpu import GB, GpuSample
+from loratui.tui.bridge import PHASE_TITLES, RunState
 
 PHASE_STYLES = {
     "training": "bold green",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from engine.plan import DatasetReport, StepPlan
+from loratui.engine.plan import DatasetReport, StepPlan
 
 
 def render_plan(
