@@ -1,0 +1,199 @@
+"""The lists of things a setting chooses from, declared once.
+
+Optimizers, LR schedulers and network types are registries: each entry
+carries everything the schema (choices, help), the trainer (how to build it),
+the ``ss_*`` metadata (class path, network module) and kohya_ss import/export
+(spellings, sd-scripts names) need. Model families are a registry too, in
+:mod:`loratui.engine.families` (one module per family).
+
+No torch here: the UI imports this before its first frame. Builders import
+their library when called.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ArgsError(ValueError):
+    """An ``optimizer_args`` / ``network_args`` item that is not ``key=value``."""
+
+    def __init__(self, item: str):
+        super().__init__(f"{item!r} is not key=value")
+        self.item = item
+
+
+def parse_key_values(text: str) -> dict[str, Any]:
+    """``"weight_decay=0.1 betas=0.9,0.99"`` → ``{"weight_decay": 0.1, "betas": (0.9, 0.99)}``,
+    as sd-scripts parses ``--optimizer_args`` (each value through ``ast.literal_eval``,
+    a value that is not a literal stays a string). Raises :class:`ArgsError`."""
+    out: dict[str, Any] = {}
+    for item in str(text or "").split():
+        key, eq, raw = item.partition("=")
+        if not eq or not key:
+            raise ArgsError(item)
+        try:
+            out[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw
+    return out
+
+
+def _spelling_key(text: str) -> str:
+    """How a name is compared with the spellings kohya_ss configs use:
+    the last dotted part, without spaces, underscores, dashes, case."""
+    return re.sub(r"[\s_\-]", "", str(text).strip().split(".")[-1]).lower()
+
+
+# --------------------------------------------------------------------------- optimizers
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    name: str  # loratui's (and sd-scripts' --optimizer_type) name
+    class_path: str  # ss_optimizer, as sd-scripts writes it
+    build: Callable[[list[dict], float, dict[str, Any]], Any]  # (param groups, lr, kwargs) -> torch optimizer
+    cuda_only: bool = False  # bitsandbytes' 8-bit optimizers
+    adaptive_lr: bool = False  # finds its own step size: LR around 1.0
+    spellings: tuple[str, ...] = ()  # other names kohya_ss configs use for exactly this optimizer
+    # names of close equivalents mapped to this one, with the reason shown on import
+    near: tuple[tuple[str, str], ...] = ()
+
+
+def _adamw(groups, lr, kw):
+    import torch
+
+    kw.setdefault("weight_decay", 0.01)
+    return torch.optim.AdamW(groups, lr=lr, **kw)
+
+
+def _adamw8bit(groups, lr, kw):
+    import bitsandbytes as bnb
+
+    return bnb.optim.AdamW8bit(groups, lr=lr, **kw)
+
+
+def _lion(groups, lr, kw):
+    from lion_pytorch import Lion
+
+    return Lion(groups, lr=lr, **kw)
+
+
+def _lion8bit(groups, lr, kw):
+    import bitsandbytes as bnb
+
+    return bnb.optim.Lion8bit(groups, lr=lr, **kw)
+
+
+def _prodigy(groups, lr, kw):
+    from prodigyopt import Prodigy
+
+    return Prodigy(groups, lr=lr, **kw)
+
+
+def _adafactor(groups, lr, kw):
+    from transformers.optimization import Adafactor
+
+    kw.setdefault("relative_step", False)
+    kw.setdefault("scale_parameter", False)
+    kw.setdefault("warmup_init", False)
+    return Adafactor(groups, lr=lr, **kw)
+
+
+def _dadapt_adam(groups, lr, kw):
+    from dadaptation import DAdaptAdam
+
+    return DAdaptAdam(groups, lr=lr, **kw)
+
+
+_PAGED = "paged variant: the same updates, only the optimizer state paging differs"
+
+OPTIMIZERS: dict[str, Optimizer] = {
+    o.name: o
+    for o in (
+        Optimizer("AdamW", "torch.optim.adamw.AdamW", _adamw,
+                  near=(("pagedadamw", _PAGED), ("pagedadamw32bit", _PAGED), ("adamw32bit", "32-bit AdamW is plain AdamW"))),
+        Optimizer("AdamW8bit", "bitsandbytes.optim.adamw.AdamW8bit", _adamw8bit, cuda_only=True,
+                  spellings=("adam8bit", "8bitadamw"), near=(("pagedadamw8bit", _PAGED),)),
+        Optimizer("Lion", "lion_pytorch.lion_pytorch.Lion", _lion),
+        Optimizer("Lion8bit", "bitsandbytes.optim.lion.Lion8bit", _lion8bit, cuda_only=True,
+                  near=(("pagedlion8bit", _PAGED),)),
+        Optimizer("Prodigy", "prodigyopt.prodigy.Prodigy", _prodigy, adaptive_lr=True, spellings=("prodigyopt",)),
+        Optimizer("Adafactor", "transformers.optimization.Adafactor", _adafactor),
+        Optimizer("DAdaptAdam", "dadaptation.dadapt_adam.DAdaptAdam", _dadapt_adam, adaptive_lr=True,
+                  near=(("dadaptation", "sd-scripts' DAdaptation is DAdaptAdamPreprint; loratui uses DAdaptAdam (LR around 1.0 either way)"),
+                        ("dadaptadampreprint", "loratui uses DAdaptAdam, the released version of the preprint optimizer"))),
+    )
+}
+
+
+def optimizer_from_text(text: Any) -> tuple[Optimizer | None, str | None]:
+    """A kohya_ss / sd-scripts optimizer name → (our optimizer, note). The note
+    says why a close equivalent was chosen; (None, None) when unknown."""
+    key = _spelling_key(text)
+    for o in OPTIMIZERS.values():
+        if key == o.name.lower() or key in o.spellings:
+            return o, None
+    for o in OPTIMIZERS.values():
+        for spelling, why in o.near:
+            if key == spelling:
+                return o, why
+    return None, None
+
+
+# --------------------------------------------------------------------------- LR schedulers
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    name: str  # the diffusers.optimization / sd-scripts --lr_scheduler name
+    uses: tuple[str, ...] = ()  # optimization.* settings it reads besides warm-up
+    kwargs: Callable[[Any], dict[str, Any]] = field(default=lambda o: {})  # OptimizationSettings -> get_scheduler kwargs
+
+
+SCHEDULERS: dict[str, Scheduler] = {
+    s.name: s
+    for s in (
+        Scheduler("constant"),
+        Scheduler("constant_with_warmup"),
+        Scheduler("linear"),
+        Scheduler("cosine"),
+        Scheduler("cosine_with_restarts", ("lr_scheduler_num_cycles",), lambda o: {"num_cycles": o.lr_scheduler_num_cycles}),
+        Scheduler("polynomial", ("lr_scheduler_power",), lambda o: {"power": o.lr_scheduler_power}),
+    )
+}
+
+
+def scheduler_from_text(text: Any) -> Scheduler | None:
+    return SCHEDULERS.get(str(text).strip().lower().replace(" ", "_"))
+
+
+# --------------------------------------------------------------------------- network types
+
+
+@dataclass(frozen=True)
+class NetworkType:
+    name: str  # network.network_type
+    label: str  # as the kohya_ss GUI's LoRA_type names it
+    network_module: str  # ss_network_module / sd-scripts --network_module
+    conv: bool  # trains 3×3 convolutions too (conv_dim / conv_alpha)
+    gui_lora_types: tuple[str, ...] = ()  # kohya_ss GUI LoRA_type values that mean exactly this
+
+
+NETWORK_TYPES: dict[str, NetworkType] = {
+    n.name: n
+    for n in (
+        NetworkType("lora", "Standard", "networks.lora", conv=False, gui_lora_types=("standard", "kohya lora")),
+        NetworkType("locon", "LoCon (kohya)", "networks.lora", conv=True, gui_lora_types=("kohya locon", "locon")),
+    )
+}
+
+
+# --------------------------------------------------------------------------- precisions
+
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+SAVE_PRECISIONS = ("fp16", "bf16", "float")
