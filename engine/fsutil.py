@@ -124,18 +124,19 @@ def atomic_save(target: str | Path, writer: Callable[[Path], None]) -> Path:
     return Path(target)
 
 
-def atomic_dir(target: str | Path, fill: Callable[[Path], None]) -> Path:
+def atomic_dir(target: str | Path, fill: Callable[[Path], None], *, keep_file_modes: bool = False) -> Path:
     """Build a folder under a temporary name with ``fill(tmp_dir)``, then rename it
     to ``target``. An existing ``target`` is replaced only after the new one is
     complete. The folder gets the old one's mode (else ``0777 & ~umask``); the
     files and folders ``fill`` made that came out private (0600 / 0700: the
-    temporary files of a library such as safetensors) get the umask's mode."""
+    temporary files of a library such as safetensors) get the umask's mode,
+    unless ``keep_file_modes`` (``fill`` copies files and keeps their modes)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=target.parent))
     try:
         fill(tmp)
-        _sync_and_open_up(tmp)
+        _sync_and_open_up(tmp, files=not keep_file_modes)
         os.chmod(tmp, _mode_for(target, new_dir_mode()))
         fsync_dir(tmp)
         if target.exists():
@@ -154,23 +155,24 @@ def atomic_dir(target: str | Path, fill: Callable[[Path], None]) -> Path:
     return target
 
 
-def _sync_and_open_up(folder: Path) -> None:
-    """fsync every file under ``folder``; give entries with the private temporary
-    modes the umask's modes. Symbolic links and hard-linked files (another file's
-    inode, e.g. a dataset image linked in) are never changed."""
+def _sync_and_open_up(folder: Path, *, files: bool = True) -> None:
+    """fsync every file under ``folder``; give folders (and, with ``files``, files)
+    with the private temporary modes the umask's modes. Symbolic links and
+    hard-linked files (another file's inode, e.g. a dataset image linked in) are
+    never changed."""
     file_mode, dir_mode = new_file_mode(), new_dir_mode()
-    for root, dirs, files in os.walk(folder):
-        for name in dirs:
+    for root, dir_names, file_names in os.walk(folder):
+        for name in dir_names:
             p = os.path.join(root, name)
             st = os.lstat(p)
             if stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == _PRIVATE_DIR:
                 os.chmod(p, dir_mode)
-        for name in files:
+        for name in file_names:
             p = os.path.join(root, name)
             st = os.lstat(p)
             if not stat.S_ISREG(st.st_mode):
                 continue
-            if st.st_nlink == 1 and stat.S_IMODE(st.st_mode) == _PRIVATE_FILE:
+            if files and st.st_nlink == 1 and stat.S_IMODE(st.st_mode) == _PRIVATE_FILE:
                 os.chmod(p, file_mode)
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())

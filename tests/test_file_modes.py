@@ -237,10 +237,12 @@ def test_kohya_folder_modes(tmp_path, umask):
         Image.fromarray(np.full((32, 32, 3), n * 90, dtype=np.uint8)).save(src / f"{n}.png")
         os.chmod(src / f"{n}.png", 0o644 & ~umask)
     (src / "0.txt").write_text("cap")
+    os.chmod(src / "0.png", 0o600)  # a private picture
     res = make_kohya_folder(src, tmp_path / "ds", "x", repeats=3)
     assert mode(res.folder) == expected_dir(umask)
     assert mode(res.folder / "0.txt") == expected_file(umask)
-    assert mode(res.folder / "1.png") == 0o644 & ~umask  # a copy keeps the image's mode
+    assert mode(res.folder / "1.png") == 0o644 & ~umask  # a copy keeps the image's mode, as cp does
+    assert mode(res.folder / "0.png") == 0o600  # and a private one stays private
     linked = make_kohya_folder(src, tmp_path / "ds2", "x", repeats=3, mode="hardlink")
     assert mode(linked.folder) == expected_dir(umask)
     assert mode(src / "1.png") == 0o644 & ~umask  # the source is never changed
