@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -157,96 +157,111 @@ class _Scanner:
     # -- one concept folder --------------------------------------------------------
     def scan_concept(self, folder: Path, repeats: int, name: str, *, is_reg: bool) -> _Concept:
         rep = ConceptReport(folder=str(folder), name=name, repeats=repeats, images=0, missing_captions=0, is_reg=is_reg)
-        items: list[ImageItem] = []
         try:
             entries = _listdir(folder)
         except OSError as exc:
             self.warn(f"{folder}: cannot be read ({exc.strerror or exc}), skipped")
-            return _Concept(rep, items)
-        cap_ext = self.ds.caption_extension
+            return _Concept(rep, [])
         names = {e.name for e in entries}
-        lower_names = {n.lower(): n for n in names}
-        unsupported: list[str] = []
-        empty_captions: list[str] = []
-        bad_captions = 0
-        upscaled: list[str] = []
+        fs = _FolderScan(folder, name, repeats, is_reg, rep, names, {n.lower(): n for n in names})
         for e in entries:
-            if e.name.startswith("."):
-                continue  # hidden files, macOS ._ files, our .loratui_cache
-            path = Path(e.path)
-            ext = os.path.splitext(e.name)[1].lower()
-            if _is_dir(e):
-                n = _count_images(path)
-                self.warn(
-                    f"{path}: nested folders are not scanned"
-                    + (f" ({n} images inside not used)" if n else "")
-                    + " — move the images up, or make it its own <repeats>_<name> folder beside the others"
-                )
-                continue
-            if not _is_file(e):
-                if os.path.islink(e.path):
-                    self.warn(f"{path}: broken or looping symbolic link, skipped")
-                continue
-            if ext in UNSUPPORTED_IMAGE_EXTENSIONS:
-                unsupported.append(e.name)
-                continue
-            if ext not in IMAGE_EXTENSIONS:
-                continue
-            self.seen += 1
-            if self.on_progress:
-                self.on_progress(self.seen)
-            try:
-                size = probe_image(path)
-            except DatasetError as exc:
-                rep.unreadable.append(f"{e.name}: {exc}")
-                continue
-            caption, has_caption = None, False
-            if cap_ext:
-                cap_name = os.path.splitext(e.name)[0] + cap_ext
-                cap_name = cap_name if cap_name in names else lower_names.get(cap_name.lower())
-                if cap_name:
-                    text, warning = read_caption(folder / cap_name)
-                    if warning:
-                        self.warn(warning)
-                    if text is None and warning:
-                        bad_captions += 1
-                    elif text is None:
-                        empty_captions.append(cap_name)
-                    else:
-                        caption, has_caption = text, True
-            if not has_caption:
-                rep.missing_captions += 1
-                caption = name
-            choice = self.buckets.select(*size)
-            self.ar_errors.append(abs(choice.ar_error))
-            if choice.resized[0] / size[0] > UPSCALE_WARN:
-                upscaled.append(f"{e.name} ({size[0]}×{size[1]})")
-            items.append(
-                ImageItem(
-                    path=path,
-                    caption=caption or "",
-                    concept=name,
-                    folder=str(folder),
-                    repeats=repeats,
-                    is_reg=is_reg,
-                    image_size=size,
-                    bucket=choice.bucket,
-                    resized=choice.resized,
-                    has_caption=has_caption,
-                    folder_repeats=repeats,
-                )
+            path = self._image_path(e, fs)
+            if path is not None:
+                self._scan_image(fs, path)
+        rep.images = len(fs.items)
+        self._folder_warnings(fs)
+        return _Concept(rep, fs.items)
+
+    def _image_path(self, e: os.DirEntry, fs: "_FolderScan") -> Path | None:
+        """The path of ``e`` when it is an image to train on; else None (saying why
+        where the user would want to know)."""
+        if e.name.startswith("."):
+            return None  # hidden files, macOS ._ files, our .loratui_cache
+        path = Path(e.path)
+        ext = os.path.splitext(e.name)[1].lower()
+        if _is_dir(e):
+            n = _count_images(path)
+            self.warn(
+                f"{path}: nested folders are not scanned"
+                + (f" ({n} images inside not used)" if n else "")
+                + " — move the images up, or make it its own <repeats>_<name> folder beside the others"
             )
-        rep.images = len(items)
+            return None
+        if not _is_file(e):
+            if os.path.islink(e.path):
+                self.warn(f"{path}: broken or looping symbolic link, skipped")
+            return None
+        if ext in UNSUPPORTED_IMAGE_EXTENSIONS:
+            fs.unsupported.append(e.name)
+            return None
+        return path if ext in IMAGE_EXTENSIONS else None
+
+    def _scan_image(self, fs: "_FolderScan", path: Path) -> None:
+        self.seen += 1
+        if self.on_progress:
+            self.on_progress(self.seen)
+        try:
+            size = probe_image(path)
+        except DatasetError as exc:
+            fs.rep.unreadable.append(f"{path.name}: {exc}")
+            return
+        caption, has_caption = self._caption_of(fs, path.name)
+        if not has_caption:
+            fs.rep.missing_captions += 1
+            caption = fs.name
+        choice = self.buckets.select(*size)
+        self.ar_errors.append(abs(choice.ar_error))
+        if choice.resized[0] / size[0] > UPSCALE_WARN:
+            fs.upscaled.append(f"{path.name} ({size[0]}×{size[1]})")
+        fs.items.append(
+            ImageItem(
+                path=path,
+                caption=caption or "",
+                concept=fs.name,
+                folder=str(fs.folder),
+                repeats=fs.repeats,
+                is_reg=fs.is_reg,
+                image_size=size,
+                bucket=choice.bucket,
+                resized=choice.resized,
+                has_caption=has_caption,
+                folder_repeats=fs.repeats,
+            )
+        )
+
+    def _caption_of(self, fs: "_FolderScan", image_name: str) -> tuple[str | None, bool]:
+        """(caption, True) from the image's caption file (its name matched
+        ignoring case), else (None, False), noting empty and unreadable files."""
+        cap_ext = self.ds.caption_extension
+        if not cap_ext:
+            return None, False
+        cap_name = os.path.splitext(image_name)[0] + cap_ext
+        cap_name = cap_name if cap_name in fs.names else fs.lower_names.get(cap_name.lower())
+        if not cap_name:
+            return None, False
+        text, warning = read_caption(fs.folder / cap_name)
+        if warning:
+            self.warn(warning)
+        if text is None and warning:
+            fs.bad_captions += 1
+        elif text is None:
+            fs.empty_captions.append(cap_name)
+        else:
+            return text, True
+        return None, False
+
+    def _folder_warnings(self, fs: "_FolderScan") -> None:
+        folder, name, rep, cap_ext = fs.folder, fs.name, fs.rep, self.ds.caption_extension
         if rep.unreadable:
             self.warn(f"{folder}: {len(rep.unreadable)} unreadable image(s) skipped: {_few(rep.unreadable)}")
-        if unsupported:
+        if fs.unsupported:
             self.warn(
-                f"{folder}: {len(unsupported)} file(s) of a type not trained on skipped ({_few(unsupported, 3)}) — "
+                f"{folder}: {len(fs.unsupported)} file(s) of a type not trained on skipped ({_few(fs.unsupported, 3)}) — "
                 "convert them to png or jpg"
             )
-        if empty_captions:
-            self.warn(f"{folder}: empty caption file(s) {_few(empty_captions, 3)}; using the class tokens {name!r}")
-        missing = rep.missing_captions - len(empty_captions) - bad_captions
+        if fs.empty_captions:
+            self.warn(f"{folder}: empty caption file(s) {_few(fs.empty_captions, 3)}; using the class tokens {name!r}")
+        missing = rep.missing_captions - len(fs.empty_captions) - fs.bad_captions
         if missing > 0 and cap_ext and rep.images:
             self.warn(
                 f"{folder}: {missing} of {rep.images} images have no {cap_ext} caption; "
@@ -254,9 +269,26 @@ class _Scanner:
             )
         if rep.missing_captions and not name:
             self.warn(f"{folder}: the folder name has no class tokens after the number, so images without a caption train with an empty caption")
-        if upscaled:
-            self.warn(f"{folder}: {len(upscaled)} image(s) enlarged more than {UPSCALE_WARN:g}× to fit their bucket (blurry): {_few(upscaled, 3)}")
-        return _Concept(rep, items)
+        if fs.upscaled:
+            self.warn(f"{folder}: {len(fs.upscaled)} image(s) enlarged more than {UPSCALE_WARN:g}× to fit their bucket (blurry): {_few(fs.upscaled, 3)}")
+
+
+@dataclass
+class _FolderScan:
+    """One concept folder being scanned: what it holds and what to say about it."""
+
+    folder: Path
+    name: str  # class tokens
+    repeats: int
+    is_reg: bool
+    rep: ConceptReport
+    names: set[str]  # file names in the folder
+    lower_names: dict[str, str]  # lower-cased → as on disk
+    items: list[ImageItem] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)
+    empty_captions: list[str] = field(default_factory=list)
+    bad_captions: int = 0
+    upscaled: list[str] = field(default_factory=list)
 
 
 def _balance(concepts: list[_Concept], report: DatasetReport) -> dict[str, tuple[int, int]]:
