@@ -33,18 +33,22 @@ fp16 was asked for, unless ``vae_fp32=False`` says the VAE is an fp16-fixed one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loratui.engine.fsutil import TMP_PREFIX, atomic_save, file_sha256
+from loratui.engine.imagefile import CropInfo, array_to_tensor, load_image_array
+
 if TYPE_CHECKING:
-    from loratui.engine.dataset import CropInfo, ImageItem
+    from loratui.engine.dataset.items import ImageItem
 
 CACHE_DIR_NAME = ".loratui_cache"
 CACHE_VERSION = 1  # bump when the resize / crop / encode recipe changes
@@ -63,11 +67,6 @@ class LatentCacheError(Exception):
 
 
 # --------------------------------------------------------------------------- keys
-
-
-def file_sha256(path: str | Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def vae_fingerprint(vae, samples_per_tensor: int = 64) -> str:
@@ -278,153 +277,225 @@ def cache_latents(
     decoded."""
     import torch
 
-    from loratui.engine.dataset import array_to_tensor, load_image_array
-
     if mode not in ("memory", "disk"):
         raise ValueError(f"mode must be 'memory' or 'disk', not {mode!r}")
     if vae_fp32 is None:
         vae_fp32 = force_upcast
     p0 = next(vae.parameters())
-    orig_device, orig_dtype = p0.device, p0.dtype
-    device = torch.device(device) if device is not None else orig_device
-    enc_dtype = _encode_dtype(vae, dtype, vae_fp32)
     vae_id = vae_id or vae_fingerprint(vae)
-    store = LatentStore(items, mode=mode, flip_aug=flip_aug, seed=seed, vae_id=vae_id)
-    total = len(items)
-    done = 0
-
-    def progress() -> None:
-        if on_progress:
-            on_progress(done, total)
-
-    def warn(msg: str) -> None:
-        store.warnings.append(msg)
-        if on_warning:
-            on_warning(msg)
-
-    workers = workers or max(1, min(4, (os.cpu_count() or 2)))
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="loratui-cache")
+    job = _CacheJob(
+        items=items,
+        vae=vae,
+        store=LatentStore(items, mode=mode, flip_aug=flip_aug, seed=seed, vae_id=vae_id),
+        device=torch.device(device) if device is not None else p0.device,
+        enc_dtype=_encode_dtype(vae, dtype, vae_fp32),
+        workers=workers or max(1, min(4, (os.cpu_count() or 2))),
+        on_progress=on_progress,
+        should_stop=should_stop,
+        on_warning=on_warning,
+        disk_ok=mode == "disk",
+    )
+    pool = ThreadPoolExecutor(max_workers=job.workers, thread_name_prefix="loratui-cache")
     try:
-        # -- 1. keys and disk hits ---------------------------------------------------
-        keys: dict[int, str] = {}
-        todo: list[int] = []
-        if mode == "disk":
-            hashes = pool.map(lambda it: _safe_hash(it.path), items)
-            for i, (it, sha) in enumerate(zip(items, hashes)):
-                if should_stop and should_stop():
-                    return store
-                if sha is None:
-                    todo.append(i)  # unreadable now: the loader will say why
-                    continue
-                keys[i] = cache_key(sha, tuple(it.bucket), vae_id, tuple(it.resized))
-                path = cache_path_for(it.path)
-                meta = _read_meta(path)
-                tensors = (meta or {}).get("_tensors", "").split(",")
-                if (
-                    meta
-                    and meta.get("key") == keys[i]
-                    and "latent" in tensors
-                    and (not flip_aug or "latent_flipped" in tensors)
-                ):
-                    try:
-                        crop = _crop_from_meta(meta, "")
-                        crop_f = _crop_from_meta(meta, "_flipped") if flip_aug else None
-                    except (KeyError, ValueError):
-                        todo.append(i)
-                        continue
-                    store.entries[i] = _Entry(path=path, crop=crop, crop_flipped=crop_f)
-                    store.reused += 1
-                    done += 1
-                    progress()
-                else:
-                    todo.append(i)
-        else:
-            todo = list(range(total))
-        if not todo:
-            store.complete = True
-            return store
-
-        # -- 2. encode the rest, bucket by bucket ------------------------------------------
-        by_bucket: dict[tuple[int, int], list[int]] = {}
-        for i in todo:
-            by_bucket.setdefault(tuple(items[i].bucket), []).append(i)
-        batches = []
-        for (bw, bh), idx in sorted(by_bucket.items()):
-            bs = batch_size or max(1, min(16, AUTO_BATCH_PIXELS // (bw * bh * (2 if flip_aug else 1))))
-            batches.extend(idx[j : j + bs] for j in range(0, len(idx), bs))
-
-        def load(batch: list[int]):
-            out = []
-            for i in batch:
-                arr, crop = load_image_array(items[i], False)
-                out.append((arr, crop))
-                if flip_aug:
-                    out.append(load_image_array(items[i], True))
-            return out
-
-        moved = orig_device != device or orig_dtype != enc_dtype
-        if moved:
-            vae.to(device=device, dtype=enc_dtype)
-        disk_ok = mode == "disk"
-        cleaned: set[Path] = set()
-        try:
-            pending = [pool.submit(load, b) for b in batches[: workers + 1]]
-            for n, batch in enumerate(batches):
-                if should_stop and should_stop():
-                    return store
-                loaded = pending[n].result()
-                if n + workers + 1 < len(batches):
-                    pending.append(pool.submit(load, batches[n + workers + 1]))
-                pending[n] = None  # free the pixels
-                pix = torch.stack([array_to_tensor(a) for a, _ in loaded])
-                lat = encode_pixels(vae, pix, device=device, dtype=enc_dtype).cpu()
-                per = 2 if flip_aug else 1
-                bad = []
-                for k, i in enumerate(batch):
-                    chunk = lat[k * per : (k + 1) * per]
-                    if not torch.isfinite(chunk).all():
-                        bad.append(items[i].path)
-                        continue
-                    crop = loaded[k * per][1]
-                    crop_f = loaded[k * per + 1][1] if flip_aug else None
-                    entry = _Entry(crop=crop, crop_flipped=crop_f)
-                    tensors = {"latent": chunk[0].contiguous()}
-                    if flip_aug:
-                        tensors["latent_flipped"] = chunk[1].contiguous()
-                    if disk_ok:
-                        path = cache_path_for(items[i].path)
-                        if path.parent not in cleaned:
-                            cleaned.add(path.parent)
-                            _remove_old_leftovers(path.parent)
-                        try:
-                            _write_cache(path, tensors, keys.get(i) or _key_now(items[i], vae_id), crop, crop_f)
-                            entry.path = path
-                        except OSError as exc:
-                            disk_ok = False
-                            warn(
-                                f"dataset.cache_latents: cannot write the latent cache in {path.parent} "
-                                f"({exc.strerror or exc}); keeping latents in memory for this run"
-                            )
-                    if entry.path is None:
-                        entry.latent = tensors["latent"]
-                        entry.latent_flipped = tensors.get("latent_flipped")
-                    store.entries[i] = entry
-                    store.encoded += 1
-                    done += 1
-                    progress()
-                if bad:
-                    raise LatentCacheError(
-                        f"{bad[0]}: the VAE produced NaN/inf latents (encoded in {str(enc_dtype).replace('torch.', '')})"
-                        + (f"; also {len(bad) - 1} more in the same batch" if len(bad) > 1 else ""),
-                        _nan_hint(enc_dtype),
-                    )
-        finally:
-            if moved:
-                vae.to(device=orig_device, dtype=orig_dtype)
-        store.complete = True
-        return store
+        todo = _disk_hits(job, pool) if mode == "disk" else list(range(len(items)))
+        if todo is None:  # stopped
+            return job.store
+        if todo:
+            with _vae_moved(vae, job.device, job.enc_dtype):
+                if not _encode_all(job, pool, _plan_batches(items, todo, batch_size, flip_aug)):
+                    return job.store
+        job.store.complete = True
+        return job.store
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class _CacheJob:
+    """One ``cache_latents`` call: what it works on and how far it got."""
+
+    items: list["ImageItem"]
+    vae: Any
+    store: LatentStore
+    device: Any
+    enc_dtype: Any
+    workers: int
+    on_progress: Callable[[int, int], None] | None
+    should_stop: Callable[[], bool] | None
+    on_warning: Callable[[str], None] | None
+    disk_ok: bool  # writing cache files (mode "disk", until a write fails)
+    done: int = 0
+    keys: dict[int, str] = field(default_factory=dict)  # item index → cache key (disk mode)
+    cleaned: set[Path] = field(default_factory=set)  # cache folders already rid of old leftovers
+
+    @property
+    def flip_aug(self) -> bool:
+        return self.store.flip_aug
+
+    def stopped(self) -> bool:
+        return bool(self.should_stop and self.should_stop())
+
+    def one_done(self) -> None:
+        self.done += 1
+        if self.on_progress:
+            self.on_progress(self.done, len(self.items))
+
+    def warn(self, msg: str) -> None:
+        self.store.warnings.append(msg)
+        if self.on_warning:
+            self.on_warning(msg)
+
+
+# -- 1. keys and disk hits ---------------------------------------------------
+
+
+def _disk_hits(job: _CacheJob, pool: ThreadPoolExecutor) -> list[int] | None:
+    """Take every item whose cache file carries its key; the indices left to
+    encode (None when stopped)."""
+    todo: list[int] = []
+    hashes = pool.map(lambda it: _safe_hash(it.path), job.items)
+    for i, (it, sha) in enumerate(zip(job.items, hashes)):
+        if job.stopped():
+            return None
+        if sha is None:
+            todo.append(i)  # unreadable now: the loader will say why
+            continue
+        job.keys[i] = cache_key(sha, tuple(it.bucket), job.store.vae_id, tuple(it.resized))
+        path = cache_path_for(it.path)
+        entry = _hit_entry(_read_meta(path), job.keys[i], path, job.flip_aug)
+        if entry is None:
+            todo.append(i)
+            continue
+        job.store.entries[i] = entry
+        job.store.reused += 1
+        job.one_done()
+    return todo
+
+
+def _hit_entry(meta: dict[str, str] | None, key: str, path: Path, flip_aug: bool) -> _Entry | None:
+    """The store entry of a usable cache file (its key, the tensors and the crops
+    asked for), else None."""
+    tensors = (meta or {}).get("_tensors", "").split(",")
+    if not (meta and meta.get("key") == key and "latent" in tensors and (not flip_aug or "latent_flipped" in tensors)):
+        return None
+    try:
+        crop = _crop_from_meta(meta, "")
+        crop_f = _crop_from_meta(meta, "_flipped") if flip_aug else None
+    except (KeyError, ValueError):
+        return None
+    return _Entry(path=path, crop=crop, crop_flipped=crop_f)
+
+
+# -- 2. encode the rest, bucket by bucket ------------------------------------------
+
+
+def _plan_batches(items: list["ImageItem"], todo: list[int], batch_size: int | None, flip_aug: bool) -> list[list[int]]:
+    """Encode batches of one bucket each (default size: about AUTO_BATCH_PIXELS)."""
+    by_bucket: dict[tuple[int, int], list[int]] = {}
+    for i in todo:
+        by_bucket.setdefault(tuple(items[i].bucket), []).append(i)
+    batches = []
+    for (bw, bh), idx in sorted(by_bucket.items()):
+        bs = batch_size or max(1, min(16, AUTO_BATCH_PIXELS // (bw * bh * (2 if flip_aug else 1))))
+        batches.extend(idx[j : j + bs] for j in range(0, len(idx), bs))
+    return batches
+
+
+def _load_pixels(items: list["ImageItem"], batch: list[int], flip_aug: bool) -> list[tuple[Any, "CropInfo"]]:
+    """(pixels, crop) of each image of a batch, followed by its mirror with ``flip_aug``."""
+    out = []
+    for i in batch:
+        out.append(load_image_array(items[i], False))
+        if flip_aug:
+            out.append(load_image_array(items[i], True))
+    return out
+
+
+@contextlib.contextmanager
+def _vae_moved(vae, device, dtype) -> Iterator[None]:
+    """The VAE on ``device`` in ``dtype`` for the block, then back as it was."""
+    p0 = next(vae.parameters())
+    orig_device, orig_dtype = p0.device, p0.dtype
+    moved = orig_device != device or orig_dtype != dtype
+    if moved:
+        vae.to(device=device, dtype=dtype)
+    try:
+        yield
+    finally:
+        if moved:
+            vae.to(device=orig_device, dtype=orig_dtype)
+
+
+def _encode_all(job: _CacheJob, pool: ThreadPoolExecutor, batches: list[list[int]]) -> bool:
+    """Encode the batches, decoding the next ``workers + 1`` ahead in the pool.
+    False when stopped."""
+    import torch
+
+    ahead = job.workers + 1
+    pending = [pool.submit(_load_pixels, job.items, b, job.flip_aug) for b in batches[:ahead]]
+    for n, batch in enumerate(batches):
+        if job.stopped():
+            return False
+        loaded = pending[n].result()
+        if n + ahead < len(batches):
+            pending.append(pool.submit(_load_pixels, job.items, batches[n + ahead], job.flip_aug))
+        pending[n] = None  # free the pixels
+        pix = torch.stack([array_to_tensor(a) for a, _ in loaded])
+        lat = encode_pixels(job.vae, pix, device=job.device, dtype=job.enc_dtype).cpu()
+        _store_batch(job, batch, loaded, lat)
+    return True
+
+
+def _store_batch(job: _CacheJob, batch: list[int], loaded: list, lat) -> None:
+    """Keep the finite latents of one encoded batch; raise LatentCacheError
+    naming the images whose latents are NaN/inf (after keeping the others)."""
+    import torch
+
+    per = 2 if job.flip_aug else 1
+    bad = []
+    for k, i in enumerate(batch):
+        chunk = lat[k * per : (k + 1) * per]
+        if not torch.isfinite(chunk).all():
+            bad.append(job.items[i].path)
+            continue
+        crop = loaded[k * per][1]
+        crop_f = loaded[k * per + 1][1] if job.flip_aug else None
+        tensors = {"latent": chunk[0].contiguous()}
+        if job.flip_aug:
+            tensors["latent_flipped"] = chunk[1].contiguous()
+        job.store.entries[i] = _keep(job, i, tensors, crop, crop_f)
+        job.store.encoded += 1
+        job.one_done()
+    if bad:
+        raise LatentCacheError(
+            f"{bad[0]}: the VAE produced NaN/inf latents (encoded in {str(job.enc_dtype).replace('torch.', '')})"
+            + (f"; also {len(bad) - 1} more in the same batch" if len(bad) > 1 else ""),
+            _nan_hint(job.enc_dtype),
+        )
+
+
+def _keep(job: _CacheJob, i: int, tensors: dict, crop: "CropInfo", crop_f: "CropInfo | None") -> _Entry:
+    """The entry of one encoded image: its cache file (disk mode), or the latents
+    in memory (memory mode, or once a cache write failed: said once)."""
+    entry = _Entry(crop=crop, crop_flipped=crop_f)
+    if job.disk_ok:
+        path = cache_path_for(job.items[i].path)
+        if path.parent not in job.cleaned:
+            job.cleaned.add(path.parent)
+            _remove_old_leftovers(path.parent)
+        try:
+            _write_cache(path, tensors, job.keys.get(i) or _key_now(job.items[i], job.store.vae_id), crop, crop_f)
+            entry.path = path
+        except OSError as exc:
+            job.disk_ok = False
+            job.warn(
+                f"dataset.cache_latents: cannot write the latent cache in {path.parent} "
+                f"({exc.strerror or exc}); keeping latents in memory for this run"
+            )
+    if entry.path is None:
+        entry.latent = tensors["latent"]
+        entry.latent_flipped = tensors.get("latent_flipped")
+    return entry
 
 
 def _nan_hint(enc_dtype) -> str:
@@ -453,9 +524,7 @@ def _key_now(item: "ImageItem", vae_id: str) -> str:
     return cache_key(file_sha256(item.path), tuple(item.bucket), vae_id, tuple(item.resized))
 
 
-def _crop_from_meta(meta: dict[str, str], suffix: str) -> "CropInfo":
-    from loratui.engine.dataset import CropInfo
-
+def _crop_from_meta(meta: dict[str, str], suffix: str) -> CropInfo:
     return CropInfo(
         original_size=_unfmt(meta["original_size"]),
         crop_top_left=_unfmt(meta["crop_top_left" + suffix]),
@@ -471,8 +540,6 @@ def _remove_old_leftovers(folder: Path) -> None:
     run beside us is writing right now)."""
     import time
 
-    from loratui.engine.fsutil import TMP_PREFIX
-
     try:
         for p in folder.iterdir():
             if p.name.startswith(TMP_PREFIX) and time.time() - p.stat().st_mtime > _LEFTOVER_AGE_S:
@@ -483,8 +550,6 @@ def _remove_old_leftovers(folder: Path) -> None:
 
 def _write_cache(path: Path, tensors: dict, key: str, crop: "CropInfo", crop_f: "CropInfo | None") -> None:
     from safetensors.torch import save_file
-
-    from loratui.engine.fsutil import atomic_save
 
     meta = {
         "format": "loratui-latent-cache",

@@ -142,39 +142,142 @@ def run_captioner(
     """Caption the images in ``folder`` (or just ``images``, e.g. the ones
     without a caption) as ``settings`` say. Returns the summary; the events tell
     the same story as it happens."""
-    emit = on_event or (lambda e: None)
-    control = control or Control()
     folder = Path(folder).expanduser()
-    summary = CaptionSummary(folder=str(folder))
-    t0 = time.monotonic()
+    job = _CaptionJob(
+        settings=settings,
+        folder=folder,
+        emit=on_event or (lambda e: None),
+        control=control or Control(),
+        summary=CaptionSummary(folder=str(folder)),
+    )
     captioner = None
-    done = 0
+    try:
+        todo = _todo(job, images)
+        if not todo:
+            job.emit(LogEvent("nothing to caption"))
+            return job.finish(False)
+        _check_stop(job.control)
+        job.emit(PhaseChanged("loading_model", detail=settings.model_id()))
+        captioner = load_captioner(settings, on_event=job.emit, control=job.control)
+        batch_size = max(1, settings.batch_size)
+        job.emit(PhaseChanged("captioning", current=0, total=job.total))
+        for start in range(0, job.total, batch_size):
+            _check_stop(job.control)
+            _caption_batch(job, captioner, todo[start : start + batch_size])
+        return job.finish(False)
+    except Aborted:
+        job.emit(LogEvent(f"stopped after {job.done} of {job.summary.images - job.summary.skipped_existing} images; "
+                          "every caption file is complete"))
+        return job.finish(True)
+    except CaptionError as exc:
+        return job.fail(exc.message, exc.hint)
+    except Exception as exc:  # noqa: BLE001 - no traceback reaches the user
+        return job.fail(f"captioning failed: {type(exc).__name__}: {exc}", hint="this looks like a bug; please report it")
+    finally:
+        if captioner is not None:
+            try:
+                captioner.close()
+            except Exception:  # noqa: BLE001
+                pass
 
-    def label(p: Path) -> str:
+
+@dataclass
+class _CaptionJob:
+    """One ``run_captioner`` call: its settings, where its events go, how far it got."""
+
+    settings: CaptionSettings
+    folder: Path
+    emit: Callable[[object], None]
+    control: Control
+    summary: CaptionSummary
+    t0: float = field(default_factory=time.monotonic)
+    done: int = 0  # images handled (captioned, skipped as unreadable or empty)
+    total: int = 0  # images to caption
+
+    def label(self, p: Path) -> str:
         try:
-            return str(p.relative_to(folder))
+            return str(p.relative_to(self.folder))
         except ValueError:
             return p.name
 
-    def finish(stopped: bool) -> CaptionSummary:
+    def advance(self, p: Path, detail: str | None = None) -> None:
+        """One more image handled (``p``; ``detail`` instead of its name)."""
+        self.emit(PhaseChanged("captioning", detail=self.label(p) if detail is None else detail,
+                               current=self.done, total=self.total))
+
+    def finish(self, stopped: bool) -> CaptionSummary:
+        summary = self.summary
         summary.stopped_early = stopped
-        summary.elapsed = time.monotonic() - t0
-        emit(
+        summary.elapsed = time.monotonic() - self.t0
+        self.emit(
             Finished(
-                path=str(folder), steps=done, elapsed=summary.elapsed, stopped_early=stopped, summary=summary.to_dict()
+                path=str(self.folder), steps=self.done, elapsed=summary.elapsed, stopped_early=stopped,
+                summary=summary.to_dict(),
             )
         )
         return summary
 
-    def fail(message: str, hint: str = "") -> CaptionSummary:
+    def fail(self, message: str, hint: str = "") -> CaptionSummary:
+        summary = self.summary
         summary.error = message
-        summary.elapsed = time.monotonic() - t0
+        summary.elapsed = time.monotonic() - self.t0
         if summary.changed:
             hint = (hint + "; " if hint else "") + f"the {summary.changed} caption(s) written before are kept"
-        emit(Failed(message=message, hint=hint))
+        self.emit(Failed(message=message, hint=hint))
         return summary
 
+
+def _todo(job: _CaptionJob, images: Iterable[str | Path] | None) -> list[Path]:
+    """The images to caption: those found, less (mode skip) those with a caption."""
+    from loratui.engine.captioners.writer import has_caption
+
+    settings, summary = job.settings, job.summary
+    job.emit(PhaseChanged("preparing", detail=str(job.folder)))
+    todo = _gather(settings, job.folder, images, job.emit)
+    summary.images = len(todo)
+    if settings.mode == "skip":
+        fresh = [p for p in todo if not has_caption(p, settings.caption_extension)]
+        summary.skipped_existing = len(todo) - len(fresh)
+        if summary.skipped_existing:
+            job.emit(LogEvent(f"{summary.skipped_existing} of {len(todo)} images already have captions; "
+                              "leaving them as they are (mode skip)"))
+        todo = fresh
+    job.total = len(todo)
+    return todo
+
+
+def _caption_batch(job: _CaptionJob, captioner, paths: list[Path]) -> None:
+    """Open, caption and write one batch; an unreadable image is skipped (said)."""
     from loratui.engine.captioners.images import ImageError, open_rgb
+
+    loaded = []
+    for p in paths:
+        try:
+            loaded.append((p, open_rgb(p)))
+        except ImageError as exc:
+            job.summary.failed.append((str(p), exc.reason))
+            job.emit(WarningEvent(f"skipped {p}: {exc.reason}"))
+            job.done += 1
+            job.advance(p)
+    if not loaded:
+        return
+    try:
+        results = captioner.caption([im for _, im in loaded])
+    except CaptionError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - inference errors (OOM, bad model) end the job
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        hint = "lower the batch size" if "memory" in text.lower() else ""
+        raise CaptionError(f"captioning failed at {loaded[0][0].name}: {text}", hint=hint) from None
+    for (p, _), tags in zip(loaded, results):
+        _check_stop(job.control)
+        job.done += 1
+        _write_one(job, p, with_trigger(tags, job.settings.trigger) if tags else [])
+
+
+def _write_one(job: _CaptionJob, p: Path, tags: list[str]) -> None:
+    """Write one image's caption as the mode says; count and report what happened.
+    Raises CaptionError when no caption can be written in that folder at all."""
     from loratui.engine.captioners.writer import (
         APPENDED,
         OVERWRITTEN,
@@ -182,94 +285,33 @@ def run_captioner(
         UNCHANGED,
         WRITTEN,
         CaptionFileError,
-        has_caption,
         write_caption,
     )
 
+    summary = job.summary
+    if not tags:
+        summary.empty += 1
+        job.emit(WarningEvent(f"{job.label(p)}: the model gave no caption; nothing written"))
+        job.advance(p)
+        return
     try:
-        emit(PhaseChanged("preparing", detail=str(folder)))
-        todo = _gather(settings, folder, images, emit)
-        summary.images = len(todo)
-        if settings.mode == "skip":
-            fresh = [p for p in todo if not has_caption(p, settings.caption_extension)]
-            summary.skipped_existing = len(todo) - len(fresh)
-            if summary.skipped_existing:
-                emit(LogEvent(f"{summary.skipped_existing} of {len(todo)} images already have captions; "
-                              "leaving them as they are (mode skip)"))
-            todo = fresh
-        total = len(todo)
-        if not total:
-            emit(LogEvent("nothing to caption"))
-            return finish(False)
-        _check_stop(control)
-        emit(PhaseChanged("loading_model", detail=settings.model_id()))
-        captioner = load_captioner(settings, on_event=emit, control=control)
-        batch_size = max(1, settings.batch_size)
-        emit(PhaseChanged("captioning", current=0, total=total))
-        for start in range(0, total, batch_size):
-            _check_stop(control)
-            loaded = []
-            for p in todo[start : start + batch_size]:
-                try:
-                    loaded.append((p, open_rgb(p)))
-                except ImageError as exc:
-                    summary.failed.append((str(p), exc.reason))
-                    emit(WarningEvent(f"skipped {p}: {exc.reason}"))
-                    done += 1
-                    emit(PhaseChanged("captioning", detail=label(p), current=done, total=total))
-            if not loaded:
-                continue
-            try:
-                results = captioner.caption([im for _, im in loaded])
-            except CaptionError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - inference errors (OOM, bad model) end the job
-                text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                hint = "lower the batch size" if "memory" in text.lower() else ""
-                raise CaptionError(f"captioning failed at {loaded[0][0].name}: {text}", hint=hint) from None
-            for (p, _), tags in zip(loaded, results):
-                _check_stop(control)
-                tags = with_trigger(tags, settings.trigger) if tags else []
-                done += 1
-                if not tags:
-                    summary.empty += 1
-                    emit(WarningEvent(f"{label(p)}: the model gave no caption; nothing written"))
-                    emit(PhaseChanged("captioning", detail=label(p), current=done, total=total))
-                    continue
-                try:
-                    out = write_caption(p, tags, mode=settings.mode, caption_extension=settings.caption_extension)
-                except CaptionFileError as exc:
-                    summary.failed.append((str(p), f"{exc.path.name} {exc.reason}"))
-                    emit(WarningEvent(f"{exc.path} {exc.reason}"))
-                    emit(PhaseChanged("captioning", detail=label(p), current=done, total=total))
-                    continue
-                except OSError as exc:
-                    if exc.errno in _FATAL_WRITE_ERRNOS:
-                        raise CaptionError(
-                            f"cannot write captions next to {p}: {exc.strerror}",
-                            hint="check the folder's permissions and free disk space",
-                        ) from None
-                    summary.failed.append((str(p), f"cannot write caption: {exc.strerror or exc}"))
-                    emit(WarningEvent(f"cannot write the caption of {p}: {exc.strerror or exc}"))
-                    emit(PhaseChanged("captioning", detail=label(p), current=done, total=total))
-                    continue
-                key = {WRITTEN: "written", OVERWRITTEN: "overwritten", APPENDED: "appended",
-                       UNCHANGED: "unchanged", SKIPPED: "skipped_existing"}[out.status]
-                setattr(summary, key, getattr(summary, key) + 1)
-                emit(PhaseChanged("captioning", detail=f"{label(p)}: {out.text}" if out.text else label(p),
-                                  current=done, total=total))
-        return finish(False)
-    except Aborted:
-        emit(LogEvent(f"stopped after {done} of {summary.images - summary.skipped_existing} images; "
-                      "every caption file is complete"))
-        return finish(True)
-    except CaptionError as exc:
-        return fail(exc.message, exc.hint)
-    except Exception as exc:  # noqa: BLE001 - no traceback reaches the user
-        return fail(f"captioning failed: {type(exc).__name__}: {exc}", hint="this looks like a bug; please report it")
-    finally:
-        if captioner is not None:
-            try:
-                captioner.close()
-            except Exception:  # noqa: BLE001
-                pass
+        out = write_caption(p, tags, mode=job.settings.mode, caption_extension=job.settings.caption_extension)
+    except CaptionFileError as exc:
+        summary.failed.append((str(p), f"{exc.path.name} {exc.reason}"))
+        job.emit(WarningEvent(f"{exc.path} {exc.reason}"))
+        job.advance(p)
+        return
+    except OSError as exc:
+        if exc.errno in _FATAL_WRITE_ERRNOS:
+            raise CaptionError(
+                f"cannot write captions next to {p}: {exc.strerror}",
+                hint="check the folder's permissions and free disk space",
+            ) from None
+        summary.failed.append((str(p), f"cannot write caption: {exc.strerror or exc}"))
+        job.emit(WarningEvent(f"cannot write the caption of {p}: {exc.strerror or exc}"))
+        job.advance(p)
+        return
+    key = {WRITTEN: "written", OVERWRITTEN: "overwritten", APPENDED: "appended",
+           UNCHANGED: "unchanged", SKIPPED: "skipped_existing"}[out.status]
+    setattr(summary, key, getattr(summary, key) + 1)
+    job.advance(p, f"{job.label(p)}: {out.text}" if out.text else None)

@@ -11,12 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from loratui.engine.imagefile import IMAGE_EXTENSIONS
+
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image as PILImage
-
-# The images training uses (sd-scripts' IMAGE_EXTENSIONS, engine.dataset.IMAGE_EXTENSIONS),
-# matched case-insensitively: no point captioning an image that is never trained on.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 class ImageError(Exception):
@@ -29,6 +27,8 @@ class ImageError(Exception):
 
 
 def image_extensions() -> tuple[str, ...]:
+    """The images training uses (engine.imagefile.IMAGE_EXTENSIONS, as sd-scripts'),
+    matched case-insensitively: no point captioning an image that is never trained on."""
     return IMAGE_EXTENSIONS
 
 

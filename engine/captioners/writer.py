@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loratui.engine.captioners.common import SEPARATOR, WRITE_MODES, split_tags, tag_key
-from loratui.engine.fsutil import atomic_save
+from loratui.engine.fsutil import atomic_write_text
 
 # What happened to one caption file.
 WRITTEN = "written"  # there was none (or an empty one)
@@ -103,18 +103,8 @@ def merge_tags(existing: str, new_tags: list[str], separator: str = SEPARATOR) -
 
 
 def _write(path: Path, text: str) -> None:
-    try:
-        mode = path.stat().st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-
-    def fill(tmp: Path) -> None:
-        tmp.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
-        os.chmod(tmp, mode)  # mkstemp makes 0600 files; keep the usual (or the old) permissions
-
-    atomic_save(path, fill)
+    """Atomically; the file gets the old caption's mode, or the umask's (engine.fsutil)."""
+    atomic_write_text(path, text.rstrip("\n") + "\n")
 
 
 def write_caption(
