@@ -20,7 +20,6 @@ Cheap to import: torch / safetensors are imported inside ``finalize_metadata``.
 
 from __future__ import annotations
 
-import ast
 import datetime
 import hashlib
 import json
@@ -31,29 +30,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from loratui.engine.families import family_names, get_family
 from loratui.engine.plan import DatasetReport, StepPlan
+from loratui.engine.registries import NETWORK_TYPES, OPTIMIZERS, parse_key_values
 from loratui.engine.schema import Profile
 
-# What sd-scripts writes for ``optimizer_class.__module__ + "." + optimizer_class.__name__``.
-OPTIMIZER_CLASS_PATHS = {
-    "AdamW": "torch.optim.adamw.AdamW",
-    "AdamW8bit": "bitsandbytes.optim.adamw.AdamW8bit",
-    "Lion": "lion_pytorch.lion_pytorch.Lion",
-    "Lion8bit": "bitsandbytes.optim.lion.Lion8bit",
-    "Prodigy": "prodigyopt.prodigy.Prodigy",
-    "Adafactor": "transformers.optimization.Adafactor",
-    "DAdaptAdam": "dadaptation.dadapt_adam.DAdaptAdam",
-}
-
-BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
-ARCH_SD_V1 = "stable-diffusion-v1"
-ARCH_SD_V2_512 = "stable-diffusion-v2-512"
-ARCH_SD_V2_768_V = "stable-diffusion-v2-768-v"
-ARCH_SDXL = "stable-diffusion-xl-v1-base"
-IMPL_STABILITY_AI = "https://github.com/Stability-AI/generative-models"
-IMPL_DIFFUSERS = "diffusers"
 MODELSPEC_VERSION = "1.0.0"
-NETWORK_MODULE = "networks.lora"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -126,22 +108,9 @@ def _json(value: Any) -> str:
     return json.dumps(value, default=_json_default)
 
 
-def optimizer_kwargs(optimizer_args: str) -> dict[str, Any]:
-    """Parse ``"weight_decay=0.1 betas=0.9,0.99"`` as sd-scripts parses
-    ``--optimizer_args`` (each value through ``ast.literal_eval``)."""
-    out: dict[str, Any] = {}
-    for item in optimizer_args.split():
-        key, _, value = item.partition("=")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
-
-
 def optimizer_text(name: str, kwargs: dict[str, Any] | None = None) -> str:
     """``ss_optimizer``: class path plus ``(k=v,k=v)`` when arguments were given."""
-    path = OPTIMIZER_CLASS_PATHS.get(name, name)
+    path = OPTIMIZERS[name].class_path if name in OPTIMIZERS else name
     args = ",".join(f"{k}={v}" for k, v in (kwargs or {}).items())
     return path + (f"({args})" if args else "")
 
@@ -156,16 +125,6 @@ def _dirs_info(concepts) -> dict[str, dict[str, int]]:
             i += 1
         out[key] = {"n_repeats": c.repeats, "img_count": c.images}
     return out
-
-
-def _architecture(family: str, v_param: bool) -> str:
-    if family == "sdxl":
-        arch = ARCH_SDXL
-    elif family == "sd2":
-        arch = ARCH_SD_V2_768_V if v_param else ARCH_SD_V2_512
-    else:
-        arch = ARCH_SD_V1
-    return arch + "/lora"
 
 
 # --------------------------------------------------------------------------- build
@@ -197,19 +156,21 @@ def build_metadata(
     (sd1, sd2 or sdxl). ``base_model_hashes`` / ``vae_hashes`` come from
     :func:`model_hashes` (empty for folders and repo ids). ``mixed_precision`` is
     the precision actually used (default: the profile's); ``optimizer_kwargs_used``
-    the optimizer keyword arguments actually used (default: parsed from the profile);
+    the optimizer keyword arguments actually used (default: the profile's optimizer_args,
+    parsed by registries.parse_key_values as sd-scripts parses them);
     ``v_pred`` whether the model was trained with v-prediction (default: the profile's
     v_parameterization)."""
-    if family not in BASE_MODEL_VERSIONS:
-        raise ValueError(f"family must be resolved to sd1, sd2 or sdxl, not {family!r}")
+    if family not in family_names():
+        raise ValueError(f"family must be resolved to one of {', '.join(family_names())}, not {family!r}")
     m, d, n, o, out = profile.model, profile.dataset, profile.network, profile.optimization, profile.output
     name = output_name if output_name is not None else out.output_name
     v_param = m.v_parameterization if v_pred is None else bool(v_pred)
     width = d.resolution
     height = d.resolution_height or d.resolution
-    version = BASE_MODEL_VERSIONS[family] + ("_v" if v_param and family != "sdxl" else "")
+    fam = get_family(family)
+    version = fam.base_model_version(v_param)
     warm = o.lr_warmup_steps
-    kwargs = optimizer_kwargs_used if optimizer_kwargs_used is not None else optimizer_kwargs(o.optimizer_args)
+    kwargs = optimizer_kwargs_used if optimizer_kwargs_used is not None else parse_key_values(o.optimizer_args)
     reg_images = sum(c.images * c.repeats for c in report.reg_concepts)
     finished = training_finished_at if training_finished_at is not None else time.time()
     cache = d.cache_latents != "off"
@@ -231,13 +192,13 @@ def build_metadata(
         "ss_max_train_steps": plan.total_steps,
         "ss_lr_warmup_steps": int(warm) if float(warm).is_integer() else float(warm),
         "ss_lr_scheduler": o.lr_scheduler,
-        "ss_network_module": NETWORK_MODULE,
+        "ss_network_module": NETWORK_TYPES[n.network_type].network_module,
         "ss_network_dim": n.network_dim,
         "ss_network_alpha": float(n.network_alpha),
         "ss_network_dropout": None,
         "ss_mixed_precision": mixed_precision or o.mixed_precision,
         "ss_full_fp16": False,
-        "ss_v2": family == "sd2",
+        "ss_v2": "v2" in fam.sd_scripts_flags,
         "ss_base_model_version": version,
         "ss_clip_skip": m.clip_skip if m.clip_skip > 1 else None,
         "ss_max_token_length": None,
@@ -324,8 +285,8 @@ def modelspec(
     v = m.v_parameterization if v_pred is None else bool(v_pred)
     spec = {
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
-        "modelspec.architecture": _architecture(family, v),
-        "modelspec.implementation": IMPL_STABILITY_AI if family == "sdxl" else IMPL_DIFFUSERS,
+        "modelspec.architecture": get_family(family).architecture(v),
+        "modelspec.implementation": get_family(family).modelspec_implementation,
         "modelspec.title": out.metadata_title or name or f"LoRA@{timestamp}",
         "modelspec.resolution": f"{d.resolution}x{d.resolution_height or d.resolution}",
         "modelspec.prediction_type": "v" if v else "epsilon",

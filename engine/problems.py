@@ -10,8 +10,9 @@ Nobody parses these strings back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class Severity(StrEnum):
@@ -25,7 +26,9 @@ class Problem:
     message: str  # what is wrong, without the key
     hint: str = ""  # what to do about it
     severity: Severity = Severity.ERROR
-    source: str = ""  # the file (or "--set") it came from, "" when not from a file
+    source: str = ""  # the file (or "--set section.key=value") it came from, "" when not from a file
+    # the value found, where there was one (e.g. an unknown optimizer name); not part of equality
+    value: Any = field(default=None, compare=False, repr=False)
 
     @property
     def section(self) -> str:
@@ -43,12 +46,18 @@ class Problem:
     def __str__(self) -> str:
         if not self.source:
             return self.text()
-        return f"{self.source}:{self.text()}" if self.key else f"{self.source}: {self.text()}"
+        if self.source.startswith("--set ") or not self.key:
+            # "--set network.network_dim=0: ..." names the key itself
+            return f"{self.source}: {self.message}" + (f" — {self.hint}" if self.hint else "")
+        return f"{self.source}:{self.text()}"
+
+    def with_source(self, source: str) -> "Problem":
+        return Problem(self.key, self.message, self.hint, self.severity, source, self.value)
 
 
-def error(key: str, message: str, hint: str = "", source: str = "") -> Problem:
-    return Problem(key, message, hint, Severity.ERROR, source)
+def error(key: str, message: str, hint: str = "", source: str = "", value: Any = None) -> Problem:
+    return Problem(key, message, hint, Severity.ERROR, source, value)
 
 
-def warning(key: str, message: str, hint: str = "", source: str = "") -> Problem:
-    return Problem(key, message, hint, Severity.WARNING, source)
+def warning(key: str, message: str, hint: str = "", source: str = "", value: Any = None) -> Problem:
+    return Problem(key, message, hint, Severity.WARNING, source, value)

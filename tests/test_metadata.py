@@ -11,15 +11,14 @@ from pathlib import Path
 import pytest
 
 from loratui.engine.metadata import (
-    OPTIMIZER_CLASS_PATHS,
     build_metadata,
     finalize_metadata,
     model_hashes,
-    optimizer_kwargs,
     tag_frequency,
     with_progress,
 )
 from loratui.engine.plan import ConceptReport, DatasetReport, plan_steps
+from loratui.engine.registries import OPTIMIZERS, parse_key_values
 from loratui.engine.schema import profile_from_dict
 
 
@@ -117,10 +116,10 @@ def test_optimizer_class_paths_are_the_real_classes():
 
     for name, cls in (("AdamW", torch.optim.AdamW), ("Lion", lion_pytorch.Lion),
                       ("Prodigy", prodigyopt.Prodigy), ("DAdaptAdam", dadaptation.DAdaptAdam)):
-        assert OPTIMIZER_CLASS_PATHS[name] == f"{cls.__module__}.{cls.__name__}"
+        assert OPTIMIZERS[name].class_path == f"{cls.__module__}.{cls.__name__}"
     # bitsandbytes / transformers are slow to import: read their source files instead
     for name in ("AdamW8bit", "Lion8bit", "Adafactor"):
-        module, cls = OPTIMIZER_CLASS_PATHS[name].rsplit(".", 1)
+        module, cls = OPTIMIZERS[name].class_path.rsplit(".", 1)
         top, *rest = module.split(".")
         origin = Path(importlib.util.find_spec(top).origin).parent
         source = origin.joinpath(*rest).with_suffix(".py").read_text()
@@ -128,7 +127,7 @@ def test_optimizer_class_paths_are_the_real_classes():
 
 
 def test_optimizer_args_parse_like_sd_scripts():
-    assert optimizer_kwargs("weight_decay=0.1 betas=0.9,0.99 decouple=True mode=fast") == {
+    assert parse_key_values("weight_decay=0.1 betas=0.9,0.99 decouple=True mode=fast") == {
         "weight_decay": 0.1, "betas": (0.9, 0.99), "decouple": True, "mode": "fast"}
 
 
