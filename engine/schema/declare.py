@@ -31,7 +31,7 @@ def setting(
     convert: Callable[[Any], Any] | None = None,
     kohya_blank: str | None = None,
     sd_omit: Any = None,
-    special: bool = False,
+    special: bool | str = False,
     label: str | None = None,
     required: bool = False,
     unit: str | None = None,
@@ -53,7 +53,8 @@ def setting(
     * ``kohya_blank``: why an empty kohya value is ignored (default: the default is kept;
       text settings take ``""`` as given). ``sd_omit``: the value export leaves out
       (sd-scripts' own default, e.g. ``clip_skip`` 1).
-    * ``special``: kohya import/export map it by hand (engine/kohya): not 1:1.
+    * ``special``: kohya import and export map it by hand (engine/kohya), not one to one;
+      ``"import"`` or ``"export"``: only that direction is by hand.
     * ``kind`` refines the widget/validation for strings: ``dir``, ``file``, ``path``
       (file or dir) or ``model`` (file, dir or Hub repo id). ``advanced`` settings are
       shown folded in the form. ``required``: must be set before training.
@@ -96,7 +97,7 @@ class SettingInfo:
     convert: Callable[[Any], Any] | None
     kohya_blank: str | None
     sd_omit: Any
-    special: bool
+    special: bool | str  # False, True (kohya import and export map it by hand), "import" or "export"
     label: str
     required: bool
     unit: str | None
@@ -147,7 +148,7 @@ def section_infos(section: str, cls: type[BaseModel]) -> list[SettingInfo]:
                 section=section, key=key, type=typ, default=field.default, help=field.description or "",
                 kohya=extra.get("kohya"), sd_scripts=extra.get("sd_scripts"), sd_dataset=extra.get("sd_dataset"),
                 convert=extra.get("convert"), kohya_blank=extra.get("kohya_blank"), sd_omit=extra.get("sd_omit"),
-                special=bool(extra.get("special")), label=extra.get("label") or key.replace("_", " ").capitalize(),
+                special=extra.get("special") or False, label=extra.get("label") or key.replace("_", " ").capitalize(),
                 required=bool(extra.get("required")), unit=extra.get("unit"), kind=extra.get("kind"),
                 choices=choices, optional=optional, advanced=bool(extra.get("advanced")),
                 ge=_bound(field, "ge"), le=_bound(field, "le"), gt=_bound(field, "gt"), lt=_bound(field, "lt"),
