@@ -33,7 +33,7 @@ from typing import Any
 from loratui.engine.families import family_names, get_family
 from loratui.engine.plan import DatasetReport, StepPlan
 from loratui.engine.registries import NETWORK_TYPES, OPTIMIZERS, parse_key_values
-from loratui.engine.schema import Profile
+from loratui.engine.schema import Profile, settings
 
 MODELSPEC_VERSION = "1.0.0"
 
@@ -89,11 +89,6 @@ def _s(value: Any) -> str:
     return str(value)
 
 
-def _opt_float(value: float | None) -> str:
-    """A setting that is "off" at 0 is None (unset) in sd-scripts."""
-    return str(float(value)) if value else "None"
-
-
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "item"):  # numpy / torch scalars
         return obj.item()
@@ -128,6 +123,24 @@ def _dirs_info(concepts) -> dict[str, dict[str, int]]:
 
 
 # --------------------------------------------------------------------------- build
+
+
+def declared_metadata(profile: Profile) -> dict[str, Any]:
+    """The ``ss_*`` keys that hold a setting as is, from the settings' declarations
+    (``setting(ss=...)``): unset, or at sd-scripts' "off" value (``sd_omit``), is None;
+    float settings are floats, as sd-scripts holds them."""
+    out: dict[str, Any] = {}
+    for s in settings():
+        if not s.ss:
+            continue
+        value = profile.get(s.dotted)
+        if value is None or value == "" or (s.sd_omit is not None and value == s.sd_omit):
+            value = None
+        elif s.type == "float":
+            value = float(value)
+        out[s.ss] = value
+    return out
+
 
 
 def build_metadata(
@@ -175,50 +188,35 @@ def build_metadata(
     finished = training_finished_at if training_finished_at is not None else time.time()
     cache = d.cache_latents != "off"
 
-    meta: dict[str, Any] = {
+    meta: dict[str, Any] = declared_metadata(profile)
+    meta |= {
         "ss_session_id": session_id if session_id is not None else random.randint(0, 2**32),
         "ss_training_started_at": training_started_at,
         "ss_output_name": name or None,
-        "ss_learning_rate": o.learning_rate,
-        "ss_text_encoder_lr": o.text_encoder_lr,
-        "ss_unet_lr": o.unet_lr,
         "ss_num_train_images": report.images_x_repeats,
         "ss_num_validation_images": 0,
         "ss_num_reg_images": reg_images,
         "ss_num_batches_per_epoch": plan.batches_per_epoch,
         "ss_num_epochs": plan.epochs,
-        "ss_gradient_checkpointing": o.gradient_checkpointing,
-        "ss_gradient_accumulation_steps": o.gradient_accumulation_steps,
         "ss_max_train_steps": plan.total_steps,
         "ss_lr_warmup_steps": int(warm) if float(warm).is_integer() else float(warm),
-        "ss_lr_scheduler": o.lr_scheduler,
         "ss_network_module": NETWORK_TYPES[n.network_type].network_module,
-        "ss_network_dim": n.network_dim,
-        "ss_network_alpha": float(n.network_alpha),
         "ss_network_dropout": None,
         "ss_mixed_precision": mixed_precision or o.mixed_precision,
         "ss_full_fp16": False,
         "ss_v2": "v2" in fam.sd_scripts_flags,
         "ss_base_model_version": version,
-        "ss_clip_skip": m.clip_skip if m.clip_skip > 1 else None,
         "ss_max_token_length": None,
         "ss_cache_latents": cache,
-        "ss_seed": o.seed,
         "ss_lowram": False,
-        "ss_noise_offset": _opt_float(o.noise_offset),
         "ss_multires_noise_iterations": None,
         "ss_multires_noise_discount": 0.3,
         "ss_adaptive_noise_scale": None,
         "ss_zero_terminal_snr": False,
-        "ss_training_comment": out.trigger_words or None,
         "ss_optimizer": optimizer_text(o.optimizer, kwargs),
-        "ss_max_grad_norm": float(o.max_grad_norm),
-        "ss_caption_dropout_rate": float(d.caption_dropout_rate),
         "ss_caption_dropout_every_n_epochs": 0,
         "ss_caption_tag_dropout_rate": 0.0,
         "ss_face_crop_aug_range": None,
-        "ss_prior_loss_weight": float(d.prior_loss_weight),
-        "ss_min_snr_gamma": _opt_float(o.min_snr_gamma),
         "ss_scale_weight_norms": None,
         "ss_ip_noise_gamma": None,
         "ss_debiased_estimation": False,
@@ -228,18 +226,13 @@ def build_metadata(
         "ss_fp8_base": False,
         "ss_fp8_base_unet": False,
         # train_data_dir datasets (sd-scripts' non-dataset_config branch)
-        "ss_batch_size_per_device": o.train_batch_size,
         "ss_total_batch_size": o.train_batch_size * num_processes * o.gradient_accumulation_steps,
         "ss_resolution": (width, height),
         "ss_color_aug": False,
-        "ss_flip_aug": d.flip_aug,
         "ss_random_crop": False,
-        "ss_shuffle_caption": d.shuffle_caption,
-        "ss_enable_bucket": d.enable_bucket,
         "ss_bucket_no_upscale": d.bucket_no_upscale if d.enable_bucket else False,
         "ss_min_bucket_reso": d.min_bucket_reso if d.enable_bucket else None,
         "ss_max_bucket_reso": d.max_bucket_reso if d.enable_bucket else None,
-        "ss_keep_tokens": d.keep_tokens,
         "ss_dataset_dirs": _json(_dirs_info(report.concepts)),
         "ss_reg_dataset_dirs": _json(_dirs_info(report.reg_concepts)),
         "ss_tag_frequency": _json(tag_frequency),

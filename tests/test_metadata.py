@@ -303,3 +303,24 @@ def test_saved_lora_metadata_reads_back_and_hashes_match_automatic1111(tmp_path)
     assert later["sshs_model_hash"] == final["sshs_model_hash"]  # same tensors
     changed = {**state, "lora_unet_down_blocks_0_attentions_0_proj_in.alpha": torch.tensor(4.0)}
     assert finalize_metadata(changed, meta)["sshs_model_hash"] != final["sshs_model_hash"]
+
+
+def test_declared_ss_keys_follow_the_settings(tmp_path):
+    """The ss_* keys that hold a setting as is come from the settings' declarations:
+    each follows its setting, unset / off is "None", floats are written as floats."""
+    from loratui.engine.schema import settings
+
+    declared = [s for s in settings() if s.ss]
+    assert {s.ss for s in declared} >= {"ss_learning_rate", "ss_network_dim", "ss_seed", "ss_training_comment",
+                                         "ss_batch_size_per_device", "ss_clip_skip", "ss_noise_offset"}
+    p = _profile(tmp_path)
+    meta, _ = _build(tmp_path, p)
+    for s in declared:
+        value = p.get(s.dotted)
+        if s.sd_omit is not None and value == s.sd_omit:
+            assert meta[s.ss] == "None", s.dotted
+        else:
+            assert meta[s.ss] == str(float(value) if s.type == "float" else value), s.dotted
+    q = _profile(tmp_path, model__clip_skip=1, optimization__unet_lr=None, optimization__seed=7, output__trigger_words="")
+    meta, _ = _build(tmp_path, q)
+    assert (meta["ss_clip_skip"], meta["ss_unet_lr"], meta["ss_seed"], meta["ss_training_comment"]) == ("None", "None", "7", "None")

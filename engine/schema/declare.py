@@ -32,6 +32,7 @@ def setting(
     kohya_blank: str | None = None,
     sd_omit: Any = None,
     special: bool | str = False,
+    ss: bool | str = False,
     label: str | None = None,
     required: bool = False,
     unit: str | None = None,
@@ -53,6 +54,8 @@ def setting(
     * ``kohya_blank``: why an empty kohya value is ignored (default: the default is kept;
       text settings take ``""`` as given). ``sd_omit``: the value export leaves out
       (sd-scripts' own default, e.g. ``clip_skip`` 1).
+    * ``ss``: written into a saved LoRA's metadata as ``ss_<sd-scripts name>`` (or the key
+      given), in sd-scripts' format: unset / ``sd_omit`` → None, float settings as floats.
     * ``special``: kohya import and export map it by hand (engine/kohya), not one to one;
       ``"import"`` or ``"export"``: only that direction is by hand.
     * ``kind`` refines the widget/validation for strings: ``dir``, ``file``, ``path``
@@ -62,6 +65,7 @@ def setting(
     extra = {
         "kohya": kohya, "sd_scripts": kohya if sd_scripts == SAME else sd_scripts, "sd_dataset": sd_dataset,
         "convert": convert, "kohya_blank": kohya_blank, "sd_omit": sd_omit, "special": special,
+        "ss": (ss if isinstance(ss, str) else f"ss_{kohya if sd_scripts == SAME else sd_scripts}") if ss else None,
         "label": label, "required": required, "unit": unit, "kind": kind, "advanced": advanced,
     }
     return Field(default, description=help, ge=ge, le=le, gt=gt, lt=lt, json_schema_extra=extra)
@@ -98,6 +102,7 @@ class SettingInfo:
     kohya_blank: str | None
     sd_omit: Any
     special: bool | str  # False, True (kohya import and export map it by hand), "import" or "export"
+    ss: str | None  # its ss_* metadata key, when the metadata holds it as is
     label: str
     required: bool
     unit: str | None
@@ -148,7 +153,7 @@ def section_infos(section: str, cls: type[BaseModel]) -> list[SettingInfo]:
                 section=section, key=key, type=typ, default=field.default, help=field.description or "",
                 kohya=extra.get("kohya"), sd_scripts=extra.get("sd_scripts"), sd_dataset=extra.get("sd_dataset"),
                 convert=extra.get("convert"), kohya_blank=extra.get("kohya_blank"), sd_omit=extra.get("sd_omit"),
-                special=extra.get("special") or False, label=extra.get("label") or key.replace("_", " ").capitalize(),
+                special=extra.get("special") or False, ss=extra.get("ss"), label=extra.get("label") or key.replace("_", " ").capitalize(),
                 required=bool(extra.get("required")), unit=extra.get("unit"), kind=extra.get("kind"),
                 choices=choices, optional=optional, advanced=bool(extra.get("advanced")),
                 ge=_bound(field, "ge"), le=_bound(field, "le"), gt=_bound(field, "gt"), lt=_bound(field, "lt"),

@@ -58,6 +58,7 @@ class ModelSettings(_Section):
         1,
         "Use the output of the n-th last text encoder layer. 1 = normal, 2 = common for anime models.",
         kohya="clip_skip",
+        ss=True,
         sd_omit=1,
         ge=1,
         le=12,
@@ -89,7 +90,7 @@ class DatasetSettings(_Section):
         kind="dir",
     )
     prior_loss_weight: float = setting(
-        1.0, "Loss weight of regularization images.", kohya="prior_loss_weight", ge=0, le=10
+        1.0, "Loss weight of regularization images.", kohya="prior_loss_weight", ss=True, ge=0, le=10
     )
     resolution: int = setting(
         512,
@@ -118,6 +119,7 @@ class DatasetSettings(_Section):
         True,
         "Aspect-ratio buckets: train images at their own aspect ratio instead of cropping to a square.",
         kohya="enable_bucket",
+        ss=True,
         sd_dataset=("dataset", "enable_bucket"),
     )
     min_bucket_reso: int = setting(
@@ -148,12 +150,14 @@ class DatasetSettings(_Section):
         False,
         "Shuffle comma-separated tags each step (after the first keep_tokens).",
         kohya="shuffle_caption",
+        ss=True,
         sd_dataset=("general", "shuffle_caption"),
     )
     keep_tokens: int = setting(
         0,
         "Number of leading tags never shuffled or dropped (your trigger word).",
         kohya="keep_tokens",
+        ss=True,
         sd_dataset=("general", "keep_tokens"),
         ge=0,
         le=75,
@@ -162,6 +166,7 @@ class DatasetSettings(_Section):
         0.0,
         "Chance of training a step with an empty caption.",
         kohya="caption_dropout_rate",
+        ss=True,
         sd_dataset=("general", "caption_dropout_rate"),
         ge=0,
         le=1,
@@ -170,6 +175,7 @@ class DatasetSettings(_Section):
         False,
         "Randomly mirror images left-right. Off for asymmetric subjects (text, logos, hair parts).",
         kohya="flip_aug",
+        ss=True,
         sd_dataset=("general", "flip_aug"),
     )
     cache_latents: choice(("memory", "disk", "off")) = setting(  # type: ignore[valid-type]
@@ -215,14 +221,14 @@ class NetworkSettings(_Section):
     network_dim: int = setting(
         8,
         "LoRA rank. 4 light, 8 standard, 16 detailed, 32-64 heavy. Larger files, more VRAM.",
-        kohya="network_dim",
+        kohya="network_dim", ss=True,
         ge=1,
         le=1024,
     )
     network_alpha: float = setting(
         8.0,
         "Scales the LoRA by alpha/rank. Same as rank = no scaling; half the rank is also common.",
-        kohya="network_alpha",
+        kohya="network_alpha", ss=True,
         gt=0,
         le=1024,
     )
@@ -273,16 +279,17 @@ class OptimizationSettings(_Section):
         advanced=True,
     )
     learning_rate: float = setting(
-        1e-4, "Learning rate (used where the U-Net/text encoder rates are unset).", kohya="learning_rate",
+        1e-4, "Learning rate (used where the U-Net/text encoder rates are unset).", kohya="learning_rate", ss=True,
         special="import", gt=0, le=10
     )
     unet_lr: float | None = setting(
-        None, "U-Net learning rate. Unset: the learning rate.", kohya="unet_lr", special="import", gt=0, le=10
+        None, "U-Net learning rate. Unset: the learning rate.", kohya="unet_lr", ss=True, special="import", gt=0, le=10
     )
     text_encoder_lr: float | None = setting(
         5e-5,
         "Text encoder learning rate. Unset: the learning rate.",
         kohya="text_encoder_lr",
+        ss=True,
         special="import",
         gt=0,
         le=10,
@@ -291,6 +298,7 @@ class OptimizationSettings(_Section):
         "cosine",
         "How the learning rate changes over the run.",
         kohya="lr_scheduler",
+        ss=True,
         convert=coerce.scheduler,
         kohya_blank="empty: sd-scripts' default constant is not loratui's default; set it",
     )
@@ -322,6 +330,7 @@ class OptimizationSettings(_Section):
         1,
         "Images per step. At 512px: 6 GB 1, 8 GB 1-2, 12 GB 2-4, 16 GB 4-6, 24 GB+ 8.",
         kohya="train_batch_size",
+        ss="ss_batch_size_per_device",
         sd_dataset=("dataset", "batch_size"),
         ge=1,
         le=256,
@@ -330,12 +339,13 @@ class OptimizationSettings(_Section):
         1,
         "Accumulate this many batches per optimizer step (a bigger batch without the VRAM).",
         kohya="gradient_accumulation_steps",
+        ss=True,
         ge=1,
         le=1024,
     )
     gradient_checkpointing: bool = setting(
         False, "Recompute activations in the backward pass: much less VRAM, ~20 % slower.",
-        kohya="gradient_checkpointing",
+        kohya="gradient_checkpointing", ss=True,
     )
     mixed_precision: choice(MIXED_PRECISIONS) = setting(  # type: ignore[valid-type]
         "fp16",
@@ -347,12 +357,13 @@ class OptimizationSettings(_Section):
         42,
         "Random seed. Same seed + same profile = same LoRA.",
         kohya="seed",
+        ss=True,
         kohya_blank="unset (a random seed each run in kohya_ss); loratui uses a fixed seed, 42",
         ge=0,
         le=2**32 - 1,
     )
     max_grad_norm: float = setting(
-        1.0, "Clip gradients to this norm. 0: no clipping.", kohya="max_grad_norm", ge=0, advanced=True
+        1.0, "Clip gradients to this norm. 0: no clipping.", kohya="max_grad_norm", ss=True, ge=0, advanced=True
     )
     max_bad_steps: int = setting(
         0,
@@ -363,12 +374,13 @@ class OptimizationSettings(_Section):
         advanced=True,
     )
     min_snr_gamma: float = setting(
-        0.0, "Min-SNR weighting gamma (5 is typical). 0: off.", kohya="min_snr_gamma", sd_omit=0, ge=0, le=100
+        0.0, "Min-SNR weighting gamma (5 is typical). 0: off.", kohya="min_snr_gamma", ss=True, sd_omit=0, ge=0, le=100
     )
     noise_offset: float = setting(
         0.0,
         "Noise offset (0.05-0.1) helps very dark/bright images. 0: off.",
         kohya="noise_offset",
+        ss=True,
         special="import",
         sd_omit=0,
         ge=0,
@@ -433,7 +445,7 @@ class OutputSettings(_Section):
     metadata_tags: str = setting("", "Comma-separated tags stored in the LoRA.", kohya="metadata_tags", advanced=True)
     trigger_words: str = setting(
         "", "Words that activate the LoRA in a prompt (modelspec.trigger_phrase).",
-        kohya="training_comment", convert=coerce.trigger_words,
+        kohya="training_comment", convert=coerce.trigger_words, ss=True,
     )
 
     def checks(self) -> list[tuple[str, str]]:
