@@ -35,12 +35,14 @@ class ModelSettings(_Section):
         kohya="pretrained_model_name_or_path",
         kind="model",
         required=True,
+        label="Base model",
     )
     vae: str = setting(
         "",
         "Separate VAE (file, folder or repo id). Empty: the base model's own VAE.",
         kohya="vae",
         kind="model",
+        label="VAE",
     )
     family: choice(FAMILY_CHOICES) = setting(  # type: ignore[valid-type]
         "auto",
@@ -48,11 +50,13 @@ class ModelSettings(_Section):
         kohya="sdxl/v2",
         sd_scripts=None,
         special=True,
+        label="Family",
     )
     v_parameterization: bool = setting(
         False,
         "Train with v-prediction. Needed for SD 2.x 768-v models (stable-diffusion-2-1).",
         kohya="v_parameterization",
+        label="V-prediction",
     )
     clip_skip: int = setting(
         1,
@@ -62,6 +66,7 @@ class ModelSettings(_Section):
         sd_omit=1,
         ge=1,
         le=12,
+        label="Clip skip",
     )
     model_config_dir: str = setting(
         "",
@@ -69,6 +74,7 @@ class ModelSettings(_Section):
         "Empty: the configs bundled for the detected family.",
         kind="dir",
         advanced=True,
+        label="Model config dir",
     )
 
 
@@ -80,6 +86,7 @@ class DatasetSettings(_Section):
         sd_dataset=("subsets", "image_dir"),
         required=True,
         kind="dir",
+        label="Image folder",
     )
     reg_data_dir: str = setting(
         "",
@@ -88,9 +95,11 @@ class DatasetSettings(_Section):
         sd_dataset=("subsets", "image_dir"),
         special="export",
         kind="dir",
+        label="Reg. folder",
     )
     prior_loss_weight: float = setting(
-        1.0, "Loss weight of regularization images.", kohya="prior_loss_weight", ss=True, ge=0, le=10
+        1.0, "Loss weight of regularization images.", kohya="prior_loss_weight", ss=True, ge=0, le=10,
+        label="Prior loss weight",
     )
     resolution: int = setting(
         512,
@@ -102,6 +111,7 @@ class DatasetSettings(_Section):
         unit="px",
         ge=64,
         le=4096,
+        label="Resolution",
     )
     resolution_height: int = setting(
         0,
@@ -114,6 +124,7 @@ class DatasetSettings(_Section):
         ge=0,
         le=4096,
         advanced=True,
+        label="Resolution height",
     )
     enable_bucket: bool = setting(
         True,
@@ -121,22 +132,27 @@ class DatasetSettings(_Section):
         kohya="enable_bucket",
         ss=True,
         sd_dataset=("dataset", "enable_bucket"),
+        label="Enable bucket",
     )
     min_bucket_reso: int = setting(
-        256, "Smallest bucket side.", kohya="min_bucket_reso", sd_dataset=("dataset", "min_bucket_reso"), unit="px", ge=64, le=4096
+        256, "Smallest bucket side.", kohya="min_bucket_reso", sd_dataset=("dataset", "min_bucket_reso"), unit="px", ge=64, le=4096,
+        label="Min bucket res.",
     )
     max_bucket_reso: int = setting(
-        1024, "Largest bucket side.", kohya="max_bucket_reso", sd_dataset=("dataset", "max_bucket_reso"), unit="px", ge=64, le=8192
+        1024, "Largest bucket side.", kohya="max_bucket_reso", sd_dataset=("dataset", "max_bucket_reso"), unit="px", ge=64, le=8192,
+        label="Max bucket res.",
     )
     bucket_reso_steps: int = setting(
         64, "Bucket sides are multiples of this.", kohya="bucket_reso_steps",
-        sd_dataset=("dataset", "bucket_reso_steps"), unit="px", ge=8, le=512
+        sd_dataset=("dataset", "bucket_reso_steps"), unit="px", ge=8, le=512,
+        label="Bucket step",
     )
     bucket_no_upscale: bool = setting(
         False,
         "Never upscale an image to fit a bucket; small images get smaller buckets.",
         kohya="bucket_no_upscale",
         sd_dataset=("dataset", "bucket_no_upscale"),
+        label="No bucket upscale",
     )
     caption_extension: str = setting(
         ".txt",
@@ -145,6 +161,7 @@ class DatasetSettings(_Section):
         sd_dataset=("general", "caption_extension"),
         convert=coerce.caption_extension,
         kohya_blank="empty: loratui reads .txt captions (sd-scripts would look for .caption files)",
+        label="Caption extension",
     )
     shuffle_caption: bool = setting(
         False,
@@ -152,6 +169,7 @@ class DatasetSettings(_Section):
         kohya="shuffle_caption",
         ss=True,
         sd_dataset=("general", "shuffle_caption"),
+        label="Shuffle caption",
     )
     keep_tokens: int = setting(
         0,
@@ -161,6 +179,7 @@ class DatasetSettings(_Section):
         sd_dataset=("general", "keep_tokens"),
         ge=0,
         le=75,
+        label="Keep tokens",
     )
     caption_dropout_rate: float = setting(
         0.0,
@@ -170,6 +189,7 @@ class DatasetSettings(_Section):
         sd_dataset=("general", "caption_dropout_rate"),
         ge=0,
         le=1,
+        label="Caption dropout",
     )
     flip_aug: bool = setting(
         False,
@@ -177,6 +197,7 @@ class DatasetSettings(_Section):
         kohya="flip_aug",
         ss=True,
         sd_dataset=("general", "flip_aug"),
+        label="Flip augment",
     )
     cache_latents: choice(("memory", "disk", "off")) = setting(  # type: ignore[valid-type]
         "memory",
@@ -185,11 +206,13 @@ class DatasetSettings(_Section):
         kohya="cache_latents/cache_latents_to_disk",
         sd_scripts="cache_latents/cache_latents_to_disk",
         special=True,
+        label="Cache latents",
     )
     balance_concepts: bool = setting(
         False,
         "Adjust repeats so every concept gets about the same number of steps per epoch.",
         sd_scripts=None,
+        label="Balance concepts",
     )
 
     def checks(self) -> list[tuple[str, str]]:
@@ -217,6 +240,7 @@ class NetworkSettings(_Section):
         kohya="LoRA_type",
         sd_scripts="network_module",
         special=True,
+        label="Network type",
     )
     network_dim: int = setting(
         8,
@@ -224,6 +248,7 @@ class NetworkSettings(_Section):
         kohya="network_dim", ss=True,
         ge=1,
         le=1024,
+        label="Network rank",
     )
     network_alpha: float = setting(
         8.0,
@@ -231,19 +256,23 @@ class NetworkSettings(_Section):
         kohya="network_alpha", ss=True,
         gt=0,
         le=1024,
+        label="Network alpha",
     )
     conv_dim: int = setting(
-        4, "Rank of the 3x3 convolutions (locon only).", kohya="conv_dim", special=True, ge=1, le=1024
+        4, "Rank of the 3x3 convolutions (locon only).", kohya="conv_dim", special=True, ge=1, le=1024,
+        label="Conv rank",
     )
     conv_alpha: float = setting(
-        1.0, "Alpha of the 3x3 convolutions (locon only).", kohya="conv_alpha", special=True, gt=0, le=1024
+        1.0, "Alpha of the 3x3 convolutions (locon only).", kohya="conv_alpha", special=True, gt=0, le=1024,
+        label="Conv alpha",
     )
-    train_unet: bool = setting(True, "Train the U-Net.", kohya="network_train_text_encoder_only", special=True)
+    train_unet: bool = setting(True, "Train the U-Net.", kohya="network_train_text_encoder_only", special=True, label="Train U-Net")
     train_text_encoder: bool = setting(
         True,
         "Train the text encoder(s) too. Off = U-Net only (common for SDXL).",
         kohya="network_train_unet_only",
         special=True,
+        label="Train text encoder",
     )
     network_weights: str = setting(
         "",
@@ -252,6 +281,7 @@ class NetworkSettings(_Section):
         sd_scripts="network_weights",
         kohya_blank="empty: a new LoRA",
         kind="file",
+        label="Network weights",
     )
 
     def checks(self) -> list[tuple[str, str]]:
@@ -268,6 +298,7 @@ class OptimizationSettings(_Section):
         sd_scripts="optimizer_type",
         convert=coerce.optimizer,
         kohya_blank="empty: AdamW",
+        label="Optimizer",
     )
     optimizer_args: str = setting(
         "",
@@ -277,13 +308,16 @@ class OptimizationSettings(_Section):
         kohya_blank="empty",
         special="export",
         advanced=True,
+        label="Optimizer args",
     )
     learning_rate: float = setting(
         1e-4, "Learning rate (used where the U-Net/text encoder rates are unset).", kohya="learning_rate", ss=True,
-        special="import", gt=0, le=10
+        special="import", gt=0, le=10,
+        label="Learning rate",
     )
     unet_lr: float | None = setting(
-        None, "U-Net learning rate. Unset: the learning rate.", kohya="unet_lr", ss=True, special="import", gt=0, le=10
+        None, "U-Net learning rate. Unset: the learning rate.", kohya="unet_lr", ss=True, special="import", gt=0, le=10,
+        label="U-Net LR",
     )
     text_encoder_lr: float | None = setting(
         5e-5,
@@ -293,6 +327,7 @@ class OptimizationSettings(_Section):
         special="import",
         gt=0,
         le=10,
+        label="Text encoder LR",
     )
     lr_scheduler: choice(SCHEDULERS) = setting(  # type: ignore[valid-type]
         "cosine",
@@ -301,6 +336,7 @@ class OptimizationSettings(_Section):
         ss=True,
         convert=coerce.scheduler,
         kohya_blank="empty: sd-scripts' default constant is not loratui's default; set it",
+        label="LR scheduler",
     )
     lr_warmup_steps: float = setting(
         0,
@@ -308,12 +344,15 @@ class OptimizationSettings(_Section):
         kohya="lr_warmup_steps",
         special=True,
         ge=0,
+        label="LR warmup steps",
     )
     lr_scheduler_num_cycles: int = setting(
-        1, "Restarts for cosine_with_restarts.", kohya="lr_scheduler_num_cycles", ge=1, le=1000
+        1, "Restarts for cosine_with_restarts.", kohya="lr_scheduler_num_cycles", ge=1, le=1000,
+        label="LR restarts",
     )
     lr_scheduler_power: float = setting(
-        1.0, "Power of the polynomial scheduler.", kohya="lr_scheduler_power", gt=0, le=10
+        1.0, "Power of the polynomial scheduler.", kohya="lr_scheduler_power", gt=0, le=10,
+        label="LR scheduler power",
     )
     max_train_epochs: int = setting(
         10,
@@ -322,9 +361,11 @@ class OptimizationSettings(_Section):
         special=True,
         ge=1,
         le=10000,
+        label="Epochs",
     )
     max_train_steps: int = setting(
-        0, "Stop after this many steps. 0: run all epochs.", kohya="max_train_steps", special=True, ge=0
+        0, "Stop after this many steps. 0: run all epochs.", kohya="max_train_steps", special=True, ge=0,
+        label="Max train steps",
     )
     train_batch_size: int = setting(
         1,
@@ -334,6 +375,7 @@ class OptimizationSettings(_Section):
         sd_dataset=("dataset", "batch_size"),
         ge=1,
         le=256,
+        label="Batch size",
     )
     gradient_accumulation_steps: int = setting(
         1,
@@ -342,16 +384,19 @@ class OptimizationSettings(_Section):
         ss=True,
         ge=1,
         le=1024,
+        label="Grad. accumulation",
     )
     gradient_checkpointing: bool = setting(
         False, "Recompute activations in the backward pass: much less VRAM, ~20 % slower.",
         kohya="gradient_checkpointing", ss=True,
+        label="Gradient checkpointing",
     )
     mixed_precision: choice(MIXED_PRECISIONS) = setting(  # type: ignore[valid-type]
         "fp16",
         "fp16 for most cards, bf16 for RTX 30xx/40xx/A100/H100. Falls back to no on a CPU.",
         kohya="mixed_precision",
         convert=coerce.mixed_precision,
+        label="Mixed precision",
     )
     seed: int = setting(
         42,
@@ -361,9 +406,11 @@ class OptimizationSettings(_Section):
         kohya_blank="unset (a random seed each run in kohya_ss); loratui uses a fixed seed, 42",
         ge=0,
         le=2**32 - 1,
+        label="Seed",
     )
     max_grad_norm: float = setting(
-        1.0, "Clip gradients to this norm. 0: no clipping.", kohya="max_grad_norm", ss=True, ge=0, advanced=True
+        1.0, "Clip gradients to this norm. 0: no clipping.", kohya="max_grad_norm", ss=True, ge=0, advanced=True,
+        label="Max grad norm",
     )
     max_bad_steps: int = setting(
         0,
@@ -372,9 +419,11 @@ class OptimizationSettings(_Section):
         ge=0,
         le=1000,
         advanced=True,
+        label="Max bad steps",
     )
     min_snr_gamma: float = setting(
-        0.0, "Min-SNR weighting gamma (5 is typical). 0: off.", kohya="min_snr_gamma", ss=True, sd_omit=0, ge=0, le=100
+        0.0, "Min-SNR weighting gamma (5 is typical). 0: off.", kohya="min_snr_gamma", ss=True, sd_omit=0, ge=0, le=100,
+        label="Min SNR gamma",
     )
     noise_offset: float = setting(
         0.0,
@@ -385,6 +434,7 @@ class OptimizationSettings(_Section):
         sd_omit=0,
         ge=0,
         le=1,
+        label="Noise offset",
     )
 
     def checks(self) -> list[tuple[str, str]]:
@@ -395,21 +445,24 @@ class OptimizationSettings(_Section):
 
 
 class OutputSettings(_Section):
-    output_dir: str = setting("", "Folder the LoRA files are written to.", kohya="output_dir", kind="dir", required=True)
+    output_dir: str = setting("", "Folder the LoRA files are written to.", kohya="output_dir", kind="dir", required=True, label="Output dir")
     output_name: str = setting(
         "",
         "File name without extension: <name>.safetensors, <name>-000004.safetensors.",
         kohya="output_name",
         required=True,
+        label="Output name",
     )
     save_every_n_epochs: int = setting(
         1,
         "Save an intermediate LoRA every N epochs. 0: only the final file.",
         kohya="save_every_n_epochs",
         ge=0,
+        label="Save every N epochs",
     )
     save_every_n_steps: int = setting(
-        0, "Save an intermediate LoRA every N steps. 0: off.", kohya="save_every_n_steps", sd_omit=0, ge=0
+        0, "Save an intermediate LoRA every N steps. 0: off.", kohya="save_every_n_steps", sd_omit=0, ge=0,
+        label="Save every N steps",
     )
     save_precision: choice(SAVE_PRECISIONS) = setting(  # type: ignore[valid-type]
         "fp16",
@@ -417,11 +470,13 @@ class OutputSettings(_Section):
         kohya="save_precision",
         convert=coerce.save_precision,
         kohya_blank="empty: fp16",
+        label="Save precision",
     )
     save_state: bool = setting(
         False,
         "Also save the full training state (optimizer, RNG, step) so the run can be resumed.",
         kohya="save_state",
+        label="Save state",
     )
     # the kohya_ss GUI counts steps of states; sd-scripts' save_last_n_epochs_state counts saves,
     # as loratui does (engine/kohya converts; export writes both, import reads both)
@@ -433,19 +488,23 @@ class OutputSettings(_Section):
         special=True,
         ge=0,
         advanced=True,
+        label="Save last N states",
     )
     resume: str = setting(
-        "", "Resume from a saved state folder, or latest (the newest state of this output name). Empty: start fresh.", kohya="resume", kind="dir"
+        "", "Resume from a saved state folder, or latest (the newest state of this output name). Empty: start fresh.", kohya="resume", kind="dir",
+        label="Resume",
     )
-    metadata_title: str = setting("", "Title stored in the LoRA (modelspec.title).", kohya="metadata_title", advanced=True)
-    metadata_author: str = setting("", "Author stored in the LoRA.", kohya="metadata_author", advanced=True)
+    metadata_title: str = setting("", "Title stored in the LoRA (modelspec.title).", kohya="metadata_title", advanced=True, label="Metadata title")
+    metadata_author: str = setting("", "Author stored in the LoRA.", kohya="metadata_author", advanced=True, label="Metadata author")
     metadata_description: str = setting(
-        "", "Description stored in the LoRA.", kohya="metadata_description", advanced=True
+        "", "Description stored in the LoRA.", kohya="metadata_description", advanced=True,
+        label="Metadata description",
     )
-    metadata_tags: str = setting("", "Comma-separated tags stored in the LoRA.", kohya="metadata_tags", advanced=True)
+    metadata_tags: str = setting("", "Comma-separated tags stored in the LoRA.", kohya="metadata_tags", advanced=True, label="Metadata tags")
     trigger_words: str = setting(
         "", "Words that activate the LoRA in a prompt (modelspec.trigger_phrase).",
         kohya="training_comment", convert=coerce.trigger_words, ss=True,
+        label="Trigger words",
     )
 
     def checks(self) -> list[tuple[str, str]]:
