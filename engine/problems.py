@@ -38,17 +38,21 @@ class Problem:
     def is_error(self) -> bool:
         return self.severity is Severity.ERROR
 
+    def detail(self) -> str:
+        """``message — hint``: what a field shows beside itself."""
+        return self.message + (f" — {self.hint}" if self.hint else "")
+
     def text(self) -> str:
         """``section.key: message — hint`` (no source)."""
         head = f"{self.key}: " if self.key else ""
-        return head + self.message + (f" — {self.hint}" if self.hint else "")
+        return head + self.detail()
 
     def __str__(self) -> str:
         if not self.source:
             return self.text()
         if self.source.startswith("--set ") or not self.key:
             # "--set network.network_dim=0: ..." names the key itself
-            return f"{self.source}: {self.message}" + (f" — {self.hint}" if self.hint else "")
+            return f"{self.source}: {self.detail()}"
         return f"{self.source}:{self.text()}"
 
     def with_source(self, source: str) -> "Problem":

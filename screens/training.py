@@ -195,7 +195,7 @@ class TrainingScreen(Screen):
         except ProfileError as exc:
             for problem in exc.problems:
                 if problem.key in self.fields:
-                    errors.setdefault(problem.key, problem.message)
+                    errors.setdefault(problem.key, problem.detail())
                 else:
                     general.append(problem.text())
         if parse_errors:
@@ -204,7 +204,7 @@ class TrainingScreen(Screen):
         warn_list = profile_warnings(profile) if profile is not None else []
         for problem in warn_list:
             if problem.key in self.fields:
-                warnings.setdefault(problem.key, problem.message)
+                warnings.setdefault(problem.key, problem.detail())
         for dotted, f in self.fields.items():
             f.set_problem(errors.get(dotted, ""), warnings.get(dotted, ""))
             f.set_class(f.info.advanced and dotted in errors, "-forced")

@@ -110,3 +110,12 @@ def test_problems_are_structured():
     (w,) = profile_warnings(profile_from_dict({"optimization": {"optimizer": "Prodigy", "learning_rate": 1e-4}}))
     assert (w.key, w.severity) == ("optimization.learning_rate", Severity.WARNING)
     assert str(w) == "optimization.learning_rate: Prodigy expects a learning rate around 1.0, not 0.0001"
+
+
+def test_an_untrainable_network_type_says_what_to_do():
+    with pytest.raises(ProfileError) as err:
+        profile_from_dict({"network": {"network_type": "lokr"}}, "f.toml")
+    (p,) = err.value.problems
+    assert p.key == "network.network_type" and p.value == "lokr" and p.message.startswith("'lokr' is not one of")
+    assert "cannot be trained here yet" in p.hint
+    assert str(p) == f"f.toml:network.network_type: {p.message} — {p.hint}"

@@ -124,7 +124,7 @@ def friendlier(problem: Problem) -> Problem:
                    f"choose one of: {choices}")
     else:
         return problem
-    return Problem(problem.key, message or problem.message, problem.hint, problem.severity, problem.source, value)
+    return Problem(problem.key, message or problem.message, "", problem.severity, problem.source, value)
 
 
 # --------------------------------------------------------------------------- the builder

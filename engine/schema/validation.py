@@ -55,13 +55,13 @@ def problems_from(exc: ValidationError, source: str) -> list[Problem]:
         if len(err["loc"]) == 1 and err["type"] == "extra_forbidden":
             out.append(error(loc, f"unknown section (sections: {', '.join(SECTION_TITLES)})", source=source))
             continue
-        msg = _describe(err)
+        hint = ""
         if loc == "network.network_type" and err["type"] == "literal_error":
-            msg += (
-                f" — loratui trains LoRA and LoCon; {err.get('input')!r} cannot be trained here yet."
+            hint = (
+                f"loratui trains LoRA and LoCon; {err.get('input')!r} cannot be trained here yet."
                 " Set network.network_type to \"lora\" or \"locon\" to train"
             )
-        out.append(error(loc, msg, source=source, value=err.get("input")))
+        out.append(error(loc, _describe(err), hint, source=source, value=err.get("input")))
     return out
 
 
