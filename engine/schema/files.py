@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from loratui.engine.problems import Problem, error
-from loratui.engine.schema import coerce
+import loratui.engine.schema.coerce as coerce
 from loratui.engine.schema.sections import Profile, setting_info, settings
 from loratui.engine.schema.validation import ProfileError, profile_from_dict
 

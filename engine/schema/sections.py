@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from loratui.engine.families import family_names
 from loratui.engine.registries import MIXED_PRECISIONS, NETWORK_TYPES, OPTIMIZERS, SAVE_PRECISIONS, SCHEDULERS
-from loratui.engine.schema import coerce
+import loratui.engine.schema.coerce as coerce
 from loratui.engine.schema.declare import SettingInfo, _Section, choice, section_infos, setting
 
 FAMILY_CHOICES = ("auto", *family_names())
