@@ -119,3 +119,21 @@ def test_an_untrainable_network_type_says_what_to_do():
     assert p.key == "network.network_type" and p.value == "lokr" and p.message.startswith("'lokr' is not one of")
     assert "cannot be trained here yet" in p.hint
     assert str(p) == f"f.toml:network.network_type: {p.message} — {p.hint}"
+
+
+@pytest.mark.parametrize("text", [
+    'model = { base_model = "x", clip_skip = 2 }  # inline\n[network]\nnetwork_dim = 4\n',
+    '# dotted keys\nmodel.base_model = "x"\nmodel.clip_skip = 2\nnetwork.network_dim = 4  # rank\n',
+])
+def test_saving_other_layouts_keeps_them_and_their_comments(tmp_path, text):
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    p = load_profile(path)
+    changed = p.model_copy(update={"network": p.network.model_copy(update={"network_dim": 32}),
+                                   "model": p.model.model_copy(update={"clip_skip": 3, "vae": "v"})})
+    save_profile(changed, path)
+    out = path.read_text()
+    assert load_profile(path) == changed
+    for comment in ("# inline", "# dotted keys", "# rank"):
+        assert (comment in out) == (comment in text)
+    assert ("model = {" in out) == ("model = {" in text) and ("model.clip_skip = 3" in out) == ("model.clip_skip" in text)

@@ -119,8 +119,16 @@ def profile_to_toml(p: Profile, header: str | None = None, existing: str | None 
             doc.add(tomlkit.comment(line.removeprefix("# ").removeprefix("#")))
         if header:
             doc.add(tomlkit.nl())
-    _update(doc, p.to_dict(), defaults)
-    return tomlkit.dumps(doc)
+    try:
+        _update(doc, p.to_dict(), defaults)
+        text = tomlkit.dumps(doc)
+        if profile_from_dict(tomllib.loads(text)) == p:
+            return text
+    except Exception:  # a layout tomlkit cannot edit in place: fall through to a fresh file
+        pass
+    if existing is None:
+        raise RuntimeError("the profile could not be written as TOML")
+    return profile_to_toml(p, header)
 
 
 def _same_value(old: Any, new: Any) -> bool:
@@ -156,7 +164,7 @@ def _update(doc: Any, values: dict[str, dict[str, Any]], defaults: dict[str, dic
                 if not _same_value(old.unwrap() if hasattr(old, "unwrap") else old, value):
                     table[key] = value
             elif defaults is None or not _same_value(defaults[section].get(key), value):
-                table.add(key, value)
+                table[key] = value  # appended (works for tables, inline tables and dotted keys)
 
 
 def save_profile(p: Profile, path: str | Path, header: str | None = None) -> Path:
