@@ -285,3 +285,18 @@ def test_kept_states_round_trip_under_the_names_import_reads(tmp_path):
             gui = tmp_path / f"gui{every_steps}-{keep}.json"
             gui.write_text(f'{{"save_every_n_steps": {every_steps}, "{info.kohya}": {keep * every_steps}}}')
             assert import_kohya(gui).profile().output.save_last_n_states == keep
+
+
+def test_settings_sd_scripts_has_no_argument_for_round_trip_as_comments(tmp_path):
+    from loratui.engine.schema import settings
+
+    kept = [s for s in settings() if s.sd_scripts is None and not s.special]
+    assert {"model.model_config_dir", "dataset.balance_concepts", "optimization.max_bad_steps"} <= {s.dotted for s in kept}
+    for s in kept:
+        d = profile_from_dict({}).to_dict()
+        d[s.section][s.key] = _other_value(s)
+        p1 = profile_from_dict(d)
+        res = export_sd_scripts(p1, tmp_path / s.key)
+        text = res.config_path.read_text()
+        assert f"# loratui: {s.key} = " in text and s.key not in tomllib.loads(text), s.dotted
+        assert import_kohya(res.config_path).profile().get(s.dotted) == p1.get(s.dotted), s.dotted
