@@ -20,7 +20,6 @@ Cheap to import: torch / safetensors are imported inside ``finalize_metadata``.
 
 from __future__ import annotations
 
-import ast
 import datetime
 import hashlib
 import json
@@ -31,29 +30,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from loratui.engine.families import family_names, get_family
 from loratui.engine.plan import DatasetReport, StepPlan
-from loratui.engine.schema import Profile
+from loratui.engine.registries import NETWORK_TYPES, OPTIMIZERS, parse_key_values
+from loratui.engine.schema import Profile, settings
 
-# What sd-scripts writes for ``optimizer_class.__module__ + "." + optimizer_class.__name__``.
-OPTIMIZER_CLASS_PATHS = {
-    "AdamW": "torch.optim.adamw.AdamW",
-    "AdamW8bit": "bitsandbytes.optim.adamw.AdamW8bit",
-    "Lion": "lion_pytorch.lion_pytorch.Lion",
-    "Lion8bit": "bitsandbytes.optim.lion.Lion8bit",
-    "Prodigy": "prodigyopt.prodigy.Prodigy",
-    "Adafactor": "transformers.optimization.Adafactor",
-    "DAdaptAdam": "dadaptation.dadapt_adam.DAdaptAdam",
-}
-
-BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
-ARCH_SD_V1 = "stable-diffusion-v1"
-ARCH_SD_V2_512 = "stable-diffusion-v2-512"
-ARCH_SD_V2_768_V = "stable-diffusion-v2-768-v"
-ARCH_SDXL = "stable-diffusion-xl-v1-base"
-IMPL_STABILITY_AI = "https://github.com/Stability-AI/generative-models"
-IMPL_DIFFUSERS = "diffusers"
 MODELSPEC_VERSION = "1.0.0"
-NETWORK_MODULE = "networks.lora"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -75,7 +57,7 @@ def tag_frequency(items: Iterable[tuple[str, str]]) -> dict[str, dict[str, int]]
     return out
 
 
-def model_hashes(path: str | Path, *, full: bool = True, chunk: int = 1 << 20) -> dict[str, str]:
+def model_hashes(path: str | Path, *, full: bool = True) -> dict[str, str]:
     """AUTOMATIC1111's hashes of a checkpoint file:
 
     * ``"model_hash"``: the legacy hash, first 8 hex digits of the sha256 of the
@@ -93,23 +75,16 @@ def model_hashes(path: str | Path, *, full: bool = True, chunk: int = 1 << 20) -
     with open(p, "rb") as fh:
         fh.seek(0x100000)
         out["model_hash"] = hashlib.sha256(fh.read(0x10000)).hexdigest()[:8]
-        if full:
-            fh.seek(0)
-            h = hashlib.sha256()
-            for block in iter(lambda: fh.read(chunk), b""):
-                h.update(block)
-            out["sha256"] = h.hexdigest()
+    if full:
+        from loratui.engine.fsutil import file_sha256
+
+        out["sha256"] = file_sha256(p)
     return out
 
 
 def _s(value: Any) -> str:
     """str() as sd-scripts applies it to every metadata value."""
     return str(value)
-
-
-def _opt_float(value: float | None) -> str:
-    """A setting that is "off" at 0 is None (unset) in sd-scripts."""
-    return str(float(value)) if value else "None"
 
 
 def _json_default(obj: Any) -> Any:
@@ -126,22 +101,9 @@ def _json(value: Any) -> str:
     return json.dumps(value, default=_json_default)
 
 
-def optimizer_kwargs(optimizer_args: str) -> dict[str, Any]:
-    """Parse ``"weight_decay=0.1 betas=0.9,0.99"`` as sd-scripts parses
-    ``--optimizer_args`` (each value through ``ast.literal_eval``)."""
-    out: dict[str, Any] = {}
-    for item in optimizer_args.split():
-        key, _, value = item.partition("=")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
-
-
 def optimizer_text(name: str, kwargs: dict[str, Any] | None = None) -> str:
     """``ss_optimizer``: class path plus ``(k=v,k=v)`` when arguments were given."""
-    path = OPTIMIZER_CLASS_PATHS.get(name, name)
+    path = OPTIMIZERS[name].class_path if name in OPTIMIZERS else name
     args = ",".join(f"{k}={v}" for k, v in (kwargs or {}).items())
     return path + (f"({args})" if args else "")
 
@@ -158,17 +120,25 @@ def _dirs_info(concepts) -> dict[str, dict[str, int]]:
     return out
 
 
-def _architecture(family: str, v_param: bool) -> str:
-    if family == "sdxl":
-        arch = ARCH_SDXL
-    elif family == "sd2":
-        arch = ARCH_SD_V2_768_V if v_param else ARCH_SD_V2_512
-    else:
-        arch = ARCH_SD_V1
-    return arch + "/lora"
-
-
 # --------------------------------------------------------------------------- build
+
+
+def declared_metadata(profile: Profile) -> dict[str, Any]:
+    """The ``ss_*`` keys that hold a setting as is, from the settings' declarations
+    (``setting(ss=...)``): unset, or at sd-scripts' "off" value (``sd_omit``), is None;
+    float settings are floats, as sd-scripts holds them."""
+    out: dict[str, Any] = {}
+    for s in settings():
+        if not s.ss:
+            continue
+        value = profile.get(s.dotted)
+        if value is None or value == "" or (s.sd_omit is not None and value == s.sd_omit):
+            value = None
+        elif s.type == "float":
+            value = float(value)
+        out[s.ss] = value
+    return out
+
 
 
 def build_metadata(
@@ -197,67 +167,54 @@ def build_metadata(
     (sd1, sd2 or sdxl). ``base_model_hashes`` / ``vae_hashes`` come from
     :func:`model_hashes` (empty for folders and repo ids). ``mixed_precision`` is
     the precision actually used (default: the profile's); ``optimizer_kwargs_used``
-    the optimizer keyword arguments actually used (default: parsed from the profile);
+    the optimizer keyword arguments actually used (default: the profile's optimizer_args,
+    parsed by registries.parse_key_values as sd-scripts parses them);
     ``v_pred`` whether the model was trained with v-prediction (default: the profile's
     v_parameterization)."""
-    if family not in BASE_MODEL_VERSIONS:
-        raise ValueError(f"family must be resolved to sd1, sd2 or sdxl, not {family!r}")
+    if family not in family_names():
+        raise ValueError(f"family must be resolved to one of {', '.join(family_names())}, not {family!r}")
     m, d, n, o, out = profile.model, profile.dataset, profile.network, profile.optimization, profile.output
     name = output_name if output_name is not None else out.output_name
     v_param = m.v_parameterization if v_pred is None else bool(v_pred)
     width = d.resolution
     height = d.resolution_height or d.resolution
-    version = BASE_MODEL_VERSIONS[family] + ("_v" if v_param and family != "sdxl" else "")
+    fam = get_family(family)
+    version = fam.base_model_version(v_param)
     warm = o.lr_warmup_steps
-    kwargs = optimizer_kwargs_used if optimizer_kwargs_used is not None else optimizer_kwargs(o.optimizer_args)
+    kwargs = optimizer_kwargs_used if optimizer_kwargs_used is not None else parse_key_values(o.optimizer_args)
     reg_images = sum(c.images * c.repeats for c in report.reg_concepts)
     finished = training_finished_at if training_finished_at is not None else time.time()
     cache = d.cache_latents != "off"
 
-    meta: dict[str, Any] = {
+    meta: dict[str, Any] = declared_metadata(profile)
+    meta |= {
         "ss_session_id": session_id if session_id is not None else random.randint(0, 2**32),
         "ss_training_started_at": training_started_at,
         "ss_output_name": name or None,
-        "ss_learning_rate": o.learning_rate,
-        "ss_text_encoder_lr": o.text_encoder_lr,
-        "ss_unet_lr": o.unet_lr,
         "ss_num_train_images": report.images_x_repeats,
         "ss_num_validation_images": 0,
         "ss_num_reg_images": reg_images,
         "ss_num_batches_per_epoch": plan.batches_per_epoch,
         "ss_num_epochs": plan.epochs,
-        "ss_gradient_checkpointing": o.gradient_checkpointing,
-        "ss_gradient_accumulation_steps": o.gradient_accumulation_steps,
         "ss_max_train_steps": plan.total_steps,
         "ss_lr_warmup_steps": int(warm) if float(warm).is_integer() else float(warm),
-        "ss_lr_scheduler": o.lr_scheduler,
-        "ss_network_module": NETWORK_MODULE,
-        "ss_network_dim": n.network_dim,
-        "ss_network_alpha": float(n.network_alpha),
+        "ss_network_module": NETWORK_TYPES[n.network_type].network_module,
         "ss_network_dropout": None,
         "ss_mixed_precision": mixed_precision or o.mixed_precision,
         "ss_full_fp16": False,
-        "ss_v2": family == "sd2",
+        "ss_v2": "v2" in fam.sd_scripts_flags,
         "ss_base_model_version": version,
-        "ss_clip_skip": m.clip_skip if m.clip_skip > 1 else None,
         "ss_max_token_length": None,
         "ss_cache_latents": cache,
-        "ss_seed": o.seed,
         "ss_lowram": False,
-        "ss_noise_offset": _opt_float(o.noise_offset),
         "ss_multires_noise_iterations": None,
         "ss_multires_noise_discount": 0.3,
         "ss_adaptive_noise_scale": None,
         "ss_zero_terminal_snr": False,
-        "ss_training_comment": out.trigger_words or None,
         "ss_optimizer": optimizer_text(o.optimizer, kwargs),
-        "ss_max_grad_norm": float(o.max_grad_norm),
-        "ss_caption_dropout_rate": float(d.caption_dropout_rate),
         "ss_caption_dropout_every_n_epochs": 0,
         "ss_caption_tag_dropout_rate": 0.0,
         "ss_face_crop_aug_range": None,
-        "ss_prior_loss_weight": float(d.prior_loss_weight),
-        "ss_min_snr_gamma": _opt_float(o.min_snr_gamma),
         "ss_scale_weight_norms": None,
         "ss_ip_noise_gamma": None,
         "ss_debiased_estimation": False,
@@ -267,18 +224,13 @@ def build_metadata(
         "ss_fp8_base": False,
         "ss_fp8_base_unet": False,
         # train_data_dir datasets (sd-scripts' non-dataset_config branch)
-        "ss_batch_size_per_device": o.train_batch_size,
         "ss_total_batch_size": o.train_batch_size * num_processes * o.gradient_accumulation_steps,
         "ss_resolution": (width, height),
         "ss_color_aug": False,
-        "ss_flip_aug": d.flip_aug,
         "ss_random_crop": False,
-        "ss_shuffle_caption": d.shuffle_caption,
-        "ss_enable_bucket": d.enable_bucket,
         "ss_bucket_no_upscale": d.bucket_no_upscale if d.enable_bucket else False,
         "ss_min_bucket_reso": d.min_bucket_reso if d.enable_bucket else None,
         "ss_max_bucket_reso": d.max_bucket_reso if d.enable_bucket else None,
-        "ss_keep_tokens": d.keep_tokens,
         "ss_dataset_dirs": _json(_dirs_info(report.concepts)),
         "ss_reg_dataset_dirs": _json(_dirs_info(report.reg_concepts)),
         "ss_tag_frequency": _json(tag_frequency),
@@ -324,8 +276,8 @@ def modelspec(
     v = m.v_parameterization if v_pred is None else bool(v_pred)
     spec = {
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
-        "modelspec.architecture": _architecture(family, v),
-        "modelspec.implementation": IMPL_STABILITY_AI if family == "sdxl" else IMPL_DIFFUSERS,
+        "modelspec.architecture": get_family(family).architecture(v),
+        "modelspec.implementation": get_family(family).modelspec_implementation,
         "modelspec.title": out.metadata_title or name or f"LoRA@{timestamp}",
         "modelspec.resolution": f"{d.resolution}x{d.resolution_height or d.resolution}",
         "modelspec.prediction_type": "v" if v else "epsilon",

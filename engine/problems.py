@@ -10,8 +10,9 @@ Nobody parses these strings back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class Severity(StrEnum):
@@ -25,7 +26,9 @@ class Problem:
     message: str  # what is wrong, without the key
     hint: str = ""  # what to do about it
     severity: Severity = Severity.ERROR
-    source: str = ""  # the file (or "--set") it came from, "" when not from a file
+    source: str = ""  # the file (or "--set section.key=value") it came from, "" when not from a file
+    # the value found, where there was one (e.g. an unknown optimizer name); not part of equality
+    value: Any = field(default=None, compare=False, repr=False)
 
     @property
     def section(self) -> str:
@@ -35,20 +38,30 @@ class Problem:
     def is_error(self) -> bool:
         return self.severity is Severity.ERROR
 
+    def detail(self) -> str:
+        """``message — hint``: what a field shows beside itself."""
+        return self.message + (f" — {self.hint}" if self.hint else "")
+
     def text(self) -> str:
         """``section.key: message — hint`` (no source)."""
         head = f"{self.key}: " if self.key else ""
-        return head + self.message + (f" — {self.hint}" if self.hint else "")
+        return head + self.detail()
 
     def __str__(self) -> str:
         if not self.source:
             return self.text()
-        return f"{self.source}:{self.text()}" if self.key else f"{self.source}: {self.text()}"
+        if self.source.startswith("--set ") or not self.key:
+            # "--set network.network_dim=0: ..." names the key itself
+            return f"{self.source}: {self.detail()}"
+        return f"{self.source}:{self.text()}"
+
+    def with_source(self, source: str) -> "Problem":
+        return Problem(self.key, self.message, self.hint, self.severity, source, self.value)
 
 
-def error(key: str, message: str, hint: str = "", source: str = "") -> Problem:
-    return Problem(key, message, hint, Severity.ERROR, source)
+def error(key: str, message: str, hint: str = "", source: str = "", value: Any = None) -> Problem:
+    return Problem(key, message, hint, Severity.ERROR, source, value)
 
 
-def warning(key: str, message: str, hint: str = "", source: str = "") -> Problem:
-    return Problem(key, message, hint, Severity.WARNING, source)
+def warning(key: str, message: str, hint: str = "", source: str = "", value: Any = None) -> Problem:
+    return Problem(key, message, hint, Severity.WARNING, source, value)

@@ -516,7 +516,7 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
     # ---- 1. plan (no model yet) ------------------------------------------------
     emit(PhaseChanged(phase="preparing", detail="scanning the dataset"))
     for w in profile_warnings(profile):
-        warn(w)
+        warn(str(w))
     from loratui.engine.dataset import plan_for, scan_dataset
     from loratui.engine.state import dataset_fingerprint
 

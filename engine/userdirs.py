@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loratui.engine.fsutil import atomic_write_text
+from loratui.engine.problems import error
 from loratui.engine.schema import Profile, ProfileError, load_profile, save_profile
 
 APP_NAME = "loratui"
@@ -209,23 +210,6 @@ def new_name_problem(name: str, keep: Path | None = None) -> str | None:
     return None
 
 
-def keep_comments(path: str | Path) -> Path | None:
-    """Before a profile file is rewritten (TOML writers drop comments): when it holds
-    comments of its author, copy it once to ``<file>.orig``. Returns the copy."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    ours = {f"# {line}" for line in profile_header(read_origin(path)).splitlines()}
-    authored = [line for line in text.splitlines() if "#" in line and line.strip() not in ours]
-    backup = path.with_name(path.name + ".orig")
-    if not authored or backup.exists():
-        return None
-    atomic_write_text(backup, text)
-    return backup
-
-
 def unique_name(base: str) -> str:
     taken = {e.name for e in user_profiles()}
     if base not in taken:
@@ -237,13 +221,14 @@ def unique_name(base: str) -> str:
 
 
 def save_user_profile(p: Profile, name: str, origin: str | None = None, *, overwrite: bool = True) -> Path:
-    """Write ``p`` as the user profile ``name`` (atomically)."""
+    """Write ``p`` as the user profile ``name`` (atomically). Rewriting an existing
+    profile keeps its comments and layout (engine.schema.save_profile)."""
     problem = check_name(name)
     if problem:
-        raise ProfileError([f"profile name {name!r}: {problem}"])
+        raise ProfileError([error("", problem, source=f"profile name {name!r}")])
     path = user_profiles_dir() / f"{name}.toml"
     if path.exists() and not overwrite:
-        raise ProfileError([f"{path}: a profile of that name exists already"])
+        raise ProfileError([error("", "a profile of that name exists already", source=str(path))])
     save_profile(p, path, header=profile_header(origin))
     return path
 
@@ -258,7 +243,7 @@ def profile_header(origin: str | None) -> str:
 def delete_user_profile(path: str | Path) -> None:
     path = Path(path)
     if is_bundled(path):
-        raise ProfileError([f"{path}: bundled profiles cannot be deleted"])
+        raise ProfileError([error("", "bundled profiles cannot be deleted", source=str(path))])
     path.unlink()
 
 

@@ -211,7 +211,7 @@ class ProfilesScreen(Screen):
         try:
             profile = load_profile(e.path)
         except ProfileError as exc:
-            self.notify("\n".join(exc.problems), title="cannot duplicate", severity="error")
+            self.notify(str(exc), title="cannot duplicate", severity="error")
             return
 
         def named(name: str | None) -> None:

@@ -39,8 +39,6 @@ from loratui.tui.widgets.plan import PlanPanel
 if TYPE_CHECKING:
     from loratui.tui.app import LoraTuiApp
 
-PROBLEM_RE = re.compile(r"^[^:]*:([a-z_]+)\.([a-z_]+): (.*)$", re.S)
-WARNING_RE = re.compile(r"^([a-z_]+)\.([a-z_]+): (.*)$", re.S)
 SCAN_KEYS = {"dataset.train_data_dir", "dataset.reg_data_dir", "dataset.caption_extension"}
 FORM_SOURCE = "form"
 REPO_ID_RE = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -195,20 +193,18 @@ class TrainingScreen(Screen):
         try:
             profile = profile_from_dict(data, FORM_SOURCE)
         except ProfileError as exc:
-            for line in exc.problems:
-                m = PROBLEM_RE.match(line)
-                if m and f"{m.group(1)}.{m.group(2)}" in self.fields:
-                    errors.setdefault(f"{m.group(1)}.{m.group(2)}", m.group(3))
+            for problem in exc.problems:
+                if problem.key in self.fields:
+                    errors.setdefault(problem.key, problem.detail())
                 else:
-                    general.append(line.removeprefix(f"{FORM_SOURCE}:"))
+                    general.append(problem.text())
         if parse_errors:
             profile = None
         warnings: dict[str, str] = {}
-        warn_lines = profile_warnings(profile) if profile is not None else []
-        for line in warn_lines:
-            m = WARNING_RE.match(line)
-            if m and f"{m.group(1)}.{m.group(2)}" in self.fields:
-                warnings.setdefault(f"{m.group(1)}.{m.group(2)}", m.group(3))
+        warn_list = profile_warnings(profile) if profile is not None else []
+        for problem in warn_list:
+            if problem.key in self.fields:
+                warnings.setdefault(problem.key, problem.detail())
         for dotted, f in self.fields.items():
             f.set_problem(errors.get(dotted, ""), warnings.get(dotted, ""))
             f.set_class(f.info.advanced and dotted in errors, "-forced")
@@ -220,7 +216,7 @@ class TrainingScreen(Screen):
             self._section_errors = counts
             if self._ready:
                 self._draw_sections_title()
-        self.warnings = warn_lines
+        self.warnings = [str(w) for w in warn_list]
         self.valid = profile
         if profile is not None:
             self._last_good = profile

@@ -11,9 +11,9 @@ ENGINE = Path(__file__).resolve().parent.parent / "engine"
 
 def engine_modules() -> list[str]:
     return sorted(
-        "loratui.engine." + ".".join(p.relative_to(ENGINE).with_suffix("").parts)
+        "loratui.engine." + ".".join(p.relative_to(ENGINE).with_suffix("").parts[: -1 if p.name == "__init__.py" else None])
         for p in ENGINE.rglob("*.py")
-        if p.name != "__init__.py"
+        if p.parent != ENGINE or p.name != "__init__.py"
     )
 
 

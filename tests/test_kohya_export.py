@@ -210,3 +210,93 @@ def test_cli_export_bad_profile(tmp_path, capsys, content, message):
         p.write_text(content)
     assert run_command(["export", str(p), "--to", "sd-scripts"]) == 2
     assert message in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- generated from the declarations
+
+
+def _other_value(s):
+    """A valid value of setting ``s`` that is not its default."""
+    if s.type == "bool":
+        return not s.default
+    if s.type == "choice":
+        return next(c for c in s.choices if c != s.default)
+    if s.type == "str":
+        return {"caption_extension": ".cap", "output_name": "my-lora"}.get(s.key, f"/x/{s.key}")
+    if s.optional and s.default is None:
+        return 0.001
+    if s.type == "int":
+        return s.default * 2 if s.default else 1
+    return s.default * 2 if s.default else 0.5
+
+
+def test_every_one_to_one_setting_round_trips_by_its_declared_names(tmp_path):
+    """Export writes each setting under its declared sd-scripts name (in dataset.toml where
+    declared), and import reads it back: no hand-written table to forget a setting in."""
+    from loratui.engine.schema import settings
+
+    img = _concepts(tmp_path / "img", ["2_a"])
+    checked = 0
+    for s in settings():
+        if s.special or s.sd_scripts is None:
+            continue
+        value = _other_value(s)
+        for with_dataset in (False, True):
+            d = profile_from_dict({"dataset": {"train_data_dir": str(img)}} if with_dataset else {}).to_dict()
+            if s.dotted == "dataset.train_data_dir" and with_dataset:
+                continue
+            d[s.section][s.key] = value
+            p1 = profile_from_dict(d)
+            out = tmp_path / f"{s.key}-{with_dataset}"
+            res = export_sd_scripts(p1, out)
+            cfg = tomllib.loads(res.config_path.read_text())
+            if with_dataset and s.sd_dataset:
+                ds = tomllib.loads(res.dataset_path.read_text())
+                level, key = s.sd_dataset
+                table = ds["general"] if level == "general" else ds["datasets"][0]
+                if level != "subsets":
+                    assert table[key] == value, s.dotted
+                assert s.sd_scripts not in cfg, s.dotted
+            else:
+                assert cfg[s.sd_scripts] == value, s.dotted
+            assert import_kohya(res.config_path).profile().get(s.dotted) == value, (s.dotted, with_dataset)
+        checked += 1
+    assert checked >= 30
+
+
+def test_kept_states_round_trip_under_the_names_import_reads(tmp_path):
+    """save_last_n_states: export writes sd-scripts' save_last_n_epochs_state (a count, its declared
+    sd-scripts name) and, for step saving, save_last_n_steps_state (steps, the kohya_ss GUI name);
+    import reads back the same count either way."""
+    from loratui.engine.schema import setting_info
+
+    info = setting_info("output.save_last_n_states")
+    assert (info.kohya, info.sd_scripts) == ("save_last_n_steps_state", "save_last_n_epochs_state")
+    for every_steps, keep in ((0, 3), (50, 4), (50, 0), (0, 0)):
+        p1 = profile_from_dict({"output": {"save_state": True, "save_every_n_steps": every_steps, "save_last_n_states": keep}})
+        res = export_sd_scripts(p1, tmp_path / f"o{every_steps}-{keep}")
+        cfg = tomllib.loads(res.config_path.read_text())
+        assert cfg[info.sd_scripts] == keep
+        if every_steps and keep:
+            assert cfg[info.kohya] == keep * every_steps
+        assert import_kohya(res.config_path).profile().output.save_last_n_states == keep
+        # a kohya_ss GUI file holds only the steps form: read through the declared GUI name
+        if every_steps and keep:
+            gui = tmp_path / f"gui{every_steps}-{keep}.json"
+            gui.write_text(f'{{"save_every_n_steps": {every_steps}, "{info.kohya}": {keep * every_steps}}}')
+            assert import_kohya(gui).profile().output.save_last_n_states == keep
+
+
+def test_settings_sd_scripts_has_no_argument_for_round_trip_as_comments(tmp_path):
+    from loratui.engine.schema import settings
+
+    kept = [s for s in settings() if s.sd_scripts is None and not s.special]
+    assert {"model.model_config_dir", "dataset.balance_concepts", "optimization.max_bad_steps"} <= {s.dotted for s in kept}
+    for s in kept:
+        d = profile_from_dict({}).to_dict()
+        d[s.section][s.key] = _other_value(s)
+        p1 = profile_from_dict(d)
+        res = export_sd_scripts(p1, tmp_path / s.key)
+        text = res.config_path.read_text()
+        assert f"# loratui: {s.key} = " in text and s.key not in tomllib.loads(text), s.dotted
+        assert import_kohya(res.config_path).profile().get(s.dotted) == p1.get(s.dotted), s.dotted

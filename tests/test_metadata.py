@@ -11,15 +11,14 @@ from pathlib import Path
 import pytest
 
 from loratui.engine.metadata import (
-    OPTIMIZER_CLASS_PATHS,
     build_metadata,
     finalize_metadata,
     model_hashes,
-    optimizer_kwargs,
     tag_frequency,
     with_progress,
 )
 from loratui.engine.plan import ConceptReport, DatasetReport, plan_steps
+from loratui.engine.registries import OPTIMIZERS, parse_key_values
 from loratui.engine.schema import profile_from_dict
 
 
@@ -117,10 +116,10 @@ def test_optimizer_class_paths_are_the_real_classes():
 
     for name, cls in (("AdamW", torch.optim.AdamW), ("Lion", lion_pytorch.Lion),
                       ("Prodigy", prodigyopt.Prodigy), ("DAdaptAdam", dadaptation.DAdaptAdam)):
-        assert OPTIMIZER_CLASS_PATHS[name] == f"{cls.__module__}.{cls.__name__}"
+        assert OPTIMIZERS[name].class_path == f"{cls.__module__}.{cls.__name__}"
     # bitsandbytes / transformers are slow to import: read their source files instead
     for name in ("AdamW8bit", "Lion8bit", "Adafactor"):
-        module, cls = OPTIMIZER_CLASS_PATHS[name].rsplit(".", 1)
+        module, cls = OPTIMIZERS[name].class_path.rsplit(".", 1)
         top, *rest = module.split(".")
         origin = Path(importlib.util.find_spec(top).origin).parent
         source = origin.joinpath(*rest).with_suffix(".py").read_text()
@@ -128,7 +127,7 @@ def test_optimizer_class_paths_are_the_real_classes():
 
 
 def test_optimizer_args_parse_like_sd_scripts():
-    assert optimizer_kwargs("weight_decay=0.1 betas=0.9,0.99 decouple=True mode=fast") == {
+    assert parse_key_values("weight_decay=0.1 betas=0.9,0.99 decouple=True mode=fast") == {
         "weight_decay": 0.1, "betas": (0.9, 0.99), "decouple": True, "mode": "fast"}
 
 
@@ -304,3 +303,24 @@ def test_saved_lora_metadata_reads_back_and_hashes_match_automatic1111(tmp_path)
     assert later["sshs_model_hash"] == final["sshs_model_hash"]  # same tensors
     changed = {**state, "lora_unet_down_blocks_0_attentions_0_proj_in.alpha": torch.tensor(4.0)}
     assert finalize_metadata(changed, meta)["sshs_model_hash"] != final["sshs_model_hash"]
+
+
+def test_declared_ss_keys_follow_the_settings(tmp_path):
+    """The ss_* keys that hold a setting as is come from the settings' declarations:
+    each follows its setting, unset / off is "None", floats are written as floats."""
+    from loratui.engine.schema import settings
+
+    declared = [s for s in settings() if s.ss]
+    assert {s.ss for s in declared} >= {"ss_learning_rate", "ss_network_dim", "ss_seed", "ss_training_comment",
+                                         "ss_batch_size_per_device", "ss_clip_skip", "ss_noise_offset"}
+    p = _profile(tmp_path)
+    meta, _ = _build(tmp_path, p)
+    for s in declared:
+        value = p.get(s.dotted)
+        if s.sd_omit is not None and value == s.sd_omit:
+            assert meta[s.ss] == "None", s.dotted
+        else:
+            assert meta[s.ss] == str(float(value) if s.type == "float" else value), s.dotted
+    q = _profile(tmp_path, model__clip_skip=1, optimization__unet_lr=None, optimization__seed=7, output__trigger_words="")
+    meta, _ = _build(tmp_path, q)
+    assert (meta["ss_clip_skip"], meta["ss_unet_lr"], meta["ss_seed"], meta["ss_training_comment"]) == ("None", "None", "7", "None")

@@ -16,7 +16,6 @@ from loratui.engine.userdirs import (
     config_dir,
     delete_user_profile,
     find_profile,
-    keep_comments,
     last_profile,
     list_profiles,
     load_keymap,
@@ -57,13 +56,13 @@ def test_user_folder_and_catalogue(env):
     assert unique_name("mychar") == "mychar-2" and unique_name("other") == "other"
     assert check_name("a/b") and check_name("") and check_name("ok name-1") is None
     assert "exists already" in new_name_problem("mychar") and new_name_problem("mychar", keep=path) is None
-    # rewriting a profile drops its author's comments: they are kept once in <file>.orig
-    assert keep_comments(path) is None  # only our own header
-    commented = env / "mine.toml"
+    # rewriting a profile keeps its author's comments in place (no <file>.orig copy)
+    commented = user_profiles_dir() / "mine.toml"
     commented.write_text('[model]\nclip_skip = 2  # anime models\n')
-    backup = keep_comments(commented)
-    assert backup == env / "mine.toml.orig" and "# anime models" in backup.read_text()
-    assert keep_comments(commented) is None  # once
+    save_user_profile(load_profile(commented), "mine")
+    assert "clip_skip = 2  # anime models" in commented.read_text()
+    assert not commented.with_name("mine.toml.orig").exists()
+    delete_user_profile(commented)
     with pytest.raises(ProfileError):
         save_user_profile(p, "mychar", overwrite=False)
     with pytest.raises(ProfileError, match="cannot be deleted"):

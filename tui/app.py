@@ -31,7 +31,6 @@ from loratui.engine.schema import SECTION_TITLES, Profile, ProfileError, load_pr
 from loratui.engine.userdirs import (
     bundled_profiles_dir,
     is_bundled,
-    keep_comments,
     last_profile,
     list_profiles,
     load_keymap,
@@ -359,7 +358,7 @@ class LoraTuiApp(App):
         except ProfileError as exc:
             from loratui.tui.widgets.dialogs import ChoiceDialog
 
-            self.push_screen(ChoiceDialog(f"Cannot open {Path(path).name}", exc.problems, []))
+            self.push_screen(ChoiceDialog(f"Cannot open {Path(path).name}", [str(p) for p in exc.problems], []))
             return False
         self.session = session
         self.form.load_profile(session.profile)
@@ -430,13 +429,11 @@ class LoraTuiApp(App):
                 NameDialog("Save the form as your profile named:", unique_name(s.name), check=new_name_problem), named
             )
             return
-        backup = keep_comments(s.path)
         save_profile(profile, s.path, header=profile_header(s.origin))
         self.session = ProfileSession(profile, s.path, s.name, False, s.origin)
         remember_last_profile(s.path)
         self.form.refresh_title()
-        note = f"\nyour comments are kept in {backup}" if backup else ""
-        self.notify(f"saved {s.path}{note}", title="profile saved", timeout=5 if backup else 3)
+        self.notify(f"saved {s.path}", title="profile saved", timeout=3)
         if then:
             then()
 

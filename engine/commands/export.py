@@ -29,19 +29,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from loratui.engine.kohya import _friendlier, export_problems, export_sd_scripts, export_warnings, sd_scripts_command
+    from loratui.engine.kohya import export_problems, export_sd_scripts, export_warnings, friendlier, sd_scripts_command
     from loratui.engine.schema import ProfileError, load_profile
 
     try:
         profile = load_profile(args.profile, args.overrides)
     except ProfileError as exc:
-        for line in exc.problems:
-            print(f"error: {_friendlier(line)}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"error: {friendlier(problem)}", file=sys.stderr)
         return 2
     problems = export_problems(profile)
     if problems:
-        for line in problems:
-            print(f"error: {args.profile}: {line}", file=sys.stderr)
+        for problem in problems:
+            print(f"error: {problem.with_source(args.profile)}", file=sys.stderr)
         return 2
     if args.print_command:
         for note in export_warnings(profile):

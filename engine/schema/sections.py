@@ -1,0 +1,570 @@
+"""The profile's sections: every training setting, declared once.
+
+Each setting is a pydantic field made by :func:`~loratui.engine.schema.declare.setting`
+carrying its default, bounds, help text, unit, its kohya_ss GUI and sd-scripts
+names, the converter of kohya's values and the section it lives in. Choices that
+are lists of things come from the registries (optimizers, schedulers, network
+types, precisions) and the family registry.
+
+This module is imported by the UI before its first frame: it must stay cheap
+(no torch, no diffusers).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loratui.engine.families import family_names
+from loratui.engine.registries import MIXED_PRECISIONS, NETWORK_TYPES, OPTIMIZERS, SAVE_PRECISIONS, SCHEDULERS
+import loratui.engine.schema.coerce as coerce
+from loratui.engine.schema.declare import SettingInfo, _Section, choice, section_infos, setting
+
+FAMILY_CHOICES = ("auto", *family_names())
+EIGHT_BIT_OPTIMIZERS = tuple(o.name for o in OPTIMIZERS.values() if o.cuda_only)  # bitsandbytes: CUDA only
+
+# --------------------------------------------------------------------------- sections
+
+
+class ModelSettings(_Section):
+    base_model: str = setting(
+        "",
+        "Base checkpoint: a .safetensors/.ckpt file, a diffusers folder, or a Hugging Face "
+        "repo id such as stable-diffusion-v1-5/stable-diffusion-v1-5.",
+        kohya="pretrained_model_name_or_path",
+        kind="model",
+        required=True,
+        label="Base model",
+    )
+    vae: str = setting(
+        "",
+        "Separate VAE (file, folder or repo id). Empty: the base model's own VAE.",
+        kohya="vae",
+        kind="model",
+        label="VAE",
+    )
+    family: choice(FAMILY_CHOICES) = setting(  # type: ignore[valid-type]
+        "auto",
+        "Model family. auto: detected from the weights (SD 1.x, SD 2.x or SDXL).",
+        kohya="sdxl/v2",
+        sd_scripts=None,
+        special=True,
+        label="Family",
+    )
+    v_parameterization: bool = setting(
+        False,
+        "Train with v-prediction. Needed for SD 2.x 768-v models (stable-diffusion-2-1).",
+        kohya="v_parameterization",
+        label="V-prediction",
+    )
+    clip_skip: int = setting(
+        1,
+        "Use the output of the n-th last text encoder layer. 1 = normal, 2 = common for anime models.",
+        kohya="clip_skip",
+        ss=True,
+        sd_omit=1,
+        ge=1,
+        le=12,
+        label="Clip skip",
+    )
+    model_config_dir: str = setting(
+        "",
+        "Diffusers config folder for a single-file model of a non-standard shape. "
+        "Empty: the configs bundled for the detected family.",
+        kind="dir",
+        advanced=True,
+        label="Model config dir",
+    )
+
+
+class DatasetSettings(_Section):
+    train_data_dir: str = setting(
+        "",
+        "Folder holding one or more <repeats>_<name> concept folders, e.g. images/10_mychar.",
+        kohya="train_data_dir",
+        sd_dataset=("subsets", "image_dir"),
+        required=True,
+        kind="dir",
+        label="Image folder",
+    )
+    reg_data_dir: str = setting(
+        "",
+        "Optional regularization folder, same <repeats>_<name> layout. Empty: none.",
+        kohya="reg_data_dir",
+        sd_dataset=("subsets", "image_dir"),
+        special="export",
+        kind="dir",
+        label="Reg. folder",
+    )
+    prior_loss_weight: float = setting(
+        1.0, "Loss weight of regularization images.", kohya="prior_loss_weight", ss=True, ge=0, le=10,
+        label="Prior loss weight",
+    )
+    resolution: int = setting(
+        512,
+        "Training resolution (width; square unless a height is set). SD 1.x 512, SD 2.x 768, SDXL 1024.",
+        kohya="max_resolution",
+        sd_scripts="resolution",
+        sd_dataset=("dataset", "resolution"),
+        special=True,
+        unit="px",
+        ge=64,
+        le=4096,
+        label="Resolution",
+    )
+    resolution_height: int = setting(
+        0,
+        "Training height when not square. 0: same as the resolution.",
+        kohya="max_resolution",
+        sd_scripts="resolution",
+        sd_dataset=("dataset", "resolution"),
+        special=True,
+        unit="px",
+        ge=0,
+        le=4096,
+        advanced=True,
+        label="Resolution height",
+    )
+    enable_bucket: bool = setting(
+        True,
+        "Aspect-ratio buckets: train images at their own aspect ratio instead of cropping to a square.",
+        kohya="enable_bucket",
+        ss=True,
+        sd_dataset=("dataset", "enable_bucket"),
+        label="Enable bucket",
+    )
+    min_bucket_reso: int = setting(
+        256, "Smallest bucket side.", kohya="min_bucket_reso", sd_dataset=("dataset", "min_bucket_reso"), unit="px", ge=64, le=4096,
+        label="Min bucket res.",
+    )
+    max_bucket_reso: int = setting(
+        1024, "Largest bucket side.", kohya="max_bucket_reso", sd_dataset=("dataset", "max_bucket_reso"), unit="px", ge=64, le=8192,
+        label="Max bucket res.",
+    )
+    bucket_reso_steps: int = setting(
+        64, "Bucket sides are multiples of this.", kohya="bucket_reso_steps",
+        sd_dataset=("dataset", "bucket_reso_steps"), unit="px", ge=8, le=512,
+        label="Bucket step",
+    )
+    bucket_no_upscale: bool = setting(
+        False,
+        "Never upscale an image to fit a bucket; small images get smaller buckets.",
+        kohya="bucket_no_upscale",
+        sd_dataset=("dataset", "bucket_no_upscale"),
+        label="No bucket upscale",
+    )
+    caption_extension: str = setting(
+        ".txt",
+        "Caption files are <image name><this>.",
+        kohya="caption_extension",
+        sd_dataset=("general", "caption_extension"),
+        convert=coerce.caption_extension,
+        kohya_blank="empty: loratui reads .txt captions (sd-scripts would look for .caption files)",
+        label="Caption extension",
+    )
+    shuffle_caption: bool = setting(
+        False,
+        "Shuffle comma-separated tags each step (after the first keep_tokens).",
+        kohya="shuffle_caption",
+        ss=True,
+        sd_dataset=("general", "shuffle_caption"),
+        label="Shuffle caption",
+    )
+    keep_tokens: int = setting(
+        0,
+        "Number of leading tags never shuffled or dropped (your trigger word).",
+        kohya="keep_tokens",
+        ss=True,
+        sd_dataset=("general", "keep_tokens"),
+        ge=0,
+        le=75,
+        label="Keep tokens",
+    )
+    caption_dropout_rate: float = setting(
+        0.0,
+        "Chance of training a step with an empty caption.",
+        kohya="caption_dropout_rate",
+        ss=True,
+        sd_dataset=("general", "caption_dropout_rate"),
+        ge=0,
+        le=1,
+        label="Caption dropout",
+    )
+    flip_aug: bool = setting(
+        False,
+        "Randomly mirror images left-right. Off for asymmetric subjects (text, logos, hair parts).",
+        kohya="flip_aug",
+        ss=True,
+        sd_dataset=("general", "flip_aug"),
+        label="Flip augment",
+    )
+    cache_latents: choice(("memory", "disk", "off")) = setting(  # type: ignore[valid-type]
+        "memory",
+        "Encode images once before training. disk: keep the cache beside the images for the next run. "
+        "off: encode every step (needed for flip augmentation variety, slower).",
+        kohya="cache_latents/cache_latents_to_disk",
+        sd_scripts="cache_latents/cache_latents_to_disk",
+        special=True,
+        label="Cache latents",
+    )
+    balance_concepts: bool = setting(
+        False,
+        "Adjust repeats so every concept gets about the same number of steps per epoch.",
+        sd_scripts=None,
+        label="Balance concepts",
+    )
+
+    def checks(self) -> list[tuple[str, str]]:
+        out = []
+        step = self.bucket_reso_steps
+        for key in ("resolution", "resolution_height"):
+            value = getattr(self, key)
+            if value and value % 64:
+                out.append((key, f"{value} must be a multiple of 64 (e.g. {max(64, value // 64 * 64)})"))
+        if self.min_bucket_reso > self.max_bucket_reso:
+            out.append(("min_bucket_reso", f"{self.min_bucket_reso} is larger than max_bucket_reso {self.max_bucket_reso}"))
+        for key in ("min_bucket_reso", "max_bucket_reso"):
+            value = getattr(self, key)
+            if value % step:
+                out.append((key, f"{value} must be a multiple of bucket_reso_steps ({step})"))
+        if self.caption_extension and not self.caption_extension.startswith("."):
+            out.append(("caption_extension", f"must start with a dot, e.g. '.{self.caption_extension}'"))
+        return out
+
+
+class NetworkSettings(_Section):
+    network_type: choice(NETWORK_TYPES) = setting(  # type: ignore[valid-type]
+        "lora",
+        "lora: attention and MLP layers. locon: also the 3x3 convolutions (uses conv rank/alpha).",
+        kohya="LoRA_type",
+        sd_scripts="network_module",
+        special=True,
+        label="Network type",
+    )
+    network_dim: int = setting(
+        8,
+        "LoRA rank. 4 light, 8 standard, 16 detailed, 32-64 heavy. Larger files, more VRAM.",
+        kohya="network_dim", ss=True,
+        ge=1,
+        le=1024,
+        label="Network rank",
+    )
+    network_alpha: float = setting(
+        8.0,
+        "Scales the LoRA by alpha/rank. Same as rank = no scaling; half the rank is also common.",
+        kohya="network_alpha", ss=True,
+        gt=0,
+        le=1024,
+        label="Network alpha",
+    )
+    conv_dim: int = setting(
+        4, "Rank of the 3x3 convolutions (locon only).", kohya="conv_dim", special=True, ge=1, le=1024,
+        label="Conv rank",
+    )
+    conv_alpha: float = setting(
+        1.0, "Alpha of the 3x3 convolutions (locon only).", kohya="conv_alpha", special=True, gt=0, le=1024,
+        label="Conv alpha",
+    )
+    train_unet: bool = setting(True, "Train the U-Net.", kohya="network_train_text_encoder_only", special=True, label="Train U-Net")
+    train_text_encoder: bool = setting(
+        True,
+        "Train the text encoder(s) too. Off = U-Net only (common for SDXL).",
+        kohya="network_train_unet_only",
+        special=True,
+        label="Train text encoder",
+    )
+    network_weights: str = setting(
+        "",
+        "Continue training from an existing LoRA .safetensors (rank and alpha taken from the file).",
+        kohya="lora_network_weights",
+        sd_scripts="network_weights",
+        kohya_blank="empty: a new LoRA",
+        kind="file",
+        label="Network weights",
+    )
+
+    def checks(self) -> list[tuple[str, str]]:
+        if not self.train_unet and not self.train_text_encoder:
+            return [("train_unet", "nothing to train: enable train_unet or train_text_encoder")]
+        return []
+
+
+class OptimizationSettings(_Section):
+    optimizer: choice(OPTIMIZERS) = setting(  # type: ignore[valid-type]
+        "AdamW",
+        "AdamW8bit/Lion8bit save VRAM (CUDA only). Prodigy/DAdaptAdam find the LR themselves (use LR 1).",
+        kohya="optimizer",
+        sd_scripts="optimizer_type",
+        convert=coerce.optimizer,
+        kohya_blank="empty: AdamW",
+        label="Optimizer",
+    )
+    optimizer_args: str = setting(
+        "",
+        "Extra optimizer arguments, space separated: weight_decay=0.1 betas=0.9,0.99",
+        kohya="optimizer_args",
+        convert=coerce.args_text,
+        kohya_blank="empty",
+        special="export",
+        advanced=True,
+        label="Optimizer args",
+    )
+    learning_rate: float = setting(
+        1e-4, "Learning rate (used where the U-Net/text encoder rates are unset).", kohya="learning_rate", ss=True,
+        special="import", gt=0, le=10,
+        label="Learning rate",
+    )
+    unet_lr: float | None = setting(
+        None, "U-Net learning rate. Unset: the learning rate.", kohya="unet_lr", ss=True, special="import", gt=0, le=10,
+        label="U-Net LR",
+    )
+    text_encoder_lr: float | None = setting(
+        5e-5,
+        "Text encoder learning rate. Unset: the learning rate.",
+        kohya="text_encoder_lr",
+        ss=True,
+        special="import",
+        gt=0,
+        le=10,
+        label="Text encoder LR",
+    )
+    lr_scheduler: choice(SCHEDULERS) = setting(  # type: ignore[valid-type]
+        "cosine",
+        "How the learning rate changes over the run.",
+        kohya="lr_scheduler",
+        ss=True,
+        convert=coerce.scheduler,
+        kohya_blank="empty: sd-scripts' default constant is not loratui's default; set it",
+        label="LR scheduler",
+    )
+    lr_warmup_steps: float = setting(
+        0,
+        "Warm-up: steps, or a fraction of all steps when below 1 (0.05 = 5 %).",
+        kohya="lr_warmup_steps",
+        special=True,
+        ge=0,
+        label="LR warmup steps",
+    )
+    lr_scheduler_num_cycles: int = setting(
+        1, "Restarts for cosine_with_restarts.", kohya="lr_scheduler_num_cycles", ge=1, le=1000,
+        label="LR restarts",
+    )
+    lr_scheduler_power: float = setting(
+        1.0, "Power of the polynomial scheduler.", kohya="lr_scheduler_power", gt=0, le=10,
+        label="LR scheduler power",
+    )
+    max_train_epochs: int = setting(
+        10,
+        "Epochs. 10-20 images: 10-20 epochs; 30-50: 5-10; 100+: 2-5.",
+        kohya="max_train_epochs",
+        special=True,
+        ge=1,
+        le=10000,
+        label="Epochs",
+    )
+    max_train_steps: int = setting(
+        0, "Stop after this many steps. 0: run all epochs.", kohya="max_train_steps", special=True, ge=0,
+        label="Max train steps",
+    )
+    train_batch_size: int = setting(
+        1,
+        "Images per step. At 512px: 6 GB 1, 8 GB 1-2, 12 GB 2-4, 16 GB 4-6, 24 GB+ 8.",
+        kohya="train_batch_size",
+        ss="ss_batch_size_per_device",
+        sd_dataset=("dataset", "batch_size"),
+        ge=1,
+        le=256,
+        label="Batch size",
+    )
+    gradient_accumulation_steps: int = setting(
+        1,
+        "Accumulate this many batches per optimizer step (a bigger batch without the VRAM).",
+        kohya="gradient_accumulation_steps",
+        ss=True,
+        ge=1,
+        le=1024,
+        label="Grad. accumulation",
+    )
+    gradient_checkpointing: bool = setting(
+        False, "Recompute activations in the backward pass: much less VRAM, ~20 % slower.",
+        kohya="gradient_checkpointing", ss=True,
+        label="Gradient checkpointing",
+    )
+    mixed_precision: choice(MIXED_PRECISIONS) = setting(  # type: ignore[valid-type]
+        "fp16",
+        "fp16 for most cards, bf16 for RTX 30xx/40xx/A100/H100. Falls back to no on a CPU.",
+        kohya="mixed_precision",
+        convert=coerce.mixed_precision,
+        label="Mixed precision",
+    )
+    seed: int = setting(
+        42,
+        "Random seed. Same seed + same profile = same LoRA.",
+        kohya="seed",
+        ss=True,
+        kohya_blank="unset (a random seed each run in kohya_ss); loratui uses a fixed seed, 42",
+        ge=0,
+        le=2**32 - 1,
+        label="Seed",
+    )
+    max_grad_norm: float = setting(
+        1.0, "Clip gradients to this norm. 0: no clipping.", kohya="max_grad_norm", ss=True, ge=0, advanced=True,
+        label="Max grad norm",
+    )
+    max_bad_steps: int = setting(
+        0,
+        "Steps with a NaN/inf loss to skip (no update) before the run stops. 0: stop at the first one.",
+        sd_scripts=None,
+        ge=0,
+        le=1000,
+        advanced=True,
+        label="Max bad steps",
+    )
+    min_snr_gamma: float = setting(
+        0.0, "Min-SNR weighting gamma (5 is typical). 0: off.", kohya="min_snr_gamma", ss=True, sd_omit=0, ge=0, le=100,
+        label="Min SNR gamma",
+    )
+    noise_offset: float = setting(
+        0.0,
+        "Noise offset (0.05-0.1) helps very dark/bright images. 0: off.",
+        kohya="noise_offset",
+        ss=True,
+        special="import",
+        sd_omit=0,
+        ge=0,
+        le=1,
+        label="Noise offset",
+    )
+
+    def checks(self) -> list[tuple[str, str]]:
+        w = self.lr_warmup_steps
+        if w >= 1 and not float(w).is_integer():
+            return [("lr_warmup_steps", "use a whole number of steps, or a fraction below 1")]
+        return []
+
+
+class OutputSettings(_Section):
+    output_dir: str = setting("", "Folder the LoRA files are written to.", kohya="output_dir", kind="dir", required=True, label="Output dir")
+    output_name: str = setting(
+        "",
+        "File name without extension: <name>.safetensors, <name>-000004.safetensors.",
+        kohya="output_name",
+        required=True,
+        label="Output name",
+    )
+    save_every_n_epochs: int = setting(
+        1,
+        "Save an intermediate LoRA every N epochs. 0: only the final file.",
+        kohya="save_every_n_epochs",
+        ge=0,
+        label="Save every N epochs",
+    )
+    save_every_n_steps: int = setting(
+        0, "Save an intermediate LoRA every N steps. 0: off.", kohya="save_every_n_steps", sd_omit=0, ge=0,
+        label="Save every N steps",
+    )
+    save_precision: choice(SAVE_PRECISIONS) = setting(  # type: ignore[valid-type]
+        "fp16",
+        "Precision of the saved weights. fp16 is what everyone uses.",
+        kohya="save_precision",
+        convert=coerce.save_precision,
+        kohya_blank="empty: fp16",
+        label="Save precision",
+    )
+    save_state: bool = setting(
+        False,
+        "Also save the full training state (optimizer, RNG, step) so the run can be resumed.",
+        kohya="save_state",
+        label="Save state",
+    )
+    # the kohya_ss GUI counts steps of states; sd-scripts' save_last_n_epochs_state counts saves,
+    # as loratui does (engine/kohya converts; export writes both, import reads both)
+    save_last_n_states: int = setting(
+        2,
+        "Keep this many saved states. 0: keep all.",
+        kohya="save_last_n_steps_state",
+        sd_scripts="save_last_n_epochs_state",
+        special=True,
+        ge=0,
+        advanced=True,
+        label="Save last N states",
+    )
+    resume: str = setting(
+        "", "Resume from a saved state folder, or latest (the newest state of this output name). Empty: start fresh.", kohya="resume", kind="dir",
+        label="Resume",
+    )
+    metadata_title: str = setting("", "Title stored in the LoRA (modelspec.title).", kohya="metadata_title", advanced=True, label="Metadata title")
+    metadata_author: str = setting("", "Author stored in the LoRA.", kohya="metadata_author", advanced=True, label="Metadata author")
+    metadata_description: str = setting(
+        "", "Description stored in the LoRA.", kohya="metadata_description", advanced=True,
+        label="Metadata description",
+    )
+    metadata_tags: str = setting("", "Comma-separated tags stored in the LoRA.", kohya="metadata_tags", advanced=True, label="Metadata tags")
+    trigger_words: str = setting(
+        "", "Words that activate the LoRA in a prompt (modelspec.trigger_phrase).",
+        kohya="training_comment", convert=coerce.trigger_words, ss=True,
+        label="Trigger words",
+    )
+
+    def checks(self) -> list[tuple[str, str]]:
+        name = self.output_name
+        if name and any(c in name for c in '/\\:*?"<>|'):
+            return [("output_name", f"{name!r} must be a plain file name without / \\ : * ? \" < > |")]
+        return []
+
+
+SECTION_TITLES = {
+    "model": "Model",
+    "dataset": "Dataset",
+    "network": "Network",
+    "optimization": "Optimization",
+    "output": "Output",
+}
+
+
+class Profile(BaseModel):
+    """A complete, validated training profile."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", validate_assignment=True)
+
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    dataset: DatasetSettings = Field(default_factory=DatasetSettings)
+    network: NetworkSettings = Field(default_factory=NetworkSettings)
+    optimization: OptimizationSettings = Field(default_factory=OptimizationSettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
+
+    # -- convenience -------------------------------------------------------
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain nested dict; unset optional values are left out (TOML has no null)."""
+        out: dict[str, dict[str, Any]] = {}
+        for section in SECTION_TITLES:
+            values = getattr(self, section).model_dump()
+            out[section] = {k: v for k, v in values.items() if v is not None}
+        return out
+
+    def get(self, dotted: str) -> Any:
+        section, key = dotted.split(".", 1)
+        return getattr(getattr(self, section), key)
+
+
+_SETTINGS: tuple[SettingInfo, ...] | None = None
+
+
+def settings() -> list[SettingInfo]:
+    """Every setting, in declaration order."""
+    global _SETTINGS
+    if _SETTINGS is None:
+        out: list[SettingInfo] = []
+        for section in SECTION_TITLES:
+            cls = Profile.model_fields[section].default_factory
+            out += section_infos(section, cls)  # type: ignore[arg-type]
+        _SETTINGS = tuple(out)
+    return list(_SETTINGS)
+
+
+def setting_info(dotted: str) -> SettingInfo:
+    for s in settings():
+        if s.dotted == dotted:
+            return s
+    raise KeyError(dotted)
