@@ -32,6 +32,6 @@ def test_no_top_level_name_but_loratui():
 
 
 def test_the_package_is_importable_under_its_one_name():
-    import loratui.engine.schema as schema
+    import loratui.engine.registries as registries
 
-    assert Path(schema.__file__).resolve().parent == (REPO / "engine").resolve()
+    assert Path(registries.__file__).resolve().parent == (REPO / "engine").resolve()
