@@ -10,7 +10,7 @@ from textual.widgets import Static
 
 from loratui.engine.console import fmt_duration, fmt_size
 from loratui.engine.gpu import GB, GpuSample
-from loratui.tui.bridge import PHASE_TITLES, RunState
+from loratui.engine.runstate import PHASE_TITLES, RunState
 
 PHASE_STYLES = {
     "training": "bold green",
