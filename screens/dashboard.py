@@ -18,6 +18,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Label, RichLog
 
+from loratui.engine.events import Phase
 from loratui.engine.gpu import GpuSample
 from loratui.engine.runstate import RunState
 from loratui.tui.widgets import set_text
@@ -131,7 +132,7 @@ class DashboardScreen(Screen):
         self.redraw_calls += 1
         now = time.monotonic()
         # a new phase (training starts, a pause, the end) shows at once
-        urgent = force or state.done or state.phase != "training" or state.display_phase != self._drawn_phase
+        urgent = force or state.done or state.phase != Phase.TRAINING or state.display_phase != self._drawn_phase
         self._drawn_phase = state.display_phase
         self._draw_title(state)
         self._draw_log(state)

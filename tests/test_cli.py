@@ -40,3 +40,21 @@ def test_the_console_script_runs_an_app_command_headless(tmp_path, capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert exc.value.code == 0 and "demo" in out and "watch" in out and "train" in out
+
+
+def test_finding_the_commands_imports_no_ui_library():
+    # `loratui train ...` goes through tui.cli: listing the app's commands must not
+    # load textual (they import it inside run(), when the app is asked for)
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from loratui.engine.cli import build_parser\n"
+        "from loratui.tui.cli import COMMANDS\n"
+        "build_parser(packages=COMMANDS)\n"
+        "bad = [m for m in ('textual', 'rich', 'loratui.tui.app', 'loratui.screens') if m in sys.modules]\n"
+        "print(bad); sys.exit(1 if bad else 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]

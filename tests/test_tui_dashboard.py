@@ -355,3 +355,13 @@ async def test_save_now_badge_shows_then_clears_once_the_save_happened(env):
         bridge.feed(step(3))
         await until(lambda: "step 3/100" in status(), "the next step")
         assert "save at the next step" not in status()
+
+
+async def test_ctrl_c_without_a_run_quits(env):
+    app = dashboard_app(env)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        assert app.return_code is None
+        await pilot.press("ctrl+c")  # a clean form: nothing to ask about
+        await pilot.pause()
+        assert app.return_code == 0

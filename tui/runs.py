@@ -216,14 +216,14 @@ class RunControl:
     def action_abort_run(self) -> None:
         self.request_run(Request.ABORT)
 
-    def action_interrupt(self) -> None:
+    async def action_interrupt(self) -> None:
         """Ctrl+C: asks before touching a run; without a run it quits (asking about unsaved changes)."""
         from loratui.tui.widgets.dialogs import ChoiceDialog
 
         if isinstance(self.screen, ChoiceDialog):
             return
         if not self.run_active:
-            self.action_quit()
+            await self.action_quit()  # a coroutine: called without await, ctrl+c did nothing
             return
 
         def answer(key: str | None) -> None:
