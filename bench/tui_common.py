@@ -91,12 +91,13 @@ def app_env(tmp: Path) -> dict[str, str]:
         "COLORTERM": "",
         "LORATUI_CONFIG_DIR": str(tmp / "cfg"),
         "XDG_CACHE_HOME": str(tmp / "cache"),
-        "PYTHONPATH": str(REPO),
+        # the child imports loratui as this process does (a worktree's PYTHONPATH first)
+        "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(REPO)) if p),
     }
 
 
 def app_code(profile: Path) -> str:
-    return f"from tui.app import run_app; raise SystemExit(run_app({str(profile)!r}))"
+    return f"from loratui.tui.app import run_app; raise SystemExit(run_app({str(profile)!r}))"
 
 
 def tiny_setup(tmp: Path, steps: int, name: str = "bench", resolution: int = 64) -> Path:

@@ -29,7 +29,7 @@ def main() -> None:
     profile = tmp / "mine.toml"
     shutil.copy(bundled_profiles_dir() / "sd15-character.toml", profile)
     env = app_env(tmp)
-    code = f"from tui.cli import main; raise SystemExit(main([{str(profile)!r}]))"
+    code = f"from loratui.tui.cli import main; raise SystemExit(main([{str(profile)!r}]))"
     firsts, bare = [], []
     try:
         for _ in range(args.runs):

@@ -25,7 +25,7 @@ from tui_common import REPO, PtyApp, app_code, app_env, metrics, tiny_setup, wai
 
 
 def finished(path: Path) -> dict | None:
-    from loratui.engine.commands.watch import last_event
+    from loratui.engine.metrics import last_event
     from loratui.engine.events import Failed, Finished, event_to_dict
 
     ev = last_event(path)  # reads only the file's end: the watcher must not load the machine

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from loratui.engine.plan import DatasetReport, StepPlan
@@ -34,18 +35,43 @@ class RunPlanned(Event):
     device: str  # "cpu", "cuda:0 (NVIDIA H100 80GB HBM3)", ...
 
 
-PHASES = ("preparing", "loading_model", "downloading", "caching_latents", "captioning", "training", "saving", "paused", "done")
+class Phase(StrEnum):
+    """What a job is doing. The values are the strings the metrics file holds
+    (and that older files hold): ``Phase("training") is Phase.TRAINING``, and a
+    member compares equal to its string."""
+
+    PREPARING = "preparing"
+    LOADING_MODEL = "loading_model"
+    DOWNLOADING = "downloading"
+    CACHING_LATENTS = "caching_latents"
+    CAPTIONING = "captioning"
+    TRAINING = "training"
+    SAVING = "saving"
+    PAUSED = "paused"
+    DONE = "done"
+
+    @property
+    def label(self) -> str:
+        return self.value.replace("_", " ")
+
+
+PHASES = tuple(Phase)
 
 
 @dataclass(frozen=True, slots=True)
 class PhaseChanged(Event):
     """What the run is doing now. ``current``/``total`` for countable phases
-    (caching latents 120/400); both 0 otherwise."""
+    (caching latents 120/400); both 0 otherwise. A plain string is taken as
+    its ``Phase`` (ValueError for one that is not a phase)."""
 
-    phase: str
+    phase: Phase
     detail: str = ""
     current: int = 0
     total: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.phase, Phase):
+            object.__setattr__(self, "phase", Phase(self.phase))
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +126,16 @@ class Failed(Event):
 TERMINAL_EVENTS = (Finished, Failed)
 
 
+class Request(StrEnum):
+    """What the user can ask of a running job (``Control.request``)."""
+
+    PAUSE = "pause"
+    RESUME = "resume"
+    SAVE = "save"  # an intermediate LoRA at the next step
+    STOP = "stop"  # save at the next step, then end
+    ABORT = "abort"  # end at once, no save
+
+
 class Control:
     """Commands for a running job. Every method is safe to call from any thread."""
 
@@ -110,6 +146,16 @@ class Control:
         self._save_now = False
         self._stop = False
         self._abort = threading.Event()
+
+    def request(self, req: Request | str) -> None:
+        """Do what ``req`` asks (one of ``Request``)."""
+        {
+            Request.PAUSE: self.pause,
+            Request.RESUME: self.resume,
+            Request.SAVE: self.save_now,
+            Request.STOP: self.stop,
+            Request.ABORT: self.abort,
+        }[Request(req)]()
 
     # -- called by the UI ---------------------------------------------------
     def pause(self) -> None:

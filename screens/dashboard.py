@@ -18,8 +18,9 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Label, RichLog
 
+from loratui.engine.events import Phase
 from loratui.engine.gpu import GpuSample
-from loratui.tui.bridge import RunState
+from loratui.engine.runstate import RunState
 from loratui.tui.widgets import set_text
 from loratui.tui.widgets.chart import LineChart
 from loratui.tui.widgets.keybar import KeyBar
@@ -66,6 +67,11 @@ class DashboardScreen(Screen):
     @property
     def lt_app(self) -> "LoraTuiApp":
         return self.app  # type: ignore[return-value]
+
+    @property
+    def ready(self) -> bool:
+        """Mounted: drawing calls take effect (before, they are remembered or ignored)."""
+        return self._ready
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="topbar"):
@@ -126,7 +132,7 @@ class DashboardScreen(Screen):
         self.redraw_calls += 1
         now = time.monotonic()
         # a new phase (training starts, a pause, the end) shows at once
-        urgent = force or state.done or state.phase != "training" or state.display_phase != self._drawn_phase
+        urgent = force or state.done or state.phase != Phase.TRAINING or state.display_phase != self._drawn_phase
         self._drawn_phase = state.display_phase
         self._draw_title(state)
         self._draw_log(state)
@@ -191,6 +197,12 @@ class DashboardScreen(Screen):
             t.append(text, style=LOG_STYLES.get(level, ""))
             log.write(t)
         self._log_seen = state.log_count
+
+    def clear_log(self) -> None:
+        """Forget the lines drawn so far (the run state started over)."""
+        self._log_seen = 0
+        if self._ready:
+            self.query_one("#log", RichLog).clear()
 
     def show_gpu(self, samples: list[GpuSample] | None, reason: str) -> None:
         self._gpu = (samples, reason)

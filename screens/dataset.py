@@ -19,26 +19,13 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
-from textual.screen import ModalScreen, Screen
-from textual.widgets import (
-    Button,
-    DataTable,
-    Footer,
-    Input,
-    Label,
-    ProgressBar,
-    Select,
-    Static,
-    TabbedContent,
-    TabPane,
-    TextArea,
-)
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Label, ProgressBar, Static, TabbedContent, TabPane
 
-from loratui.engine.events import Control, Failed, LogEvent, PhaseChanged, WarningEvent
+from loratui.engine.events import Control
 from loratui.engine.inspection import (
-    MAX_REPEATS,
     DatasetInspection,
     ImageInfo,
     InspectError,
@@ -47,53 +34,26 @@ from loratui.engine.inspection import (
     save_caption,
     set_repeats,
 )
+from loratui.screens.captioning import CaptionJob
+from loratui.tui.widgets.dataset_dialogs import CaptionEditor, ConfirmDialog, RepeatsDialog
+from loratui.tui.widgets.dataset_tables import (
+    COLUMNS,
+    balance_lines,
+    bucket_rows,
+    caption_text,
+    concept_rows,
+    fill_table,
+    image_rows,
+    problem_rows,
+    summary_line,
+    tag_rows,
+)
 
 if TYPE_CHECKING:
     from loratui.engine.captioners import CaptionSettings
     from loratui.engine.schema import DatasetSettings
 
 TABS = ("images", "tags", "buckets", "problems")
-ISSUE_STYLES = {
-    "error": "bold red",
-    "unreadable": "red",
-    "duplicate": "yellow",
-    "near-duplicate": "yellow",
-    "tiny": "yellow",
-    "no-caption": "cyan",
-    "warning": "yellow",
-}
-
-
-COLUMNS = {
-    "concepts": ("concept", "repeats", "images", "captions", "samples", "suggested", "balanced"),
-    "images": ("file", "size", "bucket", "caption"),
-    "tags": ("count", "share", "tag"),
-    "buckets": ("bucket", "images", "samples/epoch"),
-    "problems": ("kind", "problem"),
-}
-
-
-def fill_table(table: DataTable, name: str, rows: list[tuple[str | None, list[Any]]]) -> None:
-    """Replace the table's rows ([(key, cells)]), with column widths set from the
-    content. (Widths left to the DataTable are measured when it is next idle; a
-    table filled before its first layout could then keep header-wide columns.)"""
-    labels = COLUMNS[name]
-    widths = [len(label) for label in labels]
-    for _key, cells in rows:
-        for i, cell in enumerate(cells):
-            widths[i] = max(widths[i], cell.cell_len if isinstance(cell, Text) else Text(str(cell)).cell_len)
-    table.clear(columns=True)
-    for label, width in zip(labels, widths):
-        table.add_column(label, width=width, key=label)
-    for key, cells in rows:
-        table.add_row(*cells, key=key)
-
-
-def _clip(text: str, n: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
 # --------------------------------------------------------------------------- messages
 
 
@@ -116,197 +76,10 @@ class InspectProgress(Message):
         return isinstance(message, InspectProgress)
 
 
-class CaptionProgress(Message):
-    """One event of the captioning job (progress events replace stale ones)."""
-
-    def __init__(self, event: Any) -> None:
-        super().__init__()
-        self.event = event
-
-    def can_replace(self, message: Message) -> bool:
-        return (
-            isinstance(message, CaptionProgress)
-            and isinstance(self.event, PhaseChanged)
-            and isinstance(message.event, PhaseChanged)
-            and message.event.phase == self.event.phase
-        )
-
-
-class CaptionDone(Message):
-    def __init__(self, summary: Any, failed: Failed | None) -> None:
-        super().__init__()
-        self.summary = summary
-        self.failed = failed
-
-
-# --------------------------------------------------------------------------- dialogs
-
-
-class RepeatsDialog(ModalScreen[int | None]):
-    """Ask for a concept's repeats; answers the number, or None."""
-
-    BINDINGS = [Binding("escape", "cancel", "cancel", id="dataset.dialog.cancel")]
-
-    def __init__(self, folder_name: str, current: int, info: str) -> None:
-        super().__init__(id="repeats-dialog")
-        self.folder_name, self.current, self.info = folder_name, current, info
-
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog"):
-            yield Label(f"Repeats of {self.folder_name}", classes="dialog-title", markup=False)
-            yield Static(self.info, classes="dialog-body", markup=False)
-            yield Input(str(self.current), type="integer", id="repeats-input", select_on_focus=True)
-            yield Label("", id="repeats-error", classes="dialog-error", markup=False)
-            yield Label("enter rename the folder · esc cancel", classes="dialog-keys")
-
-    def on_mount(self) -> None:
-        self.query_one(Input).focus()
-
-    @on(Input.Submitted)
-    def _submit(self, event: Input.Submitted) -> None:
-        event.stop()
-        try:
-            n = int(event.value.strip())
-        except ValueError:
-            n = 0
-        if not 1 <= n <= MAX_REPEATS:
-            self.query_one("#repeats-error", Label).update(f"repeats must be a whole number from 1 to {MAX_REPEATS}")
-            return
-        self.dismiss(n)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-
-class CaptionEditor(ModalScreen[str | None]):
-    """Edit one caption; ctrl+s answers the text, esc None."""
-
-    BINDINGS = [
-        Binding("ctrl+s", "save", "save", id="dataset.editor.save", priority=True),
-        Binding("escape", "cancel", "cancel", id="dataset.editor.cancel", priority=True),
-    ]
-
-    def __init__(self, title: str, text: str, note: str = "") -> None:
-        super().__init__(id="caption-editor")
-        self.title_text, self.text, self.note = title, text, note
-
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog wide"):
-            yield Label(self.title_text, classes="dialog-title", markup=False)
-            if self.note:
-                yield Label(self.note, classes="dialog-error", markup=False)
-            yield TextArea(self.text, soft_wrap=True, id="caption-text", placeholder="tags or a sentence, e.g. mychar, 1girl, smile")
-            yield Label("ctrl+s save · esc cancel (nothing is written)", classes="dialog-keys")
-
-    def on_mount(self) -> None:
-        area = self.query_one(TextArea)
-        area.focus()
-        area.move_cursor(area.document.end)
-
-    def action_save(self) -> None:
-        self.dismiss(self.query_one(TextArea).text)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-
-class ConfirmDialog(ModalScreen[bool]):
-    BINDINGS = [
-        Binding("y,enter", "answer(True)", "yes", id="dataset.confirm.yes"),
-        Binding("n,escape", "answer(False)", "no", id="dataset.confirm.no"),
-    ]
-
-    def __init__(self, title: str, body: str) -> None:
-        super().__init__(id="confirm-dialog")
-        self.title_text, self.body = title, body
-
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog"):
-            yield Label(self.title_text, classes="dialog-title", markup=False)
-            yield Static(self.body, classes="dialog-body", markup=False)
-            yield Label("y apply · n / esc cancel", classes="dialog-keys")
-
-    def action_answer(self, yes: bool) -> None:
-        self.dismiss(yes)
-
-
-class CaptionJobDialog(ModalScreen[dict | None]):
-    """Choose the captioner and which images; answers a dict of choices."""
-
-    BINDINGS = [
-        Binding("escape", "cancel", "cancel", id="dataset.captioner.cancel"),
-        Binding("ctrl+s", "start", "start", id="dataset.captioner.start", priority=True),
-    ]
-
-    def __init__(self, defaults: "CaptionSettings", concept: str, missing_all: int, missing_here: int) -> None:
-        super().__init__(id="caption-job-dialog")
-        self.defaults = defaults
-        self.concept = concept
-        self.missing_all, self.missing_here = missing_all, missing_here
-
-    def compose(self) -> ComposeResult:
-        d = self.defaults
-        scopes = [(f"images without a caption, all concepts ({self.missing_all})", "missing")]
-        if self.concept:
-            scopes.append((f"images without a caption in {self.concept} ({self.missing_here})", "missing-here"))
-            scopes.append((f"every image in {self.concept}", "concept"))
-        with Vertical(classes="dialog wide"):
-            yield Label("Caption images", classes="dialog-title")
-            with Horizontal(classes="row"):
-                yield Label("captioner", classes="field-label")
-                yield Select([("WD14 tagger (tags)", "wd14"), ("BLIP (a sentence)", "blip")], value=d.tagger,
-                             allow_blank=False, id="cap-tagger", compact=True)
-            with Horizontal(classes="row"):
-                yield Label("model", classes="field-label")
-                yield Input(d.model, placeholder=d.model_id(), id="cap-model", compact=True)
-            with Horizontal(classes="row"):
-                yield Label("trigger", classes="field-label")
-                yield Input(d.trigger, placeholder="put first in every caption (optional)", id="cap-trigger", compact=True)
-            with Horizontal(classes="row"):
-                yield Label("images", classes="field-label")
-                yield Select(scopes, value="missing", allow_blank=False, id="cap-scope", compact=True)
-            with Horizontal(classes="row"):
-                yield Label("existing", classes="field-label")
-                yield Select([("keep them (skip)", "skip"), ("append new tags", "append"), ("overwrite", "overwrite")],
-                             value=d.mode, allow_blank=False, id="cap-mode", compact=True)
-            yield Label("", id="cap-error", classes="dialog-error", markup=False)
-            with Horizontal(classes="row buttons"):
-                yield Button("start  ctrl+s", id="cap-start", variant="primary", compact=True)
-                yield Button("cancel  esc", id="cap-cancel", compact=True)
-
-    def on_mount(self) -> None:
-        self.query_one("#cap-start", Button).focus()
-
-    @on(Select.Changed, "#cap-tagger")
-    def _tagger_changed(self, event: Select.Changed) -> None:
-        from loratui.engine.captioners import DEFAULT_MODELS
-
-        self.query_one("#cap-model", Input).placeholder = DEFAULT_MODELS.get(str(event.value), "")
-
-    @on(Button.Pressed, "#cap-start")
-    @on(Input.Submitted)
-    def action_start(self) -> None:
-        choice = {
-            "tagger": self.query_one("#cap-tagger", Select).value,
-            "model": self.query_one("#cap-model", Input).value.strip(),
-            "trigger": self.query_one("#cap-trigger", Input).value.strip(),
-            "scope": self.query_one("#cap-scope", Select).value,
-            "mode": self.query_one("#cap-mode", Select).value,
-        }
-        if choice["scope"] == "missing" and not self.missing_all or choice["scope"] == "missing-here" and not self.missing_here:
-            self.query_one("#cap-error", Label).update("every image there has a caption: pick another choice of images")
-            return
-        self.dismiss(choice)
-
-    @on(Button.Pressed, "#cap-cancel")
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-
 # --------------------------------------------------------------------------- the screen
 
 
-class DatasetScreen(Screen):
+class DatasetScreen(CaptionJob, Screen):
     """Inspect and fix a dataset folder (the ``<repeats>_<name>`` layout)."""
 
     CSS_PATH = "dataset.tcss"
@@ -511,21 +284,10 @@ class DatasetScreen(Screen):
         if insp is None:
             return
         n_issue = len(insp.issues())
-        summary = (
-            f"{len(insp.concepts)} concepts · {insp.image_count} images · "
-            f"{insp.captioned}/{insp.image_count} captioned · {insp.samples_per_epoch}/epoch "
-        )
-        self.query_one("#ds-summary", Label).update(summary)
+        self.query_one("#ds-summary", Label).update(summary_line(insp))
         concepts = self.query_one("#concepts", DataTable)
         keep = self._concept_key
-        rows: list[tuple[str | None, list[Any]]] = []
-        for c in insp.concepts:
-            caps = Text(f"{c.captioned}/{c.images}", style="yellow" if c.images and c.missing_captions else "")
-            bal = Text(str(c.balanced_repeats), style="cyan" if c.balanced_repeats != c.repeats else "dim")
-            images = str(c.images) + (f" +{c.unreadable}✗" if c.unreadable else "")
-            cells = [c.folder_name, str(c.repeats), images, caps, str(c.samples), Text(str(c.suggested.repeats), style="dim"), bal]
-            rows.append((c.folder_name, cells))
-        fill_table(concepts, "concepts", rows)
+        fill_table(concepts, "concepts", concept_rows(insp))
         if insp.concepts:
             names = [c.folder_name for c in insp.concepts]
             idx = names.index(keep) if keep in names else 0
@@ -534,23 +296,9 @@ class DatasetScreen(Screen):
         else:
             self._concept_key = None
         self._fill_images()
-        n_caps = max(1, insp.image_count)
-        fill_table(
-            self.query_one("#tags", DataTable),
-            "tags",
-            [(None, [str(count), f"{100 * count / n_caps:.0f}%", tag]) for tag, count in insp.tag_table()],
-        )
-        fill_table(
-            self.query_one("#buckets", DataTable),
-            "buckets",
-            [(None, [f"{bw}×{bh}", str(n), str(samples)]) for (bw, bh), n, samples in insp.bucket_table()],
-        )
-        rows = [
-            (f"p{i}", [Text(issue.kind, style=ISSUE_STYLES.get(issue.kind, "")), issue.message])
-            for i, issue in enumerate(insp.issues())
-        ]
-        rows += [(f"h{i}", [Text("hint", style="cyan"), hint]) for i, hint in enumerate(insp.hints)]
-        fill_table(self.query_one("#problems", DataTable), "problems", rows)
+        fill_table(self.query_one("#tags", DataTable), "tags", tag_rows(insp))
+        fill_table(self.query_one("#buckets", DataTable), "buckets", bucket_rows(insp))
+        fill_table(self.query_one("#problems", DataTable), "problems", problem_rows(insp))
         tabs = self.query_one("#ds-tabs", TabbedContent)
         tabs.get_tab("tab-problems").label = f"problems ({n_issue})" if n_issue else "problems"
         self.query_one("#concepts", DataTable).border_subtitle = (
@@ -566,17 +314,7 @@ class DatasetScreen(Screen):
             self._show_caption(None)
             return
         ims = insp.images_of(self._concept_key)
-        rows: list[tuple[str | None, list[Any]]] = []
-        for im in ims:
-            if not im.ok:
-                bad = [Text(im.name, style="red"), Text("unreadable", style="red"), "", Text(_clip(im.problem, 60), style="red")]
-                rows.append((im.name, bad))
-                continue
-            size = f"{im.size[0]}×{im.size[1]}" if im.size else ""
-            bucket = f"{im.bucket[0]}×{im.bucket[1]}" if im.bucket else ""
-            cap = Text(_clip(im.caption, 60)) if im.caption is not None else Text("(none)", style="yellow")
-            rows.append((im.name, [im.name, Text(size, style="yellow") if im.tiny else size, bucket, cap]))
-        fill_table(table, "images", rows)
+        fill_table(table, "images", image_rows(ims))
         names = [im.name for im in ims]
         if names:
             idx = names.index(keep) if keep in names else 0
@@ -609,20 +347,8 @@ class DatasetScreen(Screen):
             view.update(Text("no image selected", style="dim"))
             return
         box.border_title = f"caption · {im.name}"
-        t = Text()
-        if not im.ok:
-            t.append(f"unreadable: {im.problem}", style="red")
-        elif im.caption is None:
-            c = self._current_concept()
-            t.append(f"no {self.caption_extension} caption: trains as {c.name if c else ''!r}", style="yellow")
-            t.append("  · e writes one, c captions the missing ones", style="dim")
-        else:
-            t.append(im.caption)
-        if im.ok and im.size and im.bucket:
-            t.append(f"\n{im.size[0]}×{im.size[1]} → bucket {im.bucket[0]}×{im.bucket[1]}", style="dim")
-            if im.tiny:
-                t.append(f" (enlarged {im.upscale:.1f}×: blurry)", style="yellow")
-        view.update(t)
+        c = self._current_concept()
+        view.update(caption_text(im, c.name if c else "", self.caption_extension))
 
     def _status(self, text: str, style: str = "") -> None:
         self.query_one("#ds-status-text", Label).update(Text(text, style=style))
@@ -741,11 +467,7 @@ class DatasetScreen(Screen):
         if not plan:
             self.notify("balanced already: every concept gets about the same samples per epoch")
             return
-        lines = []
-        for c in insp.concepts:
-            new = c.balanced_repeats
-            arrow = f"→ {new}_{c.name}" if new != c.repeats else "(unchanged)"
-            lines.append(f"{c.folder_name:<24} {c.images:>4} images × {new:>3} = {c.images * new:>5}  {arrow}")
+        lines = balance_lines(insp)
 
         def done(yes: bool | None) -> None:
             if not yes:
@@ -763,132 +485,3 @@ class DatasetScreen(Screen):
             self.rescan()
 
         self.app.push_screen(ConfirmDialog("Balance concepts: rename the folders?", "\n".join(lines)), done)
-
-    # ------------------------------------------------------------------ captioning
-    def _caption_defaults(self) -> "CaptionSettings":
-        from loratui.engine.captioners import CaptionSettings
-
-        base = self.caption_settings or CaptionSettings()
-        if base.caption_extension != self.caption_extension:
-            try:
-                base = base.model_copy(update={"caption_extension": self.caption_extension})
-            except Exception:  # noqa: BLE001
-                pass
-        return base
-
-    def action_caption(self) -> None:
-        insp = self.inspection
-        if self.captioning:
-            self.notify("captioning is running: x stops it", severity="warning")
-            return
-        if insp is None or not insp.concepts:
-            self.notify("no concept folders to caption", severity="warning")
-            return
-        c = self._current_concept()
-        missing_all = len(insp.missing_caption_images())
-        missing_here = len(insp.missing_caption_images(c)) if c else 0
-
-        def done(choice: dict | None) -> None:
-            if choice:
-                self.start_captioning(choice)
-
-        self.app.push_screen(
-            CaptionJobDialog(self._caption_defaults(), c.folder_name if c else "", missing_all, missing_here), done
-        )
-
-    def start_captioning(self, choice: dict) -> None:
-        """Start a captioning job: ``choice`` has tagger, model, trigger, scope
-        ("missing" | "missing-here" | "concept") and mode."""
-        from pydantic import ValidationError
-
-        insp = self.inspection
-        c = self._current_concept()
-        if insp is None:
-            return
-        try:
-            settings = self._caption_defaults().model_copy(
-                update={k: choice[k] for k in ("tagger", "model", "trigger", "mode") if k in choice}
-            )
-            settings = type(settings).model_validate(settings.model_dump())
-        except ValidationError as exc:
-            self.notify(f"captioner settings: {exc.errors()[0]['msg']}", severity="error")
-            return
-        scope = choice.get("scope", "missing")
-        if scope == "concept" and c is not None:
-            folder, images = c.folder, None
-        elif scope == "missing-here" and c is not None:
-            folder, images = c.folder, insp.missing_caption_images(c)
-        else:
-            folder, images = insp.root, insp.missing_caption_images()
-        if images is not None and not images:
-            self.notify("every image has a caption already")
-            return
-        self.control = Control()
-        self.captioning = True
-        self.refresh_bindings()
-        self._status(f"captioning with {settings.model_id()}… (x stops)")
-        self._progress(0, max(1, len(images) if images is not None else c.images if c else 1))
-        self._caption_worker(settings, folder, images, self.control)
-
-    @work(thread=True, exclusive=True, group="dataset-caption", exit_on_error=False)
-    def _caption_worker(self, settings, folder: Path, images, control: Control) -> None:
-        from loratui.engine.captioners import run_captioner
-
-        outcome: dict[str, Any] = {"failed": None}
-
-        def on_event(ev: Any) -> None:
-            if isinstance(ev, Failed):
-                outcome["failed"] = ev
-            elif isinstance(ev, (PhaseChanged, LogEvent, WarningEvent)):
-                self.post_message(CaptionProgress(ev))
-
-        try:
-            summary = run_captioner(settings, folder, control=control, on_event=on_event, images=images)
-        except Exception as exc:  # noqa: BLE001 - run_captioner reports its own failures; this is a last guard
-            self.post_message(CaptionDone(None, Failed(message=f"captioning failed: {type(exc).__name__}: {exc}")))
-            return
-        self.post_message(CaptionDone(summary, outcome["failed"]))
-
-    @on(CaptionProgress)
-    def _on_caption_progress(self, msg: CaptionProgress) -> None:
-        ev = msg.event
-        if isinstance(ev, PhaseChanged):
-            if ev.phase == "downloading" and ev.total:
-                self._status(f"downloading {ev.detail}: {ev.current / 1e6:.0f}/{ev.total / 1e6:.0f} MB (x stops)")
-                self._progress(ev.current, ev.total)
-            elif ev.phase == "loading_model":
-                self._status(f"loading {ev.detail}… (x stops)")
-            elif ev.phase == "captioning" and ev.total:
-                self._status(f"captioning {ev.current}/{ev.total}  {_clip(ev.detail, 60)}")
-                self._progress(ev.current, ev.total)
-        elif isinstance(ev, WarningEvent):
-            self.notify(ev.message, severity="warning", timeout=6)
-
-    @on(CaptionDone)
-    def _on_caption_done(self, msg: CaptionDone) -> None:
-        self.captioning = False
-        self.control = None
-        self.last_caption_summary = msg.summary
-        self.refresh_bindings()
-        self._progress(None)
-        if msg.failed is not None:
-            text = msg.failed.message + (f" — {msg.failed.hint}" if msg.failed.hint else "")
-            self._job_note = (f"captioning failed: {text}", "red")
-            self.notify(text, title="captioning failed", severity="error", timeout=10)
-        else:
-            s = msg.summary
-            head = "captioning stopped" if s.stopped_early else "captioning done"
-            parts = [f"{s.written} written"]
-            for key, label in (("overwritten", "overwritten"), ("appended", "appended"), ("skipped_existing", "kept")):
-                if getattr(s, key):
-                    parts.append(f"{getattr(s, key)} {label}")
-            if s.failed:
-                parts.append(f"{len(s.failed)} unreadable")
-            self._job_note = (f"{head}: {', '.join(parts)}", "green" if not s.stopped_early else "yellow")
-            self.notify(self._job_note[0], timeout=6)
-        self.rescan()
-
-    def action_stop_caption(self) -> None:
-        if self.control is not None:
-            self.control.abort()
-            self._status("stopping after the current image…")

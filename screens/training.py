@@ -100,6 +100,11 @@ class TrainingScreen(Screen):
     def lt_app(self) -> "LoraTuiApp":
         return self.app  # type: ignore[return-value]
 
+    @property
+    def ready(self) -> bool:
+        """Mounted: its widgets exist and the methods below draw."""
+        return self._ready
+
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
         with Horizontal(id="topbar"):
@@ -273,7 +278,13 @@ class TrainingScreen(Screen):
         set_text(title, text)
 
     def show_gpu_summary(self, text: str) -> None:
-        set_text(self.query_one("#gpu", Label), text, layout=True)
+        if self._ready:
+            set_text(self.query_one("#gpu", Label), text, layout=True)
+
+    def show_run_badge(self, text: str) -> None:
+        """The top bar's note on the run ("▶ training 42% · d dashboard")."""
+        if self._ready:
+            set_text(self.query_one("#run-badge", Label), text)  # a fixed-width label: no relayout
 
     def set_hint(self, text: str) -> None:
         self._hint = text

@@ -157,7 +157,7 @@ def test_make_kohya(tmp_path, capsys):
 def test_the_console_script_runs_headless(ds):
     # a real process: no textual import, no traceback, exit status 0
     code = (
-        "import sys; from engine.cli import main; rc = main(sys.argv[1:]); "
+        "import sys; from loratui.engine.cli import main; rc = main(sys.argv[1:]); "
         "sys.exit(rc if 'textual' not in sys.modules else 99)"
     )
     proc = subprocess.run(

@@ -24,7 +24,9 @@ from loratui.engine.gpu import GpuSample
 from loratui.engine.plan import ConceptReport, DatasetReport, plan_steps
 from loratui.screens.dashboard import DashboardScreen
 from loratui.tui.app import LoraTuiApp
-from loratui.tui.bridge import Bridge, Coalescer, MetricsTail, RunState, RunUpdated, find_live_run, last_event
+from loratui.engine.metrics import MetricsTail, find_live_run, last_event
+from loratui.engine.runstate import RunState
+from loratui.tui.bridge import Bridge, Coalescer, RunUpdated
 from loratui.tui.widgets.chart import LineChart, columns, plot
 from loratui.tui.widgets.panels import gpu_line, gpu_text, status_text
 
@@ -305,3 +307,61 @@ def test_find_live_run(tmp_path):
     write_events(path, [Finished(path="/out/toy.safetensors", steps=100, elapsed=1.0)])
     assert find_live_run(path) is None
     assert isinstance(last_event(path), Finished)
+
+
+class ControlledHandle:
+    """What the app holds of a run started in this process: here only its Control
+    (the events come from the test, through the bridge)."""
+
+    def __init__(self) -> None:
+        from loratui.engine.events import Control
+
+        self.control = Control()
+
+
+async def test_save_now_badge_shows_then_clears_once_the_save_happened(env):
+    app = dashboard_app(env)
+    async with app.run_test(size=(120, 40)) as pilot:
+        bridge = await open_dashboard(app, pilot)
+        app.handle = ControlledHandle()
+        state, dash = app.run_state, app.screen
+        bridge.feed(planned())
+        bridge.feed(PhaseChanged(phase="training", total=100))
+        bridge.feed(step(1))
+
+        def status() -> str:
+            return str(dash.query_one("#status").render())
+
+        async def until(cond, what: str) -> None:
+            for _ in range(60):
+                await pilot.pause(0.05)
+                if cond():
+                    return
+            raise AssertionError(f"timed out waiting for {what}: {status()!r}")
+
+        await pilot.press("s")
+        assert app.handle.control.take_save_request()  # the engine was asked
+        await until(lambda: "(save at the next step)" in status(), "the badge")
+        # the next step, and the engine starts saving: still pending
+        bridge.feed(step(2))
+        bridge.feed(PhaseChanged(phase="saving", detail="toy_v1-step00000002.safetensors"))
+        await until(lambda: status().startswith("SAVING"), "the saving phase")
+        assert "(save at the next step)" in status()
+        # saved (as engine/train.py reports it): the badge goes
+        bridge.feed(CheckpointSaved(path="/out/toy_v1-step00000002.safetensors", kind="manual", size=2048, step=2))
+        bridge.feed(PhaseChanged(phase="training"))
+        await until(lambda: status().startswith("TRAINING"), "training again")
+        assert "save at the next step" not in status() and state.pending is None
+        bridge.feed(step(3))
+        await until(lambda: "step 3/100" in status(), "the next step")
+        assert "save at the next step" not in status()
+
+
+async def test_ctrl_c_without_a_run_quits(env):
+    app = dashboard_app(env)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        assert app.return_code is None
+        await pilot.press("ctrl+c")  # a clean form: nothing to ask about
+        await pilot.pause()
+        assert app.return_code == 0

@@ -14,14 +14,9 @@ from textual.widgets import DataTable, Input, TabbedContent, TextArea
 
 from loratui.engine.captioners import CaptionSettings
 from loratui.engine.captioners.tiny import save_tiny_wd14
-from loratui.screens.dataset import (
-    CaptionEditor,
-    CaptionJobDialog,
-    CaptionProgress,
-    ConfirmDialog,
-    DatasetScreen,
-    RepeatsDialog,
-)
+from loratui.screens.captioning import CaptionProgress
+from loratui.screens.dataset import DatasetScreen
+from loratui.tui.widgets.dataset_dialogs import CaptionEditor, CaptionJobDialog, ConfirmDialog, RepeatsDialog
 
 COLOURS = [(220, 30, 30), (30, 200, 40), (40, 40, 220), (230, 220, 40), (200, 60, 200), (30, 200, 200)]
 

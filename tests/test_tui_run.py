@@ -95,6 +95,10 @@ async def test_train_from_the_form_pause_resume_save_and_stop(env, tiny_sd1_dir,
         await until(pilot, lambda: any(c.kind == "manual" for c in state.checkpoints), 60, "the manual save")
         manual = next(c for c in state.checkpoints if c.kind == "manual")
         assert Path(manual.path).is_file() and Path(manual.path).stat().st_size == manual.size
+        # ... and the "save at the next step" badge goes once it is saved
+        await until(pilot, lambda: state.pending is None, 10, "the save-now badge to clear")
+        dash.update_from(state, force=True)
+        assert "save at the next step" not in str(dash.query_one("#status").render())
 
         # stop: saves at the next step, then ends
         await key(app, "x")

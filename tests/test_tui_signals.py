@@ -19,6 +19,8 @@ from pathlib import Path
 from loratui.engine.schema import Profile, save_profile
 
 REPO = Path(__file__).resolve().parent.parent
+# the child imports loratui as this process does (a worktree's PYTHONPATH first)
+PYTHONPATH = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(REPO)) if p)
 
 
 def spawn_app(profile: Path, env: dict[str, str], cols: int = 120, rows: int = 40) -> tuple[int, int, list[bytes]]:
@@ -27,7 +29,7 @@ def spawn_app(profile: Path, env: dict[str, str], cols: int = 120, rows: int = 4
         os.chdir(REPO)
         os.execve(
             sys.executable,
-            [sys.executable, "-c", f"from tui.app import run_app; raise SystemExit(run_app({str(profile)!r}))"],
+            [sys.executable, "-c", f"from loratui.tui.app import run_app; raise SystemExit(run_app({str(profile)!r}))"],
             env,
         )
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
@@ -81,7 +83,7 @@ def test_hangup_keeps_training_and_sigterm_then_saves(tmp_path, tiny_sd1_dir, sy
         "TERM": "xterm-256color",
         "LORATUI_CONFIG_DIR": str(tmp_path / "cfg"),
         "XDG_CACHE_HOME": str(tmp_path / "cache"),
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": PYTHONPATH,
     }
     pid, fd, out = spawn_app(path, env)
     metrics = out_dir / "ssh.metrics.jsonl"
@@ -132,7 +134,7 @@ def test_hangup_without_a_run_ends_the_app(tmp_path):
     path = tmp_path / "idle.toml"
     save_profile(Profile(), path)
     env = {**os.environ, "TERM": "xterm-256color", "LORATUI_CONFIG_DIR": str(tmp_path / "cfg"),
-           "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+           "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": PYTHONPATH}
     pid, fd, out = spawn_app(path, env, 80, 24)
     try:
         wait_for(lambda: sum(map(len, out)) > 2000, 30, "the first frame")

@@ -20,7 +20,8 @@ from loratui.engine.gpu import GpuMonitor
 from loratui.engine.plan import ConceptReport, DatasetReport, plan_steps
 from loratui.engine.userdirs import bundled_profiles_dir
 from loratui.tui.app import LoraTuiApp
-from loratui.tui.bridge import Bridge, RunState
+from loratui.engine.runstate import RunState
+from loratui.tui.bridge import Bridge
 from loratui.tui.widgets.plan import PlanPanel
 
 SIZES = [(80, 24), (120, 40)]

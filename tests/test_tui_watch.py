@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from loratui.engine.cli import main as cli_main
+from loratui.tui.cli import main as cli_main
 from loratui.engine.events import Finished, PhaseChanged, StepEvent, event_to_dict
 from loratui.engine.schema import Profile, save_profile
 from loratui.screens.dashboard import DashboardScreen

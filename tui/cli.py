@@ -2,20 +2,23 @@
 
 `loratui`                 open the app on the last used profile
 `loratui PROFILE.toml`    open the app on that profile
-`loratui COMMAND ...`     a headless command (train, check, demo, ...) — no Textual import
+`loratui COMMAND ...`     a sub-command: the engine's (train, check, ...; no
+                          Textual import) and the app's (demo, watch)
 """
 
 from __future__ import annotations
 
 import sys
 
+COMMANDS = ("loratui.engine.commands", "loratui.tui.commands")
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from loratui.engine.cli import command_modules, run_command
 
-    if argv and (argv[0] in command_modules() or argv[0] in ("-h", "--help")):
-        return run_command(argv)
+    if argv and (argv[0] in command_modules(COMMANDS) or argv[0] in ("-h", "--help")):
+        return run_command(argv, COMMANDS)
     profile = argv[0] if argv else None
     from loratui.tui.app import run_app
 

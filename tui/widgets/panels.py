@@ -10,15 +10,16 @@ from textual.widgets import Static
 
 from loratui.engine.console import fmt_duration, fmt_size
 from loratui.engine.gpu import GB, GpuSample
-from loratui.tui.bridge import PHASE_TITLES, RunState
+from loratui.engine.events import Phase
+from loratui.engine.runstate import FAILED, PHASE_TITLES, STARTING, STOPPED, RunState
 
 PHASE_STYLES = {
-    "training": "bold green",
-    "paused": "bold yellow",
-    "done": "bold green",
-    "failed": "bold red",
-    "stopped": "bold yellow",
-    "saving": "bold cyan",
+    Phase.TRAINING: "bold green",
+    Phase.PAUSED: "bold yellow",
+    Phase.DONE: "bold green",
+    FAILED: "bold red",
+    STOPPED: "bold yellow",
+    Phase.SAVING: "bold cyan",
 }
 
 
@@ -35,10 +36,10 @@ def status_text(state: RunState, width: int = 120) -> Text:
     t.append(PHASE_TITLES.get(phase, phase.upper().replace("_", " ")), style=PHASE_STYLES.get(phase, "bold cyan"))
     if state.requested:
         t.append(f" ({state.requested})", style="yellow")
-    if phase == "failed" and state.failed is not None:
+    if phase == FAILED and state.failed is not None:
         t.append("  " + state.failed.message.splitlines()[0], style="red")
         return t
-    if phase in ("done", "stopped") and state.finished is not None:
+    if phase in (Phase.DONE, STOPPED) and state.finished is not None:
         f = state.finished
         if f.path:
             t.append(f"  {f.path}", style="bold")
@@ -47,12 +48,14 @@ def status_text(state: RunState, width: int = 120) -> Text:
             t.append("  " + (f"last saved {last}" if last else "nothing saved"))
         t.append(f"  {f.steps:,} steps in {fmt_duration(f.elapsed)}", style="dim")
         return t
-    if phase in ("starting", "preparing", "loading_model", "saving") or (phase == "caching_latents" and not state.total):
+    if phase in (STARTING, Phase.PREPARING, Phase.LOADING_MODEL, Phase.SAVING) or (
+        phase == Phase.CACHING_LATENTS and not state.total
+    ):
         if state.detail:
             t.append("  " + state.detail, style="dim")
-        if phase != "saving" or not state.total_steps:
+        if phase != Phase.SAVING or not state.total_steps:
             return t
-    if phase == "caching_latents":
+    if phase == Phase.CACHING_LATENTS:
         frac = state.current / state.total if state.total else 0
         t.append(f"  {state.current:,}/{state.total:,}  ")
         t.append(bar(frac, 20), style="cyan")
@@ -71,7 +74,7 @@ def _progress(t: Text, state: RunState, phase: str, width: int, compact: bool) -
     else:
         t.append(f"  epoch {state.epoch}/{state.epochs}  step {state.step:,}/{total:,}  ")
     bar_w = 8 if compact else max(8, min(28, width - len(t.plain) - 58))
-    t.append(bar(frac, bar_w), style="green" if phase != "paused" else "yellow")
+    t.append(bar(frac, bar_w), style="green" if phase != Phase.PAUSED else "yellow")
     t.append(f" {frac:4.0%}")
     if state.losses:
         t.append(f"  loss {state.smoothed:.3f}" if compact else f"  loss {state.smoothed:.4f}")
@@ -81,7 +84,7 @@ def _progress(t: Text, state: RunState, phase: str, width: int, compact: bool) -
         t.append(f"  {state.its:.1f} it/s" if compact else f"  {state.its:.2f} it/s")
     if not compact:
         t.append(f"  {fmt_duration(state.elapsed)}", style="dim")
-    if state.eta and phase == "training":
+    if state.eta and phase == Phase.TRAINING:
         t.append(f"  ETA {fmt_duration(state.eta)}")
     return t
 

@@ -1,4 +1,5 @@
-"""`loratui demo [--headless]` — build the tiny demo model + dataset, then train."""
+"""`loratui demo [--headless]` — build the tiny demo model + dataset, then train
+(in the app, or with plain progress output)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,96 @@
+"""Watching a run started elsewhere (``loratui watch``, or a live run found for
+the profile just opened): the metrics file is tailed in a thread and its
+events fold into a read-only ``RunState``.
+
+``WatchRun`` is a part of ``LoraTuiApp`` (a mixin).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from textual import work
+from textual.message import Message
+
+from loratui.engine.metrics import LiveRun, MetricsTail, find_live_run
+from loratui.engine.runstate import RunState
+from loratui.tui.bridge import Bridge, EventsArrived
+
+
+class LiveRunFound(Message):
+    """The open profile's metrics file is being written by a run elsewhere."""
+
+    def __init__(self, live: LiveRun) -> None:
+        super().__init__()
+        self.live = live
+
+
+class WatchRun:
+    """Following a metrics file read-only (part of ``LoraTuiApp``)."""
+
+    def watch_run(self, metrics_path: str | Path) -> None:
+        path = Path(metrics_path)
+        name = path.name.removesuffix(".metrics.jsonl")
+        self.run_state = RunState(profile_name=str(path.parent), run_name=name, readonly=True, detail="reading the metrics file…")
+        self.run_profile = None
+        self.bridge = Bridge(self, self.run_state, self.bridge_interval)
+        self._reset_dashboard()
+        self._show_dashboard()
+        self.tail_stop = threading.Event()
+        self._tail_worker(path, self.tail_stop)
+
+    @work(thread=True, exclusive=True, group="tail", exit_on_error=False)
+    def _tail_worker(self, path: Path, stop: threading.Event) -> None:
+        from textual.worker import get_current_worker
+
+        worker = get_current_worker()  # cancelled when the app ends
+        tail = MetricsTail(path)
+        while not stop.is_set() and not worker.is_cancelled:
+            events, reset = tail.read()
+            if events or reset:
+                self.post_message(EventsArrived(events, reset))
+            stop.wait(0.25)
+
+    def on_events_arrived(self, event: EventsArrived) -> None:
+        state, bridge = self.run_state, self.bridge
+        if state is None or bridge is None or not state.readonly:
+            return
+        if event.reset:  # a new run of the same name: start over
+            state.reset()
+            dash = self._installed("dashboard")
+            if dash is not None:
+                dash.clear_log()
+        bridge.feed_many(event.events)
+
+    @work(thread=True, exclusive=True, group="live", exit_on_error=False)
+    def _check_live_run(self) -> None:
+        if not self.check_live_runs or self.run_active:
+            return
+        o = self.session.profile.output
+        if not o.output_dir or not o.output_name:
+            return
+        path = Path(o.output_dir).expanduser() / f"{o.output_name}.metrics.jsonl"
+        live = find_live_run(path)
+        if live is not None:
+            self.post_message(LiveRunFound(live))
+
+    def on_live_run_found(self, event: LiveRunFound) -> None:
+        if self.run_active:
+            return
+        from loratui.tui.widgets.dialogs import ChoiceDialog
+
+        live = event.live
+
+        def answer(key: str | None) -> None:
+            if key == "w":
+                self.watch_run(live.path)
+
+        self.push_screen(
+            ChoiceDialog(
+                "A run of this profile looks live",
+                f"{live.describe()}\n{live.path}\nIt was started elsewhere (another session or `loratui train`). Watch it, read-only?",
+                [("w", "watch it")],
+            ),
+            answer,
+        )
