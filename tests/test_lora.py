@@ -14,13 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from loratui.engine.lora import (
-    ADAPTER_NAME,
-    LoRANetwork,
-    LoRAWeightsError,
-    read_lora_file,
-    safetensors_hashes,
-)
+from loratui.engine.lora import ADAPTER_NAME, LoRANetwork
+from loratui.engine.lora_file import LoRAWeightsError, read_lora_file, safetensors_hashes
 
 ATOL = 1e-5
 
@@ -115,7 +110,8 @@ def _merge_into_base(pipe, family: str, sd: dict) -> None:
     """Reference for the kohya semantics, independent of peft: add
     (up @ down) * alpha / rank to each targeted layer's weight, as
     AUTOMATIC1111 and sd-scripts' merge do."""
-    from loratui.engine.lora import find_targets, parse_kohya_state_dict
+    from loratui.engine.lora import find_targets
+    from loratui.engine.lora_file import parse_kohya_state_dict
 
     targets = find_targets(pipe.unet, _text_encoders(pipe), family)
     with torch.no_grad():
