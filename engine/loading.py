@@ -300,7 +300,8 @@ def _empty(cls, config):
 
 
 def _load_single_file(info: ModelInfo, ms, prediction_type: str, dtype, on_progress) -> dict:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    import diffusers
+    from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import (
         convert_ldm_clip_checkpoint,
         convert_ldm_unet_checkpoint,
@@ -322,8 +323,9 @@ def _load_single_file(info: ModelInfo, ms, prediction_type: str, dtype, on_progr
 
     try:
         _progress(on_progress, "Building U-Net")
-        unet_cfg = UNet2DConditionModel.load_config(str(cfg / "unet"))
-        unet = _empty(UNet2DConditionModel, unet_cfg)
+        unet_cls = getattr(diffusers, fam.denoiser_class)
+        unet_cfg = unet_cls.load_config(str(cfg / "unet"))
+        unet = _empty(unet_cls, unet_cfg)
         unet_sd = convert_ldm_unet_checkpoint(sd, unet.config)
         _fill_model(unet, unet_sd, dtype, what="U-Net", path=path, hint=hint)
         del unet_sd
@@ -423,7 +425,8 @@ def _variant(folder: Path) -> str | None:
 
 
 def _load_pretrained(info: ModelInfo, ms, dtype, on_progress) -> dict:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    import diffusers
+    from diffusers import AutoencoderKL
     import transformers
     from transformers import CLIPTokenizer
 
@@ -461,7 +464,8 @@ def _load_pretrained(info: ModelInfo, ms, dtype, on_progress) -> dict:
         root = info.path if info.path is not None else None
         var = lambda comp: _variant(root / comp) if root is not None else None  # noqa: E731
         _progress(on_progress, "Loading U-Net")
-        unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", torch_dtype=dtype, variant=var("unet"), **kw)
+        unet_cls = getattr(diffusers, get_family(family).denoiser_class)
+        unet = unet_cls.from_pretrained(src, subfolder="unet", torch_dtype=dtype, variant=var("unet"), **kw)
         _progress(on_progress, "Loading VAE")
         vae = AutoencoderKL.from_pretrained(src, subfolder="vae", variant=var("vae"), **kw)
         tes, toks = [], []

@@ -68,7 +68,7 @@ def test_encodes_a_caption_and_gives_a_target_the_unet_predicts(tiny):
     assert noisy.shape == latents.shape and target.shape == latents.shape and timesteps.shape == (1,)
     crops = [((64, 64), (0, 0), (64, 64))]
     with torch.no_grad():
-        pred = comp.unet(noisy, timesteps, hidden, **fam.unet_kwargs(pooled, crops, "cpu", torch.float32)).sample
+        pred = fam.predict(comp.unet, noisy, timesteps, hidden, pooled, crops, "cpu", torch.float32)
     assert pred.shape == target.shape
     w = fam.min_snr_weights(comp.noise_scheduler, timesteps, 5.0, comp.prediction_type)
     assert w.shape == (1,) and bool(torch.isfinite(w).all())

@@ -61,6 +61,7 @@ class Family:
 
     # ---- components and layouts
     text_encoders: ClassVar[tuple[TextEncoderSpec, ...]] = ()
+    denoiser_class: ClassVar[str] = "UNet2DConditionModel"  # the diffusers class in unet/ (a transformer for SD3/Flux)
     cross_attention_width: ClassVar[int | None] = None  # the U-Net's cross-attention width in full-size models
     text_encoder_act: ClassVar[str | None] = None  # hidden_act of the (first) text encoder in a diffusers config
     config_folder: ClassVar[str] = ""  # bundled diffusers configs in engine/configs
@@ -187,6 +188,10 @@ class Family:
     def unet_kwargs(self, pooled, crops: list[tuple], device, dtype) -> dict[str, Any]:
         """Extra conditioning the denoiser takes besides (noisy, t, hidden)."""
         return {}
+
+    def predict(self, denoiser, noisy, timesteps, hidden, pooled, crops: list[tuple], device, dtype):
+        """The denoiser's prediction for a noisy batch, with its conditioning."""
+        return denoiser(noisy, timesteps, hidden.to(dtype), **self.unet_kwargs(pooled, crops, device, dtype)).sample
 
     # ------------------------------------------------------------------ training target
 

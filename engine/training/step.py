@@ -82,8 +82,7 @@ class Objective:
             te_ctx = contextlib.nullcontext() if self.profile.network.train_text_encoder else torch.no_grad()
             with te_ctx:
                 hidden, pooled = fam.encode_text(comp.text_encoders, ids, self.profile.model.clip_skip, self.device)
-            kwargs = fam.unet_kwargs(pooled, batch.crops, self.device, self.weight_dtype)
-            pred = comp.unet(noisy, timesteps, hidden.to(self.weight_dtype), **kwargs).sample
+            pred = fam.predict(comp.unet, noisy, timesteps, hidden, pooled, batch.crops, self.device, self.weight_dtype)
         target = fam.target(comp.noise_scheduler, latents, noise, timesteps, comp.prediction_type)
         loss = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         if batch.has_reg:
