@@ -368,6 +368,9 @@ CASES: dict[str, Case] = {
     "alpha-greater-than-rank": case(
         _set(network__network_alpha=16.0), outcome="trains",
         expect=["network.network_alpha: 16 is larger than the rank 4", "alpha ≤ rank is usual"]),
+    "optimizer-args-not-key-value": case(
+        _set(optimization__optimizer_args="weight_decay=0.1 betas"), outcome="refused",
+        expect=["optimization.optimizer_args: 'betas' is not key=value — e.g. weight_decay=0.1 betas=0.9,0.99"]),
     # ---- output
     "unwritable-output-folder": case(
         _set(output__output_dir="/sys/loratui-output"), outcome="refused",

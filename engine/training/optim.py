@@ -8,6 +8,8 @@ from loratui.engine.registries import OPTIMIZERS, SCHEDULERS, ArgsError, parse_k
 from loratui.engine.schema import Profile
 from loratui.engine.training.paths import TrainingError
 
+OPTIMIZER_ARGS_HINT = "e.g. weight_decay=0.1 betas=0.9,0.99"
+
 
 def param_groups(profile: Profile, network) -> list[dict]:
     """One group per trained part, each with its learning rate."""
@@ -25,7 +27,7 @@ def optimizer_kwargs(profile: Profile) -> dict[str, Any]:
     try:
         return parse_key_values(profile.optimization.optimizer_args)
     except ArgsError as exc:
-        raise TrainingError(f"optimization.optimizer_args: {exc}", "e.g. weight_decay=0.1 betas=0.9,0.99") from None
+        raise TrainingError(f"optimization.optimizer_args: {exc}", OPTIMIZER_ARGS_HINT) from None
 
 
 def make_optimizer(profile: Profile, groups: list[dict]):

@@ -147,6 +147,7 @@ def preflight(profile: Profile, *, overwrite: bool) -> list[Problem]:
         problems.append(
             error("optimization.optimizer", f"{name} needs an NVIDIA GPU (bitsandbytes); on this machine use AdamW or Lion")
         )
+    problems += _optimizer_args_problems(profile)
     if o.output_dir and o.output_name:
         target = final_path(profile)
         if target.exists() and not overwrite:
@@ -159,6 +160,17 @@ def preflight(profile: Profile, *, overwrite: bool) -> list[Problem]:
             )
         problems.extend(_check_writable(Path(o.output_dir)))
     return problems
+
+
+def _optimizer_args_problems(profile: Profile) -> list[Problem]:
+    from loratui.engine.registries import ArgsError, parse_key_values
+    from loratui.engine.training.optim import OPTIMIZER_ARGS_HINT
+
+    try:
+        parse_key_values(profile.optimization.optimizer_args)
+    except ArgsError as exc:
+        return [error("optimization.optimizer_args", str(exc), OPTIMIZER_ARGS_HINT)]
+    return []
 
 
 def _has_cuda() -> bool:
