@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Collection
 from typing import TextIO
 
 from loratui.engine.events import (
@@ -35,7 +36,9 @@ def fmt_size(n: int) -> str:
     return f"{n:.1f} GB"
 
 
-def report_lines(report: DatasetReport, plan: StepPlan | None) -> list[str]:
+def report_lines(report: DatasetReport, plan: StepPlan | None, shown: Collection[str] = ()) -> list[str]:
+    """The dataset report and the step plan as lines; warnings in ``shown``
+    (already printed as they came) are left out."""
     lines = [f"dataset  {report.root}"]
     for c in report.concepts + report.reg_concepts:
         tag = " (reg)" if c.is_reg else ""
@@ -46,7 +49,8 @@ def report_lines(report: DatasetReport, plan: StepPlan | None) -> list[str]:
     if plan is not None:
         lines.append(f"steps    {plan.describe()}")
     for w in report.warnings:
-        lines.append(f"warning  {w}")
+        if w not in shown:
+            lines.append(f"warning  {w}")
     for p in report.problems:
         lines.append(f"error    {p}")
     return lines
@@ -62,6 +66,7 @@ class ConsolePrinter:
         self.every = every
         self._last = 0.0
         self._line_open = False
+        self._warned: set[str] = set()  # warnings printed, not repeated in the dataset report
 
     def _print(self, text: str) -> None:
         if self._line_open:
@@ -72,7 +77,7 @@ class ConsolePrinter:
 
     def __call__(self, ev: Event) -> None:
         if isinstance(ev, RunPlanned):
-            for line in report_lines(ev.report, ev.plan):
+            for line in report_lines(ev.report, ev.plan, self._warned):
                 self._print(line)
             self._print(f"device   {ev.device}")
         elif isinstance(ev, PhaseChanged):
@@ -102,6 +107,7 @@ class ConsolePrinter:
         elif isinstance(ev, CheckpointSaved):
             self._print(f"saved    {ev.path} ({fmt_size(ev.size)})")
         elif isinstance(ev, WarningEvent):
+            self._warned.add(ev.message)
             self._print(f"warning  {ev.message}")
         elif isinstance(ev, LogEvent):
             pass

@@ -26,22 +26,8 @@ from typing import Any
 
 LORA_PREFIX_UNET = "lora_unet"
 LORA_PREFIX_TEXT_ENCODER = "lora_te"
-
-# Module classes whose Linear/Conv2d children sd-scripts wraps (networks/lora.py).
-UNET_TARGET_BLOCKS = ("Transformer2DModel",)
-UNET_CONV_TARGET_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
-TEXT_ENCODER_TARGET_BLOCKS = ("CLIPAttention", "CLIPMLP")
-
-FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sd1-or-sd2": "SD 1.x or 2.x"}
-FAMILY_ALIASES = {
-    "sd1": "sd1",
-    "sd15": "sd1",
-    "sd1.5": "sd1",
-    "sd2": "sd2",
-    "sd2-v": "sd2",
-    "sd2v": "sd2",
-    "sdxl": "sdxl",
-}
+# Which module classes get LoRA layers, and how each family's U-Net is named
+# (diffusers or SGM layout), is declared by the family (engine.families).
 
 # diffusers ResnetBlock2D child -> SGM ResBlock child
 _RESNET_SGM = {
@@ -55,11 +41,25 @@ _RESNET_SGM = {
 
 
 def normalize_family(family: str) -> str:
-    """``sd1``/``sd15`` -> ``sd1``, ``sd2``/``sd2-v`` -> ``sd2``, ``sdxl``."""
-    try:
-        return FAMILY_ALIASES[str(family).lower()]
-    except KeyError:
-        raise ValueError(f"unknown model family {family!r}; expected sd1, sd2 or sdxl") from None
+    """A family name or one of its aliases (``sd15`` -> ``sd1``, ``sd2-v`` -> ``sd2``) -> its name."""
+    from loratui.engine.families import families
+
+    want = str(family).lower()
+    for fam in families().values():
+        if want == fam.name or want in fam.aliases:
+            return fam.name
+    names = list(families())
+    raise ValueError(f"unknown model family {family!r}; expected {', '.join(names[:-1])} or {names[-1]}")
+
+
+def family_label(name: str) -> str:
+    """``SD 1.x``; a guess of several families (``sd1-or-sd2``) -> ``SD 1.x or 2.x``."""
+    from loratui.engine.families import get_family
+
+    labels = [get_family(n).label for n in name.split("-or-")]
+    if len(labels) == 2 and labels[0].split()[0] == labels[1].split()[0]:
+        return f"{labels[0]} or {labels[1].split(' ', 1)[1]}"
+    return " or ".join(labels)
 
 
 def text_encoder_prefix(index: int, count: int) -> str:
@@ -185,10 +185,14 @@ def _sampler_child(rest: Sequence[str], conv_name: str) -> list[str]:
 def unet_lora_name(module_path: str, family: str, layout: SGMLayout | None = None) -> str:
     """Diffusers U-Net module path -> sd-scripts LoRA name.
 
-    ``layout`` (``SGMLayout.from_config(unet.config)``) is needed for SDXL."""
-    if normalize_family(family) == "sdxl":
+    ``layout`` (``SGMLayout.from_config(unet.config)``) is needed for a family
+    whose sd-scripts U-Net has the SGM layout (SDXL)."""
+    from loratui.engine.families import get_family
+
+    fam = get_family(normalize_family(family))
+    if fam.lora_unet_layout == "sgm":
         if layout is None:
-            raise ValueError("SDXL names need the U-Net layout (SGMLayout.from_config(unet.config))")
+            raise ValueError(f"{fam.label} names need the U-Net layout (SGMLayout.from_config(unet.config))")
         module_path = layout.map(module_path)
     return f"{LORA_PREFIX_UNET}_{module_path}".replace(".", "_")
 
@@ -196,31 +200,34 @@ def unet_lora_name(module_path: str, family: str, layout: SGMLayout | None = Non
 def guess_family(shapes: Mapping[str, Sequence[int]], metadata: Mapping[str, str] | None = None) -> str | None:
     """Best guess of the model family a kohya-format LoRA was trained for, from its
     key names and tensor shapes (``{key: shape}``) and its ``ss_*`` metadata.
-    Returns ``sd1``, ``sd2``, ``sdxl``, ``sd1-or-sd2`` (diffusers-layout names
-    with unknown widths) or None."""
+    Returns a family name, ``sd1-or-sd2`` (diffusers-layout names of unknown
+    widths: any family with that layout) or None."""
+    from loratui.engine.families import families
+
+    fams = list(families().values())
     keys = list(shapes)
-    if any(k.startswith(("lora_te1_", "lora_te2_")) for k in keys) or any(
-        k.startswith(("lora_unet_input_blocks_", "lora_unet_output_blocks_", "lora_unet_middle_block_")) for k in keys
+    sgm = [f for f in fams if f.lora_unet_layout == "sgm"]
+    if sgm and (
+        any(k.startswith((f"{LORA_PREFIX_TEXT_ENCODER}1_", f"{LORA_PREFIX_TEXT_ENCODER}2_")) for k in keys)
+        or any(k.startswith(("lora_unet_input_blocks_", "lora_unet_output_blocks_", "lora_unet_middle_block_")) for k in keys)
     ):
-        return "sdxl"
+        return sgm[0].name
     for k, shape in shapes.items():
         if k.endswith("attn2_to_k.lora_down.weight") and len(shape) >= 2:
-            found = {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(int(shape[1]))
+            found = [f.name for f in fams if f.cross_attention_width == int(shape[1])]
             if found:
-                return found
+                return found[0]
     for k, shape in shapes.items():
         if k.startswith("lora_te_") and k.endswith("self_attn_q_proj.lora_down.weight") and len(shape) >= 2:
-            found = {768: "sd1", 1024: "sd2"}.get(int(shape[1]))
+            found = [f.name for f in fams if f.lora_text_encoder_width == int(shape[1])]
             if found:
-                return found
+                return found[0]
     meta = metadata or {}
     version = str(meta.get("ss_base_model_version", ""))
-    if version.startswith("sdxl"):
-        return "sdxl"
-    if version.startswith("sd_v2") or str(meta.get("ss_v2", "")).lower() == "true":
-        return "sd2"
-    if version.startswith("sd_v1"):
-        return "sd1"
+    for f in fams:
+        flagged = any(str(meta.get(f"ss_{flag}", "")).lower() == "true" for flag in f.sd_scripts_flags)
+        if version.startswith(f.ss_base_model_prefix or f.ss_base_model_version) or flagged:
+            return f.name
     if any(k.startswith(("lora_te_", "lora_unet_down_blocks_", "lora_unet_up_blocks_", "lora_unet_mid_block_")) for k in keys):
-        return "sd1-or-sd2"
+        return "-or-".join(f.name for f in fams if f.lora_unet_layout == "diffusers")
     return None

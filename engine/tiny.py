@@ -170,10 +170,10 @@ def build_tiny_pipeline(family: str = "sd1", seed: int = 0):
     vocab = len(tokenizer)
     scheduler = DDIMScheduler(**tiny_scheduler_config())
     vae = tiny_vae()
-    if family == "sd1":
+    if family in ("sd1", "sd2"):  # SD 2.x: an OpenCLIP-like text encoder (gelu), as its configs tell
         return StableDiffusionPipeline(
             vae=vae,
-            text_encoder=CLIPTextModel(_text_config(vocab)),
+            text_encoder=CLIPTextModel(_text_config(vocab, hidden_act=_TINY_TEXT_ACT[family])),
             tokenizer=tokenizer,
             unet=tiny_unet_sd1(),
             scheduler=scheduler,
@@ -192,6 +192,9 @@ def build_tiny_pipeline(family: str = "sd1", seed: int = 0):
             scheduler=scheduler,
         )
     raise ValueError(f"unknown tiny family {family!r}")
+
+
+_TINY_TEXT_ACT = {"sd1": "quick_gelu", "sd2": "gelu"}
 
 
 def save_tiny_pipeline(folder: str | Path, family: str = "sd1", seed: int = 0) -> Path:

@@ -368,6 +368,9 @@ CASES: dict[str, Case] = {
     "alpha-greater-than-rank": case(
         _set(network__network_alpha=16.0), outcome="trains",
         expect=["network.network_alpha: 16 is larger than the rank 4", "alpha ≤ rank is usual"]),
+    "optimizer-args-not-key-value": case(
+        _set(optimization__optimizer_args="weight_decay=0.1 betas"), outcome="refused",
+        expect=["optimization.optimizer_args: 'betas' is not key=value — e.g. weight_decay=0.1 betas=0.9,0.99"]),
     # ---- output
     "unwritable-output-folder": case(
         _set(output__output_dir="/sys/loratui-output"), outcome="refused",
@@ -501,3 +504,33 @@ def test_bad_input(name, sandbox, capsys, monkeypatch):
     assert all(p.startswith(str(sandbox.out)) for p in new), f"written outside the output folder: {new}"
     if c.outcome in ("refused", "cli"):
         assert not new, f"a refused run wrote {new}"
+
+
+# --------------------------------------------------------------------------- check and train agree
+
+REFUSED = [name for name, c in CASES.items() if c.outcome == "refused" and c.via == "run"]
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_check_reports_what_train_refuses(name, sandbox, capsys, monkeypatch):
+    """`loratui check` on the same profile (and --resume) says "not ready" and
+    prints every problem the run refused with."""
+    c = CASES[name]
+    c.setup(sandbox)
+    for patch in sandbox.patches:
+        patch(monkeypatch)
+    _text, result, _events = run_case(sandbox, c, capsys)
+    assert isinstance(result, Failed) and result.message.startswith("cannot start:"), result
+    refused = [line.strip() for line in result.message.split("\n")[1:] if line.strip()]
+    assert refused
+
+    (sandbox.root / "check.toml").write_text(toml_text(profile_dict(sandbox)))
+    from loratui.engine.cli import run_command
+
+    rc = run_command(["check", str(sandbox.root / "check.toml")] + (["--resume", sandbox.resume] if sandbox.resume else []))
+    out = capsys.readouterr().out
+    assert rc == 1 and "not ready" in out and "ready to train" not in out
+    for line in refused:
+        assert line in out, f"{line!r} (refused by train) not in check's output:\n{out}"
+    for part in c.expect:
+        assert part in out

@@ -365,7 +365,8 @@ def test_disk_space_estimate(free_mb, expected, monkeypatch, tiny_sd1_dir, data,
     import shutil
 
     from loratui.engine.plan import plan_steps
-    from loratui.engine.train import TrainingError, check_disk_space
+    from loratui.engine.training.paths import TrainingError
+    from loratui.engine.training.setup import check_disk_space
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(0, 0, free_mb * 2**20))

@@ -21,12 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ldm_convert  # noqa: E402
 
 from loratui.engine.configs import config_dir  # noqa: E402
-from loratui.engine.models import (  # noqa: E402
-    ModelLoadError,
-    detect_family_from_keys,
-    inspect_model,
-    load_components,
-)
+from loratui.engine.loading import load_components  # noqa: E402
+from loratui.engine.models import ModelLoadError, detect_family_from_keys, inspect_model  # noqa: E402
 from loratui.engine.schema import ModelSettings  # noqa: E402
 
 
@@ -203,7 +199,7 @@ def test_ckpt_that_needs_code_is_refused(tmp_path):
     assert "builtins.exec" in info.problems[0] and "weights_only=True" in info.problems[0]
     assert "refused" in info.problems[0] and ".safetensors" in info.problems[0]
     # The loader itself refuses too (torch.load(weights_only=True)), with the same explanation.
-    from loratui.engine.models import load_state_dict_file
+    from loratui.engine.loading import load_state_dict_file
 
     with pytest.raises(ModelLoadError) as e:
         load_state_dict_file(ckpt)
@@ -517,7 +513,7 @@ def test_inspect_is_cheap_and_does_not_import_torch(sd1_file, tmp_path):
     import subprocess
 
     code = (
-        "import sys; from engine.schema import ModelSettings; from engine.models import inspect_model; "
+        "import sys; from loratui.engine.schema import ModelSettings; from loratui.engine.models import inspect_model; "
         f"i = inspect_model(ModelSettings(base_model={str(sd1_file)!r})); "
         "assert i.family == 'sd1', i; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
     )
@@ -541,7 +537,7 @@ def test_single_file_without_vae_needs_model_vae(tiny_sd1_dir, tmp_path, sd1_ref
 
 
 def test_fp16_variant_folder(tiny_sd1_dir, tmp_path):
-    from loratui.engine.models import _variant
+    from loratui.engine.loading import _variant
 
     d = tmp_path / "variant"
     shutil.copytree(tiny_sd1_dir, d)

@@ -230,3 +230,36 @@ def test_refused_run_leaves_the_previous_metrics_alone(tiny_sd1_dir, data, tmp_p
     assert isinstance(result, Failed)
     assert sorted(p.name for p in out.iterdir()) == ["tiny.metrics.jsonl", "tiny.safetensors"]
     assert "old" in (out / "tiny.metrics.jsonl").read_text()
+
+
+def test_finished_loss_is_the_bias_corrected_smoothed_loss(tiny_sd1_dir, data, tmp_path):
+    profile = make_profile(tiny_sd1_dir, data, tmp_path / "out", optimization__max_train_epochs=1,
+                           output__save_every_n_epochs=0)
+    result, events = train(profile)
+    assert isinstance(result, Finished), result
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    assert len(steps) == 4
+    assert result.summary["final_loss"] == steps[-1].smoothed_loss
+    # the uncorrected EMA after 4 steps is about a third of the mean loss: far below every step's loss
+    assert result.summary["final_loss"] >= min(s.loss for s in steps) - 1e-9
+
+
+def test_cli_train_prints_each_dataset_warning_once(tiny_sd1_dir, data, tmp_path, capsys):
+    from PIL import Image
+
+    from loratui.engine.cli import run_command
+
+    (data / "extra").mkdir()
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(data / "extra" / "x.png")  # a folder without a <repeats>_ prefix
+    profile = tmp_path / "w.toml"
+    profile.write_text(
+        f'[model]\nbase_model = "{tiny_sd1_dir}"\n[dataset]\ntrain_data_dir = "{data}"\nresolution = 64\n'
+        'enable_bucket = false\nmin_bucket_reso = 64\n[optimization]\nmax_train_epochs = 1\nmax_train_steps = 1\n'
+        f'mixed_precision = "no"\n[output]\noutput_dir = "{tmp_path / "out"}"\noutput_name = "w"\nsave_every_n_epochs = 0\n'
+    )
+    assert run_command(["train", str(profile)]) == 0
+    out = capsys.readouterr().out
+    warning = "extra has no <repeats>_ number prefix"
+    assert out.count(warning) == 1, out
+    assert run_command(["check", str(profile), "--overwrite"]) == 0
+    assert capsys.readouterr().out.count(warning) == 1

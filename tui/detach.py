@@ -103,7 +103,7 @@ def finish_headless(app) -> int:
         return 0
     if state.done and app.seen_end:
         return 0 if state.finished is not None else 1
-    from loratui.engine.train import log_path
+    from loratui.engine.training.paths import log_path
 
     note = "terminal closed (SIGHUP); training goes on" if app.hung_up else "the app ended while training; training goes on"
     if not app.hung_up:

@@ -59,7 +59,7 @@ class RunControl:
                 self._prepare_demo()
             return
         from loratui.engine.schema import resolve_paths
-        from loratui.engine.train import final_path
+        from loratui.engine.training.paths import final_path
 
         profile = resolve_paths(profile)
         if final_path(profile).exists():

@@ -1,4 +1,9 @@
-"""`loratui check PROFILE.toml` — validate, scan the dataset, plan steps; no model load."""
+"""`loratui check PROFILE.toml` — validate, scan the dataset, plan steps; no model load.
+
+It runs the checks `loratui train` runs before it loads anything
+(``engine.training.prepare.prepare_run``), so it says "ready" exactly when
+`train` would start.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("profile", help="profile .toml file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--overwrite", action="store_true", help="do not complain about an existing final LoRA")
+    p.add_argument("--resume", metavar="STATE_DIR", default=None,
+                   help="check resuming from a saved state folder, or 'latest' (as `train --resume`)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,29 +28,25 @@ def run(args: argparse.Namespace) -> int:
     if profile is None:
         return 2
     from loratui.engine.console import report_lines
-    from loratui.engine.dataset import plan_for, scan_dataset
-    from loratui.engine.models import inspect_model
-    from loratui.engine.schema import profile_warnings
-    from loratui.engine.train import preflight
+    from loratui.engine.training.prepare import prepare_run
 
-    ok = True
+    prepared = prepare_run(profile, resume=args.resume, overwrite=args.overwrite)
     print(f"profile  {args.profile}: valid")
-    for w in profile_warnings(profile):
+    for w in prepared.profile_warnings:
         print(f"warning  {w}")
-    info = inspect_model(profile.model)
+    info = prepared.model
     print(f"model    {info.describe()}")
     for w in info.warnings:
         print(f"warning  {w}")
     for p in info.problems:
         print(f"error    {p}")
-        ok = False
-    scan = scan_dataset(profile.dataset)
-    plan = plan_for(profile, scan)
-    for line in report_lines(scan.report, plan):
+    for line in report_lines(prepared.report, prepared.plan):
         print(line)
-    ok = ok and not scan.report.problems
-    for p in preflight(profile, overwrite=args.overwrite):
+    for w in prepared.resume_warnings:
+        print(f"warning  {w}")
+    for p in prepared.checks:
         print(f"error    {p}")
-        ok = False
-    print("ready to train" if ok else "not ready: fix the errors above")
-    return 0 if ok else 1
+    if not prepared.problems and prepared.plan.total_steps <= 0:
+        print("error    nothing to train: the plan has 0 steps — add images or raise epochs/repeats")
+    print("ready to train" if prepared.ok else "not ready: fix the errors above")
+    return 0 if prepared.ok else 1

@@ -41,22 +41,9 @@ def run(args: argparse.Namespace) -> int:
 
     handle = start_run(profile, overwrite=args.overwrite, resume=args.resume)
     printer = ConsolePrinter()
-    interrupts = 0
-
-    def on_sigint(signum, frame):
-        nonlocal interrupts
-        interrupts += 1
-        if interrupts == 1:
-            print("\nstopping: saving at the next step boundary (Ctrl+C again to abort without saving)", file=sys.stderr)
-            handle.control.stop()
-        else:
-            handle.control.abort()
-
-    def on_sigterm(signum, frame):
-        handle.control.stop()
-
-    old_int = signal.signal(signal.SIGINT, on_sigint)
-    old_term = signal.signal(signal.SIGTERM, on_sigterm)
+    signals = _Signals(handle.control)
+    old_int = signal.signal(signal.SIGINT, signals.on_sigint)
+    old_term = signal.signal(signal.SIGTERM, signals.on_sigterm)
     try:
         result = None
         for ev in handle.iter_events():
@@ -76,3 +63,22 @@ def run(args: argparse.Namespace) -> int:
         return 3  # stopped before the end
     assert isinstance(result, Failed)
     return 1
+
+
+class _Signals:
+    """Ctrl+C once: stop at the next step boundary with a save; twice: abort. SIGTERM: stop."""
+
+    def __init__(self, control):
+        self.control = control
+        self.interrupts = 0
+
+    def on_sigint(self, signum, frame) -> None:
+        self.interrupts += 1
+        if self.interrupts == 1:
+            print("\nstopping: saving at the next step boundary (Ctrl+C again to abort without saving)", file=sys.stderr)
+            self.control.stop()
+        else:
+            self.control.abort()
+
+    def on_sigterm(self, signum, frame) -> None:
+        self.control.stop()

@@ -1,24 +1,55 @@
 """The interface between the engine and a model family.
 
-The declarative part (names, metadata strings, kohya_ss flags) is plain class
-attributes, read without torch. The behaviour (detection from a checkpoint's
-header, loading, text encoding, the training target, extra conditioning, LoRA
-targets and kohya key names, the sampling pipeline) is methods that import
-their libraries when called.
+The declarative part (names, metadata strings, kohya_ss flags, key prefixes,
+component layout) is plain class attributes, read without torch. The behaviour
+(detection from a checkpoint's header, loading, text encoding, the training
+target, extra conditioning, LoRA targets and kohya key names, the sampling
+pipeline) is methods that import their libraries when called.
+
+The training loop, the model loader and the LoRA code talk to a family only
+through what is defined here; a new family (SD3.5, Flux) is a new module that
+overrides what differs.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+# A LDM/SGM single file: the U-Net's first input conv and a cross-attention key
+# whose width tells the text encoder's width.
+UNET_PREFIX = "model.diffusion_model."
+TO_K_KEY = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+LABEL_EMB_PREFIX = "model.diffusion_model.label_emb."
+
+
+def any_prefix(keys: Iterable[str], *prefixes: str) -> bool:
+    return any(k.startswith(prefixes) for k in keys)
+
+
+@dataclass(frozen=True)
+class TextEncoderSpec:
+    """One text encoder of a family, where it lives in each layout."""
+
+    label: str  # "text encoder", "text encoder 2" (in messages about missing parts)
+    subfolder: str  # diffusers folder: text_encoder / text_encoder_2
+    tokenizer: str  # diffusers folder of its tokenizer
+    model_class: str  # transformers class: CLIPTextModel / CLIPTextModelWithProjection
+    ldm_format: str  # single file: "clip" (transformers keys inside) | "open_clip"
+    ldm_prefixes: tuple[str, ...]  # its key prefix(es) in a single file; the first is canonical
 
 
 class Family:
     name: ClassVar[str]  # model.family, e.g. "sdxl"
     label: ClassVar[str]  # shown to people, e.g. "SDXL"
     order: ClassVar[int] = 100  # position in lists (auto-detection tries families in this order)
+    aliases: ClassVar[tuple[str, ...]] = ()  # other spellings accepted for the name ("sd15")
     # ss_base_model_version as sd-scripts writes it; v-prediction models get "_v" appended where sd-scripts does
     ss_base_model_version: ClassVar[str]
     ss_v_suffix: ClassVar[bool] = True
+    ss_base_model_prefix: ClassVar[str | None] = None  # what every version of this family's ss_base_model_version starts with
     # modelspec.architecture (without the "/lora" suffix) for eps and v-prediction models
     modelspec_architecture: ClassVar[str]
     modelspec_architecture_v: ClassVar[str | None] = None
@@ -28,12 +59,199 @@ class Family:
     sd_scripts_flags: ClassVar[tuple[str, ...]] = ()  # e.g. ("v2",) or ("sdxl",)
     default_resolution: ClassVar[int] = 512
 
+    # ---- components and layouts
+    text_encoders: ClassVar[tuple[TextEncoderSpec, ...]] = ()
+    denoiser_class: ClassVar[str] = "UNet2DConditionModel"  # the diffusers class in unet/ (a transformer for SD3/Flux)
+    cross_attention_width: ClassVar[int | None] = None  # the U-Net's cross-attention width in full-size models
+    text_encoder_act: ClassVar[str | None] = None  # hidden_act of the (first) text encoder in a diffusers config
+    config_folder: ClassVar[str] = ""  # bundled diffusers configs in engine/configs
+    config_folder_v: ClassVar[str | None] = None  # the same for v-prediction models, where they differ
+    vae_overflows_in_fp16: ClassVar[bool] = False  # its own VAE needs fp32 unless an fp16-fixed VAE is given
+    uses_clip_skip: ClassVar[bool] = True  # False: always the penultimate layer
+    # ---- LoRA: the module classes sd-scripts' networks/lora.py wraps, and the U-Net naming
+    lora_unet_blocks: ClassVar[tuple[str, ...]] = ("Transformer2DModel",)
+    lora_unet_conv_blocks: ClassVar[tuple[str, ...]] = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
+    lora_text_encoder_blocks: ClassVar[tuple[str, ...]] = ("CLIPAttention", "CLIPMLP")
+    lora_unet_layout: ClassVar[str] = "diffusers"  # "diffusers" | "sgm" (sd-scripts' SDXL U-Net)
+    lora_text_encoder_width: ClassVar[int | None] = None  # q_proj input width of a full-size text encoder
+    pipeline_class: ClassVar[str] = "StableDiffusionPipeline"
+    # ---- prediction type: single files of this family may not say (SD 2.x: 512 eps or 768-v)
+    prediction_ambiguous: ClassVar[bool] = False
+    # said when model.v_parameterization is set on a model of this family that does not declare it
+    v_pred_unusual: ClassVar[str | None] = None
+
+    # ------------------------------------------------------------------ metadata
+
     def base_model_version(self, v_pred: bool) -> str:
         return self.ss_base_model_version + ("_v" if v_pred and self.ss_v_suffix else "")
 
     def architecture(self, v_pred: bool) -> str:
         arch = self.modelspec_architecture_v if v_pred and self.modelspec_architecture_v else self.modelspec_architecture
         return arch + "/lora"
+
+    # ------------------------------------------------------------------ detection (no torch)
+
+    def match_checkpoint(self, keys: set[str], shapes: Mapping[str, tuple[int, ...]]) -> int | None:
+        """How surely a single file's tensor names say it is this family: 0 its
+        text encoder keys, 1 the U-Net's cross-attention width, 2 weaker U-Net
+        markers; None when they do not. The surest family wins."""
+        if self.text_encoders and any_prefix(keys, *self.text_encoders[-1].ldm_prefixes):
+            return 0
+        shape = shapes.get(TO_K_KEY)
+        if self.cross_attention_width and shape is not None and len(shape) == 2 and shape[1] == self.cross_attention_width:
+            return 1
+        return None
+
+    def reject_checkpoint(self, keys: set[str]) -> str | None:
+        """A model of this family's kind that cannot be trained on (e.g. a
+        refiner): the reason, said after the file's path."""
+        return None
+
+    def match_diffusers(self, folder: Path, index: Mapping, unet: Mapping, text_encoder: Mapping) -> int | None:
+        """Like :meth:`match_checkpoint` for a diffusers folder's configs:
+        0 a marker only this family has, 1 the cross-attention width, 2 the
+        text encoder's activation."""
+        if self.cross_attention_width and unet.get("cross_attention_dim") == self.cross_attention_width:
+            return 1
+        if self.text_encoder_act and text_encoder.get("hidden_act") == self.text_encoder_act:
+            return 2
+        return None
+
+    def guess_prediction(self, path: Path, read_tensor) -> str | None:
+        """A guess of the prediction type of a single file that does not declare
+        it (``read_tensor(key)`` -> list of floats or None; None for a pickle)."""
+        return None
+
+    def prediction_warning(self, spec: str, guess: str | None, setting: str) -> str:
+        """For a ``prediction_ambiguous`` family: what to say when a single file
+        does not declare its prediction type and ``setting`` is false."""
+        return f"{spec} does not say whether it is a v-prediction model; training with epsilon because {setting} is false."
+
+    def single_file_parts(self) -> dict[str, tuple[str, ...]]:
+        """Text encoder parts of a single file, by label, with their key prefixes."""
+        return {te.label: te.ldm_prefixes for te in self.text_encoders}
+
+    def diffusers_components(self) -> list[str]:
+        """Subfolders a complete diffusers folder of this family has."""
+        first, *rest = self.text_encoders
+        out = ["unet", "vae", first.subfolder, first.tokenizer, "scheduler"]
+        for te in rest:
+            out += [te.subfolder, te.tokenizer]
+        return out
+
+    def config_dir(self, prediction_type: str) -> Path:
+        """The bundled diffusers configs a single file of this family is built with."""
+        from loratui.engine.configs import config_dir
+
+        if prediction_type == "v_prediction" and self.config_folder_v:
+            return config_dir(self.config_folder_v)
+        return config_dir(self.config_folder)
+
+    def normalize_checkpoint(self, sd: dict) -> dict:
+        """A single file's state dict in the layout the converters expect."""
+        return sd
+
+    def vae_needs_fp32(self, vae_config: Any, fp16_fixed_vae: bool | None) -> bool:
+        """Does the VAE overflow in fp16? ``fp16_fixed_vae``: None for the
+        model's own VAE, else whether the separate VAE is an fp16-fixed one."""
+        if not self.vae_overflows_in_fp16:
+            return False
+        if fp16_fixed_vae is None:
+            return bool(getattr(vae_config, "force_upcast", True))
+        return not (fp16_fixed_vae or getattr(vae_config, "force_upcast", True) is False)
+
+    # ------------------------------------------------------------------ text
+
+    def clip_skip_warning(self, clip_skip: int) -> str | None:
+        if not self.uses_clip_skip and clip_skip > 1:
+            return f"model.clip_skip: {self.label} always uses the penultimate layer; clip_skip is ignored"
+        return None
+
+    def tokenize(self, tokenizers: list, captions: list[str]) -> list:
+        """Token ids of ``captions``, one tensor per tokenizer."""
+        return [
+            tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+            for tok in tokenizers
+        ]
+
+    def encode_text(self, text_encoders: list, ids: list, clip_skip: int, device) -> tuple[Any, Any]:
+        """(encoder_hidden_states, pooled or None) as sd-scripts builds them."""
+        te = text_encoders[0]
+        out = te(ids[0].to(device), output_hidden_states=clip_skip > 1)
+        if clip_skip > 1:
+            h = out.hidden_states[-clip_skip]
+            h = getattr(te, "text_model", te).final_layer_norm(h)
+        else:
+            h = out.last_hidden_state
+        return h, None
+
+    def unet_kwargs(self, pooled, crops: list[tuple], device, dtype) -> dict[str, Any]:
+        """Extra conditioning the denoiser takes besides (noisy, t, hidden)."""
+        return {}
+
+    def predict(self, denoiser, noisy, timesteps, hidden, pooled, crops: list[tuple], device, dtype):
+        """The denoiser's prediction for a noisy batch, with its conditioning."""
+        return denoiser(noisy, timesteps, hidden.to(dtype), **self.unet_kwargs(pooled, crops, device, dtype)).sample
+
+    # ------------------------------------------------------------------ training target
+
+    def noisy_input(self, noise_scheduler, latents, noise, generator) -> tuple[Any, Any]:
+        """(noisy latents, timesteps) for one batch; draws the timesteps from ``generator``."""
+        import torch
+
+        bsz = latents.shape[0]
+        timesteps = torch.randint(
+            0, noise_scheduler.config.num_train_timesteps, (bsz,), generator=generator, device=latents.device
+        ).long()
+        return noise_scheduler.add_noise(latents, noise, timesteps), timesteps
+
+    def target(self, noise_scheduler, latents, noise, timesteps, prediction_type: str):
+        """What the denoiser is trained to predict."""
+        if prediction_type == "v_prediction":
+            return noise_scheduler.get_velocity(latents, noise, timesteps)
+        return noise
+
+    def min_snr_weights(self, noise_scheduler, timesteps, gamma: float, prediction_type: str):
+        """Per-sample loss weights of min-SNR-γ weighting."""
+        import torch
+
+        ac = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+        snr = ac / (1 - ac)
+        w = torch.clamp(snr, max=gamma) / (snr + 1 if prediction_type == "v_prediction" else snr)
+        return w.float()
+
+    # ------------------------------------------------------------------ LoRA names
+
+    def unet_lora_namer(self, unet_config: Any):
+        """A function: diffusers U-Net module path -> kohya LoRA name."""
+        from loratui.engine.kohya_names import LORA_PREFIX_UNET, SGMLayout
+
+        layout = SGMLayout.from_config(unet_config) if self.lora_unet_layout == "sgm" else None
+
+        def name(path: str) -> str:
+            mapped = layout.map(path) if layout is not None else path
+            return f"{LORA_PREFIX_UNET}_{mapped}".replace(".", "_")
+
+        return name
+
+    # ------------------------------------------------------------------ images
+
+    def pipeline(self, components, scheduler=None):
+        """A diffusers pipeline that renders images with the loaded components
+        (``engine.loading.Components``); ``scheduler`` defaults to DDIM built
+        from the training noise schedule."""
+        import diffusers
+
+        if scheduler is None:
+            scheduler = diffusers.DDIMScheduler.from_config(components.noise_scheduler.config)
+        parts: dict[str, Any] = {"unet": components.unet, "vae": components.vae, "scheduler": scheduler}
+        for spec, te, tok in zip(self.text_encoders, components.text_encoders, components.tokenizers):
+            parts[spec.subfolder] = te
+            parts[spec.tokenizer] = tok
+        return getattr(diffusers, self.pipeline_class)(**parts, **self.pipeline_extras())
+
+    def pipeline_extras(self) -> dict[str, Any]:
+        return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"

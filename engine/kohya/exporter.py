@@ -56,7 +56,7 @@ def sd_scripts_args(p: Profile, *, dataset_config: str | None = None) -> tuple[d
     loratui settings that have no sd-scripts key (as ``key = value`` TOML text)."""
     import tomli_w
 
-    m, d, n, o, out = p.model, p.dataset, p.network, p.optimization, p.output
+    m, d, o, out = p.model, p.dataset, p.optimization, p.output
     a: dict[str, Any] = {}
     extra: list[str] = []
 

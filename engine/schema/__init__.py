@@ -22,7 +22,6 @@ from loratui.engine.schema.files import (
     save_profile,
 )
 from loratui.engine.schema.sections import (
-    EIGHT_BIT_OPTIMIZERS,
     FAMILY_CHOICES,
     SECTION_TITLES,
     DatasetSettings,
@@ -37,7 +36,7 @@ from loratui.engine.schema.sections import (
 from loratui.engine.schema.validation import ProfileError, profile_from_dict, profile_warnings
 
 __all__ = [
-    "EIGHT_BIT_OPTIMIZERS", "FAMILY_CHOICES", "SECTION_TITLES", "DatasetSettings", "ModelSettings",
+    "FAMILY_CHOICES", "SECTION_TITLES", "DatasetSettings", "ModelSettings",
     "NetworkSettings", "OptimizationSettings", "OutputSettings", "Profile", "ProfileError", "SettingInfo",
     "_Section", "apply_overrides", "diff_profiles", "load_profile", "parse_override", "profile_from_dict",
     "profile_to_toml", "profile_warnings", "resolve_paths", "save_profile", "setting", "setting_info", "settings",

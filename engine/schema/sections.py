@@ -22,7 +22,6 @@ import loratui.engine.schema.coerce as coerce
 from loratui.engine.schema.declare import SettingInfo, _Section, choice, section_infos, setting
 
 FAMILY_CHOICES = ("auto", *family_names())
-EIGHT_BIT_OPTIMIZERS = tuple(o.name for o in OPTIMIZERS.values() if o.cuda_only)  # bitsandbytes: CUDA only
 
 # --------------------------------------------------------------------------- sections
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rich.text import Text
+from textual import work
 from textual.widgets import Static
 
 from loratui.engine.plan import DatasetReport, StepPlan
@@ -17,10 +20,16 @@ def render_plan(
     scan_error: str = "",
     width: int = 32,
     compact: bool = False,
+    problems: Sequence[str] = (),
 ) -> Text:
-    """The panel's text. ``compact`` (80×24): three lines, the steps first."""
+    """The panel's text. ``compact`` (80×24): three lines, the steps first.
+    ``problems``: what else stops a run (model, output folder, LoRA weights,
+    resume), from ``prepare_run``."""
     if compact:
-        return _render_compact(family, report, plan, scanning, scan_error)
+        t = _render_compact(family, report, plan, scanning, scan_error)
+        for p in problems[:2]:
+            t.append(f"\n✗ {p}", style="red")
+        return t
     t = Text(no_wrap=False, overflow="fold")
 
     def row(label: str, value: str, style: str = "") -> None:
@@ -64,6 +73,8 @@ def render_plan(
         row("steps", f"{plan.total_steps:,}" + ("  (max steps)" if plan.max_steps_cap else ""), style="bold")
         row("est. time", "—", style="dim")
         row("est. VRAM", "—", style="dim")
+    for p in problems[:6]:
+        t.append(f"✗ {p}\n", style="red")
     t.rstrip()
     return t
 
@@ -114,6 +125,7 @@ class PlanPanel(Static):
         self.scanning = False
         self.scan_error = ""
         self.compact = False
+        self.problems: list[str] = []
         self._last: str | None = None
 
     def show(self, **changes) -> None:
@@ -127,6 +139,7 @@ class PlanPanel(Static):
             scan_error=self.scan_error,
             width=max(24, self.size.width or 32),
             compact=self.compact,
+            problems=self.problems,
         )
         if text.markup != self._last:  # a redraw only when something changed
             self._last = text.markup
@@ -135,3 +148,14 @@ class PlanPanel(Static):
     def on_resize(self) -> None:
         self._last = None
         self.show()
+
+    @work(thread=True, exclusive=True, group="plan-checks", exit_on_error=False)
+    def check_profile(self, profile) -> None:
+        """Run the checks a training run starts with (``prepare_run``: the same
+        as `loratui check`) off the UI thread; show what stops a run."""
+        from loratui.engine.training.prepare import prepare_run
+
+        prepared = prepare_run(profile)
+        problems = [str(p) for p in prepared.problems if str(p) not in prepared.report.problems]
+        self.app.call_from_thread(self.show, problems=problems)
+

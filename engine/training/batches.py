@@ -1,0 +1,94 @@
+"""Where a run's batches come from: ``BatchSource``.
+
+Each epoch's batches (index lists, shuffled per epoch from the seed); for a
+batch, its latents — from the latent cache or encoded on the fly — with the
+horizontal flips and caption shuffles/dropout drawn from one ``random.Random``
+in a fixed order (flips first, then captions), so that a resumed run, which
+restores that RNG, sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from loratui.engine.schema import Profile
+
+
+@dataclass
+class Batch:
+    items: list  # engine.dataset.ImageItem of each sample
+    latents: Any  # (N, C, h, w) in the weight dtype, on the device
+    crops: list  # (original size, crop top-left, target size) of each sample
+    captions: list[str]
+
+    @property
+    def has_reg(self) -> bool:
+        return any(it.is_reg for it in self.items)
+
+
+class BatchSource:
+    def __init__(self, profile: Profile, items: list, *, store, vae, device: str, weight_dtype, vae_fp32: bool):
+        self.settings = profile.dataset
+        self.items = items
+        self.batch_size = profile.optimization.train_batch_size
+        self.seed = profile.optimization.seed
+        self.store = store  # engine.latent_cache.LatentStore, or None: encode with ``vae`` each step
+        self.vae = vae
+        self.device = device
+        self.weight_dtype = weight_dtype
+        self.vae_fp32 = vae_fp32
+        self.rng = random.Random(self.seed)  # flips, caption shuffling and dropout
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        """The batches of ``epoch`` (1-based), as index lists into the items."""
+        from loratui.engine.dataset import epoch_batches
+
+        return epoch_batches(self.items, self.batch_size, epoch, self.seed)
+
+    def load(self, batch: list[int]) -> Batch:
+        """Latents, crops and captions of one batch; draws its flips, then its captions."""
+        import torch
+
+        from loratui.engine.dataset import process_caption
+
+        items = [self.items[i] for i in batch]
+        with torch.no_grad():
+            if self.store is not None:
+                latents, crops = self._cached(batch)
+            else:
+                latents, crops = self._encoded(items)
+        captions = [process_caption(it.caption, self.settings, self.rng) for it in items]
+        return Batch(items, latents, crops, captions)
+
+    def _flip(self) -> bool:
+        return self.settings.flip_aug and self.rng.random() < 0.5
+
+    def _cached(self, batch: list[int]):
+        import torch
+
+        flips = [self._flip() for _ in batch]
+        latents = torch.stack([self.store.get(i, f) for i, f in zip(batch, flips)]).to(self.device, dtype=self.weight_dtype)
+        return latents, [self.store.crop(i, f) for i, f in zip(batch, flips)]
+
+    def _encoded(self, items: list):
+        import torch
+
+        from loratui.engine.dataset import load_image_tensor
+        from loratui.engine.latent_cache import encode_pixels
+
+        imgs, crops = [], []
+        for it in items:
+            img, crop = load_image_tensor(it, flip=self._flip())
+            imgs.append(img)
+            crops.append(crop)
+        pix = torch.stack(imgs).to(self.device, dtype=torch.float32 if self.vae_fp32 else self.weight_dtype)
+        return encode_pixels(self.vae, pix).to(self.device, dtype=self.weight_dtype), crops
+
+    # the RNG, saved with a state and restored on resume
+    def rng_state(self):
+        return self.rng.getstate()
+
+    def restore_rng(self, state) -> None:
+        self.rng.setstate(state)

@@ -1,0 +1,184 @@
+"""Saving a run: ``Checkpointer``.
+
+LoRA files (with their ``ss_*`` metadata) and state folders (LoRA in fp32,
+optimizer, scheduler, grad scaler, every RNG), the rotation of old states,
+the restore of a state on resume. Weights that are not finite are never
+saved; a full disk or a folder that became read-only ends the run with a
+message that names the newest state to resume from.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loratui.engine.events import CheckpointSaved, LogEvent, PhaseChanged
+from loratui.engine.training.paths import TrainingError, step_path
+
+
+@dataclass
+class Checkpointer:
+    ctx: Any  # engine.training.loop.RunContext: last_saved / last_state live there
+    network: Any  # engine.lora.LoRANetwork
+    optimizer: Any
+    lr_scheduler: Any
+    accelerator: Any
+    generator: Any  # the noise/timestep torch.Generator
+    source: Any  # engine.training.batches.BatchSource (its RNG)
+    metadata_inputs: dict[str, Any]  # what build_metadata needs besides the step (family, report, plan, ...)
+    fingerprint: dict[str, Any]  # the dataset's, stored with each state
+    nan_hint: str
+    save_dtype: Any
+    lora_saved_at: int = -1  # steps of the newest LoRA / state written by this run
+    state_saved_at: int = -1
+
+    @property
+    def profile(self):
+        return self.ctx.profile
+
+    # ------------------------------------------------------------------ saves
+
+    def checkpoint(self, kind: str, epoch: int, bi: int, nbatches: int, with_state: bool, step: int) -> None:
+        """A LoRA (and a state) after batch ``bi`` of ``epoch``, unless already saved at this step."""
+        if self.lora_saved_at != step:
+            self.save_lora(step_path(self.profile, step), kind, epoch, step)
+        if with_state and self.state_saved_at != step:
+            self.save_state(epoch, bi + 1, nbatches, step)
+
+    def save_lora(self, path: Path, kind: str, epoch: int, step: int) -> None:
+        from loratui.engine.metadata import build_metadata
+
+        self.check_finite(step)
+        emit = self.ctx.emit
+        emit(PhaseChanged(phase="saving", detail=path.name))
+        md = build_metadata(
+            self.profile,
+            **self.metadata_inputs,
+            training_started_at=self.ctx.started_at,
+            training_finished_at=time.time() if kind == "final" else None,
+            steps=step,
+            epoch=epoch,
+        )
+        self._guarded(path, step, lambda: self.network.save(path, md, self.save_dtype))
+        self.ctx.last_saved = str(path)
+        self.lora_saved_at = step
+        emit(CheckpointSaved(path=str(path), kind=kind, size=path.stat().st_size, epoch=epoch, step=step))
+        emit(PhaseChanged(phase="training"))
+
+    def save_state(self, epoch: int, batch_in_epoch: int, nbatches: int, step: int) -> None:
+        import torch
+
+        from loratui.engine.state import prune_states, state_dir, write_state
+
+        self.check_finite(step)
+        if batch_in_epoch >= nbatches:  # at an epoch's end: continue with the next one
+            epoch, batch_in_epoch = epoch + 1, 0
+        folder = state_dir(self.profile, step)
+        self.ctx.emit(PhaseChanged(phase="saving", detail=folder.name))
+        lora_sd = self.network.kohya_state_dict(torch.float32)
+        self._guarded(
+            folder,
+            step,
+            lambda: write_state(
+                folder,
+                lora_sd=lora_sd,
+                training=self._training_state(),
+                epoch=epoch,
+                batch_in_epoch=batch_in_epoch,
+                step=step,
+                profile=self.profile,
+                extra={"last_saved": self.ctx.last_saved, "dataset": self.fingerprint},
+            ),
+        )
+        self.ctx.last_state = str(folder)
+        self.state_saved_at = step
+        prune_states(self.profile, self.profile.output.save_last_n_states)  # only now that the new one is complete
+        size = sum(f.stat().st_size for f in folder.iterdir())
+        self.ctx.emit(CheckpointSaved(path=str(folder), kind="state", size=size, epoch=epoch, step=step))
+        self.ctx.emit(PhaseChanged(phase="training"))
+
+    def _training_state(self) -> dict[str, Any]:
+        import torch
+
+        scaler = self.accelerator.scaler
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.lr_scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "gen": self.generator.get_state(),
+            "caption_rng": self.source.rng_state(),
+        }
+
+    # ------------------------------------------------------------------ resume
+
+    def restore(self, state) -> tuple[int, int, int]:
+        """Put a saved state back (LoRA, optimizer, scheduler, scaler, RNGs);
+        returns (step, epoch, batch in epoch) to continue from."""
+        import torch
+
+        from loratui.engine.lora_file import read_lora_file
+        from loratui.engine.state import load_training
+
+        sd, _ = read_lora_file(state.folder / "lora.safetensors")
+        self.network.load_kohya_state_dict(sd, source=str(state.folder / "lora.safetensors"))
+        tr = load_training(state.folder)
+        self.optimizer.load_state_dict(tr["optimizer"])
+        self.lr_scheduler.load_state_dict(tr["scheduler"])
+        if tr.get("scaler") is not None and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(tr["scaler"])
+        torch.set_rng_state(tr["torch_rng"])
+        self.generator.set_state(tr["gen"])
+        self.source.restore_rng(tr["caption_rng"])
+        if tr.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(tr["cuda_rng"])
+        self.ctx.last_saved = str(state.extra.get("last_saved") or "")
+        self.ctx.last_state = str(state.folder)
+        self.ctx.emit(
+            LogEvent(message=f"resumed from {state.folder.name}: step {state.step}, epoch {state.epoch}, batch {state.batch_in_epoch}")
+        )
+        return state.step, state.epoch, state.batch_in_epoch
+
+    # ------------------------------------------------------------------ guards
+
+    def check_finite(self, step: int) -> None:
+        import torch
+
+        with torch.no_grad():
+            if bool(torch.stack([torch.isfinite(p).all() for p in self.network.parameters()]).all()):
+                return
+        last = self.ctx.last_saved
+        raise TrainingError(
+            f"the LoRA weights are no longer finite (NaN/inf) at step {step}; nothing was saved over the earlier files"
+            + (f" — the last good LoRA is {last}" if last else ""),
+            self.nan_hint,
+        )
+
+    def resume_hint(self) -> str:
+        if self.ctx.last_state:
+            return f"; then resume with --resume latest (the newest state is {Path(self.ctx.last_state).name})"
+        return f"; the last saved LoRA is {self.ctx.last_saved}" if self.ctx.last_saved else ""
+
+    def _guarded(self, target: Path, step: int, write: Callable[[], Any]) -> None:
+        """Disk full or a folder that became read-only: a clear message; the
+        atomic writers have already removed their temporary file."""
+        from loratui.engine.errors import disk_full_message, is_disk_full
+
+        try:
+            write()
+        except Exception as exc:  # noqa: BLE001 - re-raised unless it is a disk problem
+            if is_disk_full(exc):
+                raise TrainingError(
+                    f"{disk_full_message(target.name)} in {target.parent} at step {step}",
+                    "free some space: the files saved before are intact and no half-written file was left" + self.resume_hint(),
+                ) from None
+            if isinstance(exc, PermissionError):
+                raise TrainingError(
+                    f"output.output_dir: cannot write {target.name} in {target.parent} (permission denied) at step {step}",
+                    "make the folder writable again: the files saved before are intact" + self.resume_hint(),
+                ) from None
+            raise

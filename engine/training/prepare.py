@@ -1,0 +1,212 @@
+"""Everything a run can know before torch is imported: ``prepare_run``.
+
+``loratui check``, ``loratui train`` and the form's plan panel all call it, so
+``check`` says "ready" exactly when ``train`` gets past its first checks: the
+profile warnings, the dataset scan and its report, the base model's headers,
+``network.network_weights``, the output folder (writable, free space, an
+existing final LoRA), the step plan, the dataset fingerprint and, when
+resuming, the state: found, readable, trained with the same settings and data.
+
+No torch import here (only for an 8-bit optimizer, to ask whether there is a
+GPU): the UI calls this from a worker thread before it has torch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loratui.engine.problems import Problem, error
+from loratui.engine.schema import Profile, profile_warnings
+from loratui.engine.training.paths import final_path
+
+
+@dataclass
+class Prepared:
+    """What ``prepare_run`` found; ``problems`` empty = the run may start."""
+
+    profile: Profile
+    scan: Any  # engine.dataset.DatasetScan
+    plan: Any  # engine.plan.StepPlan
+    model: Any  # engine.models.ModelInfo
+    fingerprint: dict[str, Any]
+    profile_warnings: list[Problem] = field(default_factory=list)
+    checks: list[Problem] = field(default_factory=list)  # network weights, preflight, resume
+    resume_warnings: list[str] = field(default_factory=list)
+    state: Any = None  # engine.state.TrainingState to resume from
+    restored: list[Path] = field(default_factory=list)  # states an interrupted save had moved aside, put back
+
+    @property
+    def report(self):
+        return self.scan.report
+
+    @property
+    def problems(self) -> list[Problem]:
+        """Everything that stops the run: the dataset's, the model's, then the other checks'."""
+        return [Problem("", p) for p in self.report.problems] + [Problem("", p) for p in self.model.problems] + self.checks
+
+    @property
+    def warnings(self) -> list[str]:
+        """In the order a run reports them."""
+        return [str(w) for w in self.profile_warnings] + list(self.report.warnings) + self.resume_warnings
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.plan.total_steps > 0
+
+
+def prepare_run(profile: Profile, resume: str | None = None, overwrite: bool = False) -> Prepared:
+    """Check ``profile`` (and the state to ``resume`` from: a folder or
+    ``"latest"``; default ``output.resume``) as a run does before it loads
+    anything. Resuming puts back a complete state an interrupted save had
+    moved aside, as the run would."""
+    from loratui.engine.dataset import plan_for, scan_dataset
+    from loratui.engine.models import inspect_model
+    from loratui.engine.state import dataset_fingerprint
+
+    scan = scan_dataset(profile.dataset)
+    model = inspect_model(profile.model)  # headers only: the same checks the loader makes
+    checks = network_weights_problems(profile) + preflight(profile, overwrite=overwrite)
+    plan = plan_for(profile, scan)
+    fingerprint = dataset_fingerprint(scan.items, plan.total_steps)
+    prepared = Prepared(profile, scan, plan, model, fingerprint, list(profile_warnings(profile)), checks)
+    resume_spec = resume or profile.output.resume
+    if resume_spec:
+        _check_resume(prepared, resume_spec)
+    return prepared
+
+
+def network_weights_problems(profile: Profile) -> list[Problem]:
+    weights = profile.network.network_weights
+    if not weights or Path(weights).expanduser().is_file():
+        return []
+    what = "is a folder" if Path(weights).expanduser().is_dir() else "does not exist"
+    return [
+        error(
+            "network.network_weights",
+            f"{weights} {what}",
+            "point it at a LoRA .safetensors file to continue from, or clear it to start a new LoRA",
+        )
+    ]
+
+
+def _check_resume(prepared: Prepared, spec: str) -> None:
+    from loratui.engine.state import (
+        OutputDirLock,
+        StateError,
+        dataset_differences,
+        read_state,
+        resolve_resume,
+        resume_differences,
+    )
+
+    profile = prepared.profile
+    if Path(profile.output.output_dir).is_dir():  # a state a kill left moved aside is a state too
+        prepared.restored = OutputDirLock.put_back(profile.output.output_dir)
+    try:
+        state = read_state(resolve_resume(spec, profile))
+    except StateError as exc:
+        prepared.checks.append(error("output.resume", str(exc), exc.hint or ""))
+        return
+    prepared.state = state
+    diffs = resume_differences(state, profile)
+    if diffs:
+        prepared.checks.append(
+            error(
+                "output.resume",
+                f"the profile differs from the one {state.folder.name} was trained with:\n    "
+                + "\n    ".join(diffs)
+                + "\n  undo these changes to resume, or start a new run without resume",
+            )
+        )
+        return
+    ds_problems, ds_warnings = dataset_differences(state, prepared.fingerprint)  # the same settings: the same data?
+    prepared.checks += [error("output.resume", p) for p in ds_problems]
+    prepared.resume_warnings += [f"output.resume: {w}" for w in ds_warnings]
+
+
+# --------------------------------------------------------------------------- preflight
+
+
+def preflight(profile: Profile, *, overwrite: bool) -> list[Problem]:
+    """Problems known before any model loads (output folder, names, 8-bit on CPU)."""
+    from loratui.engine.registries import OPTIMIZERS
+
+    problems: list[Problem] = []
+    o = profile.output
+    if not profile.model.base_model:
+        problems.append(error("model.base_model", "not set", "point it at a .safetensors file, a diffusers folder or a Hub repo id"))
+    if not o.output_dir:
+        problems.append(error("output.output_dir", "not set", "where the LoRA files are written"))
+    if not o.output_name:
+        problems.append(error("output.output_name", "not set", "the LoRA's file name without .safetensors"))
+    name = profile.optimization.optimizer
+    if name in OPTIMIZERS and OPTIMIZERS[name].cuda_only and not _has_cuda():
+        problems.append(
+            error("optimization.optimizer", f"{name} needs an NVIDIA GPU (bitsandbytes); on this machine use AdamW or Lion")
+        )
+    problems += _optimizer_args_problems(profile)
+    if o.output_dir and o.output_name:
+        target = final_path(profile)
+        if target.exists() and not overwrite:
+            problems.append(
+                error(
+                    "output.output_name",
+                    f"{target} already exists",
+                    "choose another output name, or pass --overwrite to replace it",
+                )
+            )
+        problems.extend(_check_writable(Path(o.output_dir)))
+    return problems
+
+
+def _optimizer_args_problems(profile: Profile) -> list[Problem]:
+    from loratui.engine.registries import ArgsError, parse_key_values
+    from loratui.engine.training.optim import OPTIMIZER_ARGS_HINT
+
+    try:
+        parse_key_values(profile.optimization.optimizer_args)
+    except ArgsError as exc:
+        return [error("optimization.optimizer_args", str(exc), OPTIMIZER_ARGS_HINT)]
+    return []
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _check_writable(out: Path) -> list[Problem]:
+    """Can files be created in ``out`` (or the nearest folder above it that
+    exists)? A real probe: ``os.access`` says yes to root on a read-only disk."""
+    import shutil
+    import tempfile
+
+    from loratui.engine.fsutil import TMP_PREFIX
+
+    key = "output.output_dir"
+    probe_dir = out
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        if probe_dir.is_symlink():
+            return [error(key, f"{probe_dir} is a broken symbolic link", "choose another folder")]
+        probe_dir = probe_dir.parent
+    if probe_dir.exists() and not probe_dir.is_dir():
+        return [error(key, f"{probe_dir} is a file, not a folder", "choose a folder")]
+    try:
+        fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX + "probe-", dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        where = "" if probe_dir == out else f" (nothing can be created in {probe_dir})"
+        return [error(key, f"{out} is not writable{where}: {reason}", "choose a folder you can write to")]
+    try:
+        free = shutil.disk_usage(probe_dir).free
+        if free < 50 * 2**20:
+            return [error(key, f"only {free / 2**20:.0f} MB free on the disk of {out}", "free some space first")]
+    except OSError:
+        pass
+    return []
