@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loratui.engine.families import get_family
-from loratui.engine.kohya_names import family_label, normalize_family, text_encoder_lora_name, text_encoder_prefix
+from loratui.engine.families import family_label, normalize_family
+from loratui.engine.kohya_names import text_encoder_lora_name, text_encoder_prefix
 from loratui.engine.lora_file import (
     LoRAWeightsError,
     _family_hint,

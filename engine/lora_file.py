@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loratui.engine.kohya_names import LORA_PREFIX_TEXT_ENCODER, LORA_PREFIX_UNET, family_label, guess_family
+from loratui.engine.families import family_label, guess_family
+from loratui.engine.kohya_names import LORA_PREFIX_TEXT_ENCODER, LORA_PREFIX_UNET
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

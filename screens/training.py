@@ -88,6 +88,7 @@ class TrainingScreen(Screen):
         self._scan_error = ""
         self._scan_signature: tuple | None = None
         self._scan_timer = None
+        self._checks_timer = None
         self._dataset_api: Any = None
         self.show_advanced = False
         self._hint = ""
@@ -487,6 +488,28 @@ class TrainingScreen(Screen):
                 except Exception:
                     plan = None
         panel.show(family=family, report=report, plan=plan, scan_error=self._scan_error)
+        self._request_checks()
+
+    def _request_checks(self) -> None:
+        """After the typing settles: the checks `loratui train` and `loratui check`
+        make before loading a model (prepare_run: model file, output folder,
+        network weights, resume state), in the plan panel."""
+        if self._checks_timer is not None:
+            self._checks_timer.stop()
+        self._checks_timer = self.set_timer(0.5, self._run_checks)
+
+    @property
+    def checks_settled(self) -> bool:
+        """The plan panel shows the checks of the form as it is now."""
+        return self._checks_timer is None and not self.query_one(PlanPanel).checking
+
+    def _run_checks(self) -> None:
+        self._checks_timer = None
+        panel = self.query_one(PlanPanel)
+        if self.valid is None or not self.valid.dataset.train_data_dir:
+            panel.show(problems=[])
+        else:
+            panel.check_profile(self.valid)
 
     def _watch_dataset(self) -> None:
         """Every 2 s: rescan when a dataset folder changed on disk."""

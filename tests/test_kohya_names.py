@@ -9,14 +9,8 @@ import re
 
 import pytest
 
-from loratui.engine.kohya_names import (
-    SGMLayout,
-    guess_family,
-    normalize_family,
-    text_encoder_lora_name,
-    text_encoder_prefix,
-    unet_lora_name,
-)
+from loratui.engine.families import guess_family, normalize_family, unet_lora_name
+from loratui.engine.kohya_names import SGMLayout, text_encoder_lora_name, text_encoder_prefix
 
 SDXL_CONFIG = {
     "layers_per_block": 2,

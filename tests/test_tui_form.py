@@ -202,6 +202,28 @@ async def test_the_plan_follows_keystrokes_and_the_folder(env, synthetic_dataset
         assert panel.report.problems and "✗" in str(panel.render())
 
 
+async def test_the_plan_panel_shows_what_train_would_refuse(env, synthetic_dataset, tmp_path):
+    from loratui.engine.training.prepare import prepare_run
+
+    gone = tmp_path / "gone.safetensors"
+    app = app_for(make_profile(env, synthetic_dataset, network={"network_weights": str(gone)}))
+    async with app.run_test(size=(120, 40)) as pilot:
+        form = app.form
+        panel = form.query_one(PlanPanel)
+        await until(pilot, lambda: any(p.startswith("network.network_weights") for p in panel.problems))
+        await until(pilot, lambda: form.checks_settled)
+        # the same problems `loratui check` and `loratui train` report (less the dataset's, shown above them)
+        expected = [str(p) for p in prepare_run(form.valid).problems if str(p) not in panel.report.problems]
+        assert panel.problems == expected
+        assert any(p.startswith("model.base_model") for p in panel.problems)  # the model folder does not exist
+        assert "gone.safetensors" in str(panel.render())
+        # cleared in the form: that problem goes, the model's stays
+        field = await edit(pilot, form, "network.network_weights", "")
+        field.editor.value = ""
+        await until(pilot, lambda: form.checks_settled and not any(p.startswith("network.") for p in panel.problems))
+        assert any(p.startswith("model.base_model") for p in panel.problems)
+
+
 async def test_pick_a_folder_and_leave_a_field(env, synthetic_dataset):
     app = app_for(make_profile(env, synthetic_dataset))
     async with app.run_test(size=(120, 40)) as pilot:

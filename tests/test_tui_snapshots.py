@@ -71,7 +71,8 @@ def make_app() -> LoraTuiApp:
 async def settle_form(pilot) -> None:
     panel = pilot.app.form.query_one(PlanPanel)
     for _ in range(200):
-        if panel.report is not None and not panel.scanning and pilot.app.gpu_last[0] is not None:
+        if (panel.report is not None and not panel.scanning and pilot.app.gpu_last[0] is not None
+                and pilot.app.form.checks_settled):
             break
         await pilot.pause(0.02)
     await pilot.pause()

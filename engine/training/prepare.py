@@ -7,8 +7,9 @@ profile warnings, the dataset scan and its report, the base model's headers,
 existing final LoRA), the step plan, the dataset fingerprint and, when
 resuming, the state: found, readable, trained with the same settings and data.
 
-No torch import here (only for an 8-bit optimizer, to ask whether there is a
-GPU): the UI calls this from a worker thread before it has torch.
+No torch import here (only for an 8-bit optimizer on a machine whose NVIDIA
+driver sees a GPU, to ask whether torch can use it): the UI calls this from a
+worker thread before it has torch.
 """
 
 from __future__ import annotations
@@ -174,6 +175,15 @@ def _optimizer_args_problems(profile: Profile) -> list[Problem]:
 
 
 def _has_cuda() -> bool:
+    """Whether torch can use a CUDA GPU. Asks NVML first, so that a machine with
+    no NVIDIA GPU is told without importing torch (the form checks as you type)."""
+    import sys
+
+    if "torch" not in sys.modules:
+        from loratui.engine.gpu import default_monitor
+
+        if not default_monitor().available:
+            return False
     import torch
 
     return torch.cuda.is_available()

@@ -126,6 +126,7 @@ class PlanPanel(Static):
         self.scan_error = ""
         self.compact = False
         self.problems: list[str] = []
+        self._checking = None  # the profile whose checks run now
         self._last: str | None = None
 
     def show(self, **changes) -> None:
@@ -149,13 +150,27 @@ class PlanPanel(Static):
         self._last = None
         self.show()
 
-    @work(thread=True, exclusive=True, group="plan-checks", exit_on_error=False)
     def check_profile(self, profile) -> None:
         """Run the checks a training run starts with (``prepare_run``: the same
-        as `loratui check`) off the UI thread; show what stops a run."""
+        as `loratui check`) off the UI thread; show what stops a run. Only the
+        newest profile's result is shown."""
+        self._checking = profile
+        self._check_worker(profile)
+
+    @work(thread=True, exclusive=True, group="plan-checks", exit_on_error=False)
+    def _check_worker(self, profile) -> None:
         from loratui.engine.training.prepare import prepare_run
 
         prepared = prepare_run(profile)
         problems = [str(p) for p in prepared.problems if str(p) not in prepared.report.problems]
-        self.app.call_from_thread(self.show, problems=problems)
+        self.app.call_from_thread(self._checked, profile, problems)
 
+    def _checked(self, profile, problems: list[str]) -> None:
+        if profile is self._checking:
+            self._checking = None
+            self.show(problems=problems)
+
+    @property
+    def checking(self) -> bool:
+        """A check of the form's profile is running."""
+        return self._checking is not None
