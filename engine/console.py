@@ -13,6 +13,7 @@ from loratui.engine.events import (
     Failed,
     Finished,
     LogEvent,
+    Phase,
     PhaseChanged,
     RunPlanned,
     StepEvent,
@@ -81,7 +82,7 @@ class ConsolePrinter:
                 self._print(line)
             self._print(f"device   {ev.device}")
         elif isinstance(ev, PhaseChanged):
-            if ev.phase == "caching_latents" and ev.total:
+            if ev.phase == Phase.CACHING_LATENTS and ev.total:
                 if ev.current in (0, ev.total) or not self.tty:
                     if ev.current in (0, ev.total):
                         self._print(f"caching latents {ev.current}/{ev.total}")

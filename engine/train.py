@@ -26,7 +26,7 @@ import contextlib
 import time
 import traceback
 
-from loratui.engine.events import Aborted, Control, Event, Failed, PhaseChanged, StepEvent
+from loratui.engine.events import Aborted, Control, Event, Failed, Phase, PhaseChanged, StepEvent
 from loratui.engine.schema import Profile
 from loratui.engine.training.loop import Emit, RunContext, train
 from loratui.engine.training.paths import TrainingError, log_path
@@ -88,7 +88,7 @@ class _Recorder:
     def __call__(self, ev: Event) -> None:
         if isinstance(ev, PhaseChanged):
             self.ctx.phase = ev.phase
-            if ev.phase == "training" and ev.total:
+            if ev.phase == Phase.TRAINING and ev.total:
                 self.ctx.total_steps = ev.total
         elif isinstance(ev, StepEvent):
             self.ctx.step, self.ctx.total_steps = ev.step, ev.total_steps

@@ -27,13 +27,16 @@ ENGINE = Path(__file__).resolve().parent.parent / "engine"
 
 
 def emitted_phases() -> set[str]:
-    """Every phase literal in a ``PhaseChanged(...)`` call in the engine's source."""
+    """Every phase in a ``PhaseChanged(...)`` call in the engine's source: a
+    ``Phase.NAME`` member (as its value, ``name.lower()``) or a string literal."""
     found = set()
     for path in ENGINE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "PhaseChanged":
                 args = [node.args[0]] if node.args else [k.value for k in node.keywords if k.arg == "phase"]
                 found |= {a.value for a in args if isinstance(a, ast.Constant)}
+                found |= {a.attr.lower() for a in args
+                          if isinstance(a, ast.Attribute) and isinstance(a.value, ast.Name) and a.value.id == "Phase"}
     return found
 
 

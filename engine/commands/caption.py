@@ -110,19 +110,19 @@ class _Printer:
             os.close(devnull)
 
     def _print(self, ev: object) -> None:
-        from loratui.engine.events import Failed, Finished, LogEvent, PhaseChanged, WarningEvent
+        from loratui.engine.events import Failed, Finished, LogEvent, Phase, PhaseChanged, WarningEvent
 
         if isinstance(ev, PhaseChanged):
-            if ev.phase == "downloading":
+            if ev.phase == Phase.DOWNLOADING:
                 now = time.monotonic()
                 if ev.total and (now - self.last_download >= 2 or ev.current >= ev.total):
                     self.last_download = now
                     print(f"downloading {ev.detail}: {_mb(ev.current)} / {_mb(ev.total)}", file=self.out, flush=True)
                 elif not ev.total:
                     print(f"downloading {ev.detail}", file=self.out, flush=True)
-            elif ev.phase == "loading_model":
+            elif ev.phase == Phase.LOADING_MODEL:
                 print(f"loading model {ev.detail}", file=self.out, flush=True)
-            elif ev.phase == "captioning" and ev.current:
+            elif ev.phase == Phase.CAPTIONING and ev.current:
                 width = len(str(ev.total))
                 detail = ev.detail if len(ev.detail) <= 110 else ev.detail[:107] + "..."
                 print(f"[{ev.current:>{width}}/{ev.total}] {detail}", file=self.out, flush=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loratui.engine.events import CheckpointSaved, LogEvent, PhaseChanged
+from loratui.engine.events import CheckpointSaved, LogEvent, Phase, PhaseChanged
 from loratui.engine.training.paths import TrainingError, step_path
 
 
@@ -53,7 +53,7 @@ class Checkpointer:
 
         self.check_finite(step)
         emit = self.ctx.emit
-        emit(PhaseChanged(phase="saving", detail=path.name))
+        emit(PhaseChanged(phase=Phase.SAVING, detail=path.name))
         md = build_metadata(
             self.profile,
             **self.metadata_inputs,
@@ -66,7 +66,7 @@ class Checkpointer:
         self.ctx.last_saved = str(path)
         self.lora_saved_at = step
         emit(CheckpointSaved(path=str(path), kind=kind, size=path.stat().st_size, epoch=epoch, step=step))
-        emit(PhaseChanged(phase="training"))
+        emit(PhaseChanged(phase=Phase.TRAINING))
 
     def save_state(self, epoch: int, batch_in_epoch: int, nbatches: int, step: int) -> None:
         import torch
@@ -77,7 +77,7 @@ class Checkpointer:
         if batch_in_epoch >= nbatches:  # at an epoch's end: continue with the next one
             epoch, batch_in_epoch = epoch + 1, 0
         folder = state_dir(self.profile, step)
-        self.ctx.emit(PhaseChanged(phase="saving", detail=folder.name))
+        self.ctx.emit(PhaseChanged(phase=Phase.SAVING, detail=folder.name))
         lora_sd = self.network.kohya_state_dict(torch.float32)
         self._guarded(
             folder,
@@ -98,7 +98,7 @@ class Checkpointer:
         prune_states(self.profile, self.profile.output.save_last_n_states)  # only now that the new one is complete
         size = sum(f.stat().st_size for f in folder.iterdir())
         self.ctx.emit(CheckpointSaved(path=str(folder), kind="state", size=size, epoch=epoch, step=step))
-        self.ctx.emit(PhaseChanged(phase="training"))
+        self.ctx.emit(PhaseChanged(phase=Phase.TRAINING))
 
     def _training_state(self) -> dict[str, Any]:
         import torch

@@ -17,6 +17,7 @@ from loratui.engine.events import (
     Event,
     Finished,
     LogEvent,
+    Phase,
     PhaseChanged,
     RunPlanned,
     StepEvent,
@@ -36,7 +37,7 @@ class RunContext:
     started_at: float
     passed_preflight: Callable[[], None]
     # what the run is doing (for error messages) and what it has saved
-    phase: str = "preparing"
+    phase: Phase = Phase.PREPARING
     step: int = 0
     total_steps: int = 0
     last_saved: str = ""  # the newest LoRA file written
@@ -45,12 +46,12 @@ class RunContext:
     heavy: bool = False  # past the preflight checks: models may have been loaded
 
     def where(self) -> str:
-        if self.phase == "training" and self.total_steps:
+        if self.phase == Phase.TRAINING and self.total_steps:
             return f"at step {self.step + 1} of {self.total_steps}"
         return {
-            "loading_model": "while loading the model",
-            "caching_latents": "while caching latents",
-            "saving": "while saving",
+            Phase.LOADING_MODEL: "while loading the model",
+            Phase.CACHING_LATENTS: "while caching latents",
+            Phase.SAVING: "while saving",
         }.get(self.phase, "")
 
     def warn(self, msg: str) -> None:
@@ -85,7 +86,7 @@ def start(ctx: RunContext, *, overwrite: bool, resume: str | None):
     from loratui.engine.training.setup import describe_device, pick_device
 
     o = ctx.profile.output
-    ctx.emit(PhaseChanged(phase="preparing", detail="scanning the dataset"))
+    ctx.emit(PhaseChanged(phase=Phase.PREPARING, detail="scanning the dataset"))
     prepared = prepare_run(ctx.profile, resume=resume, overwrite=overwrite)
     for w in prepared.warnings:
         ctx.warn(w)
@@ -175,7 +176,7 @@ def loop(r: Run) -> Event:
     step, start_epoch, skip_batches = r.start
     meter = r.stepper.meter
     t_train = time.perf_counter()
-    ctx.emit(PhaseChanged(phase="training", total=total))
+    ctx.emit(PhaseChanged(phase=Phase.TRAINING, total=total))
     epoch, stopped = start_epoch, False
     for epoch in range(start_epoch, epochs + 1):
         batches = r.source.epoch(epoch)
@@ -220,10 +221,10 @@ def loop(r: Run) -> Event:
 
     elapsed = time.perf_counter() - t_train
     if stopped:
-        ctx.emit(PhaseChanged(phase="done"))
+        ctx.emit(PhaseChanged(phase=Phase.DONE))
         summary = {"last_saved": ctx.last_saved, "last_state": ctx.last_state}
         return Finished(path="", steps=step, elapsed=elapsed, stopped_early=True, summary=summary)
     ckpt.save_lora(final_path(profile), "final", epoch, step)
-    ctx.emit(PhaseChanged(phase="done"))
+    ctx.emit(PhaseChanged(phase=Phase.DONE))
     summary = {"epochs": epoch, "final_loss": meter.smoothed, "its": step / elapsed if elapsed else 0.0}
     return Finished(path=str(final_path(profile)), steps=step, elapsed=elapsed, summary=summary)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from loratui.engine.events import LogEvent, PhaseChanged
+from loratui.engine.events import LogEvent, Phase, PhaseChanged
 from loratui.engine.schema import Profile
 from loratui.engine.training.paths import TrainingError
 
@@ -62,12 +62,12 @@ def load_model(profile: Profile, emit, device: str, weight_dtype, warn: Callable
     from loratui.engine.families import get_family
     from loratui.engine.loading import load_components
 
-    emit(PhaseChanged(phase="loading_model", detail=profile.model.base_model))
+    emit(PhaseChanged(phase=Phase.LOADING_MODEL, detail=profile.model.base_model))
     comp = load_components(
         profile.model,
         device=device,
         dtype=weight_dtype,
-        on_progress=lambda msg: emit(PhaseChanged(phase="loading_model", detail=msg)),
+        on_progress=lambda msg: emit(PhaseChanged(phase=Phase.LOADING_MODEL, detail=msg)),
     )
     emit(LogEvent(message=f"loaded {comp.source}"))
     for w in comp.warnings:
@@ -130,7 +130,7 @@ def cache_latents(profile: Profile, scan, comp, ctx, device: str, weight_dtype):
     ds, emit, control = profile.dataset, ctx.emit, ctx.control
     if ds.cache_latents == "off":
         return None
-    emit(PhaseChanged(phase="caching_latents", current=0, total=len(scan.items)))
+    emit(PhaseChanged(phase=Phase.CACHING_LATENTS, current=0, total=len(scan.items)))
     store = build_cache(
         scan.items,
         comp.vae,
@@ -138,7 +138,7 @@ def cache_latents(profile: Profile, scan, comp, ctx, device: str, weight_dtype):
         device=device,
         dtype=weight_dtype,
         vae_fp32=comp.vae_needs_fp32,
-        on_progress=lambda n, total: emit(PhaseChanged(phase="caching_latents", current=n, total=total)),
+        on_progress=lambda n, total: emit(PhaseChanged(phase=Phase.CACHING_LATENTS, current=n, total=total)),
         should_stop=lambda: control.aborted,
         flip_aug=ds.flip_aug,
         seed=profile.optimization.seed,
