@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loratui.engine.kohya.keys import network_type_refusal, show
+from loratui.engine.kohya.keys import NO_EFFECT, OFF_VALUES, network_type_refusal, show
 from loratui.engine.problems import Problem
 from loratui.engine.schema import Profile, ProfileError, profile_from_dict, setting_info, settings
-from loratui.engine.schema.coerce import BadValue, by_type
+from loratui.engine.schema.coerce import BadValue, blank, by_type, is_off
 
 class KohyaImportError(Exception):
     """The file could not be read as a kohya_ss / sd-scripts config at all."""
@@ -247,3 +247,20 @@ class Builder:
         self.unsupported_(key, raw, why)
 
 
+def report_other(b: Builder, key: str, v: Any, name: str | None = None) -> None:
+    """Report a key loratui does not map: no effect, an option that is off (or
+    not: unsupported), empty, or unknown. ``name``: the kohya name (default:
+    the last part of ``key``)."""
+    name = name or key.rsplit(".", 1)[-1]
+    if name in NO_EFFECT:
+        b.ignore(key, v, NO_EFFECT[name])
+    elif name in OFF_VALUES:
+        off, what = OFF_VALUES[name]
+        if is_off(v, off):
+            b.ignore(key, v, f"off: loratui has no {what}")
+        else:
+            b.unsupported_(key, v, f"loratui has no {what}; trained without it")
+    elif blank(v) or v is False or v == 0 or v == []:
+        b.ignore(key, v, "unknown to loratui; off or empty")
+    else:
+        b.unsupported_(key, v, "unknown to loratui; may change training")

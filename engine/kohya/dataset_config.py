@@ -14,11 +14,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from loratui.engine.kohya.builder import Builder
-from loratui.engine.kohya.keys import NO_EFFECT, OFF_VALUES, concept_dir, dataset_keys, show, subset_keys
+from loratui.engine.kohya.builder import Builder, report_other
+from loratui.engine.kohya.keys import OFF_VALUES, concept_dir, dataset_keys, show, subset_keys
 from loratui.engine.kohya.special import map_resolution
 from loratui.engine.schema import Profile
-from loratui.engine.schema.coerce import BadValue, blank, is_off, same, to_int, truthy
+from loratui.engine.schema.coerce import BadValue, blank, same, to_int, truthy
 
 
 # --------------------------------------------------------------------------- dataset config
@@ -126,22 +126,6 @@ def map_dataset_config(data: dict[str, Any], b: Builder, path: Path, prefix: str
         b.values["dataset.train_data_dir"] = train_dir
     if reg_dir is not None:
         b.values["dataset.reg_data_dir"] = reg_dir
-
-
-def report_other(b: Builder, key: str, v: Any) -> None:
-    name = key.rsplit(".", 1)[-1]
-    if name in NO_EFFECT:
-        b.ignore(key, v, NO_EFFECT[name])
-    elif name in OFF_VALUES:
-        off, what = OFF_VALUES[name]
-        if is_off(v, off):
-            b.ignore(key, v, f"off: loratui has no {what}")
-        else:
-            b.unsupported_(key, v, f"loratui has no {what}; trained without it")
-    elif blank(v) or v is False or v == 0:
-        b.ignore(key, v, "unknown to loratui; off or empty")
-    else:
-        b.unsupported_(key, v, "unknown to loratui; may change training")
 
 
 def _map_subsets(b: Builder, group: list[dict], subsets: list[dict], prefix: str, default_repeats: Any, reg: bool) -> str | None:

@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from loratui.engine.kohya.builder import Builder, ImportResult, KohyaImportError
+from loratui.engine.kohya.builder import Builder, ImportResult, KohyaImportError, report_other
 from loratui.engine.kohya.dataset_config import map_dataset_config
 from loratui.engine.kohya.keys import (
     DATASET_DIR_KEYS,
@@ -25,7 +25,6 @@ from loratui.engine.kohya.keys import (
     LORATUI_COMMENT,
     LYCORIS_OPTIONS,
     NO_EFFECT,
-    OFF_VALUES,
     SD_SCRIPTS_CONFIG,
     SD_SCRIPTS_DATASET,
     flat_keys,
@@ -246,23 +245,13 @@ def _map_declared(b: Builder, info: SettingInfo, key: str, raw: Any) -> None:
 
 
 def _report_unmapped(b: Builder, key: str, name: str, raw: Any, lycoris: bool) -> None:
-    if name in NO_EFFECT:
-        b.ignore(key, raw, NO_EFFECT[name])
-    elif name in LYCORIS_OPTIONS:
+    if name in LYCORIS_OPTIONS and name not in NO_EFFECT:
         if name == "dora_wd" and not is_off(raw, False):
             b.unsupported_(key, raw, "DoRA (weight-decomposed LoRA) is not supported yet")
         else:
             b.ignore(key, raw, "LyCORIS option" + ("" if lycoris else "; not used by LoRA / LoCon"))
-    elif name in OFF_VALUES:
-        off, what = OFF_VALUES[name]
-        if is_off(raw, off):
-            b.ignore(key, raw, f"off: loratui has no {what}")
-        else:
-            b.unsupported_(key, raw, f"loratui has no {what}; trained without it")
-    elif blank(raw) or raw is False or raw == 0 or raw == []:
-        b.ignore(key, raw, "unknown to loratui; off or empty")
     else:
-        b.unsupported_(key, raw, "unknown to loratui; may change training")
+        report_other(b, key, raw, name)
 
 
 def _map_family(cfg: dict[str, Any], b: Builder, K, *, gui: bool, top: bool) -> None:
