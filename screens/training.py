@@ -235,13 +235,18 @@ class TrainingScreen(Screen):
         report = getattr(self._scan_result, "report", None)
         return list(report.problems) if report is not None else []
 
+    def plan_problems(self) -> list[str]:
+        """What stops a run, as the plan panel shows it: the dataset's, then the
+        other checks of ``prepare_run`` (model, output folder, LoRA weights...)."""
+        return self.dataset_problems() + list(self.query_one(PlanPanel).problems)
+
     def _update_status_line(self) -> None:
         count = self.query_one("#problem-count", Label)
-        n, ds = len(self.problems), self.dataset_problems()
+        n, ds = len(self.problems), self.plan_problems()
         if n:
             text = f"✗ {n} problem{'s' if n > 1 else ''} — see the fields in red"
         elif ds:
-            text = f"✗ the dataset has {len(ds)} problem{'s' if len(ds) > 1 else ''} — see the plan"
+            text = f"✗ {len(ds)} problem{'s' if len(ds) > 1 else ''} stop{'' if len(ds) > 1 else 's'} a run — see the plan"
         elif self.warnings:
             text = f"! {len(self.warnings)} warning{'s' if len(self.warnings) > 1 else ''}"
         else:
@@ -497,6 +502,10 @@ class TrainingScreen(Screen):
         if self._checks_timer is not None:
             self._checks_timer.stop()
         self._checks_timer = self.set_timer(0.5, self._run_checks)
+
+    @on(PlanPanel.Checked)
+    def _checks_done(self, event: PlanPanel.Checked) -> None:
+        self._update_status_line()
 
     @property
     def checks_settled(self) -> bool:

@@ -213,10 +213,20 @@ async def test_the_plan_panel_shows_what_train_would_refuse(env, synthetic_datas
         await until(pilot, lambda: any(p.startswith("network.network_weights") for p in panel.problems))
         await until(pilot, lambda: form.checks_settled)
         # the same problems `loratui check` and `loratui train` report (less the dataset's, shown above them)
-        expected = [str(p) for p in prepare_run(form.valid).problems if str(p) not in panel.report.problems]
+        expected = [str(p) for p in prepare_run(form.valid, overwrite=True).problems if str(p) not in panel.report.problems]
         assert panel.problems == expected
         assert any(p.startswith("model.base_model") for p in panel.problems)  # the model folder does not exist
         assert "gone.safetensors" in str(panel.render())
+        n = len(panel.report.problems) + len(panel.problems)
+        assert f"✗ {n} problems stop a run" in str(form.query_one("#problem-count").render())
+        # Start is refused with the same list, before anything loads
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        assert isinstance(app.screen, ChoiceDialog) and app.run_state is None
+        body = str(app.screen.query_one(".body", Static).render())
+        assert "network.network_weights" in body and "gone.safetensors" in body
+        await pilot.press("escape")
+        await pilot.pause()
         # cleared in the form: that problem goes, the model's stays
         field = await edit(pilot, form, "network.network_weights", "")
         field.editor.value = ""

@@ -46,7 +46,8 @@ class RunControl:
             return
         form = self.form
         profile = form.validate()
-        problems = form.problems + form.dataset_problems()
+        # the plan panel's checks when they are of the form as it is (else the run checks again itself)
+        problems = form.problems + (form.plan_problems() if form.checks_settled else form.dataset_problems())
         if profile is None or problems:
             n = len(problems)
             self._show_problems(f"Cannot start: {n} problem{'s' if n > 1 else ''}", problems)

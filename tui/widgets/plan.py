@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from rich.text import Text
 from textual import work
+from textual.message import Message
 from textual.widgets import Static
 
 from loratui.engine.plan import DatasetReport, StepPlan
@@ -113,6 +114,9 @@ def _render_compact(family, report, plan, scanning, scan_error) -> Text:
 class PlanPanel(Static):
     """Shows what ``render_plan`` gives; the training screen feeds it."""
 
+    class Checked(Message):
+        """The checks of ``check_profile`` are in ``PlanPanel.problems``."""
+
     DEFAULT_CSS = """
     PlanPanel { height: 1fr; }
     """
@@ -161,7 +165,8 @@ class PlanPanel(Static):
     def _check_worker(self, profile) -> None:
         from loratui.engine.training.prepare import prepare_run
 
-        prepared = prepare_run(profile)
+        # overwrite: an existing final LoRA is no problem here — Start asks before replacing it
+        prepared = prepare_run(profile, overwrite=True)
         problems = [str(p) for p in prepared.problems if str(p) not in prepared.report.problems]
         self.app.call_from_thread(self._checked, profile, problems)
 
@@ -169,6 +174,7 @@ class PlanPanel(Static):
         if profile is self._checking:
             self._checking = None
             self.show(problems=problems)
+            self.post_message(self.Checked())
 
     @property
     def checking(self) -> bool:
