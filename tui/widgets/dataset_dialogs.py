@@ -4,7 +4,7 @@ confirmation, and the captioning job's choices.  Each answers through
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from textual import on
 from textual.app import ComposeResult
@@ -19,17 +19,29 @@ if TYPE_CHECKING:
     from loratui.engine.captioners import CaptionSettings
 
 
-class RepeatsDialog(ModalScreen[int | None]):
+R = TypeVar("R")
+
+
+class DatasetDialog(ModalScreen[R]):
+    """What the dataset screen's dialogs share: a centred box with a title, a
+    body, an error line and the keys (each subclass adds its own rules)."""
+
+    DEFAULT_CSS = """
+    DatasetDialog { align: center middle; }
+    DatasetDialog .dialog { width: 64; max-width: 95%; height: auto; max-height: 90%;
+                            border: round $accent; background: $surface; padding: 0 1; }
+    DatasetDialog .dialog.wide { width: 90; }
+    DatasetDialog .dialog-title { text-style: bold; width: 1fr; }
+    DatasetDialog .dialog-body { height: auto; max-height: 12; margin-bottom: 1; }
+    DatasetDialog .dialog-error { color: $error; height: auto; }
+    DatasetDialog .dialog-keys { color: $text-muted; }
+    """
+
+
+class RepeatsDialog(DatasetDialog[int | None]):
     """Ask for a concept's repeats; answers the number, or None."""
 
     DEFAULT_CSS = """
-    RepeatsDialog { align: center middle; }
-    RepeatsDialog .dialog { width: 64; max-width: 95%; height: auto; max-height: 90%;
-                            border: round $accent; background: $surface; padding: 0 1; }
-    RepeatsDialog .dialog-title { text-style: bold; width: 1fr; }
-    RepeatsDialog .dialog-body { height: auto; max-height: 12; margin-bottom: 1; }
-    RepeatsDialog .dialog-error { color: $error; height: auto; }
-    RepeatsDialog .dialog-keys { color: $text-muted; }
     RepeatsDialog #repeats-input { width: 16; }
     """
     BINDINGS = [Binding("escape", "cancel", "cancel", id="dataset.dialog.cancel")]
@@ -65,17 +77,10 @@ class RepeatsDialog(ModalScreen[int | None]):
         self.dismiss(None)
 
 
-class CaptionEditor(ModalScreen[str | None]):
+class CaptionEditor(DatasetDialog[str | None]):
     """Edit one caption; ctrl+s answers the text, esc None."""
 
     DEFAULT_CSS = """
-    CaptionEditor { align: center middle; }
-    CaptionEditor .dialog { width: 64; max-width: 95%; height: auto; max-height: 90%;
-                            border: round $accent; background: $surface; padding: 0 1; }
-    CaptionEditor .dialog.wide { width: 90; }
-    CaptionEditor .dialog-title { text-style: bold; width: 1fr; }
-    CaptionEditor .dialog-error { color: $error; height: auto; }
-    CaptionEditor .dialog-keys { color: $text-muted; }
     CaptionEditor #caption-text { height: 8; }
     """
     BINDINGS = [
@@ -107,15 +112,7 @@ class CaptionEditor(ModalScreen[str | None]):
         self.dismiss(None)
 
 
-class ConfirmDialog(ModalScreen[bool]):
-    DEFAULT_CSS = """
-    ConfirmDialog { align: center middle; }
-    ConfirmDialog .dialog { width: 64; max-width: 95%; height: auto; max-height: 90%;
-                            border: round $accent; background: $surface; padding: 0 1; }
-    ConfirmDialog .dialog-title { text-style: bold; width: 1fr; }
-    ConfirmDialog .dialog-body { height: auto; max-height: 12; margin-bottom: 1; }
-    ConfirmDialog .dialog-keys { color: $text-muted; }
-    """
+class ConfirmDialog(DatasetDialog[bool]):
     BINDINGS = [
         Binding("y,enter", "answer(True)", "yes", id="dataset.confirm.yes"),
         Binding("n,escape", "answer(False)", "no", id="dataset.confirm.no"),
@@ -135,16 +132,10 @@ class ConfirmDialog(ModalScreen[bool]):
         self.dismiss(yes)
 
 
-class CaptionJobDialog(ModalScreen[dict | None]):
+class CaptionJobDialog(DatasetDialog[dict | None]):
     """Choose the captioner and which images; answers a dict of choices."""
 
     DEFAULT_CSS = """
-    CaptionJobDialog { align: center middle; }
-    CaptionJobDialog .dialog { width: 64; max-width: 95%; height: auto; max-height: 90%;
-                               border: round $accent; background: $surface; padding: 0 1; }
-    CaptionJobDialog .dialog.wide { width: 90; }
-    CaptionJobDialog .dialog-title { text-style: bold; width: 1fr; }
-    CaptionJobDialog .dialog-error { color: $error; height: auto; }
     CaptionJobDialog .row { height: auto; margin-top: 0; }
     CaptionJobDialog .field-label { width: 11; padding-top: 0; }
     CaptionJobDialog Select, CaptionJobDialog Input { width: 1fr; }
