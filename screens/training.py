@@ -45,11 +45,12 @@ REPO_ID_RE = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 class ScanDone(Message):
-    def __init__(self, key: tuple, result: Any, error: str) -> None:
+    def __init__(self, key: tuple, result: Any, error: str, settings: DatasetSettings | None = None) -> None:
         super().__init__()
         self.key = key
         self.result = result
         self.error = error
+        self.settings = settings  # what was scanned
 
 
 class DatasetChanged(Message):
@@ -85,6 +86,7 @@ class TrainingScreen(Screen):
         self._last_good: Profile = Profile()
         self._scan_key: tuple | None = None
         self._scan_result: Any = None
+        self._scan_used: DatasetSettings | None = None  # the settings _scan_result was made with
         self._scan_error = ""
         self._scan_signature: tuple | None = None
         self._scan_timer = None
@@ -443,7 +445,7 @@ class TrainingScreen(Screen):
         key = (ds.train_data_dir, ds.reg_data_dir, ds.caption_extension)
         self._scan_key = key
         if not ds.train_data_dir:
-            self._scan_result, self._scan_error = None, ""
+            self._scan_result, self._scan_error, self._scan_used = None, "", None
             self._scan_signature = None
             self._update_plan()
             self._update_status_line()
@@ -465,13 +467,13 @@ class TrainingScreen(Screen):
             self.post_message(ScanDone(key, None, f"cannot scan {ds.train_data_dir}: {exc}"))
             return
         self._scan_signature = signature
-        self.post_message(ScanDone(key, result, ""))
+        self.post_message(ScanDone(key, result, "", ds))
 
     @on(ScanDone)
     def _scan_done(self, event: ScanDone) -> None:
         if event.key != self._scan_key:
             return  # an older folder
-        self._scan_result, self._scan_error = event.result, event.error
+        self._scan_result, self._scan_error, self._scan_used = event.result, event.error, event.settings
         self.query_one(PlanPanel).show(scanning=False)
         self._update_plan()
         self._update_status_line()
@@ -510,15 +512,18 @@ class TrainingScreen(Screen):
     @property
     def checks_settled(self) -> bool:
         """The plan panel shows the checks of the form as it is now."""
-        return self._checks_timer is None and not self.query_one(PlanPanel).checking
+        panel = self.query_one(PlanPanel)
+        return self._checks_timer is None and not panel.checking and not panel.scanning
 
     def _run_checks(self) -> None:
         self._checks_timer = None
         panel = self.query_one(PlanPanel)
         if self.valid is None or not self.valid.dataset.train_data_dir:
             panel.show(problems=[])
-        else:
-            panel.check_profile(self.valid)
+        elif not panel.scanning:  # (a scan in progress asks for the checks again when it is done)
+            # the form's own scan when it is of exactly these settings, else prepare_run scans
+            same = self._scan_result is not None and self._scan_used == self.valid.dataset
+            panel.check_profile(self.valid, scan=self._scan_result if same else None)
 
     def _watch_dataset(self) -> None:
         """Every 2 s: rescan when a dataset folder changed on disk."""

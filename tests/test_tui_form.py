@@ -234,6 +234,25 @@ async def test_the_plan_panel_shows_what_train_would_refuse(env, synthetic_datas
         assert any(p.startswith("model.base_model") for p in panel.problems)
 
 
+async def test_the_plan_checks_reuse_the_forms_scan(env, synthetic_dataset, monkeypatch):
+    import loratui.engine.dataset as dataset_mod
+    import loratui.engine.training.prepare as prepare_mod
+
+    app = app_for(make_profile(env, synthetic_dataset))
+    async with app.run_test(size=(120, 40)) as pilot:
+        form = app.form
+        await until(pilot, plan_ready(form))
+        await until(pilot, lambda: form.checks_settled)
+        scans, checks = [], []
+        real_scan, real_prepare = dataset_mod.scan_dataset, prepare_mod.prepare_run
+        monkeypatch.setattr(dataset_mod, "scan_dataset", lambda ds, **kw: scans.append(ds) or real_scan(ds, **kw))
+        monkeypatch.setattr(prepare_mod, "prepare_run", lambda p, **kw: checks.append(kw) or real_prepare(p, **kw))
+        # a setting that is not the dataset's: the checks run on the form's scan, the folder is not read again
+        await edit(pilot, form, "network.network_dim", "8")
+        await until(pilot, lambda: len(checks) == 1 and form.checks_settled)
+        assert checks[0]["scan"] is not None and scans == []
+
+
 async def test_pick_a_folder_and_leave_a_field(env, synthetic_dataset):
     app = app_for(make_profile(env, synthetic_dataset))
     async with app.run_test(size=(120, 40)) as pilot:

@@ -58,16 +58,18 @@ class Prepared:
         return not self.problems and self.plan.total_steps > 0
 
 
-def prepare_run(profile: Profile, resume: str | None = None, overwrite: bool = False) -> Prepared:
+def prepare_run(profile: Profile, resume: str | None = None, overwrite: bool = False, scan=None) -> Prepared:
     """Check ``profile`` (and the state to ``resume`` from: a folder or
     ``"latest"``; default ``output.resume``) as a run does before it loads
     anything. Resuming puts back a complete state an interrupted save had
-    moved aside, as the run would."""
+    moved aside, as the run would. ``scan``: a ``scan_dataset`` result of
+    exactly ``profile.dataset`` made just before (the form's), not made again."""
     from loratui.engine.dataset import plan_for, scan_dataset
     from loratui.engine.models import inspect_model
     from loratui.engine.state import dataset_fingerprint
 
-    scan = scan_dataset(profile.dataset)
+    if scan is None:
+        scan = scan_dataset(profile.dataset)
     model = inspect_model(profile.model)  # headers only: the same checks the loader makes
     checks = network_weights_problems(profile) + preflight(profile, overwrite=overwrite)
     plan = plan_for(profile, scan)

@@ -154,19 +154,20 @@ class PlanPanel(Static):
         self._last = None
         self.show()
 
-    def check_profile(self, profile) -> None:
+    def check_profile(self, profile, scan=None) -> None:
         """Run the checks a training run starts with (``prepare_run``: the same
         as `loratui check`) off the UI thread; show what stops a run. Only the
-        newest profile's result is shown."""
+        newest profile's result is shown. ``scan``: a scan of exactly
+        ``profile.dataset`` already made (else the dataset is scanned again)."""
         self._checking = profile
-        self._check_worker(profile)
+        self._check_worker(profile, scan)
 
     @work(thread=True, exclusive=True, group="plan-checks", exit_on_error=False)
-    def _check_worker(self, profile) -> None:
+    def _check_worker(self, profile, scan) -> None:
         from loratui.engine.training.prepare import prepare_run
 
         # overwrite: an existing final LoRA is no problem here — Start asks before replacing it
-        prepared = prepare_run(profile, overwrite=True)
+        prepared = prepare_run(profile, overwrite=True, scan=scan)
         problems = [str(p) for p in prepared.problems if str(p) not in prepared.report.problems]
         self.app.call_from_thread(self._checked, profile, problems)
 
