@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from loratui.engine.problems import Problem, error
+
 if TYPE_CHECKING:
     from loratui.engine.schema import DatasetSettings
 
@@ -113,20 +115,22 @@ class BucketManager:
             no_upscale=ds.bucket_no_upscale,
         )
 
-    def problems(self) -> list[str]:
+    def problems(self) -> list[Problem]:
         """Settings sd-scripts would reject or that give unusable buckets."""
         out = []
         if self.step % 8:
             out.append(
-                f"dataset.bucket_reso_steps: {self.step} must be a multiple of 8 "
-                "(the VAE works on 8-pixel blocks); 64 is usual"
+                error(
+                    "dataset.bucket_reso_steps",
+                    f"{self.step} must be a multiple of 8 (the VAE works on 8-pixel blocks)",
+                    "64 is usual",
+                )
             )
         if self.enable and not self.no_upscale:
             big = max(self.resolution)
             if self.max_size < big:
                 out.append(
-                    f"dataset.max_bucket_reso: {self.max_size} is smaller than the resolution {big}; "
-                    f"raise it to at least {big}"
+                    error("dataset.max_bucket_reso", f"{self.max_size} is smaller than the resolution {big}", f"raise it to at least {big}")
                 )
         return out
 

@@ -50,7 +50,7 @@ def report_lines(report: DatasetReport, plan: StepPlan | None, shown: Collection
     if plan is not None:
         lines.append(f"steps    {plan.describe()}")
     for w in report.warnings:
-        if w not in shown:
+        if str(w) not in shown:
             lines.append(f"warning  {w}")
     for p in report.problems:
         lines.append(f"error    {p}")

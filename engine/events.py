@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from loratui.engine.plan import DatasetReport, StepPlan
+from loratui.engine.problems import Problem, Severity
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +224,14 @@ def event_to_dict(ev: Event) -> dict[str, Any]:
     return {"type": type(ev).__name__, **asdict(ev)}
 
 
+def _problem_from(p: Any, kind: str):
+    if isinstance(p, dict):
+        fields = {k: p[k] for k in ("key", "message", "hint", "source") if isinstance(p.get(k), str)}
+        sev = Severity.WARNING if p.get("severity") == "warning" else Severity.ERROR
+        return Problem(fields.pop("key", ""), fields.pop("message", ""), severity=sev, **fields)
+    return Problem("", str(p), severity=Severity.WARNING if kind == "warnings" else Severity.ERROR)
+
+
 def event_from_dict(d: dict[str, Any]) -> Event | None:
     """Rebuild an event written by ``event_to_dict``; None for unknown types."""
     from loratui.engine.plan import ConceptReport
@@ -233,6 +242,8 @@ def event_from_dict(d: dict[str, Any]) -> Event | None:
         return None
     if cls is RunPlanned:
         rep = dict(d["report"])
+        for k in ("problems", "warnings"):  # Problems as dicts; plain strings in files from before
+            rep[k] = [_problem_from(p, k) for p in rep.get(k, [])]
         rep["concepts"] = [ConceptReport(**c) for c in rep.get("concepts", [])]
         rep["reg_concepts"] = [ConceptReport(**c) for c in rep.get("reg_concepts", [])]
         d["report"] = DatasetReport(**rep)

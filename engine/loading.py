@@ -74,7 +74,7 @@ def load_components(ms, *, device="cpu", dtype=None, on_progress: Callable[[str]
     info = inspect_model(ms)
     problems = info.problems
     if problems:
-        raise ModelLoadError("\n".join(problems))
+        raise ModelLoadError("\n".join(map(str, problems)))
     prediction_type, _ = resolve_prediction(info, ms)
 
     try:
@@ -101,8 +101,9 @@ def load_components(ms, *, device="cpu", dtype=None, on_progress: Callable[[str]
     family = parts["family"]
     info.family = family
     # A Hub repo's family and scheduler config may only be known now.
-    prediction_type, warnings = resolve_prediction(info, ms)
-    warnings += [w for w in info.warnings if w not in warnings]
+    prediction_type, found = resolve_prediction(info, ms)
+    warnings = [str(w) for w in found]
+    warnings += [str(w) for w in info.warnings if str(w) not in warnings]
     vae_needs_fp32 = get_family(family).vae_needs_fp32(vae.config, None if info.vae is None else info.vae.fp16_fixed_vae)
     vae_dtype = torch.float32 if (vae_needs_fp32 and dtype == torch.float16) else dtype
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loratui.engine.families import families, get_family
+from loratui.engine.problems import Problem, error, warning
 from loratui.engine.modelfiles import (
     PICKLE_EXT,
     _PATHLIKE_RE,
@@ -70,9 +71,10 @@ class ModelInfo:
     dtype: str | None = None  # predominant weight dtype of a safetensors file
     fp16_fixed_vae: bool = False  # (VAE only) an fp16-safe SDXL VAE
     missing_parts: list[str] = field(default_factory=list)  # single file: absent U-Net/VAE/text encoders
-    warnings: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
     vae: "ModelInfo | None" = None  # the separate VAE, when one is set
+    key: str = "model.base_model"  # the setting this path comes from
 
     # For the base model, ``problems``/``warnings`` include those of the
     # separate VAE (they name model.vae); ``vae`` keeps its own details.
@@ -80,6 +82,12 @@ class ModelInfo:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def problem(self, message: str, hint: str = "", key: str = "") -> None:
+        self.problems.append(error(key or self.key, message, hint))
+
+    def warn(self, message: str, hint: str = "", key: str = "") -> None:
+        self.warnings.append(warning(key or self.key, message, hint))
 
     @property
     def family_label(self) -> str:
@@ -91,7 +99,7 @@ class ModelInfo:
     def summary(self) -> str:
         """One line for the UI, e.g. ``SDXL · single file · fp16 · 6.9 GB``."""
         if self.kind in ("missing", "empty"):
-            return self.problems[0] if self.problems else self.spec
+            return str(self.problems[0]) if self.problems else self.spec
         parts = [self.family_label if self.family else "family unknown until loaded"]
         parts.append(
             {"file": "single file", "folder": "diffusers folder", "hub": f"Hub: {self.spec}"}.get(
@@ -231,9 +239,10 @@ def inspect_model(ms) -> ModelInfo:
         parts = [p for p in info.missing_parts if not (p == "VAE" and has_vae_setting)]
         if parts:
             vae_hint = " (a missing VAE can be given as model.vae)" if "VAE" in parts else ""
-            info.problems.append(
+            info.problem(
                 f"{info.spec} is not a complete {info.family_label} checkpoint: it has no "
-                f"{', '.join(parts)} weights{vae_hint}. Use a full checkpoint."
+                f"{', '.join(parts)} weights{vae_hint}",
+                "use a full checkpoint.",
             )
     if has_vae_setting:
         info.vae = _inspect_vae((ms.vae or "").strip(), info.family)
@@ -244,21 +253,22 @@ def inspect_model(ms) -> ModelInfo:
 
 def _inspect_spec(spec: str, *, what: str, field_name: str) -> ModelInfo:
     if not spec:
-        return ModelInfo(
-            spec,
-            "empty",
-            problems=[
-                f"{field_name} is empty: set it to a .safetensors/.ckpt file, a diffusers folder "
-                f"or a Hugging Face repo id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5)."
-            ],
+        info = ModelInfo(spec, "empty", key=field_name)
+        info.problem(
+            "is empty",
+            "set it to a .safetensors/.ckpt file, a diffusers folder "
+            "or a Hugging Face repo id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5).",
         )
+        return info
     path = Path(spec).expanduser()
     if path.is_file():
-        return _inspect_file(spec, path, what)
+        return _inspect_file(spec, path, what, field_name)
     if path.is_dir():
-        return _inspect_folder(spec, path, what)
+        return _inspect_folder(spec, path, what, field_name)
     if path.exists():
-        return ModelInfo(spec, "missing", path=path, problems=[f"{spec} ({field_name}) is not a regular file or folder."])
+        info = ModelInfo(spec, "missing", path=path, key=field_name)
+        info.problem(f"{spec} is not a regular file or folder", "choose a model file or folder.")
+        return info
     if not _PATHLIKE_RE.match(spec) and looks_like_repo_id(spec):
         return _inspect_hub(spec)
     parent = path.parent
@@ -268,30 +278,27 @@ def _inspect_spec(spec: str, *, what: str, field_name: str) -> ModelInfo:
             p.name for p in parent.iterdir() if p.suffix.lower() in SAFETENSORS_EXT + PICKLE_EXT
         )[:5]
         if near:
-            hint = f" Model files in {parent}: {', '.join(near)}."
+            hint = f"; model files in {parent}: {', '.join(near)}"
     else:
-        hint = f" (the folder {parent} does not exist either)."
-    return ModelInfo(
-        spec,
-        "missing",
-        path=path,
-        problems=[f"{field_name}: {spec} does not exist. Check the path.{hint}"],
-    )
+        hint = f" (the folder {parent} does not exist either)"
+    info = ModelInfo(spec, "missing", path=path, key=field_name)
+    info.problem(f"{spec} does not exist", f"check the path{hint}")
+    return info
 
 
-def _inspect_file(spec: str, path: Path, what: str) -> ModelInfo:
+def _inspect_file(spec: str, path: Path, what: str, key: str) -> ModelInfo:
     size = path.stat().st_size
-    info = ModelInfo(spec, "file", path=path, size_bytes=size)
+    info = ModelInfo(spec, "file", path=path, size_bytes=size, key=key)
     sniff = _sniff(path)
     problem = _sniff_problem(path, what, sniff, size)
     if problem:
-        info.problems.append(problem)
+        info.problem(problem)
         return info
     if sniff == "safetensors":
         info.format = "safetensors"
         hdr, problem = _read_safetensors_header(path, size)
         if problem:
-            info.problems.append(problem)
+            info.problem(problem)
             return info
         assert hdr is not None
         shapes = {k: v[1] for k, v in hdr.keys.items()}
@@ -300,7 +307,7 @@ def _inspect_file(spec: str, path: Path, what: str) -> ModelInfo:
             return info
         family, problem = detect_family_from_keys(hdr.keys, shapes)
         if problem:
-            info.problems.append(f"{path} {problem}")
+            info.problem(f"{path} {problem}")
             return info
         info.family, info.family_source = family, "weights"
         info.missing_parts = missing_parts(hdr.keys, family)
@@ -308,26 +315,24 @@ def _inspect_file(spec: str, path: Path, what: str) -> ModelInfo:
         if get_family(family).prediction_ambiguous and info.prediction_type is None:
             info.prediction_guess = get_family(family).guess_prediction(path, lambda key: _read_tensor(path, hdr, key))
         if "ztsnr" in hdr.keys:
-            info.warnings.append(
-                f"{path.name} is marked zero-terminal-SNR (ztsnr); training uses the standard noise schedule."
-            )
+            info.warn(f"{path.name} is marked zero-terminal-SNR (ztsnr); training uses the standard noise schedule.")
         return info
     # torch pickle (.ckpt / .pt / .bin): scan the opcodes, never execute them.
     info.format = "ckpt"
     globals_, strings, problem = _scan_torch_pickle(path, sniff)
     if problem:
-        info.problems.append(problem)
+        info.problem(problem)
         return info
     unsafe = [g for g in globals_ if not _global_is_safe(g)]
     if unsafe:
-        info.problems.append(_ckpt_code_problem(path, unsafe))
+        info.problem(_ckpt_code_problem(path, unsafe))
         return info
     if what == "VAE":
         return info
     keys = _tensor_names_from_strings(strings)
     family, problem = detect_family_from_keys(keys)
     if problem:
-        info.problems.append(f"{path} {problem}")
+        info.problem(f"{path} {problem}")
         return info
     info.family, info.family_source = family, "weights"
     info.missing_parts = missing_parts(keys, family)
@@ -348,22 +353,22 @@ def _family_from_folder(folder: Path) -> tuple[str | None, str]:
     return (found, "config") if found else (None, "")
 
 
-def _inspect_folder(spec: str, path: Path, what: str) -> ModelInfo:
-    info = ModelInfo(spec, "folder", path=path, format="diffusers")
+def _inspect_folder(spec: str, path: Path, what: str, key: str) -> ModelInfo:
+    info = ModelInfo(spec, "folder", path=path, format="diffusers", key=key)
     if what == "VAE":
         return info
     has_index = (path / "model_index.json").is_file()
     if not has_index and not (path / "unet" / "config.json").is_file():
         files = sorted(p.name for p in path.iterdir() if p.suffix.lower() in SAFETENSORS_EXT + PICKLE_EXT)
         if files:
-            info.problems.append(
-                f"{path} is a folder, not a diffusers model (no model_index.json). It holds "
-                f"{', '.join(files[:3])}: set model.base_model to that file."
+            info.problem(
+                f"{path} is a folder, not a diffusers model (no model_index.json). It holds {', '.join(files[:3])}",
+                "set model.base_model to that file.",
             )
         else:
-            info.problems.append(
-                f"{path} is not a diffusers model folder (no model_index.json, no unet/). Point "
-                f"model.base_model at a model file, a diffusers folder or a Hub repo id."
+            info.problem(
+                f"{path} is not a diffusers model folder (no model_index.json, no unet/)",
+                "point model.base_model at a model file, a diffusers folder or a Hub repo id.",
             )
         return info
     family, src = _family_from_folder(path)
@@ -371,9 +376,9 @@ def _inspect_folder(spec: str, path: Path, what: str) -> ModelInfo:
     needed = (get_family(family) if family else next(iter(families().values()))).diffusers_components()
     missing = [c for c in needed if not (path / c).is_dir()]
     if missing:
-        info.problems.append(
-            f"{path} is an incomplete diffusers folder: missing {', '.join(c + '/' for c in missing)}. "
-            f"Download the whole model again."
+        info.problem(
+            f"{path} is an incomplete diffusers folder: missing {', '.join(c + '/' for c in missing)}",
+            "download the whole model again.",
         )
         return info
     total = 0
@@ -382,9 +387,9 @@ def _inspect_folder(spec: str, path: Path, what: str) -> ModelInfo:
             continue
         files = _weight_files(path / comp)
         if not files:
-            info.problems.append(
-                f"{path / comp} has no weights (diffusion_pytorch_model.safetensors / model.safetensors). "
-                f"Download the model again."
+            info.problem(
+                f"{path / comp} has no weights (diffusion_pytorch_model.safetensors / model.safetensors)",
+                "download the model again.",
             )
             continue
         for f in files:
@@ -393,21 +398,19 @@ def _inspect_folder(spec: str, path: Path, what: str) -> ModelInfo:
             if f.suffix == ".safetensors":
                 hdr, problem = _read_safetensors_header(f, size)
                 if problem:
-                    info.problems.append(problem)
+                    info.problem(problem)
                 elif comp in ("unet", "vae") and info.dtype is None and hdr is not None:
                     info.dtype = _predominant_dtype(hdr) if comp == "unet" else None
     info.size_bytes = total or None
     tok = path / "tokenizer"
     if not ((tok / "vocab.json").is_file() and (tok / "merges.txt").is_file()) and not (tok / "tokenizer.json").is_file():
-        info.problems.append(f"{tok} lacks vocab.json/merges.txt. Download the model again.")
+        info.problem(f"{tok} lacks vocab.json/merges.txt", "download the model again.")
     sched = _read_json(path / "scheduler" / "scheduler_config.json") or {}
     pt = sched.get("prediction_type")
     if pt in ("epsilon", "v_prediction"):
         info.prediction_type, info.prediction_source = pt, "its scheduler/scheduler_config.json"
     if family is None and not info.problems:
-        info.problems.append(
-            f"{path}: cannot tell the model family from its configs. Set model.family ({_names_or()})."
-        )
+        info.problem(f"{path}: cannot tell the model family from its configs", f"set model.family ({_names_or()}).")
     return info
 
 
@@ -416,13 +419,13 @@ def _inspect_hub(repo_id: str) -> ModelInfo:
     index = _hub_cached_file(repo_id, "model_index.json")
     if index is None:
         if _hub_offline():
-            info.problems.append(
+            info.problem(
                 f"{repo_id} is not a local path, and as a Hugging Face repo id it is not in the local "
-                f"cache while HF_HUB_OFFLINE is set. Unset HF_HUB_OFFLINE to download it, or point "
-                f"model.base_model at a local file or folder."
+                f"cache while HF_HUB_OFFLINE is set",
+                "unset HF_HUB_OFFLINE to download it, or point model.base_model at a local file or folder.",
             )
         else:
-            info.warnings.append(
+            info.warn(
                 f"{repo_id} is not a local path: it will be downloaded from the Hugging Face Hub "
                 f"on first use (several GB; gated models need `hf auth login` or HF_TOKEN)."
             )
@@ -461,18 +464,19 @@ def _inspect_vae(spec: str, family: str | None) -> ModelInfo:
             keys = _tensor_names_from_strings(strings)
         if not _any_prefix(keys, "encoder.", "decoder.", "first_stage_model.", "vae."):
             if _any_prefix(keys, "lora_"):
-                info.problems.append(f"{info.path} (model.vae) is a LoRA, not a VAE.")
+                info.problem(f"{info.path} is a LoRA, not a VAE", "choose a VAE file.")
             else:
-                info.problems.append(
-                    f"{info.path} (model.vae) holds no VAE weights (encoder.*/decoder.*). Choose a VAE "
-                    f"file such as sdxl_vae.safetensors or vae-ft-mse-840000-ema-pruned.safetensors."
+                info.problem(
+                    f"{info.path} holds no VAE weights (encoder.*/decoder.*)",
+                    "choose a VAE file such as sdxl_vae.safetensors or vae-ft-mse-840000-ema-pruned.safetensors.",
                 )
         info.fp16_fixed_vae = "fp16" in name and "fix" in name
     elif info.kind == "folder" and info.path is not None:
         cfg = _vae_config_path(info.path)
         if cfg is None:
-            info.problems.append(
-                f"{info.path} (model.vae) is not a diffusers VAE folder (no config.json of an AutoencoderKL)."
+            info.problem(
+                f"{info.path} is not a diffusers VAE folder (no config.json of an AutoencoderKL)",
+                "choose a VAE file or a diffusers vae/ folder.",
             )
         else:
             data = _read_json(cfg) or {}
@@ -493,40 +497,42 @@ def _apply_family_setting(info: ModelInfo, ms) -> None:
     if want == "auto":
         return
     if info.family and info.family != want:
-        info.problems.append(
+        info.problem(
             f"model.family = {want} but {info.spec} is {get_family(info.family).label} "
-            f"(detected from its {'weights' if info.family_source == 'weights' else 'configs'}). "
-            f"Set model.family = \"auto\" or choose a {get_family(want).label} model."
+            f"(detected from its {'weights' if info.family_source == 'weights' else 'configs'})",
+            f"set model.family = \"auto\" or choose a {get_family(want).label} model.",
+            key="model.family",
         )
         return
     if info.family is None:
         info.family, info.family_source = want, "profile"
 
 
-def resolve_prediction(info: ModelInfo, ms) -> tuple[str, list[str]]:
+def resolve_prediction(info: ModelInfo, ms) -> tuple[str, list[Problem]]:
     """The prediction type to train with, and warnings about the choice.
 
     ``model.v_parameterization = true`` always wins. Otherwise a prediction
     type that the model itself declares (diffusers scheduler config, ModelSpec
     metadata, a ``v_pred`` marker) is used. A guess from the weights is only
     ever a warning."""
-    warnings: list[str] = []
+    warnings: list[Problem] = []
+
+    def warn(text: str) -> None:
+        warnings.append(warning(V_PRED_SETTING, text))
+
     declared, source = info.prediction_type, info.prediction_source
     if ms.v_parameterization:
         if declared == "epsilon":
-            warnings.append(
+            warn(
                 f"{V_PRED_SETTING} = true, but {info.spec} declares epsilon prediction in {source}. "
                 f"Training with v-prediction as set; set it to false if that is a mistake."
             )
         elif declared is None and info.family in families() and get_family(info.family).v_pred_unusual:
             fam = get_family(info.family)
-            warnings.append(
-                f"{V_PRED_SETTING} = true on an {fam.label} model: {fam.v_pred_unusual}. "
-                f"Training with v-prediction as set."
-            )
+            warn(f"{V_PRED_SETTING} = true on an {fam.label} model: {fam.v_pred_unusual}. Training with v-prediction as set.")
         return "v_prediction", warnings
     if declared == "v_prediction":
-        warnings.append(
+        warn(
             f"{info.spec} is a v-prediction model ({source}): training with v-prediction. "
             f"Set {V_PRED_SETTING} = true to make this explicit."
         )
@@ -534,7 +540,7 @@ def resolve_prediction(info: ModelInfo, ms) -> tuple[str, list[str]]:
     if declared == "epsilon":
         return "epsilon", warnings
     if info.family in families() and get_family(info.family).prediction_ambiguous and info.kind == "file":
-        warnings.append(get_family(info.family).prediction_warning(info.spec, info.prediction_guess, V_PRED_SETTING))
+        warn(get_family(info.family).prediction_warning(info.spec, info.prediction_guess, V_PRED_SETTING))
     return "epsilon", warnings
 
 
@@ -545,15 +551,16 @@ def _prediction_warnings(info: ModelInfo, ms) -> None:
 
 def _check_config_dir(info: ModelInfo, cfg: Path) -> None:
     if not cfg.is_dir():
-        info.problems.append(f"model.model_config_dir: {cfg} does not exist. Clear it to use the bundled configs.")
+        info.problem(f"{cfg} does not exist", "clear it to use the bundled configs.", key="model.model_config_dir")
         return
     base = ["unet", "vae", "text_encoder", "tokenizer"]
     missing = [c for c in base if not (cfg / c / ("config.json" if c != "tokenizer" else "")).exists()]
     extra = get_family(info.family).diffusers_components() if info.family in families() else []
     missing += [c for c in extra if c not in base and c != "scheduler" and not (cfg / c).is_dir()]
     if missing:
-        info.problems.append(
-            f"model.model_config_dir: {cfg} is not a diffusers config folder for "
-            f"{info.family_label} (missing {', '.join(m + '/' for m in missing)})."
+        info.problem(
+            f"{cfg} is not a diffusers config folder for {info.family_label} (missing {', '.join(m + '/' for m in missing)})",
+            "point it at a diffusers model folder, or clear it to use the bundled configs.",
+            key="model.model_config_dir",
         )
 

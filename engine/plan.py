@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from loratui.engine.problems import Problem
+
 
 @dataclass
 class ConceptReport:
@@ -22,8 +24,8 @@ class DatasetReport:
     root: str
     concepts: list[ConceptReport] = field(default_factory=list)
     reg_concepts: list[ConceptReport] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)  # errors: training cannot start
-    warnings: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)  # errors: training cannot start
+    warnings: list[Problem] = field(default_factory=list)  # severity "warning"
 
     @property
     def images(self) -> int:

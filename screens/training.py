@@ -82,6 +82,8 @@ class TrainingScreen(Screen):
         self.infos: list[SettingInfo] = [s for s in settings() if s.section in SECTION_TITLES]
         self.valid: Profile | None = None  # the form's profile when it validates
         self.problems: list[str] = []
+        self._field_errors: dict[str, str] = {}  # the schema's, by setting
+        self._field_warnings: dict[str, str] = {}
         self.warnings: list[str] = []
         self._last_good: Profile = Profile()
         self._scan_key: tuple | None = None
@@ -213,8 +215,9 @@ class TrainingScreen(Screen):
         for problem in warn_list:
             if problem.key in self.fields:
                 warnings.setdefault(problem.key, problem.detail())
+        self._field_errors, self._field_warnings = errors, warnings
+        self._mark_fields()
         for dotted, f in self.fields.items():
-            f.set_problem(errors.get(dotted, ""), warnings.get(dotted, ""))
             f.set_class(f.info.advanced and dotted in errors, "-forced")
         self.problems = [f"{d}: {m}" for d, m in errors.items()] + general
         counts: dict[str, int] = {}
@@ -232,10 +235,26 @@ class TrainingScreen(Screen):
         self._update_notes()
         return profile
 
+    def _mark_fields(self) -> None:
+        """Each field shows its own problem: the schema's first, else what the
+        dataset scan and the run's checks found about that setting."""
+        found: dict[str, tuple[str, str]] = {}
+        report = getattr(self._scan_result, "report", None)
+        panel = self.query_one(PlanPanel)
+        for p in [*(report.problems if report else []), *panel.found, *(report.warnings if report else [])]:
+            if p.key in self.fields and p.key not in found:
+                found[p.key] = (p.detail(), "") if p.is_error else ("", p.detail())
+        for dotted, f in self.fields.items():
+            err, warn = self._field_errors.get(dotted, ""), self._field_warnings.get(dotted, "")
+            if not err and dotted in found:
+                run_err, run_warn = found[dotted]
+                err, warn = run_err, warn or run_warn
+            f.set_problem(err, warn)
+
     def dataset_problems(self) -> list[str]:
         """What the last scan of the dataset folder found that stops training."""
         report = getattr(self._scan_result, "report", None)
-        return list(report.problems) if report is not None else []
+        return [str(p) for p in report.problems] if report is not None else []
 
     def plan_problems(self) -> list[str]:
         """What stops a run, as the plan panel shows it: the dataset's, then the
@@ -476,6 +495,7 @@ class TrainingScreen(Screen):
         self._scan_result, self._scan_error, self._scan_used = event.result, event.error, event.settings
         self.query_one(PlanPanel).show(scanning=False)
         self._update_plan()
+        self._mark_fields()
         self._update_status_line()
 
     def _update_plan(self) -> None:
@@ -507,6 +527,7 @@ class TrainingScreen(Screen):
 
     @on(PlanPanel.Checked)
     def _checks_done(self, event: PlanPanel.Checked) -> None:
+        self._mark_fields()
         self._update_status_line()
 
     @property
@@ -519,7 +540,8 @@ class TrainingScreen(Screen):
         self._checks_timer = None
         panel = self.query_one(PlanPanel)
         if self.valid is None or not self.valid.dataset.train_data_dir:
-            panel.show(problems=[])
+            panel.show(problems=[], found=[])
+            self._mark_fields()
         elif not panel.scanning:  # (a scan in progress asks for the checks again when it is done)
             # the form's own scan when it is of exactly these settings, else prepare_run scans
             same = self._scan_result is not None and self._scan_used == self.valid.dataset

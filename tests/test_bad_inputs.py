@@ -331,7 +331,7 @@ CASES: dict[str, Case] = {
     # ---- base model
     "missing-model-path": case(
         lambda sb: sb.set("model.base_model", str(sb.root / "models" / "v1-5.safetensors")), outcome="refused",
-        expect=["model.base_model:", "v1-5.safetensors does not exist. Check the path."]),
+        expect=["model.base_model:", "v1-5.safetensors does not exist — check the path"]),
     "model-path-is-an-image": case(
         lambda sb: sb.set("model.base_model", str(good_png(sb.root / "cat.png"))), outcome="refused",
         expect=["cat.png", "PNG image", "not a base model"]),

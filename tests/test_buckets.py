@@ -96,6 +96,7 @@ def test_from_settings_and_problems():
     assert all(w * h <= 768 * 512 for w, h in m.resos)
     assert m.problems() == []
     ds2 = DatasetSettings(resolution=2048, max_bucket_reso=1024)
-    assert any("max_bucket_reso" in p for p in BucketManager.from_settings(ds2).problems())
+    assert [p.key for p in BucketManager.from_settings(ds2).problems()] == ["dataset.max_bucket_reso"]
     ds3 = DatasetSettings(bucket_reso_steps=12, min_bucket_reso=252, max_bucket_reso=1020)
-    assert any("multiple of 8" in p for p in BucketManager.from_settings(ds3).problems())
+    (p,) = BucketManager.from_settings(ds3).problems()
+    assert p.key == "dataset.bucket_reso_steps" and "multiple of 8" in p.message and p.is_error

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from loratui.engine.problems import Severity, error
 from loratui.engine.dataset import (
     ImageItem,
     batches_per_epoch,
@@ -87,7 +88,7 @@ def test_missing_captions_use_the_class_tokens(tmp_path):
     caps = {it.path.name: it.caption for it in scan.items}
     assert caps["img_001.png"] == "a photo of my char"  # first line
     assert caps["img_000.png"] == "my char"
-    assert any("3 of 4 images have no .txt caption" in w and "'my char'" in w for w in scan.report.warnings)
+    assert any("3 of 4 images have no .txt caption" in w and "'my char'" in w for w in map(str, scan.report.warnings))
 
 
 def test_other_caption_extension(tmp_path):
@@ -108,8 +109,8 @@ def test_image_extensions_are_case_insensitive_and_unsupported_ones_are_named(tm
     (d / "notes.md").write_text("not an image")
     scan = scan_dataset(settings(tmp_path / "img"))
     assert names(scan) == ["a.PNG", "b.JpEg", "c.WEBP", "d.Bmp"]
-    assert any("e.gif" in w and "convert" in w for w in scan.report.warnings)
-    assert not any("notes.md" in w for w in scan.report.warnings)
+    assert any("e.gif" in w and "convert" in w for w in map(str, scan.report.warnings))
+    assert not any("notes.md" in w for w in map(str, scan.report.warnings))
 
 
 def test_scan_of_100_images_is_fast(tmp_path):
@@ -136,7 +137,7 @@ def test_zero_byte_image(tmp_path):
     scan = scan_dataset(settings(tmp_path / "img"))
     assert names(scan) == ["good.png"]
     assert unreadable(scan) == {"empty.png": "empty file (0 bytes)"}
-    assert any("empty.png" in w and "unreadable" in w for w in scan.report.warnings)
+    assert any("empty.png" in w and "unreadable" in w for w in map(str, scan.report.warnings))
     assert scan.report.problems == []
 
 
@@ -278,7 +279,7 @@ def test_one_pixel_image_trains_with_a_warning(tmp_path):
     scan = scan_dataset(settings(tmp_path / "img"))
     it = scan.items[0]
     assert it.bucket == (64, 64)
-    assert any("dot.png (1×1)" in w and "enlarged" in w for w in scan.report.warnings)
+    assert any("dot.png (1×1)" in w and "enlarged" in w for w in map(str, scan.report.warnings))
     t, crop = load_image_tensor(it)
     assert tuple(t.shape) == (3, 64, 64)
     assert float(t[1].mean()) == pytest.approx(1.0, abs=0.02)
@@ -304,7 +305,7 @@ def test_non_utf8_caption_is_read_with_a_warning(tmp_path):
     (tmp_path / "img/1_x/a.txt").write_bytes("café, smile".encode("cp1252"))
     scan = scan_dataset(settings(tmp_path / "img"))
     assert scan.items[0].caption == "café, smile"
-    assert any("a.txt" in w and "not UTF-8" in w for w in scan.report.warnings)
+    assert any("a.txt" in w and "not UTF-8" in w for w in map(str, scan.report.warnings))
 
 
 def test_utf8_bom_and_utf16_captions(tmp_path):
@@ -326,7 +327,7 @@ def test_empty_and_binary_captions_fall_back_to_class_tokens(tmp_path):
     assert [it.caption for it in scan.items] == ["mychar"] * 3
     assert not any(it.has_caption for it in scan.items)
     assert scan.report.concepts[0].missing_captions == 3
-    w = "\n".join(scan.report.warnings)
+    w = "\n".join(map(str, scan.report.warnings))
     assert "empty caption file(s) a.txt, b.txt;" in w
     assert "c.txt: caption is not a text file" in w
     assert "have no .txt caption" not in w
@@ -340,14 +341,14 @@ def test_folder_without_number_prefix_is_skipped_with_a_warning(tmp_path):
     png(tmp_path / "img/mychar/b.png")
     scan = scan_dataset(settings(tmp_path / "img"))
     assert names(scan) == ["a.png"] and scan.report.problems == []
-    assert any("mychar" in w and "no <repeats>_ number prefix" in w and "10_mychar" in w for w in scan.report.warnings)
+    assert any("mychar" in w and "no <repeats>_ number prefix" in w and "10_mychar" in w for w in map(str, scan.report.warnings))
 
 
 def test_only_unnumbered_folders_is_a_problem(tmp_path):
     png(tmp_path / "img/mychar/b.png")
     scan = scan_dataset(settings(tmp_path / "img"))
     assert scan.items == []
-    assert any("no usable concept folder" in p and "10_mychar" in p for p in scan.report.problems)
+    assert any("no usable concept folder" in p and "10_mychar" in p for p in map(str, scan.report.problems))
 
 
 @pytest.mark.parametrize("folder", ["0_x", "-2_x"])
@@ -355,14 +356,14 @@ def test_repeats_below_one_is_a_problem(tmp_path, folder):
     png(tmp_path / "img" / folder / "a.png")
     png(tmp_path / "img/3_ok/a.png")
     scan = scan_dataset(settings(tmp_path / "img"))
-    assert any(folder in p and "repeats" in p and "1_x" in p for p in scan.report.problems)
+    assert any(folder in p and "repeats" in p and "1_x" in p for p in map(str, scan.report.problems))
     assert [it.concept for it in scan.items] == ["ok"]
 
 
 def test_only_a_zero_repeats_folder_gives_one_problem(tmp_path):
     png(tmp_path / "img/0_x/a.png")
     scan = scan_dataset(settings(tmp_path / "img"))
-    assert len(scan.report.problems) == 1 and "0_x" in scan.report.problems[0]
+    assert len(scan.report.problems) == 1 and "0_x" in str(scan.report.problems[0])
 
 
 def test_nested_folders_are_ignored_with_a_warning(tmp_path):
@@ -371,7 +372,7 @@ def test_nested_folders_are_ignored_with_a_warning(tmp_path):
     png(tmp_path / "img/2_x/more/c.png")
     scan = scan_dataset(settings(tmp_path / "img"))
     assert names(scan) == ["a.png"]
-    assert any("more" in w and "nested" in w and "2 images inside not used" in w for w in scan.report.warnings)
+    assert any("more" in w and "nested" in w and "2 images inside not used" in w for w in map(str, scan.report.warnings))
 
 
 def test_symlink_loops_do_not_hang_the_scan(tmp_path):
@@ -381,7 +382,7 @@ def test_symlink_loops_do_not_hang_the_scan(tmp_path):
     os.symlink(root / "5_self", root / "5_self")  # a link to itself
     scan = scan_dataset(settings(root))
     assert names(scan) == ["a.png"] and scan.report.problems == []
-    w = "\n".join(scan.report.warnings)
+    w = "\n".join(map(str, scan.report.warnings))
     assert "loop" in w and "nested" in w
     assert "5_self" in w and "looping symbolic link" in w
 
@@ -389,30 +390,31 @@ def test_symlink_loops_do_not_hang_the_scan(tmp_path):
 def test_dataset_folder_that_is_a_symlink_loop(tmp_path):
     os.symlink(tmp_path / "img", tmp_path / "img")
     scan = scan_dataset(settings(tmp_path / "img"))
-    assert any("looping symbolic link" in p for p in scan.report.problems)
+    assert any("looping symbolic link" in p for p in map(str, scan.report.problems))
 
 
 def test_missing_dataset_folder(tmp_path):
     scan = scan_dataset(settings(tmp_path / "nope"))
     assert scan.items == []
-    assert scan.report.problems == [f"dataset.train_data_dir: {tmp_path / 'nope'} does not exist — check the path"]
+    assert scan.report.problems == [error("dataset.train_data_dir", f"{tmp_path / 'nope'} does not exist", "check the path")]
+    assert str(scan.report.problems[0]) == f"dataset.train_data_dir: {tmp_path / 'nope'} does not exist — check the path"
 
 
 def test_unset_dataset_folder():
     scan = scan_dataset(DatasetSettings())
-    assert len(scan.report.problems) == 1 and "train_data_dir: not set" in scan.report.problems[0]
+    assert len(scan.report.problems) == 1 and "train_data_dir: not set" in str(scan.report.problems[0])
 
 
 def test_empty_dataset_folder(tmp_path):
     (tmp_path / "img").mkdir()
     scan = scan_dataset(settings(tmp_path / "img"))
-    assert len(scan.report.problems) == 1 and "is empty" in scan.report.problems[0]
+    assert len(scan.report.problems) == 1 and "is empty" in str(scan.report.problems[0])
 
 
 def test_dataset_folder_is_a_file(tmp_path):
     png(tmp_path / "a.png")
     scan = scan_dataset(settings(tmp_path / "a.png"))
-    assert "is a file, not a folder" in scan.report.problems[0]
+    assert "is a file, not a folder" in str(scan.report.problems[0])
 
 
 def test_images_directly_in_the_dataset_folder(tmp_path):
@@ -420,7 +422,7 @@ def test_images_directly_in_the_dataset_folder(tmp_path):
     png(tmp_path / "img/b.png")
     scan = scan_dataset(settings(tmp_path / "img"))
     assert len(scan.report.problems) == 1
-    p = scan.report.problems[0]
+    p = str(scan.report.problems[0])
     assert "2 images but no <repeats>_<name> folder" in p and str(tmp_path / "img" / "10_img") in p
 
 
@@ -428,7 +430,7 @@ def test_concept_folder_with_no_usable_image(tmp_path):
     (tmp_path / "img/3_x").mkdir(parents=True)
     (tmp_path / "img/3_x/a.png").write_bytes(b"")
     scan = scan_dataset(settings(tmp_path / "img"))
-    assert any("no usable images" in p for p in scan.report.problems)
+    assert any("no usable images" in p for p in map(str, scan.report.problems))
 
 
 def test_cache_folder_is_not_a_nested_folder(tmp_path):
@@ -463,13 +465,13 @@ def test_more_reg_than_train_leaves_some_unused(tmp_path):
     write_synthetic_dataset(tmp_path / "reg", {"1_r": 5})
     scan = scan_dataset(settings(tmp_path / "img", reg_data_dir=str(tmp_path / "reg")))
     assert len(scan.reg_items) == 2 and scan.reg_samples == 2 and scan.unused_reg_images == 3
-    assert any("3 of 5 regularization images are not used" in w for w in scan.report.warnings)
+    assert any("3 of 5 regularization images are not used" in w for w in map(str, scan.report.warnings))
 
 
 def test_missing_reg_folder_is_a_problem(tmp_path):
     write_synthetic_dataset(tmp_path / "img", {"1_t": 2})
     scan = scan_dataset(settings(tmp_path / "img", reg_data_dir=str(tmp_path / "nope")))
-    assert any(p.startswith("dataset.reg_data_dir:") and "does not exist" in p for p in scan.report.problems)
+    assert any(p.startswith("dataset.reg_data_dir:") and "does not exist" in p for p in map(str, scan.report.problems))
 
 
 def test_balance_concepts(tmp_path):
@@ -482,7 +484,7 @@ def test_balance_concepts(tmp_path):
     assert scan.adjusted_repeats == {a.folder: (10, 6), b.folder: (1, 3)}
     assert {it.concept: it.repeats for it in scan.items} == {"a": 6, "b": 3}
     assert all(it.folder_repeats in (10, 1) for it in scan.items)
-    assert any("balance_concepts" in w and "10_a 5 images × 6 = 30" in w for w in scan.report.warnings)
+    assert any("balance_concepts" in w and "10_a 5 images × 6 = 30" in w for w in map(str, scan.report.warnings))
 
 
 # --------------------------------------------------------------------------- caption processing
@@ -642,3 +644,19 @@ def test_load_crops_the_centre_and_flip_mirrors_with_sdxl_crop_info(tmp_path):
     red_f = ((tf[0] + 1) * 127.5).round()
     assert red_f[0, 0] == 111 and red_f[0, 63] == 48
     assert crop_f.crop_top_left == (0, 161 - 64 - 48)
+
+
+def test_scan_problems_and_warnings_name_their_setting(tmp_path):
+    """Each finding is a Problem whose key is the setting to change (the form marks that field)."""
+    png(tmp_path / "img/3_x/a.png")
+    png(tmp_path / "img/3_x/deep/b.png")
+    (tmp_path / "img/plain").mkdir()
+    png(tmp_path / "reg/1_r/c.png")
+    scan = scan_dataset(settings(tmp_path / "img", reg_data_dir=str(tmp_path / "nope"), ))
+    keys = {p.key for p in scan.report.problems}
+    assert keys == {"dataset.reg_data_dir"}
+    assert all(p.severity is Severity.ERROR for p in scan.report.problems)
+    by_key = {(w.key, w.severity) for w in scan.report.warnings}
+    assert ("dataset.train_data_dir", Severity.WARNING) in by_key  # plain/ lacks the prefix; deep/ is nested
+    assert ("dataset.caption_extension", Severity.WARNING) in by_key  # a.png has no caption
+    assert all(w.message and not w.message.startswith(w.key) for w in scan.report.warnings)

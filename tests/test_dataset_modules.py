@@ -50,8 +50,8 @@ def test_scan_and_inspection_read_folder_names_alike(tmp_path):
     _image(root / "plain" / "c.png")
     scan = scan_dataset(DatasetSettings(train_data_dir=str(root), resolution=64))
     assert [(c.repeats, c.name) for c in scan.report.concepts] == [(3, "my char")]
-    assert any("0_never" in p and "repeats is 0" in p for p in scan.report.problems)
-    assert any("plain has no <repeats>_ number prefix" in w for w in scan.report.warnings)
+    assert any("0_never" in p and "repeats is 0" in p for p in map(str, scan.report.problems))
+    assert any("plain has no <repeats>_ number prefix" in w for w in map(str, scan.report.warnings))
     assert parse_concept_folder(root / "3_my char") == (3, "my char")
     assert find_concept(root, "my char") == root / "3_my char"
     with pytest.raises(InspectError, match="no <repeats>_ prefix"):

@@ -135,3 +135,30 @@ def test_reset_starts_over_but_keeps_the_names():
     assert (s.profile_name, s.run_name, s.readonly) == ("/out", "toy", True)
     assert s.step == 0 and s.losses == [] and s.log_count == 0 and not s.log and s.pending is None
     assert s.version > before  # a RunUpdated for it is not taken for an old one
+
+
+def test_a_reports_problems_come_back_from_the_metrics_file_as_problems(tmp_path):
+    """`loratui watch` replays RunPlanned: the dataset report's problems keep
+    their key, hint and severity; a file written before they were Problems
+    (plain strings) still loads."""
+    from loratui.engine.dataset import scan_dataset
+    from loratui.engine.events import RunPlanned
+    from loratui.engine.plan import StepPlan, plan_steps
+    from loratui.engine.problems import Severity
+    from loratui.engine.schema import DatasetSettings
+
+    (tmp_path / "img" / "plain").mkdir(parents=True)
+    scan = scan_dataset(DatasetSettings(train_data_dir=str(tmp_path / "img"), reg_data_dir=str(tmp_path / "nope")))
+    assert scan.report.problems and scan.report.warnings
+    plan = plan_steps(10, batch_size=1, grad_accum=1, epochs=1)
+    ev = RunPlanned(report=scan.report, plan=plan, output_dir="o", output_name="n", device="cpu")
+    back = event_from_dict(json.loads(json.dumps(event_to_dict(ev))))
+    assert back.report.problems == scan.report.problems and back.report.warnings == scan.report.warnings
+    assert all(w.severity is Severity.WARNING for w in back.report.warnings)
+    old = event_to_dict(ev)
+    old["report"]["problems"] = ["dataset.train_data_dir: gone"]
+    old["report"]["warnings"] = ["something to look at"]
+    back = event_from_dict(json.loads(json.dumps(old)))
+    assert [str(p) for p in back.report.problems] == ["dataset.train_data_dir: gone"]
+    assert back.report.warnings[0].severity is Severity.WARNING and str(back.report.warnings[0]) == "something to look at"
+    assert isinstance(back.plan, StepPlan)

@@ -300,3 +300,18 @@ def test_settings_sd_scripts_has_no_argument_for_round_trip_as_comments(tmp_path
         text = res.config_path.read_text()
         assert f"# loratui: {s.key} = " in text and s.key not in tomllib.loads(text), s.dotted
         assert import_kohya(res.config_path).profile().get(s.dotted) == p1.get(s.dotted), s.dotted
+
+
+def test_what_sd_scripts_will_stop_on_is_a_warning_naming_the_setting(tmp_path, capsys):
+    from loratui.engine.problems import Severity
+
+    p = profile_from_dict({"dataset": {"balance_concepts": True}})  # no model, no images, family auto
+    res = export_sd_scripts(p, tmp_path / "out")
+    keys = [n.key for n in res.notes]
+    assert {"model.base_model", "dataset.train_data_dir", "model.family"} <= set(keys)
+    assert all(n.severity is Severity.WARNING for n in res.notes)
+    prof = tmp_path / "p.toml"
+    save_profile(p, prof)
+    assert run_command(["export", str(prof), "--to", "sd-scripts", "--print-command"]) == 0
+    err = capsys.readouterr().err
+    assert "note: model.base_model: is empty — set pretrained_model_name_or_path before running sd-scripts" in err

@@ -196,8 +196,8 @@ def test_ckpt_that_needs_code_is_refused(tmp_path):
     ms = ModelSettings(base_model=str(ckpt))
     info = inspect_model(ms)
     assert not info.ok
-    assert "builtins.exec" in info.problems[0] and "weights_only=True" in info.problems[0]
-    assert "refused" in info.problems[0] and ".safetensors" in info.problems[0]
+    assert "builtins.exec" in str(info.problems[0]) and "weights_only=True" in str(info.problems[0])
+    assert "refused" in str(info.problems[0]) and ".safetensors" in str(info.problems[0])
     # The loader itself refuses too (torch.load(weights_only=True)), with the same explanation.
     from loratui.engine.loading import load_state_dict_file
 
@@ -238,8 +238,8 @@ def _problem(spec: str, **kw) -> str:
     assert not info.ok, info
     with pytest.raises(ModelLoadError) as e:
         load_components(ModelSettings(base_model=spec, **kw))
-    assert str(e.value) == "\n".join(info.problems)
-    return info.problems[0]
+    assert str(e.value) == "\n".join(map(str, info.problems))
+    return str(info.problems[0])
 
 
 def test_missing_path(tmp_path):
@@ -249,7 +249,7 @@ def test_missing_path(tmp_path):
     msg = _problem(str(tmp_path / "nowhere" / "m.safetensors"))
     assert "does not exist" in msg and "nowhere" in msg
     msg = _problem("")
-    assert "model.base_model is empty" in msg
+    assert msg.startswith("model.base_model: is empty — set it to a .safetensors/.ckpt file")
 
 
 def test_model_path_that_is_an_image(tmp_path):
@@ -314,10 +314,12 @@ def test_incomplete_diffusers_folder(tiny_sd1_dir, tmp_path):
 def test_family_setting_that_contradicts_the_weights(sd1_file, tiny_sd1_dir):
     msg = _problem(str(sd1_file), family="sdxl", model_config_dir=str(tiny_sd1_dir))
     assert "model.family = sdxl" in msg and "SD 1.x" in msg
+    (p,) = inspect_model(ModelSettings(base_model=str(sd1_file), family="sdxl", model_config_dir=str(tiny_sd1_dir))).problems
+    assert p.key == "model.family" and p.is_error  # the form marks the family field, not the model path
 
 
 def test_bad_model_config_dir(sd1_file, tmp_path):
-    assert "model_config_dir" in _problem(str(sd1_file), model_config_dir=str(tmp_path / "nope"))
+    assert _problem(str(sd1_file), model_config_dir=str(tmp_path / "nope")).startswith("model.model_config_dir: ")
 
 
 # --------------------------------------------------------------------------- family detection
@@ -343,7 +345,7 @@ def test_family_detection_from_synthetic_headers(tmp_path):
         k: v for k, v in cases["sdxl"].items() if not k.startswith("conditioner.embedders.1")} | {
         U + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 2048)})
     info = inspect_model(ModelSettings(base_model=str(p)))
-    assert info.family == "sdxl" and "text encoder 2" in info.problems[0]
+    assert info.family == "sdxl" and "text encoder 2" in str(info.problems[0])
     # shapes alone (U-Net only): cross-attention width 768 / 1024
     to_k = U + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
     assert detect_family_from_keys([to_k], {to_k: (320, 768)}) == ("sd1", None)
@@ -388,12 +390,12 @@ def test_sd2_v_prediction_detect_or_warn(tmp_path):
     f = _sd2_file(tmp_path / "sd2-finetune.safetensors")
     info = inspect_model(ModelSettings(base_model=str(f)))
     assert info.ok and info.family == "sd2" and info.prediction_type is None
-    assert any("model.v_parameterization" in w and "768-v" in w for w in info.warnings)
+    assert any("model.v_parameterization" in w and "768-v" in w for w in map(str, info.warnings))
     # The weights look like 768-v (ComfyUI's norm statistic): a stronger warning.
     f = _sd2_file(tmp_path / "sd2-model.safetensors", probe_std=0.2)
     info = inspect_model(ModelSettings(base_model=str(f)))
     assert info.prediction_guess == "v_prediction"
-    assert any("looks like an SD 2.x 768-v model" in w for w in info.warnings)
+    assert any("looks like an SD 2.x 768-v model" in w for w in map(str, info.warnings))
     f = _sd2_file(tmp_path / "sd2-other.safetensors", probe_std=0.03)
     assert inspect_model(ModelSettings(base_model=str(f))).prediction_guess == "epsilon"
     # With the flag set: no warning, v-prediction.
@@ -411,7 +413,7 @@ def test_sd2_v_prediction_detect_or_warn(tmp_path):
         info = inspect_model(ms)
         assert info.prediction_type == "v_prediction", f
         pt, warnings = resolve_prediction(info, ms)
-        assert pt == "v_prediction" and "model.v_parameterization = true" in warnings[0]
+        assert pt == "v_prediction" and "model.v_parameterization = true" in str(warnings[0])
 
 
 def test_v_parameterization_flag_sets_the_noise_scheduler(sd1_file, tiny_sd1_dir):
@@ -420,7 +422,7 @@ def test_v_parameterization_flag_sets_the_noise_scheduler(sd1_file, tiny_sd1_dir
     assert comps.prediction_type == "v_prediction"
     assert comps.noise_scheduler.config.prediction_type == "v_prediction"
     assert comps.source.startswith("SD 1.x v-pred")
-    assert any("SD 1.x" in w for w in comps.warnings)
+    assert any("SD 1.x" in w for w in map(str, comps.warnings))
 
 
 def test_diffusers_folder_prediction_type_comes_from_its_scheduler(tiny_sd1_dir, tmp_path):
@@ -434,7 +436,7 @@ def test_diffusers_folder_prediction_type_comes_from_its_scheduler(tiny_sd1_dir,
     assert comps.prediction_type == "v_prediction"
     assert comps.noise_scheduler.config.prediction_type == "v_prediction"
     assert next(comps.unet.parameters()).dtype == torch.bfloat16
-    assert any("v-prediction model" in w for w in comps.warnings)
+    assert any("v-prediction model" in w for w in map(str, comps.warnings))
 
 
 # --------------------------------------------------------------------------- separate VAE
@@ -461,10 +463,12 @@ def test_separate_vae_file_and_folder(sd1_file, tiny_sd1_dir, tmp_path):
         assert all(torch.equal(got[k], expected[k]) for k in got), spec
     # a VAE setting that is not a VAE
     ms = ModelSettings(base_model=str(sd1_file), model_config_dir=str(tiny_sd1_dir), vae=str(sd1_file.parent / "nope.safetensors"))
-    assert "model.vae" in inspect_model(ms).problems[0]
+    assert [p.key for p in inspect_model(ms).problems] == ["model.vae"]
+    assert str(inspect_model(ms).problems[0]).startswith("model.vae: ")
     lora = _write_safetensors_header(tmp_path / "lora.safetensors", {"lora_unet_x.lora_down.weight": (4, 4)})
     ms = ModelSettings(base_model=str(sd1_file), model_config_dir=str(tiny_sd1_dir), vae=str(lora))
-    assert "LoRA" in inspect_model(ms).problems[0]
+    (p,) = inspect_model(ms).problems
+    assert p.key == "model.vae" and "is a LoRA, not a VAE" in p.message and p.hint
 
 
 def test_sdxl_fp16_fixed_vae_is_not_upcast(sdxl_file, tiny_sdxl_dir, tmp_path):
@@ -600,7 +604,7 @@ def test_single_file_sd2_openclip_layout(tiny_sd2_dir, tmp_path):
     ms = ModelSettings(base_model=str(sgm), model_config_dir=str(tiny_sd2_dir))
     info = inspect_model(ms)
     assert info.ok and info.family == "sd2"
-    assert any("model.v_parameterization" in w for w in info.warnings)  # SD 2.x: can't tell, warn
+    assert any("model.v_parameterization" in w for w in map(str, info.warnings))  # SD 2.x: can't tell, warn
     comps = load_components(ms)
     assert comps.prediction_type == "epsilon" and comps.warnings
     _assert_same_weights(comps, ref)

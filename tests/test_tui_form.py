@@ -213,7 +213,7 @@ async def test_the_plan_panel_shows_what_train_would_refuse(env, synthetic_datas
         await until(pilot, lambda: any(p.startswith("network.network_weights") for p in panel.problems))
         await until(pilot, lambda: form.checks_settled)
         # the same problems `loratui check` and `loratui train` report (less the dataset's, shown above them)
-        expected = [str(p) for p in prepare_run(form.valid, overwrite=True).problems if str(p) not in panel.report.problems]
+        expected = [str(p) for p in prepare_run(form.valid, overwrite=True).problems if p not in panel.report.problems]
         assert panel.problems == expected
         assert any(p.startswith("model.base_model") for p in panel.problems)  # the model folder does not exist
         assert "gone.safetensors" in str(panel.render())
@@ -273,7 +273,10 @@ async def test_pick_a_folder_and_leave_a_field(env, synthetic_dataset):
         assert field.editor.value == str(synthetic_dataset) and app.focused is field.editor
         panel = form.query_one(PlanPanel)
         await until(pilot, lambda: panel.report is not None and panel.report.problems)
-        assert any("same folder" in p for p in panel.report.problems)
+        assert any("same folder" in p for p in map(str, panel.report.problems))
+        # the scan's problem names its setting, so that field shows it in red
+        assert "is the same folder as train_data_dir" in form.fields["dataset.reg_data_dir"].error
+        assert not form.fields["dataset.train_data_dir"].error
         # a letter types into the field; esc leaves it and the same letter is a command
         await pilot.press("p")
         assert field.editor.value.endswith("p")

@@ -169,7 +169,7 @@ def _do_action(args: argparse.Namespace, out: dict) -> list[str]:
         insp = inspect_dataset(args.folder, resolution=args.resolution, caption_extension=args.caption_extension,
                                decode=False)
         if insp.problems:
-            raise _Refused("the dataset has problems; nothing was renamed", "; ".join(insp.problems))
+            raise _Refused("the dataset has problems; nothing was renamed", "; ".join(map(str, insp.problems)))
         plan = insp.balance_plan()
         info = {c.folder_name: {"images": c.images, "repeats": c.repeats, "balanced": c.balanced_repeats} for c in insp.concepts}
         if not plan:

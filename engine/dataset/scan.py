@@ -16,6 +16,7 @@ from loratui.engine.dataset.concepts import parse_concept_dir
 from loratui.engine.dataset.items import ImageItem, ScanResult
 from loratui.engine.imagefile import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, DatasetError, probe_image
 from loratui.engine.plan import ConceptReport, DatasetReport
+from loratui.engine.problems import error, warning
 
 if TYPE_CHECKING:
     from loratui.engine.schema import DatasetSettings
@@ -68,30 +69,31 @@ class _Scanner:
         self.on_progress = on_progress
         self.ar_errors: list[float] = []
         self.seen = 0
+        self.key = "dataset.train_data_dir"  # the setting of the root being scanned
 
-    def warn(self, msg: str) -> None:
-        self.report.warnings.append(msg)
+    def warn(self, key: str, message: str, hint: str = "") -> None:
+        self.report.warnings.append(warning(key, message, hint))
 
-    def problem(self, msg: str) -> None:
-        self.report.problems.append(msg)
+    def problem(self, key: str, message: str, hint: str = "") -> None:
+        self.report.problems.append(error(key, message, hint))
 
     # -- one root (train or reg) ------------------------------------------------
     def scan_root(self, root_text: str, *, is_reg: bool) -> list[_Concept]:
-        key = "dataset.reg_data_dir" if is_reg else "dataset.train_data_dir"
+        key = self.key = "dataset.reg_data_dir" if is_reg else "dataset.train_data_dir"
         root = Path(root_text).expanduser()
         if not root.exists():
             if root.is_symlink():
-                self.problem(f"{key}: {root} is a broken or looping symbolic link — point it at a real folder")
+                self.problem(key, f"{root} is a broken or looping symbolic link", "point it at a real folder")
             else:
-                self.problem(f"{key}: {root} does not exist — check the path")
+                self.problem(key, f"{root} does not exist", "check the path")
             return []
         if not root.is_dir():
-            self.problem(f"{key}: {root} is a file, not a folder — give the folder that holds the <repeats>_<name> folders")
+            self.problem(key, f"{root} is a file, not a folder", "give the folder that holds the <repeats>_<name> folders")
             return []
         try:
             entries = _listdir(root)
         except OSError as exc:
-            self.problem(f"{key}: {root} cannot be read ({exc.strerror or exc})")
+            self.problem(key, f"{root} cannot be read ({exc.strerror or exc})")
             return []
         concepts: list[_Concept] = []
         loose: list[str] = []
@@ -107,17 +109,18 @@ class _Scanner:
                     n = _count_images(Path(e.path))
                     skipped.append(e.name)
                     self.warn(
-                        f"{key}: {Path(e.path)} has no <repeats>_ number prefix, skipped"
-                        + (f" ({n} images not used)" if n else "")
-                        + f" — rename it e.g. to 10_{e.name}"
+                        key,
+                        f"{Path(e.path)} has no <repeats>_ number prefix, skipped" + (f" ({n} images not used)" if n else ""),
+                        f"rename it e.g. to 10_{e.name}",
                     )
                     continue
                 repeats, name = parsed[0], parsed[1].strip()
                 if repeats < 1:
                     bad_repeats = True
                     self.problem(
-                        f"{key}: {Path(e.path)}: repeats is {repeats}, so its images would never be used — "
-                        f"rename it to 1_{name} or more (e.g. 10_{name})"
+                        key,
+                        f"{Path(e.path)}: repeats is {repeats}, so its images would never be used",
+                        f"rename it to 1_{name} or more (e.g. 10_{name})",
                     )
                     continue
                 concepts.append(self.scan_concept(Path(e.path), repeats, name, is_reg=is_reg))
@@ -125,33 +128,36 @@ class _Scanner:
                 if ext in IMAGE_EXTENSIONS:
                     loose.append(e.name)
             elif os.path.islink(e.path):
-                self.warn(f"{key}: {Path(e.path)} is a broken or looping symbolic link, skipped")
+                self.warn(key, f"{Path(e.path)} is a broken or looping symbolic link, skipped")
         if loose and concepts:
             self.warn(
-                f"{key}: {len(loose)} images directly in {root} are not used ({_few(loose, 3)}) — "
-                "only images inside <repeats>_<name> folders are trained"
+                key,
+                f"{len(loose)} images directly in {root} are not used ({_few(loose, 3)})",
+                "only images inside <repeats>_<name> folders are trained",
             )
         if not concepts:
             what = "regularization images" if is_reg else "images"
             if loose:
                 self.problem(
-                    f"{key}: {root} holds {len(loose)} images but no <repeats>_<name> folder — "
-                    f"move them into a subfolder such as {root / ('10_' + (root.name or 'mychar'))}"
+                    key,
+                    f"{root} holds {len(loose)} images but no <repeats>_<name> folder",
+                    f"move them into a subfolder such as {root / ('10_' + (root.name or 'mychar'))}",
                 )
             elif skipped:
                 self.problem(
-                    f"{key}: no usable concept folder in {root} ({_few(skipped, 3)} lack the <repeats>_ prefix) — "
-                    f"rename them like 10_{skipped[0]}"
+                    key,
+                    f"no usable concept folder in {root} ({_few(skipped, 3)} lack the <repeats>_ prefix)",
+                    f"rename them like 10_{skipped[0]}",
                 )
             elif not any(not e.name.startswith(".") for e in entries):
-                self.problem(f"{key}: {root} is empty — add a <repeats>_<name> folder of {what}, e.g. {root / '10_mychar'}")
+                self.problem(key, f"{root} is empty", f"add a <repeats>_<name> folder of {what}, e.g. {root / '10_mychar'}")
             elif not bad_repeats:
-                self.problem(f"{key}: no <repeats>_<name> folder in {root} — put your {what} in e.g. {root / '10_mychar'}")
+                self.problem(key, f"no <repeats>_<name> folder in {root}", f"put your {what} in e.g. {root / '10_mychar'}")
         elif not any(c.items for c in concepts):
             if is_reg:
-                self.warn(f"{key}: no usable regularization images in {root}; training without them")
+                self.warn(key, f"no usable regularization images in {root}; training without them")
             else:
-                self.problem(f"{key}: no usable images in {root} (png, jpg, jpeg, webp or bmp)")
+                self.problem(key, f"no usable images in {root} (png, jpg, jpeg, webp or bmp)")
         return concepts
 
     # -- one concept folder --------------------------------------------------------
@@ -160,7 +166,7 @@ class _Scanner:
         try:
             entries = _listdir(folder)
         except OSError as exc:
-            self.warn(f"{folder}: cannot be read ({exc.strerror or exc}), skipped")
+            self.warn(self.key, f"{folder}: cannot be read ({exc.strerror or exc}), skipped")
             return _Concept(rep, [])
         names = {e.name for e in entries}
         fs = _FolderScan(folder, name, repeats, is_reg, rep, names, {n.lower(): n for n in names})
@@ -182,14 +188,14 @@ class _Scanner:
         if _is_dir(e):
             n = _count_images(path)
             self.warn(
-                f"{path}: nested folders are not scanned"
-                + (f" ({n} images inside not used)" if n else "")
-                + " — move the images up, or make it its own <repeats>_<name> folder beside the others"
+                self.key,
+                f"{path}: nested folders are not scanned" + (f" ({n} images inside not used)" if n else ""),
+                "move the images up, or make it its own <repeats>_<name> folder beside the others",
             )
             return None
         if not _is_file(e):
             if os.path.islink(e.path):
-                self.warn(f"{path}: broken or looping symbolic link, skipped")
+                self.warn(self.key, f"{path}: broken or looping symbolic link, skipped")
             return None
         if ext in UNSUPPORTED_IMAGE_EXTENSIONS:
             fs.unsupported.append(e.name)
@@ -239,10 +245,10 @@ class _Scanner:
         cap_name = cap_name if cap_name in fs.names else fs.lower_names.get(cap_name.lower())
         if not cap_name:
             return None, False
-        text, warning = read_caption(fs.folder / cap_name)
-        if warning:
-            self.warn(warning)
-        if text is None and warning:
+        text, note = read_caption(fs.folder / cap_name)
+        if note:
+            self.warn(self.key, note)
+        if text is None and note:
             fs.bad_captions += 1
         elif text is None:
             fs.empty_captions.append(cap_name)
@@ -253,24 +259,32 @@ class _Scanner:
     def _folder_warnings(self, fs: "_FolderScan") -> None:
         folder, name, rep, cap_ext = fs.folder, fs.name, fs.rep, self.ds.caption_extension
         if rep.unreadable:
-            self.warn(f"{folder}: {len(rep.unreadable)} unreadable image(s) skipped: {_few(rep.unreadable)}")
+            self.warn(self.key, f"{folder}: {len(rep.unreadable)} unreadable image(s) skipped: {_few(rep.unreadable)}")
         if fs.unsupported:
             self.warn(
-                f"{folder}: {len(fs.unsupported)} file(s) of a type not trained on skipped ({_few(fs.unsupported, 3)}) — "
-                "convert them to png or jpg"
+                self.key,
+                f"{folder}: {len(fs.unsupported)} file(s) of a type not trained on skipped ({_few(fs.unsupported, 3)})",
+                "convert them to png or jpg",
             )
         if fs.empty_captions:
-            self.warn(f"{folder}: empty caption file(s) {_few(fs.empty_captions, 3)}; using the class tokens {name!r}")
+            self.warn("dataset.caption_extension", f"{folder}: empty caption file(s) {_few(fs.empty_captions, 3)}; using the class tokens {name!r}")
         missing = rep.missing_captions - len(fs.empty_captions) - fs.bad_captions
         if missing > 0 and cap_ext and rep.images:
             self.warn(
+                "dataset.caption_extension",
                 f"{folder}: {missing} of {rep.images} images have no {cap_ext} caption; "
-                f"they are captioned with the class tokens {name!r}"
+                f"they are captioned with the class tokens {name!r}",
             )
         if rep.missing_captions and not name:
-            self.warn(f"{folder}: the folder name has no class tokens after the number, so images without a caption train with an empty caption")
+            self.warn(
+                self.key,
+                f"{folder}: the folder name has no class tokens after the number, so images without a caption train with an empty caption",
+            )
         if fs.upscaled:
-            self.warn(f"{folder}: {len(fs.upscaled)} image(s) enlarged more than {UPSCALE_WARN:g}× to fit their bucket (blurry): {_few(fs.upscaled, 3)}")
+            self.warn(
+                self.key,
+                f"{folder}: {len(fs.upscaled)} image(s) enlarged more than {UPSCALE_WARN:g}× to fit their bucket (blurry): {_few(fs.upscaled, 3)}",
+            )
 
 
 @dataclass
@@ -313,7 +327,7 @@ def _balance(concepts: list[_Concept], report: DatasetReport) -> dict[str, tuple
             f"{Path(c.report.folder).name} {c.report.images} images × {c.report.repeats} = {c.report.images * c.report.repeats}"
             for c in live
         ]
-        report.warnings.append("dataset.balance_concepts: repeats adjusted per epoch: " + "; ".join(parts))
+        report.warnings.append(warning("dataset.balance_concepts", "repeats adjusted per epoch: " + "; ".join(parts)))
     return changed
 
 
@@ -351,14 +365,14 @@ def scan_dataset(ds: "DatasetSettings", *, on_progress: Callable[[int], None] | 
     scanner = _Scanner(ds, report, buckets, on_progress)
     train: list[_Concept] = []
     if not ds.train_data_dir:
-        report.problems.append("dataset.train_data_dir: not set — the folder holding your <repeats>_<name> image folders")
+        report.problems.append(error("dataset.train_data_dir", "not set", "the folder holding your <repeats>_<name> image folders"))
     else:
         train = scanner.scan_root(ds.train_data_dir, is_reg=False)
     reg: list[_Concept] = []
     if ds.reg_data_dir:
         if ds.train_data_dir and os.path.realpath(ds.reg_data_dir) == os.path.realpath(ds.train_data_dir):
             report.problems.append(
-                "dataset.reg_data_dir: is the same folder as train_data_dir — regularization images go in their own folder"
+                error("dataset.reg_data_dir", "is the same folder as train_data_dir", "regularization images go in their own folder")
             )
         else:
             reg = scanner.scan_root(ds.reg_data_dir, is_reg=True)
@@ -370,8 +384,11 @@ def scan_dataset(ds: "DatasetSettings", *, on_progress: Callable[[int], None] | 
     reg_items, unused = _match_reg([it for c in reg for it in c.items], train_samples)
     if reg_items and unused:
         report.warnings.append(
-            f"dataset.reg_data_dir: {unused} of {unused + len(reg_items)} regularization images are not used "
-            f"(each epoch uses as many reg samples as train samples: {train_samples})"
+            warning(
+                "dataset.reg_data_dir",
+                f"{unused} of {unused + len(reg_items)} regularization images are not used "
+                f"(each epoch uses as many reg samples as train samples: {train_samples})",
+            )
         )
     items += reg_items
     errs = scanner.ar_errors

@@ -21,7 +21,7 @@ from loratui.engine.inspection.results import ConceptInfo, DatasetInspection, Im
 if TYPE_CHECKING:
     from loratui.engine.schema import DatasetSettings
 
-_BALANCE_PREFIX = "dataset.balance_concepts:"
+_BALANCE_KEY = "dataset.balance_concepts"
 # scan warnings that the per-file issues below already say, file by file
 _COVERED_WARNINGS = ("unreadable image(s) skipped", "enlarged more than", "caption; they are captioned with")
 
@@ -89,7 +89,7 @@ def inspect_dataset(
     insp = DatasetInspection(root=root, resolution=res, caption_extension=ds.caption_extension)
     insp.problems = list(scan.report.problems)
     insp.warnings = [
-        w for w in scan.report.warnings if not w.startswith(_BALANCE_PREFIX) and not any(s in w for s in _COVERED_WARNINGS)
+        w for w in scan.report.warnings if w.key != _BALANCE_KEY and not any(s in w.message for s in _COVERED_WARNINGS)
     ]
     insp.tags = scan.tag_frequency()
     by_folder: dict[str, list] = {}

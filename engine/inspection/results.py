@@ -10,6 +10,7 @@ from typing import Any
 
 from loratui.engine.inspection.duplicates import NEAR_DUPLICATE_BITS, DuplicateGroup
 from loratui.engine.inspection.guidance import RepeatsSuggestion
+from loratui.engine.problems import Problem
 
 @dataclass
 class ImageInfo:
@@ -118,8 +119,8 @@ class DatasetInspection:
     images: list[ImageInfo] = field(default_factory=list)
     tags: dict[str, dict[str, int]] = field(default_factory=dict)  # folder name → tag → captions holding it
     duplicates: list[DuplicateGroup] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)  # the scan's errors: training cannot start
-    warnings: list[str] = field(default_factory=list)  # the scan's other warnings
+    problems: list[Problem] = field(default_factory=list)  # the scan's errors: training cannot start
+    warnings: list[Problem] = field(default_factory=list)  # the scan's other warnings
     hints: list[str] = field(default_factory=list)
     decoded: bool = False  # images were fully decoded (duplicates and corrupt data checked)
 
@@ -172,7 +173,7 @@ class DatasetInspection:
 
     def issues(self) -> list[Issue]:
         """Everything worth fixing, most serious first."""
-        out = [Issue("error", p) for p in self.problems]
+        out = [Issue("error", str(p)) for p in self.problems]
         for im in self.images:
             if im.problem:
                 out.append(Issue("unreadable", f"{im.folder}/{im.name}: {im.problem}", str(im.path)))
@@ -208,7 +209,7 @@ class DatasetInspection:
                         str(c.folder),
                     )
                 )
-        out += [Issue("warning", w) for w in self.warnings]
+        out += [Issue("warning", str(w)) for w in self.warnings]
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 from loratui.engine.kohya.builder import Builder, report_other
 from loratui.engine.kohya.keys import OFF_VALUES, concept_dir, dataset_keys, show, subset_keys
 from loratui.engine.kohya.special import map_resolution
+from loratui.engine.problems import Problem, warning
 from loratui.engine.schema import Profile
 from loratui.engine.schema.coerce import BadValue, blank, same, to_int, truthy
 
@@ -222,14 +223,14 @@ def concepts_on_disk(root: str) -> list[tuple[str, int, str]]:
 
 
 
-def dataset_config_dict(p: Profile) -> tuple[dict[str, Any], list[str]]:
+def dataset_config_dict(p: Profile) -> tuple[dict[str, Any], list[Problem]]:
     """An sd-scripts dataset_config for the profile's concept folders (read from disk)
     and notes. Raises ValueError when the training folder holds no concept folders."""
     d = p.dataset
     train = concepts_on_disk(d.train_data_dir)
     if not train:
         raise ValueError(f"{d.train_data_dir or '(dataset.train_data_dir is empty)'}: no <repeats>_<name> concept folders found")
-    notes: list[str] = []
+    notes: list[Problem] = []
     general = {key: p.get(dotted) for key, dotted in subset_keys().items()}
     h = d.resolution_height or d.resolution
     dataset: dict[str, Any] = {"resolution": d.resolution if h == d.resolution else [d.resolution, h]}
@@ -239,9 +240,9 @@ def dataset_config_dict(p: Profile) -> tuple[dict[str, Any], list[str]]:
         dataset["subsets"].append({"image_dir": folder, "num_repeats": repeats, "class_tokens": name})
     reg = concepts_on_disk(d.reg_data_dir)
     if d.reg_data_dir and not reg:
-        notes.append(f"{d.reg_data_dir}: no <repeats>_<name> folders found; no regularization subsets written")
+        notes.append(warning("dataset.reg_data_dir", f"{d.reg_data_dir}: no <repeats>_<name> folders found; no regularization subsets written"))
     for folder, repeats, name in reg:
         dataset["subsets"].append({"image_dir": folder, "num_repeats": repeats, "class_tokens": name, "is_reg": True})
     if d.balance_concepts:
-        notes.append("balance_concepts has no sd-scripts equivalent: the folders' own repeats were exported")
+        notes.append(warning("dataset.balance_concepts", "has no sd-scripts equivalent: the folders' own repeats were exported"))
     return {"general": general, "datasets": [dataset]}, notes

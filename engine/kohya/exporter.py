@@ -22,7 +22,7 @@ from typing import Any
 from loratui.engine.families import get_family
 from loratui.engine.kohya.dataset_config import concepts_on_disk, dataset_config_dict
 from loratui.engine.kohya.keys import network_type_refusal
-from loratui.engine.problems import Problem, error
+from loratui.engine.problems import Problem, error, warning
 from loratui.engine.registries import NETWORK_TYPES
 from loratui.engine.schema import Profile, settings
 from loratui.engine.schema.coerce import num_text
@@ -139,7 +139,7 @@ class ExportResult:
     dataset_path: Path | None
     script: str
     command: str
-    notes: list[str]
+    notes: list[Problem]  # warnings: exported anyway, worth a look
 
 
 def export_problems(p: Profile) -> list[Problem]:
@@ -148,15 +148,21 @@ def export_problems(p: Profile) -> list[Problem]:
     return [error("network.network_type", refusal, value=p.network.network_type)] if refusal else []
 
 
-def export_warnings(p: Profile) -> list[str]:
+def export_warnings(p: Profile) -> list[Problem]:
     """Exported anyway, but sd-scripts will stop on these."""
     out = []
     if not p.model.base_model:
-        out.append("model.base_model is empty: set pretrained_model_name_or_path before running sd-scripts")
+        out.append(warning("model.base_model", "is empty", "set pretrained_model_name_or_path before running sd-scripts"))
     if not p.dataset.train_data_dir:
-        out.append("dataset.train_data_dir is empty: set the image folder before running sd-scripts")
+        out.append(warning("dataset.train_data_dir", "is empty", "set the image folder before running sd-scripts"))
     if p.model.family == "auto":
-        out.append("model.family is auto: written for train_network.py (SD 1.x/2.x); run sdxl_train_network.py for an SDXL model")
+        out.append(
+            warning(
+                "model.family",
+                "is auto: written for train_network.py (SD 1.x/2.x)",
+                "run sdxl_train_network.py for an SDXL model",
+            )
+        )
     return out
 
 
@@ -170,14 +176,14 @@ def export_sd_scripts(p: Profile, out_dir: str | Path, *, source: str = "", over
     out_dir = Path(out_dir)
     cfg_path = out_dir / names[0]
     ds_path = out_dir / names[1]
-    notes: list[str] = []
+    notes: list[Problem] = []
     try:
         ds, ds_notes = dataset_config_dict(p)
         notes += ds_notes
     except ValueError as exc:
         ds = None
         if p.dataset.train_data_dir:
-            notes.append(f"{exc}: the dataset is given as train_data_dir in {names[0]} instead of a dataset config")
+            notes.append(warning("dataset.train_data_dir", f"{exc}: the dataset is given as train_data_dir in {names[0]} instead of a dataset config"))
     targets = [cfg_path] + ([ds_path] if ds is not None else [])
     if not overwrite:
         existing = [str(t) for t in targets if t.exists()]

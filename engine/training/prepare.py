@@ -46,12 +46,12 @@ class Prepared:
     @property
     def problems(self) -> list[Problem]:
         """Everything that stops the run: the dataset's, the model's, then the other checks'."""
-        return [Problem("", p) for p in self.report.problems] + [Problem("", p) for p in self.model.problems] + self.checks
+        return [*self.report.problems, *self.model.problems, *self.checks]
 
     @property
     def warnings(self) -> list[str]:
         """In the order a run reports them."""
-        return [str(w) for w in self.profile_warnings] + list(self.report.warnings) + self.resume_warnings
+        return [str(w) for w in [*self.profile_warnings, *self.report.warnings]] + self.resume_warnings
 
     @property
     def ok(self) -> bool:

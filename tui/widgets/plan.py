@@ -130,6 +130,7 @@ class PlanPanel(Static):
         self.scan_error = ""
         self.compact = False
         self.problems: list[str] = []
+        self.found: list = []  # the same checks as engine Problems (their keys mark the form's fields)
         self._checking = None  # the profile whose checks run now
         self._last: str | None = None
 
@@ -168,13 +169,14 @@ class PlanPanel(Static):
 
         # overwrite: an existing final LoRA is no problem here — Start asks before replacing it
         prepared = prepare_run(profile, overwrite=True, scan=scan)
-        problems = [str(p) for p in prepared.problems if str(p) not in prepared.report.problems]
-        self.app.call_from_thread(self._checked, profile, problems)
+        found = [p for p in prepared.problems if p not in prepared.report.problems]
+        self.app.call_from_thread(self._checked, profile, found)
 
-    def _checked(self, profile, problems: list[str]) -> None:
+    def _checked(self, profile, found: list) -> None:
         if profile is self._checking:
             self._checking = None
-            self.show(problems=problems)
+            self.found = found
+            self.show(problems=[str(p) for p in found])
             self.post_message(self.Checked())
 
     @property
