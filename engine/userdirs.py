@@ -258,3 +258,35 @@ def load_origin(name: str | None) -> Profile | None:
         return load_profile(entry.path)
     except ProfileError:
         return None
+
+
+# --------------------------------------------------------------------------- models folder (models branch)
+
+MODEL_SUBFOLDERS = ("checkpoints", "vae", "lora", "text_encoders")
+
+
+def default_models_dir() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir(APP_NAME, appauthor=False)) / "models"
+
+
+def models_dir() -> Path:
+    """The models folder (an app setting, in state.json): ``LORATUI_MODELS_DIR``,
+    else the one chosen last, else ``<data dir>/models``. It holds ``checkpoints/``,
+    ``vae/``, ``lora/`` and ``text_encoders/`` as kohya_ss and the WebUIs lay them out."""
+    override = os.environ.get("LORATUI_MODELS_DIR")
+    if override:
+        return Path(override).expanduser()
+    value = _read_state().get("models_dir")
+    if isinstance(value, str) and value.strip():
+        return Path(value).expanduser()
+    return default_models_dir()
+
+
+def set_models_dir(path: str | Path) -> Path:
+    """Remember ``path`` as the models folder (state.json, atomically)."""
+    state = _read_state()
+    state["models_dir"] = str(Path(path).expanduser().resolve())
+    atomic_write_text(state_path(), json.dumps(state, indent=2) + "\n")
+    return Path(state["models_dir"])

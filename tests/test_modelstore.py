@@ -1,0 +1,239 @@
+"""The models folder listing (headers only) and `loratui models`, on tiny files
+the test writes; downloads against a local fake Hub (tests/fake_hub.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_hub import FakeHub  # noqa: E402
+from model_files import CHECKPOINTS, write_models_folder, write_safetensors  # noqa: E402
+
+from loratui.engine.cli import run_command  # noqa: E402
+from loratui.engine.events import Aborted, Control  # noqa: E402
+from loratui.engine.modelstore import scan  # noqa: E402
+from loratui.engine.modelstore.download import DownloadError, download  # noqa: E402
+
+
+@pytest.fixture
+def models(tmp_path, monkeypatch):
+    root = tmp_path / "models"
+    files = write_models_folder(root)
+    monkeypatch.setenv("LORATUI_MODELS_DIR", str(root))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    return root, files
+
+
+def _by_name(entries):
+    return {e.name: e for e in entries}
+
+
+def test_scan_reads_kind_family_precision_size_and_lora_summary(models):
+    root, files = models
+    got = _by_name(scan(root))
+    assert {n: (e.kind, e.family, e.precision) for n, e in got.items() if e.ok} == {
+        "sd1_model.safetensors": ("checkpoint", "sd1", "fp32"),
+        "sd2_model.safetensors": ("checkpoint", "sd2", "bf16"),
+        "sdxl_model.safetensors": ("checkpoint", "sdxl", "fp16"),
+        "sdxl_fp8.safetensors": ("checkpoint", "sdxl", "fp8"),
+        "sdxl_vae.safetensors": ("vae", "", "fp16"),
+        "mychar_v1.safetensors": ("lora", "sdxl", "fp16"),
+        "clip_l.safetensors": ("text_encoder", "", "fp16"),
+        "t5xxl_fp8.safetensors": ("text_encoder", "", "fp8"),
+    }
+    assert got["clip_l.safetensors"].family_text == "CLIP-L" and got["t5xxl_fp8.safetensors"].family_text == "T5-XXL"
+    assert got["sdxl_model.safetensors"].size == files["sdxl"].stat().st_size
+    lora = got["mychar_v1.safetensors"].lora
+    assert (lora.rank, lora.alpha, lora.epochs, lora.base_model) == (16, 8.0, "4/8", "sd_xl_base_1.0.safetensors")
+    assert lora.triggers == ["mychar", "1girl", "solo"]
+    assert got["mychar_v1.safetensors"].field == "network.network_weights"
+    assert got["sdxl_vae.safetensors"].field == "model.vae"
+    # broken files are named with what is wrong
+    cut = got["cut_short.safetensors"]
+    assert str(files["truncated"]) in cut.problem and "truncated" in cut.problem and "100 bytes missing" in cut.problem
+    page = got["login_page.safetensors"]
+    assert page.kind == "lora" and "web page" in page.problem
+
+
+def test_a_file_in_the_wrong_folder_is_said(models, tmp_path):
+    root, _files = models
+    write_safetensors(root / "lora" / "oops_vae.safetensors", {"encoder.conv_in.weight": (4, 3, 3, 3),
+                                                               "decoder.conv_in.weight": (8, 4, 3, 3)})
+    e = _by_name(scan(root, hub=False))["oops_vae.safetensors"]
+    assert e.kind == "vae" and "a vae in the lora folder" in e.note
+
+
+def test_hub_cache_files_and_diffusers_repos_are_listed(models, tmp_path, tiny_sd1_dir, monkeypatch):
+    root, _ = models
+    cache = tmp_path / "hub"
+    snap = cache / "models--me--tiny-sd1" / "snapshots" / ("a" * 40)
+    import shutil
+
+    shutil.copytree(tiny_sd1_dir, snap)
+    (cache / "models--me--tiny-sd1" / "refs").mkdir()
+    (cache / "models--me--tiny-sd1" / "refs" / "main").write_text("a" * 40)
+    single = cache / "models--me--xl" / "snapshots" / ("b" * 40)
+    write_safetensors(single / "xl.safetensors", CHECKPOINTS["sdxl"])
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    got = _by_name(e for e in scan(root) if e.source == "hub")
+    assert got["me/tiny-sd1"].kind == "checkpoint" and got["me/tiny-sd1"].family == "sd1"
+    assert got["me/tiny-sd1"].spec == "me/tiny-sd1" and got["me/tiny-sd1"].format == "diffusers"
+    assert got["me/xl/xl.safetensors"].family == "sdxl" and got["me/xl/xl.safetensors"].spec == str(single / "xl.safetensors")
+
+
+def test_cli_models_table_and_json(models, capsys):
+    root, files = models
+    assert run_command(["models", "--no-hub"]) == 1  # a broken file is there
+    out = capsys.readouterr().out
+    header = out.splitlines()[1]
+    assert header.split() == ["KIND", "NAME", "FAMILY", "PREC", "SIZE", "WHERE", "DETAILS"]
+    line = next(x for x in out.splitlines() if "mychar_v1" in x)
+    assert line.split()[:5] == ["lora", "mychar_v1.safetensors", "SDXL", "fp16", "6"]
+    assert "r16/8" in line and "tags: mychar, 1girl, solo" in line and "ep 4/8" in line
+    assert "BROKEN" in next(x for x in out.splitlines() if "cut_short" in x)
+    assert run_command(["models", "--json", "--no-hub"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["models_dir"] == str(root)
+    rows = {Path(m["path"]).name: m for m in data["models"]}
+    assert rows["sd2_model.safetensors"]["family"] == "sd2" and rows["sd2_model.safetensors"]["precision"] == "bf16"
+    assert rows["cut_short.safetensors"]["problem"]
+
+
+def test_models_dir_setting_is_remembered(tmp_path, monkeypatch):
+    monkeypatch.delenv("LORATUI_MODELS_DIR", raising=False)
+    monkeypatch.setenv("LORATUI_CONFIG_DIR", str(tmp_path / "cfg"))
+    from loratui.engine.userdirs import default_models_dir, models_dir, set_models_dir
+
+    assert models_dir() == default_models_dir() and default_models_dir().name == "models"
+    set_models_dir(tmp_path / "mine")
+    assert models_dir() == (tmp_path / "mine").resolve()
+    assert json.loads((tmp_path / "cfg" / "state.json").read_text())["models_dir"] == str((tmp_path / "mine").resolve())
+
+
+# --------------------------------------------------------------------------- download
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    src = write_safetensors(tmp_path / "src" / "sd1.safetensors", {**CHECKPOINTS["sd1"], "pad": (250_000,)}, "F32")
+    fake = FakeHub(files={"me/sd1": {"sd1.safetensors": src.read_bytes(), "README.md": b"# sd1\n"}})
+    url = fake.start()
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 64 * 1024)
+    monkeypatch.setenv("LORATUI_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setattr("loratui.engine.modelstore.download.PROGRESS_EVERY", 0.0)  # every chunk
+    yield fake
+    fake.stop()
+
+
+def test_download_reports_progress_verifies_and_links_into_the_models_folder(hub, tmp_path):
+    events = []
+    res = download("me/sd1", on_progress=events.append)  # repo only: its one model file
+    dest = tmp_path / "models" / "checkpoints" / "sd1.safetensors"
+    assert res.spec == str(dest) and res.kind == "checkpoint"
+    assert hashlib.sha256(dest.read_bytes()).digest() == hashlib.sha256(hub.files["me/sd1"]["sd1.safetensors"]).digest()
+    total = len(hub.files["me/sd1"]["sd1.safetensors"])
+    downloading = [e for e in events if e.phase == "downloading"]
+    assert downloading and all(e.total == total for e in events)
+    assert [e.done for e in downloading] == sorted(e.done for e in downloading) and downloading[-1].done == total
+    assert any(e.phase == "verifying" for e in events)
+    assert "MB" in downloading[-1].line() and "100.0%" in downloading[-1].line()
+    again = download("me/sd1", "sd1.safetensors")
+    assert again.spec == str(dest) and "already" in again.note
+
+
+def test_interrupted_download_resumes_and_the_final_name_appears_only_when_complete(hub, tmp_path):
+    control = Control()
+    data = hub.files["me/sd1"]["sd1.safetensors"]
+
+    def stop_half_way(p):
+        if p.done > len(data) // 2:
+            control.abort()
+
+    with pytest.raises(Aborted):
+        download("me/sd1", "sd1.safetensors", on_progress=stop_half_way, control=control)
+    models = tmp_path / "models"
+    assert not [p for p in models.rglob("*.safetensors")]  # no final name yet
+    partial = list(models.rglob("*.incomplete"))
+    assert len(partial) == 1 and 0 < partial[0].stat().st_size < len(data)
+    kept = partial[0].stat().st_size
+    hub.requests.clear()
+    events = []
+    res = download("me/sd1", "sd1.safetensors", on_progress=events.append)
+    assert ("GET", "/me/sd1/resolve/main/sd1.safetensors", f"bytes={kept}-") in hub.requests
+    assert Path(res.spec).read_bytes() == data and not list(models.rglob("*.incomplete"))
+    assert events[0].done >= kept  # the progress starts where the first run stopped
+
+
+def test_a_dropped_link_is_resumed_within_the_download(hub):
+    hub.drop_after["sd1.safetensors"] = 200_000
+    res = download("me/sd1", "sd1.safetensors")
+    gets = [r for r in hub.requests if r[0] == "GET" and r[1].endswith("sd1.safetensors")]
+    assert len(gets) == 2 and Path(res.spec).read_bytes() == hub.files["me/sd1"]["sd1.safetensors"]
+
+
+def test_not_enough_disk_space_refuses_before_fetching(hub, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(DownloadError, match=r"not enough disk space: me/sd1 needs 1 MB more, 1 kB free"):
+        download("me/sd1", "sd1.safetensors")
+    assert not [r for r in hub.requests if r[0] in ("GET", "HEAD") and "resolve" in r[1]]
+
+
+def test_checksum_mismatch_removes_the_file(hub, tmp_path):
+    hub.wrong_sha.add("sd1.safetensors")
+    with pytest.raises(DownloadError, match="checksum mismatch"):
+        download("me/sd1", "sd1.safetensors")
+    assert not (tmp_path / "models" / "checkpoints" / "sd1.safetensors").exists()
+    assert not list((tmp_path / "models").rglob("*sd1.safetensors*"))  # neither final nor partial
+
+
+def test_gated_missing_and_offline_say_what_to_do(hub, monkeypatch, capsys):
+    hub.files["org/gated"] = {"x.safetensors": b"x"}
+    hub.gated.add("org/gated")
+    with pytest.raises(DownloadError, match="gated") as exc:
+        download("org/gated", "x.safetensors")
+    assert "hf auth login" in str(exc.value) and "HF_TOKEN" in str(exc.value)
+    with pytest.raises(DownloadError, match="has no file nope.safetensors"):
+        download("me/sd1", "nope.safetensors")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    assert run_command(["models", "download", "me/sd1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: offline: cannot reach 127.0.0.1 (no network) — download on a machine with network "
+                   "and copy the file into the models folder"]
+
+
+def test_cli_download_prints_progress_and_the_path(hub, tmp_path, capsys):
+    assert run_command(["models", "download", "me/sd1", "sd1.safetensors"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == str(tmp_path / "models" / "checkpoints" / "sd1.safetensors")
+    assert "downloading sd1.safetensors" in err and "100.0%" in err
+    assert run_command(["models", "download", "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert "black-forest-labs/FLUX.1-dev flux1-dev.safetensors  (gated)" in listed
+    assert "stabilityai/stable-diffusion-xl-base-1.0 sd_xl_base_1.0.safetensors" in listed
+
+
+def test_a_diffusers_repo_is_fetched_into_the_hub_cache_without_variants(hub, tmp_path):
+    w = write_safetensors(tmp_path / "w.safetensors", {"conv_in.weight": (4, 4)}).read_bytes()
+    hub.files["me/pipe"] = {"model_index.json": b'{"_class_name": "StableDiffusionPipeline"}',
+                            "unet/config.json": b"{}", "unet/diffusion_pytorch_model.safetensors": w,
+                            "unet/diffusion_pytorch_model.fp16.safetensors": w, "unet/diffusion_pytorch_model.bin": w,
+                            "v1-5.safetensors": w}
+    res = download("me/pipe")
+    assert res.spec == "me/pipe" and "Hub cache" in res.note
+    assert sorted(p.name for p in res.files) == ["config.json", "diffusion_pytorch_model.safetensors", "model_index.json"]
+    assert not (tmp_path / "models").exists() or not list((tmp_path / "models").rglob("*.safetensors"))
