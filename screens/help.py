@@ -19,6 +19,7 @@ KEY_NAMES = {"question_mark": "?", "escape": "esc", "delete": "del", "backspace"
 def binding_rows(app) -> list[tuple[str, str, str, str]]:
     """(where, keys, what, id) for every binding with an id, keymap applied."""
     from loratui.screens.dashboard import DashboardScreen
+    from loratui.screens.models import ModelsScreen
     from loratui.screens.profiles import ProfilesScreen
     from loratui.screens.training import TrainingScreen
     from loratui.tui.widgets.dialogs import PathPicker
@@ -30,6 +31,7 @@ def binding_rows(app) -> list[tuple[str, str, str, str]]:
         ("dashboard", DashboardScreen.BINDINGS),
         ("profiles", ProfilesScreen.BINDINGS),
         ("path picker", PathPicker.BINDINGS),
+        ("models", ModelsScreen.BINDINGS),
     ]
     rows = []
     for where, bindings in groups:

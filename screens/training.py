@@ -69,6 +69,7 @@ class TrainingScreen(Screen):
         Binding("p,ctrl+o", "app.profiles", "profiles", id="screen.profiles"),
         Binding("i", "app.dataset", "dataset", id="screen.dataset"),
         Binding("c", "app.captions", "captions", id="screen.captions", show=False),
+        Binding("M", "app.models", "models", id="screen.models", show=False),
         Binding("d", "app.dashboard", "dashboard", id="screen.dashboard", show=False),
         Binding("ctrl+t", "toggle_advanced", "advanced", id="form.advanced", show=False),
         Binding("escape", "leave_field", "leave field", show=False, id="form.leave_field"),

@@ -304,6 +304,12 @@ class LoraTuiApp(ProfileActions, RunControl, WatchRun, SignalHandling, App):
     def action_captions(self) -> None:
         self.action_dataset("captions")
 
+    def action_models(self) -> None:
+        from loratui.screens.models import ModelsScreen
+
+        if not isinstance(self.screen, ModelsScreen):
+            self.push_screen(ModelsScreen())
+
     def action_help(self) -> None:
         from loratui.screens.help import HelpScreen
 

@@ -23,6 +23,7 @@ ACTIONS = [
     ("Training form", "back to the form (f)", "form"),
     ("Dataset", "the dataset & captions screen (i)", "dataset"),
     ("Captions", "caption images with WD14 / BLIP (c)", "captions"),
+    ("Models", "checkpoints, VAEs, LoRAs found on disk; download from the Hub (M)", "models"),
     ("Pause / resume training", "(space)", "pause_resume"),
     ("Save now", "save an intermediate LoRA at the next step (s)", "save_now"),
     ("Stop training", "save at the next step, then end (x)", "stop_run"),
