@@ -77,11 +77,15 @@ class CaptionSummary:
 
 
 def load_captioner(settings: CaptionSettings, *, on_event: Callable[[object], None], control: Control):
-    """The WD14 tagger or BLIP captioner the settings ask for (downloads when needed)."""
+    """The WD14 tagger or BLIP / BLIP-2 / GIT captioner the settings ask for (downloads when needed)."""
     if settings.tagger == "wd14":
         from loratui.engine.captioners.wd14 import WD14Tagger
 
         return WD14Tagger.load(settings, on_event=on_event, control=control)
+    if settings.tagger in ("blip2", "git"):
+        from loratui.engine.captioners.vlm import VlmCaptioner
+
+        return VlmCaptioner.load(settings, on_event=on_event, control=control)
     from loratui.engine.captioners.blip import BlipCaptioner
 
     return BlipCaptioner.load(settings, on_event=on_event, control=control)

@@ -13,7 +13,10 @@ from loratui.engine.schema import _Section, setting
 
 DEFAULT_WD14_MODEL = "SmilingWolf/wd-v1-4-convnextv2-tagger-v2"
 DEFAULT_BLIP_MODEL = "Salesforce/blip-image-captioning-large"
-DEFAULT_MODELS = {"wd14": DEFAULT_WD14_MODEL, "blip": DEFAULT_BLIP_MODEL}
+DEFAULT_BLIP2_MODEL = "Salesforce/blip2-opt-2.7b"
+DEFAULT_GIT_MODEL = "microsoft/git-large-coco"
+DEFAULT_MODELS = {"wd14": DEFAULT_WD14_MODEL, "blip": DEFAULT_BLIP_MODEL, "blip2": DEFAULT_BLIP2_MODEL,
+                  "git": DEFAULT_GIT_MODEL}
 # Taggers people use (the SmilingWolf ONNX releases); any repo with model.onnx +
 # selected_tags.csv works.
 KNOWN_WD14_MODELS = (
@@ -46,13 +49,15 @@ class CaptionSettings(_Section):
     ``[caption]`` in a profile as is); kohya names are sd-scripts' option names
     in finetune/tag_images_by_wd14_tagger.py and make_captions.py."""
 
-    tagger: Literal["wd14", "blip"] = setting(
-        "wd14", "wd14: Danbooru-style tags (anime/illustration). blip: a sentence describing the image."
+    tagger: Literal["wd14", "blip", "blip2", "git"] = setting(
+        "wd14", "wd14: Danbooru-style tags (anime/illustration). blip, blip2 (BLIP-2, larger, better), "
+        "git (Microsoft GIT): a sentence describing the image."
     )
     model: str = setting(
         "",
-        "Hugging Face repo id or local folder. Empty: SmilingWolf/wd-v1-4-convnextv2-tagger-v2 (wd14) "
-        "or Salesforce/blip-image-captioning-large (blip). A wd14 folder holds model.onnx + selected_tags.csv.",
+        "Hugging Face repo id or local folder. Empty: SmilingWolf/wd-v1-4-convnextv2-tagger-v2 (wd14), "
+        "Salesforce/blip-image-captioning-large (blip), Salesforce/blip2-opt-2.7b (blip2) or "
+        "microsoft/git-large-coco (git). A wd14 folder holds model.onnx + selected_tags.csv.",
         kohya="repo_id",
         kind="model",
     )
@@ -104,6 +109,13 @@ class CaptionSettings(_Section):
     )
     device: Literal["auto", "cuda", "cpu"] = setting(
         "auto", "Where the model runs. auto: the GPU when there is one.", advanced=True
+    )
+    # -- models: BLIP-2 / GIT loading
+    quantize: Literal["auto", "8bit", "none"] = setting(
+        "auto",
+        "blip2/git on CUDA: auto loads in fp16, or in 8-bit (bitsandbytes) when the free GPU memory is short "
+        "for fp16 (BLIP-2 2.7B needs ~8 GB in fp16, ~4.5 GB in 8-bit); 8bit always; none never.",
+        advanced=True,
     )
 
     def checks(self) -> list[tuple[str, str]]:

@@ -7,7 +7,7 @@ import sys
 import time
 
 NAME = "caption"
-HELP = "Caption a folder of images with the WD14 tagger (tags) or BLIP (sentences)."
+HELP = "Caption a folder of images with the WD14 tagger (tags) or BLIP / BLIP-2 / GIT (sentences)."
 DESCRIPTION = (
     "Write <image>.txt caption files. Existing captions are kept unless you pass --mode overwrite "
     "(replace them) or --mode append (add the new tags they lack). Models come from the Hugging Face "
@@ -17,10 +17,12 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", metavar="DIR", help="folder of images (with --recursive: its concept sub-folders too)")
-    p.add_argument("--tagger", choices=("wd14", "blip"), default="wd14", help="wd14: tags (default); blip: a sentence")
+    p.add_argument("--tagger", choices=("wd14", "blip", "blip2", "git"), default="wd14",
+                   help="wd14: tags (default); blip, blip2 (BLIP-2), git: a sentence")
     p.add_argument("--model", default="", metavar="ID_OR_DIR",
                    help="Hub repo id or local folder (wd14: model.onnx + selected_tags.csv). "
-                   "Default: SmilingWolf/wd-v1-4-convnextv2-tagger-v2 / Salesforce/blip-image-captioning-large")
+                   "Default: SmilingWolf/wd-v1-4-convnextv2-tagger-v2 / Salesforce/blip-image-captioning-large / "
+                   "Salesforce/blip2-opt-2.7b / microsoft/git-large-coco")
     p.add_argument("--mode", choices=("skip", "overwrite", "append"), default="skip",
                    help="images that already have a caption: skip (default), overwrite, append new tags")
     p.add_argument("--ext", default=".txt", metavar=".EXT", help="caption file extension (default .txt)")
@@ -42,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--min-length", type=int, default=5, metavar="N", help="shortest caption in tokens (default 5)")
     b.add_argument("--max-length", type=int, default=75, metavar="N", help="longest caption in tokens (default 75)")
     b.add_argument("--prompt", default="", metavar="TEXT", help="text the caption starts from, e.g. 'a photo of'")
+    b.add_argument("--quantize", choices=("auto", "8bit", "none"), default="auto",
+                   help="blip2/git on CUDA: 8-bit when fp16 does not fit in the free GPU memory (auto), always, never")
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -68,6 +72,7 @@ def settings_from_args(args: argparse.Namespace):
         min_length=args.min_length,
         max_length=args.max_length,
         prompt=args.prompt,
+        quantize=args.quantize,
     )
 
 

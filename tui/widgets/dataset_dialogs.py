@@ -163,7 +163,8 @@ class CaptionJobDialog(DatasetDialog[dict | None]):
             yield Label("Caption images", classes="dialog-title")
             with Horizontal(classes="row"):
                 yield Label("captioner", classes="field-label")
-                yield Select([("WD14 tagger (tags)", "wd14"), ("BLIP (a sentence)", "blip")], value=d.tagger,
+                yield Select([("WD14 tagger (tags)", "wd14"), ("BLIP (a sentence)", "blip"), ("BLIP-2 (a sentence, larger)", "blip2"),
+                             ("GIT (a sentence)", "git")], value=d.tagger,
                              allow_blank=False, id="cap-tagger", compact=True)
             with Horizontal(classes="row"):
                 yield Label("model", classes="field-label")
