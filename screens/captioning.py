@@ -40,10 +40,11 @@ class CaptionProgress(Message):
 
 
 class CaptionDone(Message):
-    def __init__(self, summary: Any, failed: Failed | None) -> None:
+    def __init__(self, summary: Any, failed: Failed | None, written: list | None = None) -> None:
         super().__init__()
         self.summary = summary
         self.failed = failed
+        self.written = written or []  # (image path, caption) of each caption the job wrote
 
 
 class CaptionJob:
@@ -119,11 +120,15 @@ class CaptionJob:
         from loratui.engine.captioners import run_captioner
 
         outcome: dict[str, Any] = {"failed": None}
+        written: list[tuple[Path, str]] = []
 
         def on_event(ev: Any) -> None:
             if isinstance(ev, Failed):
                 outcome["failed"] = ev
             elif isinstance(ev, (PhaseChanged, LogEvent, WarningEvent)):
+                if isinstance(ev, PhaseChanged) and ev.phase == Phase.CAPTIONING and ": " in ev.detail:
+                    label, text = ev.detail.split(": ", 1)
+                    written.append((Path(folder) / label, text))
                 self.post_message(CaptionProgress(ev))
 
         try:
@@ -131,7 +136,7 @@ class CaptionJob:
         except Exception as exc:  # noqa: BLE001 - run_captioner reports its own failures; this is a last guard
             self.post_message(CaptionDone(None, Failed(message=f"captioning failed: {type(exc).__name__}: {exc}")))
             return
-        self.post_message(CaptionDone(summary, outcome["failed"]))
+        self.post_message(CaptionDone(summary, outcome["failed"], written))
 
     def on_caption_progress(self, msg: CaptionProgress) -> None:
         ev = msg.event
@@ -151,6 +156,7 @@ class CaptionJob:
         self.captioning = False
         self.control = None
         self.last_caption_summary = msg.summary
+        self.written_captions = msg.written
         self.refresh_bindings()
         self._progress(None)
         if msg.failed is not None:
@@ -159,8 +165,24 @@ class CaptionJob:
             self.notify(text, title="captioning failed", severity="error", timeout=10)
         else:
             self._job_note = caption_job_note(msg.summary)
-            self.notify(self._job_note[0], timeout=6)
+            more = " · w shows each image with its new caption" if msg.written else ""
+            self.notify(self._job_note[0] + more, timeout=6)
         self.rescan()
+
+    def action_written_captions(self) -> None:
+        """Each image the last job captioned beside its caption, to fix a bad one in place."""
+        from loratui.tui.widgets.caption_results import CaptionResults
+
+        written = getattr(self, "written_captions", [])
+        if not written:
+            self.notify("no captions written yet: c starts the captioner", severity="warning")
+            return
+
+        def done(edited: bool | None) -> None:
+            if edited:
+                self.rescan()
+
+        self.app.push_screen(CaptionResults(written, self.caption_extension), done)
 
     def action_stop_caption(self) -> None:
         if self.control is not None:

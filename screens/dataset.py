@@ -95,6 +95,7 @@ class DatasetScreen(CaptionJob, Screen):
         Binding("2", "tab('tags')", "tags", id="dataset.tab_tags", show=False),
         Binding("3", "tab('buckets')", "buckets", id="dataset.tab_buckets", show=False),
         Binding("4", "tab('problems')", "problems", id="dataset.tab_problems", show=False),
+        Binding("w", "written_captions", "captions written", id="dataset.written_captions", show=False),
     ]
 
     def __init__(
