@@ -127,6 +127,7 @@ class ModelsScreen(Screen):
         Binding("g", "download", "download", id="models.download"),
         Binding("r", "rescan", "rescan", id="models.rescan"),
         Binding("x", "stop_download", "stop download", id="models.stop"),
+        Binding("o", "choose_folder", "models folder", id="models.folder"),
         Binding("escape", "close", "back", id="models.close"),
     ]
 
@@ -225,6 +226,24 @@ class ModelsScreen(Screen):
 
     def action_close(self) -> None:
         self.app.pop_screen()
+
+    def action_choose_folder(self) -> None:
+        """Choose the models folder (an app setting, remembered in state.json)."""
+        from loratui.engine.userdirs import set_models_dir
+        from loratui.tui.widgets.dialogs import PathPicker
+
+        def chosen(path: str | None) -> None:
+            if not path:
+                return
+            try:
+                set_models_dir(path)
+            except OSError as exc:
+                self.notify(f"cannot save the setting: {exc.strerror or exc}", severity="error")
+                return
+            self.action_rescan()
+
+        self.app.push_screen(PathPicker("models folder (checkpoints/, vae/, lora/, text_encoders/)", self.root, "dir"),
+                             chosen)
 
     # ------------------------------------------------------------------ download
     def action_download(self) -> None:

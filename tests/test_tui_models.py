@@ -110,3 +110,28 @@ async def test_download_from_the_models_screen(env, synthetic_dataset, monkeypat
             assert bar.total == bar.progress == len(src.read_bytes())
     finally:
         hub.stop()
+
+
+async def test_choose_the_models_folder_from_the_screen(env, synthetic_dataset, monkeypatch):
+    from loratui.engine.userdirs import models_dir
+    from loratui.tui.widgets.dialogs import PathPicker
+
+    monkeypatch.delenv("LORATUI_MODELS_DIR")
+    write_safetensors(env / "first" / "checkpoints" / "one.safetensors", CHECKPOINTS["sd1"])
+    write_safetensors(env / "other" / "vae" / "two.safetensors", {"encoder.conv_in.weight": (4, 3, 3, 3)})
+    from loratui.engine.userdirs import set_models_dir
+
+    set_models_dir(env / "first")
+    app = app_for(make_profile(env, synthetic_dataset))
+    async with app.run_test(size=(160, 40)) as pilot:
+        screen = await open_models(pilot, app)
+        assert "one.safetensors" in rows(screen)
+        await pilot.press("o")
+        await until(pilot, lambda: isinstance(app.screen, PathPicker))
+        box = app.screen.query_one("#picker-path", Input)
+        box.focus()
+        box.value = str(env / "other")
+        await pilot.press("enter")
+        await until(pilot, lambda: app.screen is screen and "two.safetensors" in rows(screen))
+        assert "one.safetensors" not in rows(screen)
+        assert models_dir() == (env / "other").resolve()
