@@ -142,7 +142,12 @@ class CaptionJob:
         ev = msg.event
         if isinstance(ev, PhaseChanged):
             if ev.phase == Phase.DOWNLOADING and ev.total:
-                self._status(f"downloading {ev.detail}: {ev.current / 1e6:.0f}/{ev.total / 1e6:.0f} MB (x stops)")
+                from loratui.engine.modelstore.rate import Rate
+
+                rate = getattr(self, "_download_rate", None) or Rate()
+                self._download_rate = rate
+                rate.update(ev.current)
+                self._status(f"downloading {ev.detail}: {rate.text(ev.current, ev.total)} (x stops)")
                 self._progress(ev.current, ev.total)
             elif ev.phase == Phase.LOADING_MODEL:
                 self._status(f"loading {ev.detail}… (x stops)")

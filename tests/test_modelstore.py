@@ -237,3 +237,15 @@ def test_a_diffusers_repo_is_fetched_into_the_hub_cache_without_variants(hub, tm
     assert res.spec == "me/pipe" and "Hub cache" in res.note
     assert sorted(p.name for p in res.files) == ["config.json", "diffusion_pytorch_model.safetensors", "model_index.json"]
     assert not (tmp_path / "models").exists() or not list((tmp_path / "models").rglob("*.safetensors"))
+
+
+def test_rate_and_eta_text():
+    from loratui.engine.modelstore.rate import Rate
+
+    r = Rate()
+    r.update(0, now=0.0)
+    assert r.text(0, 200_000_000) == "0 bytes / 200 MB"  # no rate yet: no ETA
+    r.update(50_000_000, now=1.0)
+    assert r.text(50_000_000, 200_000_000) == "50 MB / 200 MB  50 MB/s  ETA 3s"
+    r.update(150_000_000, now=2.0)  # smoothed: 0.7 * 50 + 0.3 * 100
+    assert r.rate == pytest.approx(65_000_000)

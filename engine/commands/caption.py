@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+from loratui.engine.modelstore.rate import Rate
+
 NAME = "caption"
 HELP = "Caption a folder of images with the WD14 tagger (tags) or BLIP / BLIP-2 / GIT (sentences)."
 DESCRIPTION = (
@@ -83,16 +85,13 @@ _FLAGS = {
 }  # fmt: skip
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
-
-
 class _Printer:
     """Plain progress lines (no colours, no cursor tricks: fine in logs and over SSH)."""
 
     def __init__(self, out=None, err=None) -> None:
         self._out, self._err = out, err
         self.last_download = 0.0
+        self.rate = Rate()  # bytes/s and ETA of the model download
         self.outcome = None
 
     @property
@@ -120,9 +119,11 @@ class _Printer:
         if isinstance(ev, PhaseChanged):
             if ev.phase == Phase.DOWNLOADING:
                 now = time.monotonic()
+                rate = self.rate
+                rate.update(ev.current, now)
                 if ev.total and (now - self.last_download >= 2 or ev.current >= ev.total):
                     self.last_download = now
-                    print(f"downloading {ev.detail}: {_mb(ev.current)} / {_mb(ev.total)}", file=self.out, flush=True)
+                    print(f"downloading {ev.detail}: {rate.text(ev.current, ev.total)}", file=self.out, flush=True)
                 elif not ev.total:
                     print(f"downloading {ev.detail}", file=self.out, flush=True)
             elif ev.phase == Phase.LOADING_MODEL:

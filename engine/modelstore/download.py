@@ -28,6 +28,7 @@ from pathlib import Path
 from loratui.engine.events import Aborted, Control
 from loratui.engine.modelfiles import format_size
 from loratui.engine.modelstore.catalog import known
+from loratui.engine.modelstore.rate import duration
 
 KIND_FOLDER = {"checkpoint": "checkpoints", "vae": "vae", "lora": "lora", "text_encoder": "text_encoders"}
 WEIGHT_EXT = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
@@ -58,16 +59,9 @@ class DownloadProgress:
 
     def line(self) -> str:
         pct = f"{100 * self.done / self.total:5.1f}%" if self.total else ""
-        eta = f"  ETA {_duration(self.eta)}" if self.eta is not None else ""
+        eta = f"  ETA {duration(self.eta)}" if self.eta is not None else ""
         rate = f"  {format_size(int(self.rate))}/s" if self.rate else ""
         return f"{self.phase} {self.file}  {format_size(self.done)} / {format_size(self.total)} {pct}{rate}{eta}"
-
-
-def _duration(s: float) -> str:
-    s = int(s)
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
 
 
 @dataclass
