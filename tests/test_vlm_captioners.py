@@ -4,8 +4,6 @@ progress events as BLIP; the precision choice for CUDA."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from loratui.engine.captioners import CaptionSettings, run_captioner

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from loratui.engine.families import family_label, get_family, guess_family
 from loratui.engine.modelfiles import (
-    PICKLE_EXT,
     SAFETENSORS_EXT,
     _hub_cache_dir,
     _predominant_dtype,
@@ -315,12 +314,11 @@ def scan_hub_cache(cache_dir: str | Path | None = None) -> list[ModelEntry]:
         if repo.repo_type != "model" or not repo.revisions:
             continue
         rev = next((r for r in repo.revisions if "main" in r.refs), None) or max(repo.revisions, key=lambda r: r.last_modified)
-        names = {f.file_name: f for f in rev.files}
         if any(str(f.file_path.relative_to(rev.snapshot_path)) == "model_index.json" for f in rev.files):
             out.append(inspect_diffusers(rev.snapshot_path, source="hub", spec=repo.repo_id, repo=repo.repo_id))
             continue
         for f in sorted(rev.files, key=lambda f: str(f.file_path)):
-            if f.file_path.suffix.lower() not in WEIGHT_EXT or not names:
+            if f.file_path.suffix.lower() not in WEIGHT_EXT:
                 continue
             rel = f.file_path.relative_to(rev.snapshot_path)
             hint = FOLDER_KIND.get(rel.parts[0].lower()) if len(rel.parts) > 1 else None
