@@ -15,7 +15,7 @@ from pathlib import Path
 
 from loratui.engine.estimate.meta import Counted
 
-VERSION = 1  # bump when the counting changes
+VERSION = 2  # bump when the counting changes
 _lock = threading.Lock()
 _memory: dict = {}
 
@@ -52,7 +52,7 @@ def _load() -> dict:
 
 def _to_counted(d: dict) -> Counted:
     c = Counted(**{k: v for k, v in d.items() if k in Counted.__dataclass_fields__})
-    c.lora_shapes = [(tuple(s), bool(t)) for s, t in c.lora_shapes]
+    c.lora_shapes = [(tuple(s), bool(t), bool(z)) for s, t, z in c.lora_shapes]
     return c
 
 

@@ -102,7 +102,7 @@ def reestimate(profile, est: Estimate) -> Estimate:
             c, saved=int(c.saved * area), outside=int(c.outside * area), unit_inputs=int(c.unit_inputs * area),
             max_unit=int(c.max_unit * area), largest=int(c.largest * area), flops_forward=c.flops_forward * area,
             flops_units=c.flops_units * area,
-            lora_shapes=[(_rank_shape(s, shape.rank, n.network_dim), t) for s, t in c.lora_shapes],
+            lora_shapes=[(_rank_shape(s, shape.rank, n.network_dim), t, z) for s, t, z in c.lora_shapes],
         )
         shape = dataclasses.replace(shape, height=h, width=w, rank=n.network_dim)
     return figures(profile, est.device, shape, c, *est.context)

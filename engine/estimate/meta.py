@@ -41,7 +41,7 @@ class Counted:
     flops_units: float = 0.0  # forward FLOPs inside checkpointed blocks (done again with checkpointing)
     units: int = 0
     params: dict[str, dict[str, int]] = field(default_factory=dict)  # component -> {"count", "bytes"}
-    lora_shapes: list[tuple[tuple[int, ...], bool]] = field(default_factory=list)  # (shape, trainable)
+    lora_shapes: list[tuple[tuple[int, ...], bool, bool]] = field(default_factory=list)  # (shape, trainable, zero-initialised)
 
     def activations(self, gradient_checkpointing: bool) -> int:
         if gradient_checkpointing:
@@ -126,7 +126,13 @@ def _fused_attention_function():
 
         @staticmethod
         def forward(ctx, q, k, v, scale):
-            out = torch.empty_like(q.contiguous()) if q.device.type == "meta" else _real_sdpa(q, k, v, scale)
+            if q.device.type != "meta":
+                out = _real_sdpa(q, k, v, scale)
+            elif q.dim() == 4:  # the kernels write (batch, query, head, dim): the head-merge after is a view
+                b, h, lq, _ = q.shape
+                out = torch.empty((b, lq, h, v.shape[-1]), dtype=q.dtype, device=q.device).transpose(1, 2)
+            else:
+                out = torch.empty((*q.shape[:-1], v.shape[-1]), dtype=q.dtype, device=q.device)
             lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
             ctx.save_for_backward(q, k, v, out, lse)
             return out

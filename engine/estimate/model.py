@@ -96,9 +96,9 @@ def param_table(unet, tes, network, weight_bytes: int) -> tuple[dict[str, dict[s
     lora_ids = set()
     shapes = []
     for m in network.modules:
-        for p in (m.down.weight, m.up.weight):
+        for p, zero in ((m.down.weight, False), (m.up.weight, True)):  # up starts at zero
             lora_ids.add(id(p))
-            shapes.append((tuple(p.shape), bool(p.requires_grad)))
+            shapes.append((tuple(p.shape), bool(p.requires_grad), zero))
     table = {}
     for name, model in [("unet", unet)] + [(f"text_encoder{i + 1 if len(tes) > 1 else ''}", te) for i, te in enumerate(tes)]:
         n = sum(p.numel() for p in model.parameters() if id(p) not in lora_ids)

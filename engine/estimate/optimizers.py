@@ -59,13 +59,20 @@ PER_TENSOR: dict[str, Callable[[tuple[int, ...]], int]] = {
     "AdamW8bit": _bnb(2),
     "Lion": _moments(1, 0),
     "Lion8bit": _bnb(1),
-    "Prodigy": _moments(4, 0),
+    "Prodigy": _moments(4, 0),  # p0 of a tensor that starts at zero (LoRA up) is a scalar: see state_bytes
     "DAdaptAdam": _moments(3, 0),
     "Adafactor": _adafactor,
 }
 
 
-def state_bytes(optimizer: str, shapes: Iterable[tuple[int, ...]]) -> int:
-    """Optimizer state of the trainable tensors ``shapes``."""
+def state_bytes(optimizer: str, shapes: Iterable) -> int:
+    """Optimizer state of the trainable tensors: ``shapes`` items are a shape
+    or (shape, zero-initialised)."""
     f = PER_TENSOR.get(optimizer, PER_TENSOR["AdamW"])
-    return sum(f(tuple(s)) for s in shapes)
+    total = 0
+    for item in shapes:
+        shape, zero = (item, False) if not item or isinstance(item[0], int) else (tuple(item[0]), bool(item[1]))
+        total += f(tuple(shape))
+        if zero and optimizer == "Prodigy":  # prodigyopt keeps p0 = a 0-dim tensor for an all-zero parameter
+            total -= 4 * _numel(shape) - 4
+    return total

@@ -56,9 +56,9 @@ def vae_bytes(profile, shape) -> int:
 
 
 def lora_terms(profile, counted, rank_scale: float = 1.0) -> dict[str, int]:
-    trainable = [s for s, t in counted.lora_shapes if t]
-    n_all = sum(_numel(s) for s, _ in counted.lora_shapes)
-    n_train = sum(_numel(s) for s in trainable)
+    trainable = [(s, z) for s, t, z in counted.lora_shapes if t]
+    n_all = sum(_numel(s) for s, _, _ in counted.lora_shapes)
+    n_train = sum(_numel(s) for s, _ in trainable)
     return {
         "LoRA weights (fp32)": int(4 * n_all * rank_scale),
         "LoRA gradients": int(4 * n_train * rank_scale),
@@ -162,8 +162,8 @@ def save_counts(profile, plan) -> tuple[int, int]:
 
 def disk_figure(profile, shape, counted, plan, images: int) -> Figure:
     o = profile.optimization
-    n_all = sum(_numel(s) for s, _ in counted.lora_shapes)
-    trainable = [s for s, t in counted.lora_shapes if t]
+    n_all = sum(_numel(s) for s, _, _ in counted.lora_shapes)
+    trainable = [(s, z) for s, t, z in counted.lora_shapes if t]
     per_value = 4 if profile.output.save_precision == "float" else 2
     lora = n_all * per_value + LORA_FILE_OVERHEAD
     state = 4 * n_all + state_bytes(o.optimizer, trainable) + LORA_FILE_OVERHEAD
