@@ -8,7 +8,7 @@ from loratui.engine.estimate import GB, Estimate, Figure
 def size(n: float) -> str:
     if n >= 10 * GB:
         return f"{n / GB:.0f} GB"
-    if n >= GB / 10:
+    if n >= GB:
         return f"{n / GB:.1f} GB"
     return f"{n / 2**20:.0f} MB"
 
