@@ -149,3 +149,22 @@ def test_batch_scales_and_checkpointing_lowers_vram(tiny_sd1_dir):
     assert gc.vram.total < one.vram.total
     assert gc.seconds > one.seconds  # the recompute costs time
     assert one.vram.fits is True and one.seconds > 0
+
+
+def test_the_oom_message_quotes_the_estimate(tiny_sd1_dir, synthetic_dataset, tmp_path):
+    from loratui.engine.errors import explain_exception
+    from loratui.engine.estimate import estimate
+    from loratui.engine.estimate.report import size
+    from loratui.engine.plan import plan_steps
+    from loratui.engine.schema import Profile
+
+    p = Profile.model_validate({
+        "model": {"base_model": str(tiny_sd1_dir)},
+        "dataset": {"train_data_dir": str(synthetic_dataset), "resolution": 128, "enable_bucket": False},
+        "optimization": {"train_batch_size": 2, "mixed_precision": "bf16"},
+        "output": {"output_dir": str(tmp_path / "out"), "output_name": "x"},
+    })
+    failed = explain_exception(RuntimeError("CUDA out of memory. Tried to allocate 20 MiB"), p, where="at step 2 of 8")
+    expected = estimate(p, None, plan=plan_steps(1, batch_size=2, grad_accum=1, epochs=1), images=0)
+    assert f"Estimated before the run: ~{size(expected.vram.total)} (activations ~" in failed.hint
+    assert failed.hint.index("This run:") < failed.hint.index("Estimated before the run")
