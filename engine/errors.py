@@ -116,7 +116,9 @@ def oom_hint(profile: "Profile") -> str:
     if o.mixed_precision == "no":
         tips.append("optimization.mixed_precision no → fp16 or bf16")
     head = "lower one of: " + "; ".join(tips) if tips else "this model does not fit this GPU even with the lightest settings"
-    return f"{head}. This run: {run_figures(profile)}.{_gpu_figures()}"
+    from loratui.engine.estimate.oom import oom_quote
+
+    return f"{head}. This run: {run_figures(profile)}.{_gpu_figures()}{oom_quote(profile)}"
 
 
 def nan_hint(profile: "Profile", precision: str | None = None) -> str:

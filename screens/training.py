@@ -75,6 +75,7 @@ class TrainingScreen(Screen):
         Binding("escape", "leave_field", "leave field", show=False, id="form.leave_field"),
         Binding("ctrl+n", "next_section", "next section", id="form.next_section"),
         Binding("ctrl+b", "previous_section", "previous section", show=False, id="form.previous_section"),
+        Binding("ctrl+f", "apply_fit", "fit: apply the plan's first change", show=False, id="form.fit"),
     ]
 
     def __init__(self) -> None:
@@ -421,6 +422,21 @@ class TrainingScreen(Screen):
         from textual.await_complete import AwaitComplete
 
         return AwaitComplete(focus_when_built())
+
+    def action_apply_fit(self) -> None:
+        """The first change the plan panel suggests to make the run fit the GPU, into the form."""
+        from loratui.tui.widgets.plan_estimate import first_change
+
+        changes = [c for c in first_change(self.query_one(PlanPanel).estimate) if c.key in self.fields]
+        if not changes:
+            self.notify("nothing to change: no estimate yet, or the run fits", timeout=3)
+            return
+        for c in changes:
+            self.fields[c.key].set_value(c.value)
+        self.validate()
+        self.refresh_title()
+        self._update_plan()
+        self.notify("; ".join(f"{c.key} = {c.value}" for c in changes), timeout=4)
 
     def action_next_section(self) -> None:
         names = list(SECTION_TITLES)

@@ -8,6 +8,7 @@ It runs the checks `loratui train` runs before it loads anything
 from __future__ import annotations
 
 import argparse
+import sys
 
 NAME = "check"
 HELP = "validate a profile and show the dataset report and step plan (no model is loaded)"
@@ -19,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="do not complain about an existing final LoRA")
     p.add_argument("--resume", metavar="STATE_DIR", default=None,
                    help="check resuming from a saved state folder, or 'latest' (as `train --resume`)")
+    from loratui.engine.estimate.cli import add_device_arguments
+
+    add_device_arguments(p)  # --gpu NAME | --vram GB: the VRAM / RAM / disk / time estimate for that card
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,8 +32,14 @@ def run(args: argparse.Namespace) -> int:
     if profile is None:
         return 2
     from loratui.engine.console import report_lines
+    from loratui.engine.estimate.cli import DeviceError, device_from_args, print_estimate
     from loratui.engine.training.prepare import prepare_run
 
+    try:
+        device = device_from_args(args)
+    except DeviceError as exc:
+        print(f"error    {exc}", file=sys.stderr)
+        return 2
     prepared = prepare_run(profile, resume=args.resume, overwrite=args.overwrite)
     print(f"profile  {args.profile}: valid")
     for w in prepared.profile_warnings:
@@ -46,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning  {w}")
     for p in prepared.checks:
         print(f"error    {p}")
+    print_estimate(prepared, device)
     if not prepared.problems and prepared.plan.total_steps <= 0:
         print("error    nothing to train: the plan has 0 steps — add images or raise epochs/repeats")
     print("ready to train" if prepared.ok else "not ready: fix the errors above")

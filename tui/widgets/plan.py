@@ -10,6 +10,7 @@ from textual.message import Message
 from textual.widgets import Static
 
 from loratui.engine.plan import DatasetReport, StepPlan
+from loratui.tui.widgets.plan_estimate import add_rows as add_estimate_rows
 
 
 def render_plan(
@@ -22,12 +23,16 @@ def render_plan(
     width: int = 32,
     compact: bool = False,
     problems: Sequence[str] = (),
+    estimate=None,
 ) -> Text:
     """The panel's text. ``compact`` (80×24): three lines, the steps first.
     ``problems``: what else stops a run (model, output folder, LoRA weights,
-    resume), from ``prepare_run``."""
+    resume), from ``prepare_run``. ``estimate``: a ``plan_estimate.EstimateView``."""
     if compact:
         t = _render_compact(family, report, plan, scanning, scan_error)
+        if estimate is not None and estimate.rows:
+            t.append("\n" + "  ".join(f"{label.removeprefix('est. ')} {value}" for label, value, _ in estimate.rows[:1]
+                                       + [r for r in estimate.rows if r[0] == "est. time"]), style="dim")
         for p in problems[:2]:
             t.append(f"\n✗ {p}", style="red")
         return t
@@ -72,8 +77,7 @@ def render_plan(
         t.append("─" * max(8, width - 2) + "\n", style="dim")
         row("steps/epoch", f"{plan.steps_per_epoch:,}")
         row("steps", f"{plan.total_steps:,}" + ("  (max steps)" if plan.max_steps_cap else ""), style="bold")
-        row("est. time", "—", style="dim")
-        row("est. VRAM", "—", style="dim")
+        add_estimate_rows(t, row, estimate, width)
     for p in problems[:6]:
         t.append(f"✗ {p}\n", style="red")
     t.rstrip()
@@ -132,6 +136,8 @@ class PlanPanel(Static):
         self.problems: list[str] = []
         self.found: list = []  # the same checks as engine Problems (their keys mark the form's fields)
         self._checking = None  # the profile whose checks run now
+        self.estimate = None  # plan_estimate.EstimateView of the last checked profile
+        self._checking_estimate = None  # the profile whose estimate is being made
         self._last: str | None = None
 
     def show(self, **changes) -> None:
@@ -146,6 +152,7 @@ class PlanPanel(Static):
             width=max(24, self.size.width or 32),
             compact=self.compact,
             problems=self.problems,
+            estimate=self.estimate,
         )
         if text.markup != self._last:  # a redraw only when something changed
             self._last = text.markup
@@ -161,6 +168,7 @@ class PlanPanel(Static):
         newest profile's result is shown. ``scan``: a scan of exactly
         ``profile.dataset`` already made (else the dataset is scanned again)."""
         self._checking = profile
+        self._checking_estimate = profile
         self._check_worker(profile, scan)
 
     @work(thread=True, exclusive=True, group="plan-checks", exit_on_error=False)
@@ -171,6 +179,16 @@ class PlanPanel(Static):
         prepared = prepare_run(profile, overwrite=True, scan=scan)
         found = [p for p in prepared.problems if p not in prepared.report.problems]
         self.app.call_from_thread(self._checked, profile, found)
+        view = None
+        if not prepared.model.problems and profile is self._checking_estimate:
+            from loratui.tui.widgets.plan_estimate import compute
+
+            view = compute(prepared, getattr(self.app, "gpu_monitor", None))
+        self.app.call_from_thread(self._estimated, profile, view)
+
+    def _estimated(self, profile, view) -> None:
+        if profile is self._checking_estimate:
+            self.show(estimate=view)
 
     def _checked(self, profile, found: list) -> None:
         if profile is self._checking:

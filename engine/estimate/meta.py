@@ -1,0 +1,297 @@
+"""Counting a training step on the meta device: no weights, no GPU.
+
+The model is built from its configs on the meta device with the family's own
+code, the LoRA is injected with ``engine.lora`` exactly as a run does, and one
+training forward (text encoders when they train, the denoiser, the loss) runs
+under ``saved_tensors_hooks`` and ``FlopCounterMode``. Every tensor autograd
+saves for backward is counted once per storage (views of one tensor share it;
+parameters are left out: they are counted as parameters).
+
+Gradient checkpointing is counted from the same forward: the U-Net's
+checkpointing function is replaced by one that runs the block normally and
+books what it saves, and its inputs, to that block. With checkpointing a run
+keeps what is saved outside the blocks, the blocks' inputs, and one block's
+saves at a time while it is recomputed in backward.
+
+The attention backend is emulated (``AttentionMode``): the fused kernels (flash
+/ memory-efficient on CUDA, the flash kernel of the CPU) save q, k, v, the
+output and a float32 log-sum-exp row per query; the meta device by itself
+would decompose attention into the math path that keeps the whole score
+matrix. ``AutocastMode`` does on meta tensors what CUDA autocast does to the
+dtypes (matmuls in bf16/fp16, norms, softmax and the loss in fp32).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Counted:
+    """What one training forward saves and costs (bytes, FLOPs)."""
+
+    saved: int = 0  # every saved storage, without gradient checkpointing
+    outside: int = 0  # with checkpointing: what is saved outside the checkpointed blocks
+    unit_inputs: int = 0  # with checkpointing: the inputs each block keeps for its recompute
+    max_unit: int = 0  # the largest block's own saves (alive while it is recomputed in backward)
+    largest: int = 0  # the largest single saved storage (a gradient of its size exists in backward)
+    flops_forward: float = 0.0
+    flops_units: float = 0.0  # forward FLOPs inside checkpointed blocks (done again with checkpointing)
+    units: int = 0
+    params: dict[str, dict[str, int]] = field(default_factory=dict)  # component -> {"count", "bytes"}
+    lora_shapes: list[tuple[tuple[int, ...], bool, bool]] = field(default_factory=list)  # (shape, trainable, zero-initialised)
+
+    def activations(self, gradient_checkpointing: bool) -> int:
+        if gradient_checkpointing:
+            return self.outside + self.unit_inputs + self.max_unit
+        return self.saved
+
+    def step_flops(self, gradient_checkpointing: bool) -> float:
+        """Forward + backward (input gradients of the frozen base cost about
+        one forward; LoRA weight gradients are negligible) + the recompute."""
+        return 2 * self.flops_forward + (self.flops_units if gradient_checkpointing else 0.0)
+
+
+class SavedCounter:
+    """``saved_tensors_hooks`` that book each saved storage once."""
+
+    def __init__(self, models: list):
+        self.ignore: set[int] = set()
+        for m in models:
+            for t in [*m.parameters(), *m.buffers()]:
+                self.ignore.add(t.untyped_storage()._cdata)
+        self.seen: dict[int, int] = {}
+        self.keep: list = []  # storages stay alive: their ids stay unique
+        self.unit: dict[int, int] | None = None
+        self.inputs: dict[int, int] = {}
+        self.outside_keys: set[int] = set()
+        self.c = Counted()
+
+    def pack(self, t):
+        st = t.untyped_storage()
+        key = st._cdata
+        if key in self.ignore or key in self.seen:
+            return t
+        n = st.nbytes()
+        self.seen[key] = n
+        self.keep.append(st)
+        self.c.saved += n
+        self.c.largest = max(self.c.largest, n)
+        if self.unit is not None:
+            self.unit[key] = n
+        else:
+            self.c.outside += n
+            self.outside_keys.add(key)
+        return t
+
+    def hooks(self):
+        import torch
+
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+
+    def checkpoint_func(self, flops):
+        """A stand-in for the U-Net's ``_gradient_checkpointing_func``: runs the
+        block as is and books its saves and inputs to it."""
+        import torch
+
+        def run(module, *args):
+            if self.unit is not None:  # nested: part of the outer block
+                return module(*args)
+            for a in args:
+                if isinstance(a, torch.Tensor):
+                    st = a.untyped_storage()
+                    if st._cdata not in self.ignore:
+                        self.inputs[st._cdata] = st.nbytes()
+                        self.keep.append(st)
+            self.unit = {}
+            before = flops()
+            try:
+                return module(*args)
+            finally:
+                self.c.flops_units += flops() - before
+                self.c.max_unit = max(self.c.max_unit, sum(self.unit.values()))
+                self.c.units += 1
+                self.unit = None
+
+        return run
+
+
+def _fused_attention_function():
+    import torch
+
+    class FusedAttention(torch.autograd.Function):
+        """Saves what flash / memory-efficient attention saves: q, k, v, out, lse."""
+
+        @staticmethod
+        def forward(ctx, q, k, v, scale):
+            if q.device.type != "meta":
+                out = _real_sdpa(q, k, v, scale)
+            elif q.dim() == 4:  # the kernels write (batch, query, head, dim): the head-merge after is a view
+                b, h, lq, _ = q.shape
+                out = torch.empty((b, lq, h, v.shape[-1]), dtype=q.dtype, device=q.device).transpose(1, 2)
+            else:
+                out = torch.empty((*q.shape[:-1], v.shape[-1]), dtype=q.dtype, device=q.device)
+            lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+            ctx.save_for_backward(q, k, v, out, lse)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):  # pragma: no cover - the estimate never runs backward
+            q, k, v, _, _ = ctx.saved_tensors
+            return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), None
+
+    return FusedAttention
+
+
+def _real_sdpa(q, k, v, scale):
+    import torch
+
+    with torch.no_grad():
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+def attention_mode(attn_flops: list[float]):
+    """A TorchFunctionMode that runs ``scaled_dot_product_attention`` as the
+    fused kernels do (what they save) and counts its FLOPs in ``attn_flops``."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    fused = _fused_attention_function()
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    class AttentionMode(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is sdpa and kwargs.get("attn_mask") is None and len(args) == 3:
+                q, k, v = args
+                *batch, lq, d = q.shape
+                lk = k.shape[-2]
+                n = 1
+                for b in batch:
+                    n *= b
+                attn_flops.append(4.0 * n * lq * lk * d)
+                return fused.apply(q, k, v, kwargs.get("scale"))
+            return func(*args, **kwargs)
+
+    return AttentionMode()
+
+
+def autocast_mode(dtype):
+    """CUDA autocast's dtype rules for the ops a diffusion model uses, on meta tensors."""
+    import torch
+    import torch.nn.functional as F
+    from torch.overrides import TorchFunctionMode
+
+    low = {F.linear, F.conv2d, torch.matmul, torch.bmm, torch.baddbmm, torch.addmm, torch.Tensor.__matmul__,
+           F.scaled_dot_product_attention}
+    high = {F.group_norm, F.layer_norm, F.softmax, F.mse_loss, torch.Tensor.softmax}
+
+    def cast(x, to):
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != to:
+            return x.to(to)
+        if isinstance(x, (list, tuple)):
+            return type(x)(cast(i, to) for i in x)
+        return x
+
+    class AutocastMode(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            to = dtype if func in low else torch.float32 if func in high else None
+            if to is not None:
+                args = cast(args, to)
+                kwargs = {k: cast(v, to) for k, v in kwargs.items()}
+            return func(*args, **kwargs)
+
+    return AutocastMode()
+
+
+def training_forward(family, unet, text_encoders, *, batch: int, height: int, width: int, device, dtype,
+                     train_text_encoder: bool, clip_skip: int = 1, seq_len: int = 77):
+    """One training forward as ``training.step.Objective.loss`` runs it; the loss."""
+    import torch
+
+    lat_h, lat_w = height // 8, width // 8
+    channels = unet.config.in_channels
+
+    def make(shape, dt=dtype):
+        if device == "meta" or str(device) == "meta":
+            return torch.empty(shape, device="meta", dtype=dt)
+        return torch.randn(shape, dtype=dt)
+
+    latents = make((batch, channels, lat_h, lat_w))
+    noise = make((batch, channels, lat_h, lat_w))
+    noisy = make((batch, channels, lat_h, lat_w))
+    timesteps = torch.zeros((batch,), dtype=torch.long, device=device)
+    ids = [torch.zeros((batch, seq_len), dtype=torch.long, device=device) for _ in text_encoders]
+    te_ctx = contextlib.nullcontext() if train_text_encoder else torch.no_grad()
+    with te_ctx:
+        hidden, pooled = family.encode_text(text_encoders, ids, clip_skip, device)
+    crops = [((height, width), (0, 0), (height, width))] * batch
+    pred = family.predict(unet, noisy, timesteps, hidden, pooled, crops, device, dtype)
+    loss = torch.nn.functional.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+    del latents
+    return loss.mean()
+
+
+def _flop_hooks(models, total: list[float]):
+    """Forward hooks that add each Linear / Conv2d call's multiply-adds ×2 to ``total``
+    (cheaper than FlopCounterMode on every op; attention is counted by AttentionMode)."""
+    import torch
+
+    handles = []
+
+    def linear(mod, args, out):
+        total[0] += 2.0 * out.numel() * mod.in_features
+
+    def conv(mod, args, out):
+        k = 1
+        for d in mod.kernel_size:
+            k *= d
+        total[0] += 2.0 * out.numel() * (mod.in_channels // mod.groups) * k
+
+    for m in models:
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.Linear):
+                handles.append(mod.register_forward_hook(linear))
+            elif isinstance(mod, torch.nn.Conv2d):
+                handles.append(mod.register_forward_hook(conv))
+    return handles
+
+
+def count_forward(family, unet, text_encoders, *, amp_dtype=None, fused_attention: bool = True, **kw) -> Counted:
+    """Run ``training_forward`` (on meta or real tensors) and count what it saves and costs."""
+    import torch
+
+    models = [m for m in (unet, *text_encoders) if m is not None]
+    counter = SavedCounter(models)
+    attn_flops: list[float] = []
+    matmul_flops = [0.0]
+
+    def flops() -> float:
+        return matmul_flops[0] + sum(attn_flops)
+
+    handles = _flop_hooks(models, matmul_flops)
+    previous = getattr(unet, "_gradient_checkpointing_func", None)
+    was_on = bool(getattr(unet, "is_gradient_checkpointing", False))
+    unet.enable_gradient_checkpointing(gradient_checkpointing_func=counter.checkpoint_func(flops))
+    try:
+        with contextlib.ExitStack() as modes:
+            if fused_attention:
+                modes.enter_context(attention_mode(attn_flops))
+            if amp_dtype is not None:
+                modes.enter_context(autocast_mode(amp_dtype))
+            modes.enter_context(counter.hooks())
+            training_forward(family, unet, text_encoders, **kw)
+    finally:
+        for h in handles:
+            h.remove()
+        if was_on and previous is not None:
+            unet.enable_gradient_checkpointing(gradient_checkpointing_func=previous)
+        else:
+            unet.disable_gradient_checkpointing()
+    c = counter.c
+    c.flops_forward = flops()
+    c.unit_inputs = sum(n for k, n in counter.inputs.items() if k not in counter.outside_keys)
+    return c

@@ -1,0 +1,138 @@
+"""The run's model on the meta device, its LoRA, and one counted forward.
+
+``count_run(key)`` is cached per configuration (``RunShape``): the same
+model, LoRA, resolution, batch, precision and backend are counted once per
+process.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from loratui.engine.estimate.meta import Counted
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """Everything the count depends on (hashable: the cache key)."""
+
+    family: str
+    config_dir: str  # diffusers folder (or bundled configs) with unet/, text_encoder*/
+    height: int
+    width: int
+    batch: int
+    weight_dtype: str  # "fp32" | "bf16" | "fp16"
+    amp: bool  # autocast on (mixed precision on a GPU)
+    rank: int
+    alpha: float
+    conv_rank: int | None
+    conv_alpha: float | None
+    train_unet: bool
+    train_text_encoder: bool
+    fused_attention: bool = True
+    clip_skip: int = 1
+
+
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def build_meta(family: str, config_dir: str | Path):
+    """(unet, [text encoders]) of ``family`` from the configs in ``config_dir``, on the meta device."""
+    import diffusers
+    import torch
+    import transformers
+    from transformers import CLIPTextConfig
+
+    from loratui.engine.families import get_family
+
+    fam = get_family(family)
+    cfg = Path(config_dir)
+    unet_cls = getattr(diffusers, fam.denoiser_class)
+    with torch.device("meta"):
+        unet = unet_cls.from_config(unet_cls.load_config(str(cfg / "unet")))
+        tes = []
+        for spec in fam.text_encoders:
+            te_cfg = CLIPTextConfig.from_pretrained(str(cfg / spec.subfolder), local_files_only=True)
+            tes.append(getattr(transformers, spec.model_class)(te_cfg))
+    return unet, tes
+
+
+def vae_params(config_dir: str | Path) -> int:
+    """Parameters of the VAE of ``config_dir``, counted on the meta device."""
+    return _vae_params(str(config_dir))
+
+
+@functools.lru_cache(maxsize=8)
+def _vae_params(config_dir: str) -> int:
+    import torch
+    from diffusers import AutoencoderKL
+
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(Path(config_dir) / "vae")))
+    return sum(p.numel() for p in vae.parameters())
+
+
+def attach_lora(shape: RunShape, unet, tes):
+    """The run's LoRA (``engine.lora.LoRANetwork.create``) on the meta models."""
+    from loratui.engine.lora import LoRANetwork
+
+    return LoRANetwork.create(
+        unet, tes, shape.family, rank=shape.rank, alpha=shape.alpha, conv_rank=shape.conv_rank,
+        conv_alpha=shape.conv_alpha, train_unet=shape.train_unet, train_text_encoder=shape.train_text_encoder,
+    )
+
+
+def param_table(unet, tes, network, weight_bytes: int) -> tuple[dict[str, dict[str, int]], list]:
+    """Base parameters by component (counted at the run's weight dtype) and the LoRA's shapes."""
+    lora_ids = set()
+    shapes = []
+    for m in network.modules:
+        for p, zero in ((m.down.weight, False), (m.up.weight, True)):  # up starts at zero
+            lora_ids.add(id(p))
+            shapes.append((tuple(p.shape), bool(p.requires_grad), zero))
+    table = {}
+    for name, model in [("unet", unet)] + [(f"text_encoder{i + 1 if len(tes) > 1 else ''}", te) for i, te in enumerate(tes)]:
+        n = sum(p.numel() for p in model.parameters() if id(p) not in lora_ids)
+        table[name] = {"count": n, "bytes": n * weight_bytes}
+    return table, shapes
+
+
+_lock = threading.Lock()
+_cache: dict[RunShape, Counted] = {}
+
+
+def count_run(shape: RunShape) -> Counted:
+    """The counted forward of ``shape`` (cached)."""
+    with _lock:
+        hit = _cache.get(shape)
+    if hit is not None:
+        return hit
+    from loratui.engine.estimate.meta import count_forward
+    from loratui.engine.families import get_family
+
+    unet, tes = build_meta(shape.family, shape.config_dir)
+    dtype = torch_dtype(shape.weight_dtype)
+    unet.to(dtype)
+    for te in tes:
+        te.to(dtype)
+    network = attach_lora(shape, unet, tes)
+    counted = count_forward(
+        get_family(shape.family), unet, tes, amp_dtype=dtype if shape.amp else None,
+        fused_attention=shape.fused_attention, batch=shape.batch, height=shape.height, width=shape.width,
+        device="meta", dtype=dtype, train_text_encoder=shape.train_text_encoder, clip_skip=shape.clip_skip,
+    )
+    counted.params, counted.lora_shapes = param_table(unet, tes, network, DTYPE_BYTES[shape.weight_dtype])
+    with _lock:
+        if len(_cache) > 32:
+            _cache.clear()
+        _cache[shape] = counted
+    return counted

@@ -1,0 +1,186 @@
+"""The VRAM, RAM and disk figures from a count (``meta.Counted``) and the profile.
+
+One function per resource; each term is one line of its dict, so a new memory
+option (fp8 base, block swap, cached text-encoder outputs) is one local change
+in ``resident_components``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from loratui.engine.estimate import (
+    ALLOCATOR_SLACK, CUDA_CONTEXT, GB, LORA_FILE_OVERHEAD, PROCESS_RAM, Figure, setting,
+)
+from loratui.engine.estimate.model import DTYPE_BYTES, vae_params
+from loratui.engine.estimate.optimizers import state_bytes
+
+
+def resident_components(profile, shape, counted) -> dict[str, int]:
+    """The base model's parts on the GPU while training steps run, in bytes."""
+    wbytes = DTYPE_BYTES[shape.weight_dtype]
+    out: dict[str, int] = {}
+    unet = counted.params["unet"]["count"]
+    unet_bytes = DTYPE_BYTES["fp8"] if setting(profile, "fp8_base", False) else wbytes
+    swap = int(setting(profile, "blocks_to_swap", 0) or 0)
+    swapped = swap_fraction(shape.family, swap)
+    out["U-Net weights"] = int(unet * unet_bytes * (1 - swapped))
+    te_cached = bool(setting(profile, "cache_text_encoder_outputs", False)) and not shape.train_text_encoder
+    if not te_cached:
+        te = sum(v["count"] for k, v in counted.params.items() if k != "unet")
+        out["text encoder weights"] = te * wbytes
+    if profile.dataset.cache_latents == "off":
+        out["VAE weights"] = vae_params(shape.config_dir) * vae_bytes(profile, shape)
+    return out
+
+
+def swap_fraction(family: str, blocks: int) -> float:
+    """Share of the denoiser's weights block swap keeps in RAM (families with
+    swappable blocks declare ``swap_blocks``: how many there are)."""
+    from loratui.engine.families import get_family
+
+    total = getattr(get_family(family), "swap_blocks", None)
+    if not blocks or not total:
+        return 0.0
+    return min(blocks, total) / total
+
+
+def vae_bytes(profile, shape) -> int:
+    from loratui.engine.families import get_family
+
+    if shape.weight_dtype == "fp16" and get_family(shape.family).vae_overflows_in_fp16:
+        return 4
+    return DTYPE_BYTES[shape.weight_dtype]
+
+
+def lora_terms(profile, counted, rank_scale: float = 1.0) -> dict[str, int]:
+    trainable = [(s, z) for s, t, z in counted.lora_shapes if t]
+    n_all = sum(_numel(s) for s, _, _ in counted.lora_shapes)
+    n_train = sum(_numel(s) for s, _ in trainable)
+    return {
+        "LoRA weights (fp32)": int(4 * n_all * rank_scale),
+        "LoRA gradients": int(4 * n_train * rank_scale),
+        f"optimizer state ({profile.optimization.optimizer})": int(state_bytes(profile.optimization.optimizer, trainable) * rank_scale),
+    }
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def activation_terms(profile, shape, counted, *, area_scale: float = 1.0) -> dict[str, int]:
+    o = profile.optimization
+    b = o.train_batch_size
+    gc = bool(o.gradient_checkpointing)
+    acts = int(counted.activations(gc) * b * area_scale)
+    what = "activations (checkpointed)" if gc else "activations"
+    return {
+        f"{what}, batch {b}": acts,
+        "backward working set": int(2 * counted.largest * b * area_scale),
+    }
+
+
+def vae_encode_peak(profile, shape, batch: int) -> int:
+    """The VAE encoder's working set (no grad) at the full resolution: about
+    three full-resolution maps of its first width alive at once (rule of thumb)."""
+    import json
+
+    try:
+        cfg = json.loads((Path(shape.config_dir) / "vae" / "config.json").read_text())
+        width = int(cfg.get("block_out_channels", [128])[0])
+    except (OSError, ValueError):
+        width = 128
+    return 3 * batch * width * shape.height * shape.width * vae_bytes(profile, shape)
+
+
+def vram_figure(profile, shape, counted, device, *, area_scale: float = 1.0, rank_scale: float = 1.0) -> Figure:
+    terms = resident_components(profile, shape, counted)
+    terms.update(lora_terms(profile, counted, rank_scale))
+    terms.update(activation_terms(profile, shape, counted, area_scale=area_scale))
+    if profile.dataset.cache_latents == "off":  # each step encodes its batch before the U-Net runs
+        terms["VAE encode (per step)"] = 0  # shown; the U-Net's activations are not alive then (see peak below)
+        vae_peak = vae_encode_peak(profile, shape, profile.optimization.train_batch_size)
+        acts = sum(v for k, v in terms.items() if k.startswith(("activations", "backward")))
+        terms["VAE encode (per step)"] = max(0, vae_peak - acts)
+    allocated = sum(terms.values())
+    terms["allocator slack (10 %)"] = int(allocated * ALLOCATOR_SLACK)
+    terms["CUDA context"] = CUDA_CONTEXT
+    return Figure(sum(terms.values()), device.vram if device is not None else None, terms)
+
+
+def allocated(fig: Figure) -> int:
+    """What torch.cuda.max_memory_allocated would show: the figure without context and slack."""
+    return fig.total - fig.terms.get("CUDA context", 0) - fig.terms.get("allocator slack (10 %)", 0)
+
+
+def latent_bytes(shape, items: int, flip: bool) -> int:
+    lat = 4 * (shape.height // 8) * (shape.width // 8) * 4  # 4 channels, float32
+    return items * lat * (2 if flip else 1)
+
+
+def ram_figure(profile, shape, counted, model_info, images: int) -> Figure:
+    """Peak system RAM: loading (a single file is read whole, then the models
+    are filled at the run's dtype before they move to the GPU) and the latent
+    cache held in memory; block swap keeps its blocks in RAM."""
+    terms = {"process (Python, torch, CUDA libraries)": PROCESS_RAM}
+    wbytes = DTYPE_BYTES[shape.weight_dtype]
+    params = sum(v["count"] for v in counted.params.values())
+    size = getattr(model_info, "size_bytes", None) or 0
+    if getattr(model_info, "kind", "") == "file":
+        terms["checkpoint read whole (loading)"] = int(size)
+    terms["models built in RAM (loading)"] = params * wbytes + vae_params(shape.config_dir) * 4
+    if profile.dataset.cache_latents == "memory":
+        terms["latent cache"] = latent_bytes(shape, images, profile.dataset.flip_aug)
+    return Figure(sum(terms.values()), _ram_total(), terms)
+
+
+def _ram_total() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def save_counts(profile, plan) -> tuple[int, int]:
+    """(LoRA files, states) a run writes, as training.setup.check_disk_space counts them."""
+    o = profile.output
+    n_lora = 1
+    if o.save_every_n_epochs:
+        n_lora += max(0, (plan.epochs - 1) // o.save_every_n_epochs)
+    if o.save_every_n_steps:
+        n_lora += plan.total_steps // o.save_every_n_steps
+    n_states = 0
+    if o.save_state:
+        n_states = (o.save_last_n_states + 1) if o.save_last_n_states else n_lora
+    return n_lora, n_states
+
+
+def disk_figure(profile, shape, counted, plan, images: int) -> Figure:
+    o = profile.optimization
+    n_all = sum(_numel(s) for s, _, _ in counted.lora_shapes)
+    trainable = [(s, z) for s, t, z in counted.lora_shapes if t]
+    per_value = 4 if profile.output.save_precision == "float" else 2
+    lora = n_all * per_value + LORA_FILE_OVERHEAD
+    state = 4 * n_all + state_bytes(o.optimizer, trainable) + LORA_FILE_OVERHEAD
+    n_lora, n_states = save_counts(profile, plan)
+    terms = {f"{n_lora} LoRA file(s)": n_lora * lora}
+    if n_states:
+        terms[f"{n_states} state(s)"] = n_states * state
+    if profile.dataset.cache_latents == "disk":
+        terms["latent cache (beside the images)"] = latent_bytes(shape, images, profile.dataset.flip_aug)
+    return Figure(sum(terms.values()), _free(profile.output.output_dir), terms)
+
+
+def _free(folder: str) -> int | None:
+    p = Path(folder or ".").expanduser()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None

@@ -1,0 +1,170 @@
+"""The estimate (engine.estimate) against what really happens on this CPU.
+
+Activations: the bytes the meta-device count says autograd saves for a tiny
+SD1 / SDXL model equal the bytes saved_tensors_hooks see in a real CPU
+forward of that model with its LoRA, with and without gradient
+checkpointing, at batch 2 (the count is made at batch 1). Optimizer state:
+the count equals a real optimizer's state after one step.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORATUI_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _real_model(folder, family):
+    import torch
+    import transformers
+    from diffusers import UNet2DConditionModel
+
+    from loratui.engine.families import get_family
+
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    tes = [getattr(transformers, s.model_class).from_pretrained(folder / s.subfolder) for s in get_family(family).text_encoders]
+    for m in (unet, *tes):
+        m.to(torch.float32)
+    return unet, tes
+
+
+def _measure_saved(fn, models) -> int:
+    """Bytes of the distinct storages autograd saves while ``fn`` runs (parameters left out)."""
+    import torch
+
+    params = {t.untyped_storage().data_ptr() for m in models for t in [*m.parameters(), *m.buffers()]}
+    seen: dict[int, int] = {}
+    keep = []
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in params and st.data_ptr() not in seen:
+            seen[st.data_ptr()] = st.nbytes()
+            keep.append(st)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = fn()
+    loss.backward()  # the forward is a real training forward: its backward runs
+    return sum(seen.values())
+
+
+def _shape(folder, family, **over):
+    from loratui.engine.estimate.model import RunShape
+
+    kw = dict(family=family, config_dir=str(folder), height=64, width=64, batch=1, weight_dtype="fp32", amp=False,
+              rank=4, alpha=4.0, conv_rank=None, conv_alpha=None, train_unet=True, train_text_encoder=True)
+    kw.update(over)
+    return RunShape(**kw)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_activation_bytes_equal_a_real_cpu_forward(family, checkpointing, tiny_sd1_dir, tiny_sdxl_dir):
+    import torch
+
+    from loratui.engine.estimate.meta import training_forward
+    from loratui.engine.estimate.model import attach_lora, count_run
+    from loratui.engine.families import get_family
+
+    folder = tiny_sd1_dir if family == "sd1" else tiny_sdxl_dir
+    train_te = not checkpointing  # the text encoder's own checkpointing is not counted (tiny at 77 tokens)
+    shape = _shape(folder, family, train_text_encoder=train_te)
+    counted = count_run(shape)
+
+    unet, tes = _real_model(folder, family)
+    network = attach_lora(shape, unet, tes)
+    if checkpointing:
+        network.enable_gradient_checkpointing()
+    torch.manual_seed(0)
+    batch = 2
+    measured = _measure_saved(
+        lambda: training_forward(get_family(family), unet, tes, batch=batch, height=64, width=64, device="cpu",
+                                 dtype=torch.float32, train_text_encoder=train_te),
+        [unet, *tes],
+    )
+    # with checkpointing autograd keeps what is saved outside the blocks and the blocks' inputs
+    estimated = (counted.outside + counted.unit_inputs if checkpointing else counted.saved) * batch
+    assert measured > 0
+    assert estimated == measured
+    if checkpointing:
+        assert counted.units > 0 and counted.activations(True) < counted.activations(False)
+
+
+@pytest.mark.parametrize("name", ["AdamW", "Adafactor", "Lion", "Prodigy", "DAdaptAdam"])
+def test_optimizer_state_bytes_equal_a_real_optimizer(name, tiny_sd1_dir):
+    import torch
+
+    from loratui.engine.estimate.model import attach_lora, count_run
+    from loratui.engine.estimate.optimizers import state_bytes
+    from loratui.engine.registries import OPTIMIZERS
+
+    shape = _shape(tiny_sd1_dir, "sd1", conv_rank=2, conv_alpha=1.0)  # LoCon: 4-d tensors too
+    counted = count_run(shape)
+    unet, tes = _real_model(tiny_sd1_dir, "sd1")
+    network = attach_lora(shape, unet, tes)
+    params = [p for m in network.modules for p in (m.down.weight, m.up.weight)]
+    opt = OPTIMIZERS[name].build([{"params": params}], 1e-4 if not OPTIMIZERS[name].adaptive_lr else 1.0, {})
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    real = sum(v.numel() * v.element_size() for st in opt.state.values() for v in st.values() if torch.is_tensor(v))
+    shapes = [(s, zero) for s, trainable, zero in counted.lora_shapes if trainable]
+    assert sorted(s for s, _ in shapes) == sorted(tuple(p.shape) for p in params)
+    assert state_bytes(name, shapes) == real
+
+
+def test_eight_bit_state_uses_32_bit_for_small_tensors():
+    from loratui.engine.estimate.optimizers import state_bytes
+
+    assert state_bytes("AdamW8bit", [(4, 320)]) == 2 * 4 * 1280 + 4  # < 4096 values: fp32 moments
+    big = 16 * 1280
+    assert state_bytes("AdamW8bit", [(16, 1280)]) == 2 * (big + 4 * (big // 256) + 4 * 256) + 4
+    assert state_bytes("AdamW8bit", [(16, 1280)]) < state_bytes("AdamW", [(16, 1280)]) / 3
+
+
+def test_batch_scales_and_checkpointing_lowers_vram(tiny_sd1_dir):
+    from loratui.engine.estimate import figures
+    from loratui.engine.estimate.devices import find_device
+    from loratui.engine.estimate.model import count_run
+    from loratui.engine.estimate.fit import apply
+    from loratui.engine.plan import plan_steps
+    from loratui.engine.schema import Profile
+
+    shape = _shape(tiny_sd1_dir, "sd1")
+    c = count_run(shape)
+    p = Profile()
+    p = apply(p, [("optimization.train_batch_size", 1), ("optimization.gradient_checkpointing", False)])
+    plan = plan_steps(40, batch_size=1, grad_accum=1, epochs=1)
+    card = find_device("RTX 4090")
+    one = figures(p, card, shape, c, None, plan, 10)
+    four = figures(apply(p, [("optimization.train_batch_size", 4)]), card, shape, c, None, plan, 10)
+    act1 = [v for k, v in one.vram.terms.items() if k.startswith("activations")][0]
+    act4 = [v for k, v in four.vram.terms.items() if k.startswith("activations")][0]
+    assert act4 == 4 * act1 == 4 * c.saved
+    gc = figures(apply(p, [("optimization.gradient_checkpointing", True)]), card, shape, c, None, plan, 10)
+    assert gc.vram.total < one.vram.total
+    assert gc.seconds > one.seconds  # the recompute costs time
+    assert one.vram.fits is True and one.seconds > 0
+
+
+def test_the_oom_message_quotes_the_estimate(tiny_sd1_dir, synthetic_dataset, tmp_path):
+    from loratui.engine.errors import explain_exception
+    from loratui.engine.estimate import estimate
+    from loratui.engine.estimate.report import size
+    from loratui.engine.plan import plan_steps
+    from loratui.engine.schema import Profile
+
+    p = Profile.model_validate({
+        "model": {"base_model": str(tiny_sd1_dir)},
+        "dataset": {"train_data_dir": str(synthetic_dataset), "resolution": 128, "enable_bucket": False},
+        "optimization": {"train_batch_size": 2, "mixed_precision": "bf16"},
+        "output": {"output_dir": str(tmp_path / "out"), "output_name": "x"},
+    })
+    failed = explain_exception(RuntimeError("CUDA out of memory. Tried to allocate 20 MiB"), p, where="at step 2 of 8")
+    expected = estimate(p, None, plan=plan_steps(1, batch_size=2, grad_accum=1, epochs=1), images=0)
+    assert f"Estimated before the run: ~{size(expected.vram.total)} (activations ~" in failed.hint
+    assert failed.hint.index("This run:") < failed.hint.index("Estimated before the run")
