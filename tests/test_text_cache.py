@@ -31,14 +31,15 @@ def data(tmp_path):
 @pytest.fixture
 def encode_calls(monkeypatch):
     """Every Family.encode_text call, with the number of captions it encoded."""
+    from loratui.engine.families.sdxl import SDXL
+
     calls: list[int] = []
-    original = Family.encode_text
+    for cls in (Family, SDXL):
+        def counting(self, text_encoders, ids, clip_skip, device, original=cls.encode_text):
+            calls.append(int(ids[0].shape[0]))
+            return original(self, text_encoders, ids, clip_skip, device)
 
-    def counting(self, text_encoders, ids, clip_skip, device):
-        calls.append(int(ids[0].shape[0]))
-        return original(self, text_encoders, ids, clip_skip, device)
-
-    monkeypatch.setattr(Family, "encode_text", counting)
+        monkeypatch.setattr(cls, "encode_text", counting)
     return calls
 
 
