@@ -83,8 +83,7 @@ class ModelSettings(_Section):
         "bf16/fp16: about half the VRAM of the base model, a little slower. LoRA weights stay full "
         "precision. Common for Flux/SD3 on 12-24 GB cards; rarely needed for SD 1.x.",
         kohya="fp8_base",
-        ss=True,
-        sd_omit=False,
+        sd_omit=False,  # ss_fp8_base / ss_fp8_base_unet: engine.metadata writes them as sd-scripts does
         advanced=True,
         label="fp8 base model",
     )
