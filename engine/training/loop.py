@@ -129,7 +129,7 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
     from loratui.engine.training import setup as s
     from loratui.engine.training.batches import BatchSource
     from loratui.engine.training.checkpoint import Checkpointer
-    from loratui.engine.training.memory import cache_text_outputs
+    from loratui.engine.training.memory import apply_memory_savers, cache_text_outputs
     from loratui.engine.training.optim import make_optimizer, make_scheduler, param_groups
     from loratui.engine.training.step import Objective, OptimizerStep
 
@@ -140,6 +140,7 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
     comp = s.load_model(profile, ctx.emit, device, weight_dtype, ctx.warn)
     ctx.check_abort()
     network = s.build_network(profile, comp, ctx.emit, ctx.warn)
+    apply_memory_savers(profile, comp, network, device, weight_dtype, ctx)
     s.check_disk_space(profile, plan, network.num_parameters(), ctx.warn)
     store = s.cache_latents(profile, scan, comp, ctx, device, weight_dtype)
     groups = param_groups(profile, network)

@@ -77,3 +77,47 @@ def release_text_encoders(text_encoders: list, device: str) -> None:
     if str(device).startswith("cuda"):
         torch.cuda.empty_cache()
 
+
+
+def apply_memory_savers(profile: Profile, comp, network, device: str, weight_dtype, ctx):
+    """fp8 base, then block swap and CPU-offloaded checkpointing, on the denoiser
+    (after the LoRA is injected: its weights are never converted or swapped).
+    Returns the block swapper (None when off)."""
+    from loratui.engine.families import get_family
+    from loratui.engine.training.paths import TrainingError
+
+    fam = get_family(comp.family)
+    if profile.model.fp8_base:
+        from loratui.engine.fp8 import apply_fp8, fp8_unsupported
+
+        why = fp8_unsupported()
+        if why:
+            raise TrainingError(f"model.fp8_base: {why}", "turn model.fp8_base off, or install a newer torch")
+        n = apply_fp8(comp.unet, weight_dtype)
+        ctx.emit(LogEvent(message=f"fp8 base: {n} frozen denoiser layers stored as float8_e4m3fn, "
+                                  f"computed in {str(weight_dtype).replace('torch.', '')}"))
+    o = profile.optimization
+    swapper = None
+    if o.blocks_to_swap:
+        from loratui.engine.blockswap import BlockSwap
+
+        blocks = fam.swap_blocks(comp.unet)
+        if o.blocks_to_swap > len(blocks):
+            raise TrainingError(
+                f"optimization.blocks_to_swap: {o.blocks_to_swap} is more than the {len(blocks)} blocks of this "
+                f"{fam.label} denoiser", f"set it to at most {len(blocks)}",
+            )
+        if not str(device).startswith("cuda"):
+            ctx.warn(f"optimization.blocks_to_swap: the run is on {device}, where the blocks already are in "
+                     "main memory; nothing is swapped")
+        else:
+            swapper = BlockSwap(blocks[-o.blocks_to_swap:], device=device, offload="cpu")
+            ctx.emit(LogEvent(message=f"block swap: {o.blocks_to_swap} of {len(blocks)} denoiser blocks kept on the CPU"))
+    if o.cpu_offload_checkpointing:
+        from loratui.engine.blockswap import offload_checkpointing
+
+        if not o.gradient_checkpointing:
+            ctx.warn("optimization.cpu_offload_checkpointing needs gradient checkpointing: turned on for this run")
+        n = offload_checkpointing(comp.unet, fam.swap_blocks(comp.unet))
+        ctx.emit(LogEvent(message=f"CPU-offloaded checkpointing: the inputs of {n} denoiser blocks kept in CPU memory"))
+    return swapper
