@@ -42,6 +42,11 @@ class BlockSwap:
                 self.owner[id(p)] = i
             self._evict(i, force=True)
             block.forward = self._wrap(i, block.forward)
+            # every layer holding swapped weights makes sure they are in when it runs — also when
+            # gradient checkpointing recomputes it during the backward pass
+            for module in block.modules():
+                if any(not p.requires_grad for p in module.parameters(recurse=False)):
+                    module.register_forward_pre_hook(lambda m, args, i=i: self.use(i, i - 1 if _in_backward() else i + 1))
 
     # -- moving
 
@@ -80,6 +85,9 @@ class BlockSwap:
         none) copied in the background; every other swapped block out."""
         import torch
 
+        ahead = ahead if 0 <= ahead < len(self.blocks) else -1
+        if self.resident.get(i, "out") is None and set(self.resident) <= {i, ahead} and (ahead < 0 or ahead in self.resident):
+            return  # in and ready, the one ahead on its way: the common case of every layer's hook
         self._load(i)
         event = self.resident[i]
         if event is not None:
@@ -90,7 +98,7 @@ class BlockSwap:
             self.resident[i] = None
         for j in [j for j in self.resident if j not in (i, ahead)]:
             self._evict(j)
-        if 0 <= ahead < len(self.blocks):
+        if ahead >= 0:
             self._load(ahead)
 
     # -- hooks
@@ -111,10 +119,21 @@ class BlockSwap:
 
         def swapped_forward(*args, **kwargs):
             self.use(i, i + 1)
-            with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-                return forward(*args, **kwargs)
+            try:
+                with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+                    return forward(*args, **kwargs)
+            finally:
+                if not _in_backward():  # out until the backward pass asks for it (a recompute keeps it)
+                    self._evict(i)
 
         return swapped_forward
+
+
+def _in_backward() -> bool:
+    import torch
+
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and task() != -1
 
 
 def _is_param_of(t, params: list) -> bool:

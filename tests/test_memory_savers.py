@@ -111,9 +111,11 @@ def test_fp8_run_end_to_end_from_an_fp8_single_file(tiny_sd1_dir, tmp_path):
         assert f.metadata()["ss_fp8_base"] == "True"
 
 
-@pytest.mark.parametrize("n_swap", [2, 5])
-def test_block_swap_same_outputs_and_gradients(base_unet, n_swap):
+@pytest.mark.parametrize(("n_swap", "checkpointing"), [(2, False), (5, False), (3, True)])
+def test_block_swap_same_outputs_and_gradients(base_unet, n_swap, checkpointing):
     unet, net = _lora_unet(base_unet)
+    if checkpointing:  # recomputed layers bring their block back in the backward pass
+        net.enable_gradient_checkpointing()
     ref_out, ref_grads = _step(unet, net)
     blocks = get_family("sd1").swap_blocks(unet)
     assert len(blocks) == 5  # every down (2), mid and up (2) block of the tiny U-Net
