@@ -8,24 +8,15 @@ before anything loads (no torch).
 from __future__ import annotations
 
 from loratui.engine.events import LogEvent, Phase, PhaseChanged
-from loratui.engine.problems import Problem, warning
+from loratui.engine.problems import Problem
 from loratui.engine.schema import Profile
 
 
 def memory_problems(profile: Profile) -> list[Problem]:
+    """Errors only (``prepare_run`` adds them to its checks, which stop a run)."""
     from loratui.engine.text_cache import cache_problems
 
-    out = cache_problems(profile)
-    o = profile.optimization
-    if o.cpu_offload_checkpointing and not o.gradient_checkpointing:
-        out.append(
-            warning(
-                "optimization.cpu_offload_checkpointing",
-                "needs gradient checkpointing: it is turned on for this run (as sd-scripts does)",
-                "set optimization.gradient_checkpointing = true to silence this",
-            )
-        )
-    return out
+    return cache_problems(profile)
 
 
 def cache_text_outputs(profile: Profile, scan, comp, ctx, device: str, accelerator, weight_dtype):
@@ -36,7 +27,7 @@ def cache_text_outputs(profile: Profile, scan, comp, ctx, device: str, accelerat
     mode = text_cache.effective_mode(profile)
     if mode == "off":
         why = text_cache.blockers(profile)
-        if why and profile.dataset.cache_text_encoder_outputs == "auto":
+        if why and profile.dataset.cache_text_encoder_outputs == "auto" and not profile.network.train_text_encoder:
             ctx.emit(LogEvent(message=f"text-encoder outputs not cached: {why[0][1]} ({why[0][0]})"))
         return None
     emit, control = ctx.emit, ctx.control
@@ -117,7 +108,9 @@ def apply_memory_savers(profile: Profile, comp, network, device: str, weight_dty
         from loratui.engine.blockswap import offload_checkpointing
 
         if not o.gradient_checkpointing:
-            ctx.warn("optimization.cpu_offload_checkpointing needs gradient checkpointing: turned on for this run")
+            ctx.warn("optimization.cpu_offload_checkpointing needs gradient checkpointing: the denoiser's blocks are "
+                     "checkpointed for this run (as sd-scripts turns it on); set optimization.gradient_checkpointing "
+                     "= true to silence this")
         n = offload_checkpointing(comp.unet, fam.swap_blocks(comp.unet))
         ctx.emit(LogEvent(message=f"CPU-offloaded checkpointing: the inputs of {n} denoiser blocks kept in CPU memory"))
     return swapper
