@@ -114,7 +114,7 @@ def load_components(ms, *, device="cpu", dtype=None, on_progress: Callable[[str]
     noise_scheduler = DDPMScheduler.from_config(sched_cfg, prediction_type=prediction_type)
 
     _progress(on_progress, f"Moving model to {device}")
-    unet = _cast(parts["unet"], device, dtype)
+    unet = _cast(parts["unet"], device, dtype, keep_fp8=bool(getattr(ms, "fp8_base", False)))
     vae = _cast(vae, device, vae_dtype)
     tes = [_cast(te, device, dtype) for te in parts["text_encoders"]]
     for m in (unet, vae, *tes):
@@ -141,11 +141,19 @@ def load_components(ms, *, device="cpu", dtype=None, on_progress: Callable[[str]
     )
 
 
-def _cast(module, device, dtype):
+def _cast(module, device, dtype, keep_fp8: bool = False):
     """Move/cast with torch.nn.Module.to (diffusers' override only adds a log
-    line about fp32 modules, which these models do not have)."""
+    line about fp32 modules, which these models do not have). ``keep_fp8``:
+    float8 weights (an fp8 file read for an fp8 base) stay float8."""
     import torch
 
+    if keep_fp8:
+        from loratui.engine.fp8 import is_fp8
+
+        module._apply(lambda t: t if is_fp8(t) or not t.is_floating_point() else t.to(dtype))
+        if torch.device(device) != next(module.parameters()).device:
+            torch.nn.Module.to(module, device=device)
+        return module
     needs_dtype = any(p.dtype != dtype for p in module.parameters() if p.is_floating_point())
     if needs_dtype:
         torch.nn.Module.to(module, dtype=dtype)
@@ -264,10 +272,13 @@ def load_state_dict_file(path: Path, on_progress: Callable[[str], None] | None =
     return sd
 
 
-def _fill_model(model, state: dict, dtype, *, what: str, path: Path, hint: str):
+def _fill_model(model, state: dict, dtype, *, what: str, path: Path, hint: str, keep_fp8: bool = False):
     """Put ``state`` into a model built on the meta device. Missing weights and
-    shape mismatches are errors; extra tensors are ignored."""
+    shape mismatches are errors; extra tensors are ignored. ``keep_fp8``: float8
+    Linear/Conv2d weights are kept as read (an fp8 base), never upcast first."""
     from accelerate.utils import set_module_tensor_to_device
+
+    from loratui.engine.fp8 import is_fp8, keeps_fp8
 
     expected = model.state_dict()
     missing = [k for k, t in expected.items() if t.device.type == "meta" and k not in state]
@@ -285,9 +296,10 @@ def _fill_model(model, state: dict, dtype, *, what: str, path: Path, hint: str):
                 f"{path}: the {what} weights do not match the model configs ({k}: file {tuple(v.shape)}, "
                 f"config {tuple(t.shape)}). {hint}"
             )
-        if v.is_floating_point() and dtype is not None:
+        kept = keep_fp8 and is_fp8(v) and keeps_fp8(model, k)
+        if v.is_floating_point() and dtype is not None and not kept:
             v = v.to(dtype)
-        set_module_tensor_to_device(model, k, "cpu", value=v)
+        set_module_tensor_to_device(model, k, "cpu", value=v, **({"dtype": v.dtype} if kept else {}))
     return model
 
 
@@ -328,7 +340,7 @@ def _load_single_file(info: ModelInfo, ms, prediction_type: str, dtype, on_progr
         unet_cfg = unet_cls.load_config(str(cfg / "unet"))
         unet = _empty(unet_cls, unet_cfg)
         unet_sd = convert_ldm_unet_checkpoint(sd, unet.config)
-        _fill_model(unet, unet_sd, dtype, what="U-Net", path=path, hint=hint)
+        _fill_model(unet, unet_sd, dtype, what="U-Net", path=path, hint=hint, keep_fp8=bool(getattr(ms, "fp8_base", False)))
         del unet_sd
 
         _progress(on_progress, "Building VAE")

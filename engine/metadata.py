@@ -221,8 +221,8 @@ def build_metadata(
         "ss_noise_offset_random_strength": False,
         "ss_ip_noise_gamma_random_strength": False,
         "ss_loss_type": "l2",
-        "ss_fp8_base": False,
-        "ss_fp8_base_unet": False,
+        "ss_fp8_base": m.fp8_base,
+        "ss_fp8_base_unet": m.fp8_base,  # loratui's fp8 base is the denoiser only, as sd-scripts' --fp8_base_unet
         # train_data_dir datasets (sd-scripts' non-dataset_config branch)
         "ss_total_batch_size": o.train_batch_size * num_processes * o.gradient_accumulation_steps,
         "ss_resolution": (width, height),

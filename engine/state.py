@@ -44,6 +44,9 @@ HARMLESS_ON_RESUME = (
     "dataset.cache_latents",
     "optimization.gradient_checkpointing",
     "optimization.max_bad_steps",
+    "dataset.cache_text_encoder_outputs",
+    "optimization.blocks_to_swap",
+    "optimization.cpu_offload_checkpointing",
 )
 MAX_LISTED = 12
 

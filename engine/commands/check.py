@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from loratui.engine.estimate.cli import add_device_arguments
 
     add_device_arguments(p)  # --gpu NAME | --vram GB: the VRAM / RAM / disk / time estimate for that card
+    p.add_argument("--modules", action="store_true",
+                   help="also list the LoRA modules the run would train, by their saved (kohya) names, with shape "
+                        "and rank (built on the meta device: no weights are read)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,5 +62,15 @@ def run(args: argparse.Namespace) -> int:
     print_estimate(prepared, device)
     if not prepared.problems and prepared.plan.total_steps <= 0:
         print("error    nothing to train: the plan has 0 steps — add images or raise epochs/repeats")
-    print("ready to train" if prepared.ok else "not ready: fix the errors above")
-    return 0 if prepared.ok else 1
+    ok = prepared.ok
+    if getattr(args, "modules", False) and not info.problems:
+        from loratui.engine.lora_modules import plan_modules
+
+        plan = plan_modules(profile)
+        for line in plan.lines():
+            print(line)
+        for p in plan.problems:
+            print(f"error    {p}")
+        ok = ok and not plan.problems
+    print("ready to train" if ok else "not ready: fix the errors above")
+    return 0 if ok else 1

@@ -58,6 +58,9 @@ class Family:
     sd_scripts_script: ClassVar[str] = "train_network.py"
     sd_scripts_flags: ClassVar[tuple[str, ...]] = ()  # e.g. ("v2",) or ("sdxl",)
     default_resolution: ClassVar[int] = 512
+    # sd-scripts memory arguments this family's script takes besides train_network.py's own
+    # (fp8_base): the rest are kept as ``# loratui:`` comments on export
+    sd_scripts_memory_args: ClassVar[tuple[str, ...]] = ()
 
     # ---- components and layouts
     text_encoders: ClassVar[tuple[TextEncoderSpec, ...]] = ()
@@ -233,6 +236,17 @@ class Family:
             return f"{LORA_PREFIX_UNET}_{mapped}".replace(".", "_")
 
         return name
+
+    # ------------------------------------------------------------------ memory
+
+    def swap_blocks(self, denoiser) -> list:
+        """The denoiser's blocks in the order its forward runs them: what block swap
+        keeps on the CPU and CPU-offloaded checkpointing checkpoints (a U-Net: its
+        down, mid and up blocks; a transformer family returns its transformer blocks)."""
+        blocks = list(getattr(denoiser, "down_blocks", []) or [])
+        if getattr(denoiser, "mid_block", None) is not None:
+            blocks.append(denoiser.mid_block)
+        return blocks + list(getattr(denoiser, "up_blocks", []) or [])
 
     # ------------------------------------------------------------------ images
 

@@ -20,6 +20,7 @@ class SDXL(Family):
     modelspec_implementation = "https://github.com/Stability-AI/generative-models"
     sd_scripts_script = "sdxl_train_network.py"
     sd_scripts_flags = ("sdxl",)
+    sd_scripts_memory_args = ("cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk")
     v_pred_unusual = "only a few SDXL models (v-pred fine-tunes) use it"
     default_resolution = 1024
 

@@ -80,6 +80,7 @@ def sd_scripts_args(p: Profile, *, dataset_config: str | None = None) -> tuple[d
             a["reg_data_dir"] = d.reg_data_dir
     a["cache_latents"] = d.cache_latents != "off"
     a["cache_latents_to_disk"] = d.cache_latents == "disk"
+    _memory_args(p, fam, a, keep)
     _network_args(p, a, keep)
     if o.optimizer_args.strip():
         a["optimizer_args"] = o.optimizer_args.split()
@@ -102,6 +103,28 @@ def sd_scripts_args(p: Profile, *, dataset_config: str | None = None) -> tuple[d
     # empty strings are "unset" for sd-scripts
     a = {k: v for k, v in a.items() if not (isinstance(v, str) and v == "")}
     return a, extra
+
+
+def _memory_args(p: Profile, fam, a: dict[str, Any], keep) -> None:
+    """Text-encoder caching, block swap, CPU-offloaded checkpointing: written where the
+    family's script takes them, else (when set) kept as comments. ``auto`` caching is
+    left out: sd-scripts does not cache unless told (the LoRA is the same)."""
+    takes = set(fam.sd_scripts_memory_args) if fam else set()
+    mode = p.dataset.cache_text_encoder_outputs
+    if mode != "auto":
+        if {"cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"} <= takes:
+            a["cache_text_encoder_outputs"] = mode != "off"
+            a["cache_text_encoder_outputs_to_disk"] = mode == "disk"
+        else:
+            keep("cache_text_encoder_outputs", mode)
+    o = p.optimization
+    for key, value, default in (("blocks_to_swap", o.blocks_to_swap, 0),
+                                ("cpu_offload_checkpointing", o.cpu_offload_checkpointing, False)):
+        if value != default:
+            if key in takes:
+                a[key] = value
+            else:
+                keep(key, value)
 
 
 _DEFAULT_CONV = (Profile().network.conv_dim, Profile().network.conv_alpha)

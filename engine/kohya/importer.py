@@ -202,6 +202,7 @@ def _map_flat(cfg: dict[str, Any], b: Builder, *, gui: bool, uses_dataset_config
     map_warmup(cfg, b, K, gui)
     map_epochs(cfg, b, K, gui)
     _map_caching(cfg, b, K)
+    _map_text_caching(cfg, b, K)
     _map_noise(cfg, b, K, gui)
     map_state_keeping(cfg, b, K)
     if "save_model_as" in cfg:
@@ -325,6 +326,24 @@ def _map_caching(cfg: dict[str, Any], b: Builder, K) -> None:
     other = "cache_latents" if disk else "cache_latents_to_disk"
     if (cl if disk else cld) is not None:
         b.mapped.append((K(other), cl if disk else cld, "dataset.cache_latents"))
+
+
+def _map_text_caching(cfg: dict[str, Any], b: Builder, K) -> None:
+    """cache_text_encoder_outputs (+ _to_disk) → dataset.cache_text_encoder_outputs (memory / disk / off)."""
+    ct, ctd = cfg.pop("cache_text_encoder_outputs", None), cfg.pop("cache_text_encoder_outputs_to_disk", None)
+    if ct is None and ctd is None:
+        return
+    try:
+        on = False if blank(ct) else to_bool(ct)
+        disk = False if blank(ctd) else to_bool(ctd)
+    except BadValue as exc:
+        b.unsupported_(K("cache_text_encoder_outputs"), [ct, ctd], f"{exc}; kept 'auto'")
+        return
+    key = "cache_text_encoder_outputs_to_disk" if disk else "cache_text_encoder_outputs"
+    b.put("dataset.cache_text_encoder_outputs", ctd if disk else ct, K(key), "disk" if disk else ("memory" if on else "off"))
+    other, raw = ("cache_text_encoder_outputs", ct) if disk else ("cache_text_encoder_outputs_to_disk", ctd)
+    if raw is not None:
+        b.mapped.append((K(other), raw, "dataset.cache_text_encoder_outputs"))
 
 
 def _map_noise(cfg: dict[str, Any], b: Builder, K, gui: bool) -> None:

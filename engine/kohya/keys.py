@@ -148,7 +148,6 @@ NO_EFFECT.update(
         "tokenizer_cache_dir": "tokenizer download cache",
         "skip_cache_check": "cache bookkeeping: speed only",
         "deepspeed": "multi-GPU memory sharding",
-        "cpu_offload_checkpointing": "memory placement only",
         "full_path": "kohya_ss GUI internal",
         "max_token_length_hint": "kohya_ss GUI internal",
     }
@@ -166,7 +165,6 @@ OFF_VALUES: dict[str, tuple[Any, str]] = {
     "weighted_captions": (False, "weighted captions"),
     "full_fp16": (False, "full fp16 training"),
     "full_bf16": (False, "full bf16 training"),
-    "fp8_base": (False, "fp8 base model"),
     "fp8_base_unet": (False, "fp8 base U-Net"),
     "caption_dropout_every_n_epochs": (0, "caption dropout every N epochs"),
     "caption_tag_dropout_rate": (0, "tag dropout"),

@@ -76,6 +76,18 @@ class ModelSettings(_Section):
         label="Model config dir",
     )
 
+    # -- memory: fp8 base model
+    fp8_base: bool = setting(
+        False,
+        "Store the frozen U-Net/transformer weights in fp8 (float8 e4m3fn) and compute each layer in "
+        "bf16/fp16: about half the VRAM of the base model, a little slower. LoRA weights stay full "
+        "precision. Common for Flux/SD3 on 12-24 GB cards; rarely needed for SD 1.x.",
+        kohya="fp8_base",
+        sd_omit=False,  # ss_fp8_base / ss_fp8_base_unet: engine.metadata writes them as sd-scripts does
+        advanced=True,
+        label="fp8 base model",
+    )
+
 
 class DatasetSettings(_Section):
     train_data_dir: str = setting(
@@ -212,6 +224,20 @@ class DatasetSettings(_Section):
         "Adjust repeats so every concept gets about the same number of steps per epoch.",
         sd_scripts=None,
         label="Balance concepts",
+    )
+
+    # -- memory: text-encoder output caching
+    cache_text_encoder_outputs: choice(("auto", "memory", "disk", "off")) = setting(  # type: ignore[valid-type]
+        "auto",
+        "Encode every caption once before training and take the text encoders off the GPU. "
+        "auto: memory whenever it cannot change the result (text encoders not trained, no "
+        "shuffle_caption, no caption dropout), else off. disk: also keep the outputs beside the "
+        "images for the next run. memory/disk with a trained text encoder or changing captions is "
+        "refused, as sd-scripts does.",
+        kohya="cache_text_encoder_outputs/cache_text_encoder_outputs_to_disk",
+        sd_scripts="cache_text_encoder_outputs/cache_text_encoder_outputs_to_disk",
+        special=True,
+        label="Cache text encoder",
     )
 
     def checks(self) -> list[tuple[str, str]]:
@@ -434,6 +460,29 @@ class OptimizationSettings(_Section):
         ge=0,
         le=1,
         label="Noise offset",
+    )
+
+    # -- memory: block swap, CPU-offloaded checkpointing
+    blocks_to_swap: int = setting(
+        0,
+        "Keep this many denoiser blocks in CPU memory and move each onto the GPU for its forward "
+        "and backward pass (the next one's copy overlaps compute). Saves VRAM, costs speed. "
+        "0: off. Flux.1 on 12 GB: 16-20; SD 1.x/SDXL rarely need it. CUDA only (a no-op on the CPU).",
+        kohya="blocks_to_swap",
+        special="export",
+        ge=0,
+        le=256,
+        advanced=True,
+        label="Blocks to swap",
+    )
+    cpu_offload_checkpointing: bool = setting(
+        False,
+        "With gradient checkpointing: keep the checkpointed block inputs in CPU memory instead of "
+        "VRAM. Saves a little more VRAM, a little slower. Off: inputs stay on the GPU.",
+        kohya="cpu_offload_checkpointing",
+        special="export",
+        advanced=True,
+        label="CPU offload checkpointing",
     )
 
     def checks(self) -> list[tuple[str, str]]:

@@ -129,6 +129,7 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
     from loratui.engine.training import setup as s
     from loratui.engine.training.batches import BatchSource
     from loratui.engine.training.checkpoint import Checkpointer
+    from loratui.engine.training.memory import apply_memory_savers, cache_text_outputs
     from loratui.engine.training.optim import make_optimizer, make_scheduler, param_groups
     from loratui.engine.training.step import Objective, OptimizerStep
 
@@ -139,6 +140,7 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
     comp = s.load_model(profile, ctx.emit, device, weight_dtype, ctx.warn)
     ctx.check_abort()
     network = s.build_network(profile, comp, ctx.emit, ctx.warn)
+    apply_memory_savers(profile, comp, network, device, weight_dtype, ctx)
     s.check_disk_space(profile, plan, network.num_parameters(), ctx.warn)
     store = s.cache_latents(profile, scan, comp, ctx, device, weight_dtype)
     groups = param_groups(profile, network)
@@ -148,6 +150,7 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
 
     accelerator = Accelerator(mixed_precision=mp, cpu=device == "cpu")
     optimizer = accelerator.prepare_optimizer(optimizer)
+    text_cache = cache_text_outputs(profile, scan, comp, ctx, device, accelerator, weight_dtype)
     gen = torch.Generator(device=device).manual_seed(profile.optimization.seed)
     source = BatchSource(profile, scan.items, store=store, vae=comp.vae, device=device, weight_dtype=weight_dtype,
                          vae_fp32=comp.vae_needs_fp32)
@@ -160,7 +163,7 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
     ckpt = Checkpointer(ctx, network, optimizer, lr_scheduler, accelerator, gen, source, metadata_inputs,
                         prepared.fingerprint, hint, s.save_dtype_for(profile))
     start_at = ckpt.restore(prepared.state) if prepared.state is not None else (0, 1, 0)
-    objective = Objective(profile, comp, accelerator, gen, device, weight_dtype)
+    objective = Objective(profile, comp, accelerator, gen, device, weight_dtype, text_cache)
     params = [p for g in groups for p in g["params"]]
     stepper = OptimizerStep(profile, optimizer, lr_scheduler, accelerator, params, hint)
     return Run(ctx, plan, source, objective, stepper, ckpt, start_at)

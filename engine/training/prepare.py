@@ -67,11 +67,12 @@ def prepare_run(profile: Profile, resume: str | None = None, overwrite: bool = F
     from loratui.engine.dataset import plan_for, scan_dataset
     from loratui.engine.models import inspect_model
     from loratui.engine.state import dataset_fingerprint
+    from loratui.engine.training.memory import memory_problems
 
     if scan is None:
         scan = scan_dataset(profile.dataset)
     model = inspect_model(profile.model)  # headers only: the same checks the loader makes
-    checks = network_weights_problems(profile) + preflight(profile, overwrite=overwrite)
+    checks = network_weights_problems(profile) + preflight(profile, overwrite=overwrite) + memory_problems(profile)
     plan = plan_for(profile, scan)
     fingerprint = dataset_fingerprint(scan.items, plan.total_steps)
     prepared = Prepared(profile, scan, plan, model, fingerprint, list(profile_warnings(profile)), checks)

@@ -58,6 +58,7 @@ class Objective:
     generator: Any  # torch.Generator: noise and timesteps
     device: str
     weight_dtype: Any
+    text_cache: Any = None  # engine.text_cache.TextOutputCache: captions encoded once
 
     @property
     def family(self):
@@ -71,7 +72,7 @@ class Objective:
 
         opt, comp, fam, gen = self.profile.optimization, self.comp, self.family, self.generator
         latents = batch.latents
-        ids = fam.tokenize(comp.tokenizers, batch.captions)
+        ids = fam.tokenize(comp.tokenizers, batch.captions) if self.text_cache is None else None
         noise = torch.randn(latents.shape, generator=gen, device=self.device, dtype=latents.dtype)
         if opt.noise_offset:
             noise = noise + opt.noise_offset * torch.randn(
@@ -80,8 +81,11 @@ class Objective:
         noisy, timesteps = fam.noisy_input(comp.noise_scheduler, latents, noise, gen)
         with self.accelerator.autocast():
             te_ctx = contextlib.nullcontext() if self.profile.network.train_text_encoder else torch.no_grad()
-            with te_ctx:
-                hidden, pooled = fam.encode_text(comp.text_encoders, ids, self.profile.model.clip_skip, self.device)
+            if self.text_cache is not None:
+                hidden, pooled = self.text_cache.get(batch.captions, self.device)
+            else:
+                with te_ctx:
+                    hidden, pooled = fam.encode_text(comp.text_encoders, ids, self.profile.model.clip_skip, self.device)
             pred = fam.predict(comp.unet, noisy, timesteps, hidden, pooled, batch.crops, self.device, self.weight_dtype)
         target = fam.target(comp.noise_scheduler, latents, noise, timesteps, comp.prediction_type)
         loss = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))

@@ -1,0 +1,172 @@
+"""Block swap (``optimization.blocks_to_swap``, sd-scripts ``--blocks_to_swap``)
+and CPU-offloaded checkpointing (``optimization.cpu_offload_checkpointing``).
+
+Block swap keeps the frozen weights of N denoiser blocks in (pinned) CPU memory.
+A block's weights are copied onto the training device when its forward runs and
+again when its backward needs them: a saved-tensor hook records *which* weight a
+layer saved for backward instead of keeping it, and brings the block back when
+autograd asks. While block *i* computes, the copy of the next block (forward:
+*i+1*, backward: *i-1*) runs on a side CUDA stream from pinned memory, so the
+transfer overlaps compute; at most two swapped blocks are on the device at a time.
+Trained weights (LoRA) are never swapped. On the CPU the same code runs with a
+second copy as "the device", which is how the tests prove the hooks move blocks.
+
+CPU-offloaded checkpointing checkpoints each block as a whole and keeps the
+block's inputs — what checkpointing keeps for the backward pass — in CPU memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BlockSwap:
+    def __init__(self, blocks: list, *, device, offload: str = "cpu"):
+        import torch
+
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self.blocks = list(blocks)
+        self.params: list[list[Any]] = []
+        self.host: dict[int, Any] = {}  # id(param) -> its CPU copy
+        self.owner: dict[int, int] = {}  # id(param) -> block index
+        self.resident: dict[int, Any] = {}  # block index -> CUDA event of its copy (None on the CPU)
+        self.loads = 0  # copies made onto the device (tests and the log read it)
+        for i, block in enumerate(self.blocks):
+            frozen = [p for p in block.parameters() if not p.requires_grad]
+            self.params.append(frozen)
+            for p in frozen:
+                host = p.data.detach().to(offload, copy=True)
+                self.host[id(p)] = host.pin_memory() if self.cuda else host
+                self.owner[id(p)] = i
+            self._evict(i, force=True)
+            block.forward = self._wrap(i, block.forward)
+            # every layer holding swapped weights makes sure they are in when it runs — also when
+            # gradient checkpointing recomputes it during the backward pass
+            for module in block.modules():
+                if any(not p.requires_grad for p in module.parameters(recurse=False)):
+                    module.register_forward_pre_hook(lambda m, args, i=i: self.use(i, i - 1 if _in_backward() else i + 1))
+
+    # -- moving
+
+    def _placeholder(self, p):
+        import torch
+
+        return torch.empty(0, dtype=p.dtype, device=self.device)
+
+    def _evict(self, i: int, force: bool = False) -> None:
+        if i not in self.resident and not force:
+            return
+        for p in self.params[i]:
+            p.data = self._placeholder(p)
+        self.resident.pop(i, None)
+
+    def _load(self, i: int) -> None:
+        import torch
+
+        if i in self.resident:
+            return
+        if self.cuda:
+            with torch.cuda.stream(self.stream):
+                for p in self.params[i]:
+                    p.data = self.host[id(p)].to(self.device, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(self.stream)
+        else:
+            for p in self.params[i]:
+                p.data = self.host[id(p)].clone()
+            event = None
+        self.resident[i] = event
+        self.loads += 1
+
+    def use(self, i: int, ahead: int) -> None:
+        """Block ``i`` on the device for the current stream; ``ahead`` (or -1 for
+        none) copied in the background; every other swapped block out."""
+        import torch
+
+        ahead = ahead if 0 <= ahead < len(self.blocks) else -1
+        if self.resident.get(i, "out") is None and set(self.resident) <= {i, ahead} and (ahead < 0 or ahead in self.resident):
+            return  # in and ready, the one ahead on its way: the common case of every layer's hook
+        self._load(i)
+        event = self.resident[i]
+        if event is not None:
+            main = torch.cuda.current_stream(self.device)
+            main.wait_event(event)
+            for p in self.params[i]:
+                p.data.record_stream(main)  # allocated on the side stream, used on this one
+            self.resident[i] = None
+        for j in [j for j in self.resident if j not in (i, ahead)]:
+            self._evict(j)
+        if ahead >= 0:
+            self._load(ahead)
+
+    # -- hooks
+
+    def _wrap(self, i: int, forward):
+        import torch
+
+        def pack(t):
+            j = self.owner.get(id(t))
+            return ("loratui-swapped", j, t) if j is not None and self.params[j] and _is_param_of(t, self.params[j]) else t
+
+        def unpack(obj):
+            if isinstance(obj, tuple) and len(obj) == 3 and obj[0] == "loratui-swapped":
+                _, j, p = obj
+                self.use(j, j - 1)
+                return p
+            return obj
+
+        def swapped_forward(*args, **kwargs):
+            self.use(i, i + 1)
+            try:
+                with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+                    return forward(*args, **kwargs)
+            finally:
+                if not _in_backward():  # out until the backward pass asks for it (a recompute keeps it)
+                    self._evict(i)
+
+        return swapped_forward
+
+
+def _in_backward() -> bool:
+    import torch
+
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and task() != -1
+
+
+def _is_param_of(t, params: list) -> bool:
+    return any(t is p for p in params)
+
+
+def offload_checkpointing(denoiser, blocks: list) -> int:
+    """Checkpoint each of ``blocks`` as a whole, its inputs kept in CPU memory
+    (the denoiser's own finer checkpointing is turned off). Returns the count."""
+    if hasattr(denoiser, "disable_gradient_checkpointing"):
+        denoiser.disable_gradient_checkpointing()
+    for block in blocks:
+        block.forward = _offloaded(block.forward)
+    return len(blocks)
+
+
+def _offloaded(forward):
+    import torch
+    from torch.utils._pytree import tree_flatten, tree_unflatten
+    from torch.utils.checkpoint import checkpoint
+
+    def run(*args, **kwargs):
+        if not torch.is_grad_enabled():
+            return forward(*args, **kwargs)
+        leaves, spec = tree_flatten((args, kwargs))
+        devices = [t.device if isinstance(t, torch.Tensor) else None for t in leaves]
+        on_cpu = [t.to("cpu") if isinstance(t, torch.Tensor) else t for t in leaves]
+
+        def inner(*flat):
+            back = [t.to(d, non_blocking=True) if d is not None else t for t, d in zip(flat, devices)]
+            a, kw = tree_unflatten(back, spec)
+            return forward(*a, **kw)
+
+        return checkpoint(inner, *on_cpu, use_reentrant=False)
+
+    return run

@@ -1,0 +1,135 @@
+"""The LoRA modules a run would train, without reading any weights
+(``loratui check PROFILE --modules``).
+
+The family is told by the checkpoint's header (``engine.models.inspect_model``);
+the denoiser and text encoders are built on the meta device from the family's
+configs (bundled for single files, ``model.model_config_dir``, or the diffusers
+folder's own), and the LoRA is made on them by the same code a run uses
+(``LoRANetwork.create``, with the profile's rank, alpha, conv rank, trained
+parts and ``network_weights``). So the list is exactly the run's, by the names
+the saved file will have, for any family — in seconds, whatever the file's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loratui.engine.problems import Problem, error
+
+
+@dataclass(frozen=True)
+class PlannedModule:
+    name: str  # kohya name in the saved file
+    component: str  # unet, te, te1, te2...
+    kind: str  # linear, conv1x1, conv
+    in_dim: int
+    out_dim: int
+    kernel: tuple[int, ...]
+    rank: int
+    alpha: float
+
+    def shape(self) -> str:
+        k = f" {'x'.join(map(str, self.kernel))}" if self.kernel and self.kernel != (1, 1) else ""
+        return f"{self.in_dim} -> {self.out_dim}{k}"
+
+
+@dataclass
+class ModulePlan:
+    family: str = ""
+    modules: list[PlannedModule] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    def by_component(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for m in self.modules:
+            out[m.component] = out.get(m.component, 0) + 1
+        return out
+
+    def lines(self) -> list[str]:
+        if not self.modules:
+            return []
+        width = max(len(m.name) for m in self.modules)
+        parts = ", ".join(f"lora_{c} {n}" for c, n in self.by_component().items())
+        out = [f"modules  {len(self.modules)} LoRA modules ({parts})"]
+        for m in self.modules:
+            out.append(f"  {m.name:<{width}}  {m.kind:<7} {m.shape():<16} rank {m.rank:<4} alpha {m.alpha:g}")
+        return out
+
+
+def _config_root(info, ms, fam) -> Path | None:
+    if info.kind == "file":
+        if ms.model_config_dir:
+            return Path(ms.model_config_dir).expanduser()
+        from loratui.engine.models import resolve_prediction
+
+        prediction, _ = resolve_prediction(info, ms)
+        return fam.config_dir(prediction)
+    return info.path  # a diffusers folder, or a Hub repo's cached snapshot (None when not cached)
+
+
+def build_meta_models(info, ms, fam):
+    """(denoiser, text encoders) of ``fam`` on the meta device, from its configs."""
+    import torch
+
+    import diffusers
+    import transformers
+
+    root = _config_root(info, ms, fam)
+    if root is None:
+        raise FileNotFoundError(f"{info.spec} is not in the local Hugging Face cache; its configs are needed")
+    cls = getattr(diffusers, fam.denoiser_class)
+    sub = getattr(fam, "denoiser_subfolder", "unet")
+    with torch.device("meta"):
+        denoiser = cls.from_config(cls.load_config(str(root / sub)))
+        tes = []
+        for spec in fam.text_encoders:
+            cfg = transformers.AutoConfig.from_pretrained(str(root / spec.subfolder), local_files_only=True)
+            tes.append(getattr(transformers, spec.model_class)(cfg))
+    return denoiser, tes
+
+
+def plan_modules(profile) -> ModulePlan:
+    """The modules ``loratui train`` would put a LoRA on (and train or keep from
+    ``network_weights``); ``problems`` say why there is no list."""
+    from loratui.engine.families import get_family
+    from loratui.engine.lora import LoRANetwork
+    from loratui.engine.lora_file import LoRAWeightsError
+    from loratui.engine.models import inspect_model
+
+    plan = ModulePlan()
+    ms, net = profile.model, profile.network
+    info = inspect_model(ms)
+    if info.problems or not info.family:
+        plan.problems = list(info.problems) or [error("model.base_model", "the model family cannot be told", "set model.family")]
+        return plan
+    fam = get_family(info.family)
+    plan.family = fam.name
+    try:
+        denoiser, tes = build_meta_models(info, ms, fam)
+    except (OSError, ValueError, KeyError) as exc:
+        plan.problems.append(error("model.model_config_dir" if ms.model_config_dir else "model.base_model",
+                                   f"cannot build the {fam.label} model from its configs ({exc})",
+                                   "set model.model_config_dir to a diffusers folder of the same architecture"))
+        return plan
+    conv = net.network_type == "locon"
+    try:
+        network = LoRANetwork.create(
+            denoiser, tes, fam.name, rank=net.network_dim, alpha=net.network_alpha,
+            conv_rank=net.conv_dim if conv else None, conv_alpha=net.conv_alpha if conv else None,
+            train_unet=net.train_unet, train_text_encoder=net.train_text_encoder,
+            weights=net.network_weights or None,
+        )
+    except (LoRAWeightsError, ValueError) as exc:
+        plan.problems.append(error("network.network_weights" if net.network_weights else "network", str(exc)))
+        return plan
+    for m in network.modules:
+        base = m.layer.base_layer
+        linear = m.kind == "linear"
+        plan.modules.append(PlannedModule(
+            m.name, m.component, m.kind,
+            base.in_features if linear else base.in_channels,
+            base.out_features if linear else base.out_channels,
+            () if linear else tuple(base.kernel_size), m.rank, m.alpha,
+        ))
+    return plan

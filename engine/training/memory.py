@@ -1,0 +1,116 @@
+"""The memory savers of a run, set up once the model and the LoRA are built:
+text-encoder output caching (``engine.text_cache``), the fp8 base
+(``engine.fp8``), block swap and CPU-offloaded checkpointing
+(``engine.blockswap``). ``memory_problems`` is what ``prepare_run`` checks
+before anything loads (no torch).
+"""
+
+from __future__ import annotations
+
+from loratui.engine.events import LogEvent, Phase, PhaseChanged
+from loratui.engine.problems import Problem
+from loratui.engine.schema import Profile
+
+
+def memory_problems(profile: Profile) -> list[Problem]:
+    """Errors only (``prepare_run`` adds them to its checks, which stop a run)."""
+    from loratui.engine.text_cache import cache_problems
+
+    return cache_problems(profile)
+
+
+def cache_text_outputs(profile: Profile, scan, comp, ctx, device: str, accelerator, weight_dtype):
+    """The text-output cache (None when off); the frozen text encoders then leave ``device``."""
+    from loratui.engine import text_cache
+    from loratui.engine.families import get_family
+
+    mode = text_cache.effective_mode(profile)
+    if mode == "off":
+        why = text_cache.blockers(profile)
+        if why and profile.dataset.cache_text_encoder_outputs == "auto" and not profile.network.train_text_encoder:
+            ctx.emit(LogEvent(message=f"text-encoder outputs not cached: {why[0][1]} ({why[0][0]})"))
+        return None
+    emit, control = ctx.emit, ctx.control
+    detail = "text-encoder outputs"
+    emit(PhaseChanged(phase=Phase.CACHING_LATENTS, detail=detail, current=0, total=len(scan.items)))
+    cache = text_cache.build_cache(
+        scan.items,
+        get_family(comp.family),
+        comp.text_encoders,
+        comp.tokenizers,
+        mode=mode,
+        clip_skip=profile.model.clip_skip,
+        device=device,
+        autocast=accelerator.autocast,
+        dtype_name=str(weight_dtype).replace("torch.", ""),
+        on_progress=lambda n, total: emit(PhaseChanged(phase=Phase.CACHING_LATENTS, detail=detail, current=n, total=total)),
+        should_stop=lambda: control.aborted,
+    )
+    ctx.check_abort()
+    for w in cache.warnings:
+        ctx.warn(w)
+    release_text_encoders(comp.text_encoders, device)
+    reused = f", {cache.reused} image(s) from the disk cache" if cache.reused else ""
+    remade = f", {cache.remade} stale or damaged file(s) made again" if cache.remade else ""
+    emit(LogEvent(message=f"text-encoder outputs cached ({mode}): {cache.encoded} caption(s) encoded{reused}{remade}; "
+                          f"text encoders moved off {device}"))
+    return cache
+
+
+def release_text_encoders(text_encoders: list, device: str) -> None:
+    """Frozen, cached text encoders off the training device (to ``text_cache.OFFLOAD_DEVICE``)."""
+    import torch
+
+    from loratui.engine import text_cache
+
+    for te in text_encoders:
+        torch.nn.Module.to(te, device=text_cache.OFFLOAD_DEVICE)
+    if str(device).startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+
+def apply_memory_savers(profile: Profile, comp, network, device: str, weight_dtype, ctx):
+    """fp8 base, then block swap and CPU-offloaded checkpointing, on the denoiser
+    (after the LoRA is injected: its weights are never converted or swapped).
+    Returns the block swapper (None when off)."""
+    from loratui.engine.families import get_family
+    from loratui.engine.training.paths import TrainingError
+
+    fam = get_family(comp.family)
+    if profile.model.fp8_base:
+        from loratui.engine.fp8 import apply_fp8, fp8_unsupported
+
+        why = fp8_unsupported()
+        if why:
+            raise TrainingError(f"model.fp8_base: {why}", "turn model.fp8_base off, or install a newer torch")
+        n = apply_fp8(comp.unet, weight_dtype)
+        ctx.emit(LogEvent(message=f"fp8 base: {n} frozen denoiser layers stored as float8_e4m3fn, "
+                                  f"computed in {str(weight_dtype).replace('torch.', '')}"))
+    o = profile.optimization
+    swapper = None
+    if o.blocks_to_swap:
+        from loratui.engine.blockswap import BlockSwap
+
+        blocks = fam.swap_blocks(comp.unet)
+        if o.blocks_to_swap > len(blocks):
+            raise TrainingError(
+                f"optimization.blocks_to_swap: {o.blocks_to_swap} is more than the {len(blocks)} blocks of this "
+                f"{fam.label} denoiser", f"set it to at most {len(blocks)}",
+            )
+        if not str(device).startswith("cuda"):
+            ctx.warn(f"optimization.blocks_to_swap: the run is on {device}, where the blocks already are in "
+                     "main memory; nothing is swapped")
+        else:
+            swapper = BlockSwap(blocks[-o.blocks_to_swap:], device=device, offload="cpu")
+            ctx.emit(LogEvent(message=f"block swap: {o.blocks_to_swap} of {len(blocks)} denoiser blocks kept on the CPU"))
+    if o.cpu_offload_checkpointing:
+        from loratui.engine.blockswap import offload_checkpointing
+
+        if not o.gradient_checkpointing:
+            ctx.warn("optimization.cpu_offload_checkpointing needs gradient checkpointing: the denoiser's blocks are "
+                     "checkpointed for this run (as sd-scripts turns it on); set optimization.gradient_checkpointing "
+                     "= true to silence this")
+        n = offload_checkpointing(comp.unet, fam.swap_blocks(comp.unet))
+        ctx.emit(LogEvent(message=f"CPU-offloaded checkpointing: the inputs of {n} denoiser blocks kept in CPU memory"))
+    return swapper

@@ -1,0 +1,178 @@
+"""fp8 base, block swap and CPU-offloaded checkpointing on a tiny SD 1.x U-Net
+with LoRA (CPU): fp8 storage really used, the same outputs and gradients with
+and without swapping, blocks really moved in and out."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ldm_convert  # noqa: E402
+
+from loratui.engine.blockswap import BlockSwap, offload_checkpointing  # noqa: E402
+from loratui.engine.events import Finished, LogEvent, WarningEvent  # noqa: E402
+from loratui.engine.families import get_family  # noqa: E402
+from loratui.engine.fp8 import apply_fp8  # noqa: E402
+from loratui.engine.lora import LoRANetwork  # noqa: E402
+from loratui.engine.train import run_training  # noqa: E402
+from tiny_runs import tiny_profile  # noqa: E402
+
+FP8 = torch.float8_e4m3fn
+
+
+@pytest.fixture(scope="module")
+def base_unet(tiny_sd1_dir):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(str(tiny_sd1_dir), subfolder="unet").eval()
+
+
+def _lora_unet(base_unet, seed=0):
+    unet = copy.deepcopy(base_unet)
+    torch.manual_seed(seed)
+    net = LoRANetwork.create(unet, [], "sd1", rank=4, alpha=4.0, train_text_encoder=False)
+    with torch.no_grad():  # non-zero up weights: gradients reach every layer
+        for m in net.modules:
+            m.up.weight.normal_(0, 0.02)
+    return unet, net
+
+
+def _inputs(unet, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, unet.config.in_channels, 8, 8, generator=g)
+    hidden = torch.randn(2, 7, unet.config.cross_attention_dim, generator=g)
+    return x, torch.tensor([10, 500]), hidden
+
+
+def _step(unet, net):
+    x, t, hidden = _inputs(unet)
+    for p in net.parameters():
+        p.grad = None
+    out = unet(x, t, hidden).sample
+    out.float().pow(2).mean().backward()
+    return out.detach(), [p.grad.clone() for p in net.parameters()]
+
+
+def _frozen_layers(unet):
+    return [m for m in unet.modules() if type(m) in (torch.nn.Linear, torch.nn.Conv2d) and not m.weight.requires_grad]
+
+
+def test_fp8_base_stores_fp8_and_trains_the_lora(base_unet):
+    unet, net = _lora_unet(base_unet)
+    ref_out, _ = _step(unet, net)
+    n = apply_fp8(unet, torch.float32)
+    layers = _frozen_layers(unet)
+    assert n == len(layers) > 20 and all(m.weight.dtype == FP8 for m in layers)
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    out, grads = _step(unet, net)
+    assert torch.isfinite(out).all() and all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+    # fp8 rounding changes the output a little, not its meaning
+    assert torch.nn.functional.cosine_similarity(out.flatten(), ref_out.flatten(), dim=0) > 0.98
+    before = [p.detach().clone() for p in net.parameters()]
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    opt.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    assert all(m.weight.dtype == FP8 for m in layers)  # still fp8 after the step
+
+
+def test_fp8_run_end_to_end_from_an_fp8_single_file(tiny_sd1_dir, tmp_path):
+    from loratui.engine.loading import load_components
+
+    single = ldm_convert.save_single_file(tiny_sd1_dir, "sd1", tmp_path / "tiny-sd1.safetensors")
+    sd = load_file(str(single))
+    fp8_keys = {k for k, v in sd.items() if k.startswith("model.diffusion_model.") and v.ndim >= 2 and k.endswith("weight")}
+    save_file({k: (v.to(FP8) if k in fp8_keys else v) for k, v in sd.items()}, str(single))
+    data = tmp_path / "images"
+    from loratui.engine.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(data, {"2_toy": 4}, size=(64, 64))
+    p = tiny_profile(single, data, tmp_path / "out", model__fp8_base=True, model__model_config_dir=str(tiny_sd1_dir),
+                     optimization__max_train_epochs=1)
+    comp = load_components(p.model)
+    fp8_in_memory = [m for m in _frozen_layers(comp.unet) if m.weight.dtype == FP8]
+    assert len(fp8_in_memory) > 20  # read as fp8, not upcast on the way in
+    assert comp.unet.conv_norm_out.weight.dtype == torch.float32  # norms are upcast as usual
+
+    events: list = []
+    result = run_training(p, events.append)
+    assert isinstance(result, Finished), result
+    assert any("fp8 base:" in e.message for e in events if isinstance(e, LogEvent))
+    lora = load_file(result.path)
+    assert any(k.endswith("lora_up.weight") and v.abs().sum() > 0 for k, v in lora.items())  # it learned
+    from safetensors import safe_open
+
+    with safe_open(result.path, framework="pt") as f:
+        assert f.metadata()["ss_fp8_base"] == "True"
+
+
+@pytest.mark.parametrize(("n_swap", "checkpointing"), [(2, False), (5, False), (3, True)])
+def test_block_swap_same_outputs_and_gradients(base_unet, n_swap, checkpointing):
+    unet, net = _lora_unet(base_unet)
+    if checkpointing:  # recomputed layers bring their block back in the backward pass
+        net.enable_gradient_checkpointing()
+    ref_out, ref_grads = _step(unet, net)
+    blocks = get_family("sd1").swap_blocks(unet)
+    assert len(blocks) == 5  # every down (2), mid and up (2) block of the tiny U-Net
+    swapped = blocks[-n_swap:]
+    swap = BlockSwap(swapped, device="cpu")
+    frozen = [p for b in swapped for p in b.parameters() if not p.requires_grad]
+    assert frozen and all(p.numel() == 0 for p in frozen)  # out of "the device" until used
+    out, grads = _step(unet, net)
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=0)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=0, atol=0)
+    assert swap.loads > n_swap  # brought in for the forward, and again for the backward
+    assert len(swap.resident) <= 2
+    out2, _ = _step(unet, net)  # and again next step
+    torch.testing.assert_close(out2, ref_out, rtol=0, atol=0)
+
+
+def test_block_swap_with_fp8(base_unet):
+    unet, net = _lora_unet(base_unet)
+    apply_fp8(unet, torch.float32)
+    ref_out, ref_grads = _step(unet, net)
+    BlockSwap(get_family("sd1").swap_blocks(unet)[2:], device="cpu")
+    out, grads = _step(unet, net)
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=0)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=0, atol=0)
+
+
+def test_cpu_offload_checkpointing_same_gradients_and_recomputes(base_unet):
+    unet, net = _lora_unet(base_unet)
+    ref_out, ref_grads = _step(unet, net)
+    blocks = get_family("sd1").swap_blocks(unet)
+    calls = []
+    for b in blocks:  # a layer inside each block (the block's own hooks are outside the checkpoint)
+        b.resnets[0].register_forward_hook(lambda m, a, o: calls.append(m))
+    _step(unet, net)
+    plain_calls = len(calls)
+    assert offload_checkpointing(unet, blocks) == len(blocks)
+    calls.clear()
+    out, grads = _step(unet, net)
+    torch.testing.assert_close(out, ref_out)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
+    assert len(calls) > plain_calls  # blocks ran again in the backward pass: checkpointed
+
+
+def test_block_swap_on_cpu_run_is_a_clear_no_op_and_too_many_refused(tiny_sd1_dir, tmp_path):
+    from loratui.engine.synthetic import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "images", {"1_toy": 2}, size=(64, 64))
+    p = tiny_profile(tiny_sd1_dir, data, tmp_path / "out", optimization__blocks_to_swap=3,
+                     optimization__max_train_epochs=1, optimization__max_train_steps=1)
+    events: list = []
+    result = run_training(p, events.append)
+    assert isinstance(result, Finished), result
+    assert any("blocks_to_swap" in e.message and "nothing is swapped" in e.message
+               for e in events if isinstance(e, WarningEvent))
+    p = tiny_profile(tiny_sd1_dir, data, tmp_path / "out2", optimization__blocks_to_swap=50)
+    result = run_training(p, [].append)
+    assert "blocks_to_swap" in str(result) and "at most 5" in str(result)
