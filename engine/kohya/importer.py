@@ -19,6 +19,7 @@ from typing import Any
 
 from loratui.engine.kohya.builder import Builder, ImportResult, KohyaImportError, report_other
 from loratui.engine.kohya.dataset_config import map_dataset_config
+from loratui.engine.kohya.kinds import refusal
 from loratui.engine.kohya.keys import (
     DATASET_DIR_KEYS,
     GUI_JSON,
@@ -116,6 +117,9 @@ def import_kohya(path: str | Path, dataset_config: str | Path | None = None) -> 
                 flat.update(v)
             else:
                 flat[k] = v
+    refused = refusal(str(path), flat, gui)
+    if refused:
+        raise KohyaImportError(refused)
 
     ds_ref = str(dataset_config) if dataset_config is not None else flat.get("dataset_config")
     ds_path: Path | None = None

@@ -171,8 +171,6 @@ OFF_VALUES: dict[str, tuple[Any, str]] = {
     "rank_dropout": (0, "rank dropout"),
     "module_dropout": (0, "module dropout"),
     "rank_dropout_scale": (False, "rank dropout scaling"),
-    "masked_loss": (False, "masked loss"),
-    "alpha_mask": (False, "alpha-channel mask"),
     "v_pred_like_loss": (0, "v-prediction-like loss"),
     "scale_v_pred_loss_like_noise_pred": (False, "v-prediction loss scaling"),
     "zero_terminal_snr": (False, "zero terminal SNR"),

@@ -215,6 +215,21 @@ class DatasetSettings(_Section):
         label="Balance concepts",
     )
 
+    # -- options: where masked loss (optimization.masked_loss) takes its masks from
+    alpha_mask: bool = setting(
+        False,
+        "Masked loss: use each image's alpha channel as its mask (transparent = not trained).",
+        kohya="alpha_mask", sd_dataset=("general", "alpha_mask"), sd_omit=False, advanced=True,
+        label="Alpha mask",
+    )
+    conditioning_data_dir: str = setting(
+        "",
+        "Masked loss: a folder of mask images named like the training images (white = trained, black = ignored; "
+        "the red channel is used). Empty: none.",
+        kohya="conditioning_data_dir", sd_dataset=("general", "conditioning_data_dir"), kind="dir", advanced=True,
+        label="Mask folder",
+    )
+
     def checks(self) -> list[tuple[str, str]]:
         out = []
         step = self.bucket_reso_steps
@@ -462,7 +477,7 @@ class OptimizationSettings(_Section):
     multires_noise_discount: float = setting(
         0.3,
         "Multires noise: weight of each coarser octave is discount^i; 0.1-0.3 typical.",
-        kohya="multires_noise_discount", ss=True, sd_omit=0.3, special="import", ge=0, le=1,
+        kohya="multires_noise_discount", sd_omit=0.3, special="import", ge=0, le=1,
         label="Multires noise discount",
     )
     adaptive_noise_scale: float = setting(
@@ -474,7 +489,7 @@ class OptimizationSettings(_Section):
     noise_offset_random_strength: bool = setting(
         False,
         "Scale the noise offset by a random factor in [0, 1) each step.",
-        kohya="noise_offset_random_strength", ss=True, sd_omit=False, special="import", advanced=True,
+        kohya="noise_offset_random_strength", sd_omit=False, special="import", advanced=True,
         label="Random noise offset",
     )
     ip_noise_gamma: float = setting(
@@ -486,13 +501,13 @@ class OptimizationSettings(_Section):
     ip_noise_gamma_random_strength: bool = setting(
         False,
         "Scale the input perturbation noise by a random factor in [0, 1) each step.",
-        kohya="ip_noise_gamma_random_strength", ss=True, sd_omit=False, advanced=True,
+        kohya="ip_noise_gamma_random_strength", sd_omit=False, advanced=True,
         label="Random IP noise",
     )
     debiased_estimation_loss: bool = setting(
         False,
         "Debiased estimation: weight each sample's loss by 1/sqrt(SNR(t)) (SNR capped at 1000).",
-        kohya="debiased_estimation_loss", ss="ss_debiased_estimation", sd_omit=False, advanced=True,
+        kohya="debiased_estimation_loss", sd_omit=False, advanced=True,
         label="Debiased estimation",
     )
     min_timestep: int = setting(
@@ -507,16 +522,16 @@ class OptimizationSettings(_Section):
         "l2",
         "l2: mean squared error (usual). l1: absolute error. huber / smooth_l1: pseudo-Huber, robust to outliers "
         "(uses huber_c and huber_schedule).",
-        kohya="loss_type", ss=True, sd_omit="l2", special="import", advanced=True,
+        kohya="loss_type", sd_omit="l2", special="import", advanced=True,
         label="Loss type",
     )
     huber_c: float = setting(
         0.1, "Huber loss parameter c (0.1 usual): the error size where it turns from quadratic to linear.",
-        kohya="huber_c", ss=True, sd_omit=0.1, special="import", gt=0, le=10, advanced=True, label="Huber c",
+        kohya="huber_c", sd_omit=0.1, special="import", gt=0, le=10, advanced=True, label="Huber c",
     )
     huber_schedule: choice(("snr", "exponential", "constant")) = setting(  # type: ignore[valid-type]
         "snr", "How huber_c changes with the timestep: snr (sd-scripts' default), exponential or constant.",
-        kohya="huber_schedule", ss=True, sd_omit="snr", special="import", advanced=True, label="Huber schedule",
+        kohya="huber_schedule", sd_omit="snr", special="import", advanced=True, label="Huber schedule",
     )
     huber_scale: float = setting(
         1.0, "Scale of huber_c in the exponential and constant schedules.",
@@ -553,7 +568,14 @@ class OptimizationSettings(_Section):
     )
     full_fp16: bool = setting(
         False, "Keep the LoRA weights and gradients in fp16 too (less VRAM, can be unstable). Needs mixed_precision fp16.",
-        kohya="full_fp16", ss=True, sd_omit=False, advanced=True, label="Full fp16",
+        kohya="full_fp16", sd_omit=False, advanced=True, label="Full fp16",
+    )
+
+    masked_loss: bool = setting(
+        False,
+        "Masked loss: train only where the mask is white (dataset.alpha_mask or dataset.conditioning_data_dir), "
+        "the mask resized to the latents.",
+        kohya="masked_loss", sd_omit=False, advanced=True, label="Masked loss",
     )
 
     def checks(self) -> list[tuple[str, str]]:

@@ -83,7 +83,7 @@ class Objective:
                 hidden, pooled = chunked.encode_text(fam, comp.text_encoders, ids, self.profile.model.clip_skip, self.device, tokens)
             pred = fam.predict(comp.unet, noisy, timesteps, hidden, pooled, batch.crops, self.device, self.weight_dtype)
         target = fam.target(comp.noise_scheduler, latents, noise, timesteps, comp.prediction_type)
-        loss = losses.per_sample(opt, comp.noise_scheduler, pred, target, timesteps, getattr(batch, "masks", None))
+        loss = losses.per_sample(opt, comp.noise_scheduler, pred, target, timesteps, batch.masks)
         loss = losses.weighted(opt, comp.noise_scheduler, loss, timesteps)
         if batch.has_reg:
             prior = self.profile.dataset.prior_loss_weight
