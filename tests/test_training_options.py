@@ -645,3 +645,28 @@ def test_max_norm_figures_reach_the_dashboard_status_line():
     assert plain.norms is None and "max-norm" not in status_text(plain, width=200).plain
     old = {k: v for k, v in event_to_dict(ev).items() if k not in ("keys_scaled", "mean_norm", "max_norm")}
     assert event_from_dict(old).keys_scaled is None  # a metrics file from before reads back
+
+
+def test_scheduler_args_reach_a_registry_scheduler():
+    from loratui.engine.training.optim import make_scheduler
+    from loratui.engine.training.paths import TrainingError
+
+    w = torch.nn.Parameter(torch.zeros(2))
+    p = profile_from_dict({"optimization": {"lr_scheduler": "polynomial", "lr_scheduler_power": 1.0, "lr_scheduler_args": "lr_end=0.05",
+                                            "learning_rate": 0.1}})
+    opt = torch.optim.SGD([w], lr=0.1)
+    sched = make_scheduler(p, opt, 10)
+    for _ in range(10):
+        opt.step()
+        sched.step()
+    assert sched.get_last_lr()[0] == pytest.approx(0.05)  # polynomial decay ends at lr_end
+    plain = profile_from_dict({"optimization": {"lr_scheduler": "polynomial", "learning_rate": 0.1}})
+    opt2 = torch.optim.SGD([w], lr=0.1)
+    s2 = make_scheduler(plain, opt2, 10)
+    for _ in range(10):
+        opt2.step()
+        s2.step()
+    assert s2.get_last_lr()[0] == pytest.approx(1e-7)  # diffusers' default lr_end
+    bad = profile_from_dict({"optimization": {"lr_scheduler": "cosine", "lr_scheduler_args": "nope=1"}})
+    with pytest.raises(TrainingError, match="lr_scheduler_args: cosine refused them"):
+        make_scheduler(bad, torch.optim.SGD([w], lr=0.1), 10)

@@ -5,6 +5,8 @@
   optimizer's own relative step size; the initial LR is ``learning_rate``);
 - ``lr_scheduler_type``: any scheduler class, a ``torch.optim.lr_scheduler`` name or a
   ``module.Class`` path, built as ``Class(optimizer, **lr_scheduler_args)``;
+- ``lr_scheduler_args`` without a type: extra arguments of the ``lr_scheduler`` function
+  (``lr_end=1e-6`` for polynomial...);
 - SDXL's two text encoders with their own rates (``learning_rate_te1`` / ``_te2``).
 """
 
@@ -58,7 +60,29 @@ def special_scheduler(profile: Any, optimizer, warmup_steps: int, total_steps: i
             raise TrainingError("optimization.lr_scheduler: adafactor works with the Adafactor optimizer only",
                                 "set optimization.optimizer to Adafactor, or choose another scheduler")
         return AdafactorSchedule(optimizer, initial_lr=o.learning_rate)
+    if o.lr_scheduler_args.strip():
+        return _with_args(profile, optimizer, warmup_steps, total_steps)
     return None
+
+
+def _with_args(profile: Any, optimizer, warmup_steps: int, total_steps: int):
+    """A registry scheduler with ``lr_scheduler_args`` added to its arguments (as sd-scripts
+    passes them to the scheduler function)."""
+    import inspect
+
+    from diffusers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
+
+    from loratui.engine.registries import SCHEDULERS
+
+    o = profile.optimization
+    func = TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(o.lr_scheduler)]
+    accepted = inspect.signature(func).parameters
+    standard = {"num_warmup_steps": warmup_steps, "num_training_steps": max(total_steps, 1), **SCHEDULERS[o.lr_scheduler].kwargs(o)}
+    kwargs = {k: v for k, v in standard.items() if k in accepted} | scheduler_kwargs(profile)
+    try:
+        return func(optimizer, **kwargs)
+    except TypeError as exc:
+        raise TrainingError(f"optimization.lr_scheduler_args: {o.lr_scheduler} refused them ({exc})", ARGS_HINT) from None
 
 
 def text_encoder_groups(profile: Any, network) -> list[dict]:
