@@ -118,7 +118,7 @@ class BucketManager:
     def problems(self) -> list[Problem]:
         """Settings sd-scripts would reject or that give unusable buckets."""
         out = []
-        if self.step % 8:
+        if self.step % 8 and self.step > 8:
             out.append(
                 error(
                     "dataset.bucket_reso_steps",
@@ -139,7 +139,18 @@ class BucketManager:
         return v - v % self.step
 
     def select(self, width: int, height: int) -> BucketChoice:
-        """The bucket for an image of ``width × height`` (after EXIF rotation)."""
+        """The bucket for an image of ``width × height`` (after EXIF rotation). A step
+        below 8 (kohya_ss presets' 1) chooses as sd-scripts does with that step, then cuts
+        each side to the VAE's 8-pixel blocks (what sd-scripts' VAE keeps of it)."""
+        choice = self._select(width, height)
+        if self.step >= 8:
+            return choice
+        w, h = choice.bucket
+        bucket = (max(8, w - w % 8), max(8, h - h % 8))
+        resized = (max(bucket[0], choice.resized[0]), max(bucket[1], choice.resized[1]))
+        return BucketChoice(bucket=bucket, resized=resized, ar_error=bucket[0] / bucket[1] - width / height)
+
+    def _select(self, width: int, height: int) -> BucketChoice:
         ar = width / height
         if not self.enable:
             reso = self.resolution

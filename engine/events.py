@@ -87,6 +87,10 @@ class StepEvent(Event):
     its: float  # optimizer steps per second (recent average)
     elapsed: float  # seconds of training so far
     eta: float  # seconds left
+    # max-norm regularisation (network.scale_weight_norms) after this step; None when off
+    keys_scaled: int | None = None  # modules scaled down
+    mean_norm: float | None = None  # mean norm of the modules' updates
+    max_norm: float | None = None  # the largest
 
 
 @dataclass(frozen=True, slots=True)

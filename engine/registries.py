@@ -164,6 +164,7 @@ SCHEDULERS: dict[str, Scheduler] = {
         Scheduler("cosine"),
         Scheduler("cosine_with_restarts", ("lr_scheduler_num_cycles",), lambda o: {"num_cycles": o.lr_scheduler_num_cycles}),
         Scheduler("polynomial", ("lr_scheduler_power",), lambda o: {"power": o.lr_scheduler_power}),
+        Scheduler("adafactor"),  # transformers' AdafactorSchedule: the Adafactor optimizer's own step size
     )
 }
 

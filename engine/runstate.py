@@ -80,6 +80,7 @@ class RunState:
     losses: list[float] = field(default_factory=list)
     smoothed_losses: list[float] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)
+    norms: tuple[int, float, float] | None = None  # max-norm of the last step: (keys scaled, mean norm, max norm)
     checkpoints: list[CheckpointSaved] = field(default_factory=list)
     log: deque = field(default_factory=lambda: deque(maxlen=MAX_LOG))  # (time, level, text)
     log_count: int = 0  # lines ever added (a widget appends the new ones)
@@ -175,6 +176,8 @@ class RunState:
         self.losses.append(ev.loss)
         self.smoothed_losses.append(ev.smoothed_loss)
         self.lrs.append(ev.lr)
+        if ev.keys_scaled is not None:
+            self.norms = (ev.keys_scaled, ev.mean_norm or 0.0, ev.max_norm or 0.0)
 
     def _phase(self, ev: PhaseChanged) -> None:
         phase = Phase(ev.phase)

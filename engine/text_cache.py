@@ -114,12 +114,12 @@ def encoder_fingerprint(text_encoders: list, tokenizers: list, samples_per_tenso
     return h.hexdigest()[:32]
 
 
-def caption_key(caption: str, *, family: str, clip_skip: int, dtype: str, encoder_id: str) -> str:
-    blob = json.dumps(
-        {"v": CACHE_VERSION, "caption": caption, "family": family, "clip_skip": clip_skip, "dtype": dtype,
-         "encoders": encoder_id},
-        sort_keys=True,
-    )
+def caption_key(caption: str, *, family: str, clip_skip: int, dtype: str, encoder_id: str, max_tokens: int = 75) -> str:
+    fields = {"v": CACHE_VERSION, "caption": caption, "family": family, "clip_skip": clip_skip, "dtype": dtype,
+              "encoders": encoder_id}
+    if max_tokens > 75:  # long captions (chunked encoding) are other outputs; 75 keeps the keys it always had
+        fields["max_tokens"] = max_tokens
+    blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -206,6 +206,7 @@ def build_cache(
     autocast: Callable[[], Any],
     dtype_name: str,
     batch_size: int = 16,
+    max_tokens: int = 75,
     on_progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> TextOutputCache | None:
@@ -214,11 +215,13 @@ def build_cache(
     ``autocast()``, no gradients). None when stopped."""
     import torch
 
+    from loratui.engine.training import chunked
+
     if mode not in ("memory", "disk"):
         raise ValueError(f"mode must be 'memory' or 'disk', not {mode!r}")
     cache = TextOutputCache()
     enc_id = encoder_fingerprint(text_encoders, tokenizers)
-    key = lambda c: caption_key(c, family=family.name, clip_skip=clip_skip, dtype=dtype_name, encoder_id=enc_id)  # noqa: E731
+    key = lambda c: caption_key(c, family=family.name, clip_skip=clip_skip, dtype=dtype_name, encoder_id=enc_id, max_tokens=max_tokens)  # noqa: E731
     by_caption: dict[str, list] = {}
     for it in items:
         by_caption.setdefault(it.caption, []).append(it)
@@ -240,9 +243,9 @@ def build_cache(
         if should_stop and should_stop():
             return None
         chunk = todo[start : start + batch_size]
-        ids = family.tokenize(tokenizers, chunk)
+        ids = chunked.tokenize(family, tokenizers, chunk, max_tokens)  # as a training step does (75: the family's own)
         with torch.no_grad(), autocast():
-            hidden, pooled = family.encode_text(text_encoders, ids, clip_skip, device)
+            hidden, pooled = chunked.encode_text(family, text_encoders, ids, clip_skip, device, max_tokens)
         hidden = hidden.detach().cpu()
         pooled = pooled.detach().cpu() if pooled is not None else None
         for i, caption in enumerate(chunk):

@@ -31,6 +31,11 @@ SD_SCRIPTS_ARGS = {
     "save_every_n_epochs", "save_every_n_steps", "save_state", "save_last_n_epochs_state",
     "save_last_n_steps_state", "resume", "metadata_title", "metadata_author", "metadata_description",
     "metadata_tags", "training_comment",
+    # issue 11: the training options presets use
+    "network_dropout", "scale_weight_norms", "multires_noise_iterations", "multires_noise_discount",
+    "adaptive_noise_scale", "noise_offset_random_strength", "ip_noise_gamma", "ip_noise_gamma_random_strength",
+    "debiased_estimation_loss", "min_timestep", "max_timestep", "loss_type", "huber_c", "huber_schedule",
+    "huber_scale", "max_token_length", "lr_scheduler_type", "lr_scheduler_args", "full_bf16", "full_fp16",
 }
 DATASET_KEYS = {
     "general": {"caption_extension", "shuffle_caption", "keep_tokens", "caption_dropout_rate", "flip_aug"},
@@ -226,8 +231,10 @@ def _other_value(s):
     if s.optional and s.default is None:
         return 0.001
     if s.type == "int":
-        return s.default * 2 if s.default else 1
-    return s.default * 2 if s.default else 0.5
+        value = s.default * 2 if s.default else 1
+        return value if s.le is None or value <= s.le else s.default // 2  # max_timestep 1000: 500
+    value = s.default * 2 if s.default else 0.5
+    return value if s.le is None or value <= s.le else s.default / 2
 
 
 def test_every_one_to_one_setting_round_trips_by_its_declared_names(tmp_path):

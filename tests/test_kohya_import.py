@@ -107,15 +107,20 @@ def test_real_kohya_ss_files_map_to_the_expected_settings():
     r = import_kohya(SHARED / "sd15_loha.json")
     assert r.profile_dict["network"]["network_type"] == "loha"
     assert _entries(r.unsupported)["LoRA_type"] == "LyCORIS/LoHa"
-    assert _entries(r.unsupported)["multires_noise_iterations"] == 8
-    assert _entries(r.unsupported)["bucket_reso_steps"] == 1
-    assert r.profile_dict["dataset"]["bucket_reso_steps"] == 64
+    # issue 11: the training options these presets use are supported now (mapped, not unsupported)
+    assert _entries(r.mapped)["multires_noise_iterations"] == 8 and "multires_noise_iterations" not in _entries(r.unsupported)
+    assert r.profile_dict["optimization"]["multires_noise_iterations"] == 8
+    assert _entries(r.mapped)["bucket_reso_steps"] == 1 and "bucket_reso_steps" not in _entries(r.unsupported)
+    assert r.profile_dict["dataset"]["bucket_reso_steps"] == 1
 
     r = import_kohya(SHARED / "sd15_locon_adamw8bit.json")
     n = r.profile_dict["network"]
     assert (n["network_type"], n["conv_dim"], n["conv_alpha"]) == ("locon", 16, 8.0)
     for key in ("debiased_estimation_loss", "ip_noise_gamma", "network_dropout", "scale_weight_norms"):
-        assert key in _entries(r.unsupported)
+        assert key in _entries(r.mapped) and key not in _entries(r.unsupported)  # supported since issue 11
+    o = r.profile_dict["optimization"]
+    assert (o["debiased_estimation_loss"], o["ip_noise_gamma"], o["ip_noise_gamma_random_strength"]) == (True, 0.1, True)
+    assert (r.profile_dict["network"]["network_dropout"], r.profile_dict["network"]["scale_weight_norms"]) == (0.1, 1.0)
     assert _entries(r.ignored)["xformers"] == "xformers"
 
     r = import_kohya(SHARED / "sd_scripts_dataset.toml")
@@ -256,7 +261,7 @@ def test_sd_scripts_config_with_its_dataset_config():
     ign, uns = _entries(r.ignored), _entries(r.unsupported)
     assert ign["train_data_dir"] == "./ignored-because-dataset-config"
     assert uns["network_args module_dropout"] == "0.1"
-    assert uns["max_token_length"] == 225
+    assert "max_token_length" not in uns and r.profile_dict["optimization"]["max_token_length"] == 225  # supported since issue 11
     pre = "sd_scripts_dataset.toml:datasets[0]"
     assert uns[f"{pre}.subsets[1].num_repeats"] == 3  # folder says 5
     assert uns[f"{pre}.subsets[1].class_tokens"] == "red outfit"  # folder says "outfit"

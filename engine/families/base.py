@@ -198,14 +198,18 @@ class Family:
 
     # ------------------------------------------------------------------ training target
 
-    def noisy_input(self, noise_scheduler, latents, noise, generator) -> tuple[Any, Any]:
-        """(noisy latents, timesteps) for one batch; draws the timesteps from ``generator``."""
+    def noisy_input(self, noise_scheduler, latents, noise, generator, min_timestep: int = 0,
+                    max_timestep: int | None = None) -> tuple[Any, Any]:
+        """(noisy latents, timesteps) for one batch; draws the timesteps from ``generator``
+        in [min_timestep, max_timestep) (all of them by default; min = max: that one, as sd-scripts)."""
         import torch
 
         bsz = latents.shape[0]
-        timesteps = torch.randint(
-            0, noise_scheduler.config.num_train_timesteps, (bsz,), generator=generator, device=latents.device
-        ).long()
+        top = noise_scheduler.config.num_train_timesteps if max_timestep is None else min(max_timestep, noise_scheduler.config.num_train_timesteps)
+        if min_timestep < top:
+            timesteps = torch.randint(min_timestep, top, (bsz,), generator=generator, device=latents.device).long()
+        else:
+            timesteps = torch.full((bsz,), min(top, noise_scheduler.config.num_train_timesteps - 1), device=latents.device).long()
         return noise_scheduler.add_noise(latents, noise, timesteps), timesteps
 
     def target(self, noise_scheduler, latents, noise, timesteps, prediction_type: str):

@@ -232,6 +232,8 @@ def dataset_config_dict(p: Profile) -> tuple[dict[str, Any], list[Problem]]:
         raise ValueError(f"{d.train_data_dir or '(dataset.train_data_dir is empty)'}: no <repeats>_<name> concept folders found")
     notes: list[Problem] = []
     general = {key: p.get(dotted) for key, dotted in subset_keys().items()}
+    # the masked-loss sources are written only when set (sd-scripts' defaults: off / none)
+    general = {k: v for k, v in general.items() if k not in ("alpha_mask", "conditioning_data_dir") or v}
     h = d.resolution_height or d.resolution
     dataset: dict[str, Any] = {"resolution": d.resolution if h == d.resolution else [d.resolution, h]}
     dataset.update({key: p.get(dotted) for key, dotted in dataset_keys().items()})

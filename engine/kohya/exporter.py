@@ -22,6 +22,7 @@ from typing import Any
 from loratui.engine.families import get_family
 from loratui.engine.kohya.dataset_config import concepts_on_disk, dataset_config_dict
 from loratui.engine.kohya.keys import network_type_refusal
+from loratui.engine.kohya.options_export import option_args
 from loratui.engine.problems import Problem, error, warning
 from loratui.engine.registries import NETWORK_TYPES
 from loratui.engine.schema import Profile, settings
@@ -100,6 +101,7 @@ def sd_scripts_args(p: Profile, *, dataset_config: str | None = None) -> tuple[d
     if out.save_every_n_steps and out.save_last_n_states:
         a["save_last_n_steps_state"] = out.save_last_n_states * out.save_every_n_steps
     _declared_args(p, a, keep, dataset_config=bool(dataset_config))
+    option_args(p, a)
     # empty strings are "unset" for sd-scripts
     a = {k: v for k, v in a.items() if not (isinstance(v, str) and v == "")}
     return a, extra

@@ -19,6 +19,7 @@ from typing import Any
 
 from loratui.engine.kohya.builder import Builder, ImportResult, KohyaImportError, report_other
 from loratui.engine.kohya.dataset_config import map_dataset_config
+from loratui.engine.kohya.kinds import refusal
 from loratui.engine.kohya.keys import (
     DATASET_DIR_KEYS,
     GUI_JSON,
@@ -30,7 +31,7 @@ from loratui.engine.kohya.keys import (
     flat_keys,
 )
 from loratui.engine.kohya.special import map_epochs, map_lrs, map_network, map_resolution, map_state_keeping, map_warmup
-from loratui.engine.schema import SettingInfo
+from loratui.engine.schema import SettingInfo, settings
 from loratui.engine.schema.coerce import BadValue, NotAvailable, blank, convert, is_off, to_bool
 
 # --------------------------------------------------------------------------- reading files
@@ -116,6 +117,9 @@ def import_kohya(path: str | Path, dataset_config: str | Path | None = None) -> 
                 flat.update(v)
             else:
                 flat[k] = v
+    refused = refusal(str(path), flat, gui)
+    if refused:
+        raise KohyaImportError(refused)
 
     ds_ref = str(dataset_config) if dataset_config is not None else flat.get("dataset_config")
     ds_path: Path | None = None
@@ -362,14 +366,21 @@ def _map_noise(cfg: dict[str, Any], b: Builder, K, gui: bool) -> None:
             b.put("optimization.noise_offset", raw, K("noise_offset"))
     iters = cfg.get("multires_noise_iterations")
     multires_on = not is_off(iters, 0) and (multires or not gui)
-    if "multires_noise_iterations" in cfg and not multires_on:
-        why = "off" if is_off(iters, 0) else "not used with noise_offset_type Original"
-        b.ignore(K("multires_noise_iterations"), cfg.pop("multires_noise_iterations"), why)
-    if "multires_noise_discount" in cfg:
-        why = "see multires_noise_iterations" if multires_on else "multires noise is off"
-        b.ignore(K("multires_noise_discount"), cfg.pop("multires_noise_discount"), why)
+    # kohya_ss GUI: Original passes noise_offset (+ adaptive / random strength), Multires the multires keys
+    for k in ("multires_noise_iterations", "multires_noise_discount"):
+        if k in cfg and not multires_on:
+            why = ("off" if is_off(iters, 0) else "not used with noise_offset_type Original") if k.endswith("iterations") else "multires noise is off"
+            b.ignore(K(k), cfg.pop(k), why)
+    for k in ("adaptive_noise_scale", "noise_offset_random_strength"):
+        if k in cfg and multires:
+            b.ignore(K(k), cfg.pop(k), "not used with noise_offset_type Multires")
     loss = cfg.get("loss_type")
-    huber_on = not blank(loss) and str(loss).strip().lower() != "l2"
+    huber_on = not blank(loss) and str(loss).strip().lower() in ("huber", "smooth_l1")
     for k in ("huber_c", "huber_schedule", "huber_scale"):
+        if k in cfg and not huber_on:
+            b.ignore(K(k), cfg.pop(k), "only used by the Huber losses (loss_type huber / smooth_l1)")
+    by_name = {s.kohya: s for s in settings() if s.special == "import" and s.section == "optimization"}
+    for k in ("multires_noise_iterations", "multires_noise_discount", "adaptive_noise_scale",
+              "noise_offset_random_strength", "loss_type", "huber_c", "huber_schedule", "huber_scale"):
         if k in cfg:
-            b.ignore(K(k), cfg.pop(k), "see loss_type" if huber_on else "only used by the Huber loss")
+            _map_declared(b, by_name[k], K(k), cfg.pop(k))

@@ -13,6 +13,7 @@ from typing import Any
 
 from loratui.engine.kohya.builder import Builder
 from loratui.engine.kohya.keys import LYCORIS_LOCON_NOTE, LYCORIS_OPTIONS, network_slug, network_type_message
+from loratui.engine.kohya.options_import import split_text_encoder_lrs
 from loratui.engine.registries import NETWORK_TYPES
 from loratui.engine.schema.coerce import BadValue, blank, is_off, num_text, to_bool, to_float, to_int
 
@@ -167,6 +168,7 @@ def map_lrs(cfg: dict[str, Any], b: Builder, K) -> None:
             b.unsupported_(K(k), raw, f"{exc}; treated as unset")
             return True, None, raw
 
+    split_text_encoder_lrs(cfg, b, K)
     has_lr, base, base_raw = lr("learning_rate")
     has_u, unet, unet_raw = lr("unet_lr")
     has_t, te, te_raw = lr("text_encoder_lr")

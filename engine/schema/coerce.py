@@ -252,3 +252,13 @@ def trigger_words(v: Any) -> Converted:
         note = ("imported as output.trigger_words (written as modelspec.trigger_phrase in the LoRA); "
                 "clear it there if it is a comment rather than trigger words")
     return Converted(text, note)
+
+
+def token_length(v: Any) -> int:
+    """sd-scripts' --max_token_length: 75 (unset), 150 or 225."""
+    if blank(v):
+        return 75
+    n = to_int(v)
+    if n not in (75, 150, 225):
+        raise BadValue(f"{v!r} is not 75, 150 or 225")
+    return n

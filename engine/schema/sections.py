@@ -154,8 +154,9 @@ class DatasetSettings(_Section):
         label="Max bucket res.",
     )
     bucket_reso_steps: int = setting(
-        64, "Bucket sides are multiples of this.", kohya="bucket_reso_steps",
-        sd_dataset=("dataset", "bucket_reso_steps"), unit="px", ge=8, le=512,
+        64, "Bucket sides are multiples of this (64 usual). Below 8 (kohya_ss presets' 1): buckets as sd-scripts makes "
+        "them with that step, each side then cut to the VAE's 8-pixel blocks.", kohya="bucket_reso_steps",
+        sd_dataset=("dataset", "bucket_reso_steps"), unit="px", ge=1, le=512,
         label="Bucket step",
     )
     bucket_no_upscale: bool = setting(
@@ -240,6 +241,21 @@ class DatasetSettings(_Section):
         label="Cache text encoder",
     )
 
+    # -- options: where masked loss (optimization.masked_loss) takes its masks from
+    alpha_mask: bool = setting(
+        False,
+        "Masked loss: use each image's alpha channel as its mask (transparent = not trained).",
+        kohya="alpha_mask", sd_dataset=("general", "alpha_mask"), sd_omit=False, advanced=True,
+        label="Alpha mask",
+    )
+    conditioning_data_dir: str = setting(
+        "",
+        "Masked loss: a folder of mask images named like the training images (white = trained, black = ignored; "
+        "the red channel is used). Empty: none.",
+        kohya="conditioning_data_dir", sd_dataset=("general", "conditioning_data_dir"), kind="dir", advanced=True,
+        label="Mask folder",
+    )
+
     def checks(self) -> list[tuple[str, str]]:
         out = []
         step = self.bucket_reso_steps
@@ -307,6 +323,21 @@ class NetworkSettings(_Section):
         kohya_blank="empty: a new LoRA",
         kind="file",
         label="Network weights",
+    )
+
+    # -- options: network regularisation (sd-scripts' --network_dropout, --scale_weight_norms)
+    network_dropout: float = setting(
+        0.0,
+        "Dropout on the LoRA's rank activations (after lora_down) while training; 0.1 is typical. 0: off.",
+        kohya="network_dropout", ss=True, sd_omit=0, ge=0, lt=1, advanced=True,
+        label="Network dropout",
+    )
+    scale_weight_norms: float = setting(
+        0.0,
+        "Max-norm regularisation: after each step, scale down every module whose LoRA update (up·down·alpha/rank) "
+        "has a norm above this; 1 is usual. 0: off.",
+        kohya="scale_weight_norms", ss=True, sd_omit=0, ge=0, le=100, advanced=True,
+        label="Scale weight norms",
     )
 
     def checks(self) -> list[tuple[str, str]]:
@@ -485,11 +516,124 @@ class OptimizationSettings(_Section):
         label="CPU offload checkpointing",
     )
 
+    # -- options: the training options kohya_ss presets use (noise, timesteps, loss, LRs, precision)
+    multires_noise_iterations: int = setting(
+        0,
+        "Multires (pyramid) noise: add this many coarser noise octaves to the noise; 6-10 typical. 0: off.",
+        kohya="multires_noise_iterations", ss=True, sd_omit=0, special="import", ge=0, le=64,
+        label="Multires noise iterations",
+    )
+    multires_noise_discount: float = setting(
+        0.3,
+        "Multires noise: weight of each coarser octave is discount^i; 0.1-0.3 typical.",
+        kohya="multires_noise_discount", sd_omit=0.3, special="import", ge=0, le=1,
+        label="Multires noise discount",
+    )
+    adaptive_noise_scale: float = setting(
+        0.0,
+        "Adds this times the latents' mean (absolute, per channel) to the noise offset; needs noise_offset. 0: off.",
+        kohya="adaptive_noise_scale", ss=True, sd_omit=0, special="import", ge=-1, le=1, advanced=True,
+        label="Adaptive noise scale",
+    )
+    noise_offset_random_strength: bool = setting(
+        False,
+        "Scale the noise offset by a random factor in [0, 1) each step.",
+        kohya="noise_offset_random_strength", sd_omit=False, special="import", advanced=True,
+        label="Random noise offset",
+    )
+    ip_noise_gamma: float = setting(
+        0.0,
+        "Input perturbation noise: extra noise of this strength on the noisy latents only (not the target); 0.1 typical. 0: off.",
+        kohya="ip_noise_gamma", ss=True, sd_omit=0, ge=0, le=1, advanced=True,
+        label="IP noise gamma",
+    )
+    ip_noise_gamma_random_strength: bool = setting(
+        False,
+        "Scale the input perturbation noise by a random factor in [0, 1) each step.",
+        kohya="ip_noise_gamma_random_strength", sd_omit=False, advanced=True,
+        label="Random IP noise",
+    )
+    debiased_estimation_loss: bool = setting(
+        False,
+        "Debiased estimation: weight each sample's loss by 1/sqrt(SNR(t)) (SNR capped at 1000).",
+        kohya="debiased_estimation_loss", sd_omit=False, advanced=True,
+        label="Debiased estimation",
+    )
+    min_timestep: int = setting(
+        0, "Smallest timestep trained (0-999). 0: from the start.", kohya="min_timestep", ss=True, sd_omit=0,
+        ge=0, le=1000, advanced=True, label="Min timestep",
+    )
+    max_timestep: int = setting(
+        1000, "Timesteps are drawn below this (1-1000). 1000: to the end.", kohya="max_timestep", ss=True, sd_omit=1000,
+        ge=1, le=1000, advanced=True, label="Max timestep",
+    )
+    loss_type: choice(("l2", "l1", "huber", "smooth_l1")) = setting(  # type: ignore[valid-type]
+        "l2",
+        "l2: mean squared error (usual). l1: absolute error. huber / smooth_l1: pseudo-Huber, robust to outliers "
+        "(uses huber_c and huber_schedule).",
+        kohya="loss_type", sd_omit="l2", special="import", advanced=True,
+        label="Loss type",
+    )
+    huber_c: float = setting(
+        0.1, "Huber loss parameter c (0.1 usual): the error size where it turns from quadratic to linear.",
+        kohya="huber_c", sd_omit=0.1, special="import", gt=0, le=10, advanced=True, label="Huber c",
+    )
+    huber_schedule: choice(("snr", "exponential", "constant")) = setting(  # type: ignore[valid-type]
+        "snr", "How huber_c changes with the timestep: snr (sd-scripts' default), exponential or constant.",
+        kohya="huber_schedule", sd_omit="snr", special="import", advanced=True, label="Huber schedule",
+    )
+    huber_scale: float = setting(
+        1.0, "Scale of huber_c in the exponential and constant schedules.",
+        kohya="huber_scale", sd_omit=1.0, special="import", gt=0, le=100, advanced=True, label="Huber scale",
+    )
+    learning_rate_te1: float | None = setting(
+        None, "SDXL: learning rate of text encoder 1 (CLIP-L). Unset: the text encoder LR.",
+        kohya="learning_rate_te1", special="export", gt=0, le=10, advanced=True, label="Text encoder 1 LR",
+    )
+    learning_rate_te2: float | None = setting(
+        None, "SDXL: learning rate of text encoder 2 (OpenCLIP-G). Unset: the text encoder LR.",
+        kohya="learning_rate_te2", special="export", gt=0, le=10, advanced=True, label="Text encoder 2 LR",
+    )
+    max_token_length: int = setting(
+        75,
+        "Caption length in tokens: 75, or 150 / 225 for long captions (encoded in 75-token chunks, as sd-scripts does).",
+        kohya="max_token_length", ss=True, sd_omit=75, convert=coerce.token_length, ge=75, le=225, advanced=True,
+        label="Max token length",
+    )
+    lr_scheduler_type: str = setting(
+        "",
+        "A scheduler class instead of lr_scheduler: a torch.optim.lr_scheduler name (CosineAnnealingLR) or a "
+        "module.Class path, built with lr_scheduler_args. Empty: lr_scheduler.",
+        kohya="lr_scheduler_type", advanced=True, label="Custom scheduler",
+    )
+    lr_scheduler_args: str = setting(
+        "",
+        "Arguments of the custom scheduler (or extra ones of lr_scheduler), space separated: T_max=100 eta_min=1e-6",
+        kohya="lr_scheduler_args", convert=coerce.args_text, special="export", advanced=True, label="Scheduler args",
+    )
+    full_bf16: bool = setting(
+        False, "Keep the LoRA weights and gradients in bf16 too (less VRAM, less precise). Needs mixed_precision bf16.",
+        kohya="full_bf16", sd_omit=False, advanced=True, label="Full bf16",
+    )
+    full_fp16: bool = setting(
+        False, "Keep the LoRA weights and gradients in fp16 too (less VRAM, can be unstable). Needs mixed_precision fp16.",
+        kohya="full_fp16", sd_omit=False, advanced=True, label="Full fp16",
+    )
+
+    masked_loss: bool = setting(
+        False,
+        "Masked loss: train only where the mask is white (dataset.alpha_mask or dataset.conditioning_data_dir), "
+        "the mask resized to the latents.",
+        kohya="masked_loss", sd_omit=False, advanced=True, label="Masked loss",
+    )
+
     def checks(self) -> list[tuple[str, str]]:
         w = self.lr_warmup_steps
         if w >= 1 and not float(w).is_integer():
             return [("lr_warmup_steps", "use a whole number of steps, or a fraction below 1")]
-        return []
+        from loratui.engine.schema.option_checks import optimization_checks
+
+        return optimization_checks(self)
 
 
 class OutputSettings(_Section):

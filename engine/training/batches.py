@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loratui.engine.schema import Profile
+from loratui.engine.training.masks import batch_masks
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Batch:
     latents: Any  # (N, C, h, w) in the weight dtype, on the device
     crops: list  # (original size, crop top-left, target size) of each sample
     captions: list[str]
+    masks: Any = None  # (N, 1, H, W) loss masks (optimization.masked_loss), else None
 
     @property
     def has_reg(self) -> bool:
@@ -31,6 +33,7 @@ class Batch:
 class BatchSource:
     def __init__(self, profile: Profile, items: list, *, store, vae, device: str, weight_dtype, vae_fp32: bool):
         self.settings = profile.dataset
+        self.profile = profile
         self.items = items
         self.batch_size = profile.optimization.train_batch_size
         self.seed = profile.optimization.seed
@@ -54,33 +57,33 @@ class BatchSource:
         from loratui.engine.dataset import process_caption
 
         items = [self.items[i] for i in batch]
+        flips = [self._flip() for _ in batch]
         with torch.no_grad():
             if self.store is not None:
-                latents, crops = self._cached(batch)
+                latents, crops = self._cached(batch, flips)
             else:
-                latents, crops = self._encoded(items)
+                latents, crops = self._encoded(items, flips)
         captions = [process_caption(it.caption, self.settings, self.rng) for it in items]
-        return Batch(items, latents, crops, captions)
+        return Batch(items, latents, crops, captions, batch_masks(self.profile, items, flips, self.device))
 
     def _flip(self) -> bool:
         return self.settings.flip_aug and self.rng.random() < 0.5
 
-    def _cached(self, batch: list[int]):
+    def _cached(self, batch: list[int], flips: list[bool]):
         import torch
 
-        flips = [self._flip() for _ in batch]
         latents = torch.stack([self.store.get(i, f) for i, f in zip(batch, flips)]).to(self.device, dtype=self.weight_dtype)
         return latents, [self.store.crop(i, f) for i, f in zip(batch, flips)]
 
-    def _encoded(self, items: list):
+    def _encoded(self, items: list, flips: list[bool]):
         import torch
 
         from loratui.engine.dataset import load_image_tensor
         from loratui.engine.latent_cache import encode_pixels
 
         imgs, crops = [], []
-        for it in items:
-            img, crop = load_image_tensor(it, flip=self._flip())
+        for it, flip in zip(items, flips):
+            img, crop = load_image_tensor(it, flip=flip)
             imgs.append(img)
             crops.append(crop)
         pix = torch.stack(imgs).to(self.device, dtype=torch.float32 if self.vae_fp32 else self.weight_dtype)

@@ -131,6 +131,7 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
     from loratui.engine.training.checkpoint import Checkpointer
     from loratui.engine.training.memory import apply_memory_savers, cache_text_outputs
     from loratui.engine.training.optim import make_optimizer, make_scheduler, param_groups
+    from loratui.engine.training.precision import allow_fp16_gradients, full_precision
     from loratui.engine.training.step import Objective, OptimizerStep
 
     profile, scan, plan = ctx.profile, prepared.scan, prepared.plan
@@ -141,6 +142,7 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
     ctx.check_abort()
     network = s.build_network(profile, comp, ctx.emit, ctx.warn)
     apply_memory_savers(profile, comp, network, device, weight_dtype, ctx)
+    full_precision(profile, network, mp, ctx.warn)
     s.check_disk_space(profile, plan, network.num_parameters(), ctx.warn)
     store = s.cache_latents(profile, scan, comp, ctx, device, weight_dtype)
     groups = param_groups(profile, network)
@@ -151,6 +153,7 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
     accelerator = Accelerator(mixed_precision=mp, cpu=device == "cpu")
     optimizer = accelerator.prepare_optimizer(optimizer)
     text_cache = cache_text_outputs(profile, scan, comp, ctx, device, accelerator, weight_dtype)
+    allow_fp16_gradients(profile, accelerator)
     gen = torch.Generator(device=device).manual_seed(profile.optimization.seed)
     source = BatchSource(profile, scan.items, store=store, vae=comp.vae, device=device, weight_dtype=weight_dtype,
                          vae_fp32=comp.vae_needs_fp32)
@@ -165,7 +168,7 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
     start_at = ckpt.restore(prepared.state) if prepared.state is not None else (0, 1, 0)
     objective = Objective(profile, comp, accelerator, gen, device, weight_dtype, text_cache)
     params = [p for g in groups for p in g["params"]]
-    stepper = OptimizerStep(profile, optimizer, lr_scheduler, accelerator, params, hint)
+    stepper = OptimizerStep(profile, optimizer, lr_scheduler, accelerator, params, hint, network=network)
     return Run(ctx, plan, source, objective, stepper, ckpt, start_at)
 
 
@@ -204,7 +207,7 @@ def loop(r: Run) -> Event:
                 ctx.emit(StepEvent(epoch=epoch, epochs=epochs, step=step, total_steps=total, loss=loss,
                                    smoothed_loss=smooth, lr=r.stepper.lr_scheduler.get_last_lr()[0], its=its,
                                    elapsed=time.perf_counter() - t_train,
-                                   eta=(total - step) / its if its > 0 else 0.0))
+                                   eta=(total - step) / its if its > 0 else 0.0, **r.stepper.figures()))
             if step >= total:
                 break
             if o.save_every_n_steps and step % o.save_every_n_steps == 0:

@@ -40,6 +40,7 @@ def cache_text_outputs(profile: Profile, scan, comp, ctx, device: str, accelerat
         comp.tokenizers,
         mode=mode,
         clip_skip=profile.model.clip_skip,
+        max_tokens=profile.optimization.max_token_length,
         device=device,
         autocast=accelerator.autocast,
         dtype_name=str(weight_dtype).replace("torch.", ""),

@@ -18,7 +18,9 @@ def param_groups(profile: Profile, network) -> list[dict]:
     if net.train_unet:
         groups.append({"params": network.unet_parameters(), "lr": opt.unet_lr or opt.learning_rate})
     if net.train_text_encoder:
-        groups.append({"params": network.text_encoder_parameters(), "lr": opt.text_encoder_lr or opt.learning_rate})
+        from loratui.engine.training.schedulers import text_encoder_groups
+
+        groups += text_encoder_groups(profile, network)
     return [g for g in groups if g["params"]]
 
 
@@ -45,9 +47,14 @@ def make_optimizer(profile: Profile, groups: list[dict]):
 def make_scheduler(profile: Profile, optimizer, total_steps: int):
     from diffusers.optimization import get_scheduler
 
+    from loratui.engine.training.schedulers import special_scheduler
+
     o = profile.optimization
     warmup = o.lr_warmup_steps
     warmup_steps = int(round(warmup * total_steps)) if warmup < 1 else int(warmup)
+    special = special_scheduler(profile, optimizer, warmup_steps, total_steps)
+    if special is not None:
+        return special
     entry = SCHEDULERS.get(o.lr_scheduler)
     kwargs = entry.kwargs(o) if entry is not None else {}
     return get_scheduler(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from loratui.engine.problems import Problem, error
+from loratui.engine.schema.option_checks import option_problems
 from loratui.engine.schema import Profile, profile_warnings
 from loratui.engine.training.paths import final_path
 
@@ -151,7 +152,7 @@ def preflight(profile: Profile, *, overwrite: bool) -> list[Problem]:
         problems.append(
             error("optimization.optimizer", f"{name} needs an NVIDIA GPU (bitsandbytes); on this machine use AdamW or Lion")
         )
-    problems += _optimizer_args_problems(profile)
+    problems += _optimizer_args_problems(profile) + option_problems(profile)
     if o.output_dir and o.output_name:
         target = final_path(profile)
         if target.exists() and not overwrite:

@@ -106,6 +106,9 @@ def build_network(profile: Profile, comp, emit, warn: Callable[[str], None]):
     )
     if opt.gradient_checkpointing:
         network.enable_gradient_checkpointing()
+    from loratui.engine.training.regularize import attach_dropout
+
+    attach_dropout(network, net.network_dropout)
     summary = network.rank_summary()
     ranks = ", ".join(f"{n}× rank {r} alpha {a:g}" for (r, a), n in sorted(summary.items()))
     emit(LogEvent(message=f"LoRA: {network.num_modules} modules ({ranks}), {network.num_parameters():,} trainable parameters"))

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loratui.engine.schema import Profile
+from loratui.engine.training import chunked, losses
+from loratui.engine.training import noise as noise_options
 from loratui.engine.training.paths import TrainingError
 
 
@@ -71,24 +73,22 @@ class Objective:
         import torch
 
         opt, comp, fam, gen = self.profile.optimization, self.comp, self.family, self.generator
-        latents = batch.latents
-        ids = fam.tokenize(comp.tokenizers, batch.captions) if self.text_cache is None else None
-        noise = torch.randn(latents.shape, generator=gen, device=self.device, dtype=latents.dtype)
-        if opt.noise_offset:
-            noise = noise + opt.noise_offset * torch.randn(
-                (latents.shape[0], latents.shape[1], 1, 1), generator=gen, device=self.device, dtype=latents.dtype
-            )
-        noisy, timesteps = fam.noisy_input(comp.noise_scheduler, latents, noise, gen)
+        latents, tokens = batch.latents, opt.max_token_length
+        noise = noise_options.sample_noise(opt, latents, gen, self.device)
+        noisy, timesteps = fam.noisy_input(comp.noise_scheduler, latents, noise_options.input_noise(opt, latents, noise, gen),
+                                           gen, **noise_options.timestep_range(opt))
         with self.accelerator.autocast():
             te_ctx = contextlib.nullcontext() if self.profile.network.train_text_encoder else torch.no_grad()
             if self.text_cache is not None:
                 hidden, pooled = self.text_cache.get(batch.captions, self.device)
             else:
+                ids = chunked.tokenize(fam, comp.tokenizers, batch.captions, tokens)
                 with te_ctx:
-                    hidden, pooled = fam.encode_text(comp.text_encoders, ids, self.profile.model.clip_skip, self.device)
+                    hidden, pooled = chunked.encode_text(fam, comp.text_encoders, ids, self.profile.model.clip_skip, self.device, tokens)
             pred = fam.predict(comp.unet, noisy, timesteps, hidden, pooled, batch.crops, self.device, self.weight_dtype)
         target = fam.target(comp.noise_scheduler, latents, noise, timesteps, comp.prediction_type)
-        loss = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        loss = losses.per_sample(opt, comp.noise_scheduler, pred, target, timesteps, batch.masks)
+        loss = losses.weighted(opt, comp.noise_scheduler, loss, timesteps)
         if batch.has_reg:
             prior = self.profile.dataset.prior_loss_weight
             loss = loss * torch.tensor([prior if it.is_reg else 1.0 for it in batch.items], device=self.device)
@@ -127,6 +127,8 @@ class OptimizerStep:
     nan_hint: str  # what to do about non-finite values, for the message
     bad_steps: int = 0
     meter: Meter = field(default_factory=Meter)
+    network: Any = None  # for max-norm regularisation (network.scale_weight_norms)
+    norms: Any = None  # engine.training.regularize.NormFigures of the last step, None when off
 
     def apply(self, acc: Accumulator, step: int, epoch: int, last_saved: str) -> tuple[float | None, str]:
         """Update the LoRA from the accumulated gradients (or skip a bad step).
@@ -152,10 +154,19 @@ class OptimizerStep:
             acc.bad, acc.loss = "", 0.0
             return None, why
         self.optimizer.step()
+        if self.profile.network.scale_weight_norms and self.network is not None:
+            from loratui.engine.training.regularize import apply_max_norm
+
+            self.norms = apply_max_norm(self.network, self.profile.network.scale_weight_norms)
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         loss, acc.loss = acc.loss, 0.0
         return loss, ""
+
+    def figures(self) -> dict[str, Any]:
+        """The max-norm figures of the last step, as StepEvent fields ({} when off)."""
+        n = self.norms
+        return {} if n is None else {"keys_scaled": n.keys_scaled, "mean_norm": n.mean_norm, "max_norm": n.max_norm}
 
     def _too_many(self, why: str, step: int, epoch: int, last_saved: str) -> TrainingError:
         opt = self.profile.optimization

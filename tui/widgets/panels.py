@@ -84,6 +84,9 @@ def _progress(t: Text, state: RunState, phase: str, width: int, compact: bool) -
         t.append(f"  {state.its:.1f} it/s" if compact else f"  {state.its:.2f} it/s")
     if not compact:
         t.append(f"  {fmt_duration(state.elapsed)}", style="dim")
+    if state.norms is not None and not compact:
+        scaled, mean, top = state.norms
+        t.append(f"  max-norm {scaled} scaled, mean {mean:.3g} max {top:.3g}", style="dim")
     if state.eta and phase == Phase.TRAINING:
         t.append(f"  ETA {fmt_duration(state.eta)}")
     return t
