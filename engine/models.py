@@ -140,6 +140,9 @@ def detect_family_from_keys(
     here; which family it is, each family says (``Family.match_checkpoint``)."""
     keys = set(keys)
     shapes = shapes or {}
+    for fam in families().values():  # transformer families (SD3, FLUX): their blocks, in any layout
+        if fam.checkpoint_markers and fam.match_checkpoint(keys, shapes) is not None:
+            return fam.name, None
     has_unet = _any_prefix(keys, "model.diffusion_model.")
     if not has_unet:
         if _any_prefix(keys, "lora_unet_", "lora_te_", "lora_te1_", "lora_te2_"):
@@ -183,6 +186,9 @@ def _surest(matches: Iterable[tuple[int | None, str]]) -> str | None:
 def missing_parts(keys: Iterable[str], family: str) -> list[str]:
     """Parts of a full checkpoint (U-Net, VAE, text encoders) absent from a
     single file's tensor names."""
+    own = get_family(family).single_file_missing(set(keys))
+    if own is not None:
+        return own
     keys = list(keys)
     out = []
     if not _any_prefix(keys, "model.diffusion_model."):
@@ -236,7 +242,9 @@ def inspect_model(ms) -> ModelInfo:
         _prediction_warnings(info, ms)
         if ms.model_config_dir and info.kind == "file":
             _check_config_dir(info, Path(ms.model_config_dir).expanduser())
-        parts = [p for p in info.missing_parts if not (p == "VAE" and has_vae_setting)]
+        given = get_family(info.family).separate_parts(ms) if info.family in families() else {}
+        info.problems += get_family(info.family).part_problems(ms) if info.family in families() else []
+        parts = [p for p in info.missing_parts if not (p == "VAE" and has_vae_setting) and p not in given]
         if parts:
             vae_hint = " (a missing VAE can be given as model.vae)" if "VAE" in parts else ""
             info.problem(
