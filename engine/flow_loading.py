@@ -63,8 +63,21 @@ def load_flow_parts(fam, info, ms, dtype, on_progress) -> dict:
     return parts
 
 
-def _config_root(fam, ms) -> Path:
-    return Path(ms.model_config_dir).expanduser() if ms.model_config_dir else fam.config_dir("epsilon")
+class _Configs:
+    """Config folders: ``model.model_config_dir``'s own subfolder where it has one, else the bundled one."""
+
+    def __init__(self, fam, ms):
+        self.own = Path(ms.model_config_dir).expanduser() if ms.model_config_dir else None
+        self.bundled = fam.config_dir("epsilon")
+
+    def has_own(self, sub: str) -> bool:
+        return self.own is not None and (self.own / sub).is_dir()
+
+    def __truediv__(self, sub: str) -> Path:
+        return self.own / sub if self.has_own(sub) else self.bundled / sub
+
+    def __str__(self) -> str:
+        return str(self.own or self.bundled)
 
 
 def _load_single(fam, info, ms, dtype, on_progress) -> dict:
@@ -72,7 +85,7 @@ def _load_single(fam, info, ms, dtype, on_progress) -> dict:
     from diffusers import AutoencoderKL
 
     path = info.path
-    cfg = _config_root(fam, ms)
+    cfg = _Configs(fam, ms)
     hint = (f"Is it a {fam.label} model? For a model of another shape set model.model_config_dir to a diffusers "
             f"folder of the same architecture.")
     sd = load_state_dict_file(path, on_progress)
@@ -83,7 +96,7 @@ def _load_single(fam, info, ms, dtype, on_progress) -> dict:
     _progress(on_progress, "Building transformer")
     cls = getattr(diffusers, fam.denoiser_class)
     tcfg = dict(cls.load_config(str(cfg / "transformer")))
-    if not ms.model_config_dir:
+    if not cfg.has_own("transformer"):  # the shape read from the file's tensors
         tcfg.update(fam.transformer_config({k: tuple(v.shape) for k, v in tsd.items()}, set(tsd)))
     transformer = _empty(cls, tcfg)
     try:
@@ -129,7 +142,7 @@ def _strip(sd: dict, prefix: str, only: bool = False) -> dict:
     return {} if only else sd
 
 
-def _text_encoder(spec, cfg: Path, sd: dict, dtype, src: Path, setting: str):
+def _text_encoder(spec, cfg, sd: dict, dtype, src: Path, setting: str):
     import transformers
 
     cls = getattr(transformers, spec.model_class)
@@ -175,6 +188,9 @@ def _tokenizer(fam, spec, src, ms, kw: dict):
             return CLIPTokenizer.from_pretrained(src, subfolder=spec.tokenizer, **kw)
         from loratui.engine.configs import config_dir
 
+        own = Path(ms.model_config_dir).expanduser() / spec.tokenizer if ms.model_config_dir else None
+        if own is not None and own.is_dir():
+            return CLIPTokenizer.from_pretrained(str(own), local_files_only=True)
         folder = "tokenizer_2" if spec.subfolder == "text_encoder_2" and fam.name != "flux" else "tokenizer"
         return CLIPTokenizer.from_pretrained(str(config_dir("sdxl") / folder), local_files_only=True)
     if src is not None:
@@ -186,7 +202,9 @@ def _tokenizer(fam, spec, src, ms, kw: dict):
         return AutoTokenizer.from_pretrained(str(Path(ms.model_config_dir).expanduser() / spec.tokenizer), local_files_only=True)
     offline = _hub_offline()
     try:
-        return AutoTokenizer.from_pretrained(T5_TOKENIZER_REPO, cache_dir=_hub_cache_dir(), local_files_only=offline)
+        from transformers import T5TokenizerFast
+
+        return T5TokenizerFast.from_pretrained(T5_TOKENIZER_REPO, cache_dir=_hub_cache_dir(), local_files_only=offline)
     except Exception as exc:
         where = "is not in the Hugging Face cache and HF_HUB_OFFLINE is set" if offline else f"could not be fetched ({type(exc).__name__})"
         raise ModelLoadError(

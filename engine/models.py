@@ -561,6 +561,8 @@ def _check_config_dir(info: ModelInfo, cfg: Path) -> None:
     if not cfg.is_dir():
         info.problem(f"{cfg} does not exist", "clear it to use the bundled configs.", key="model.model_config_dir")
         return
+    if info.family in families() and get_family(info.family).checkpoint_markers:
+        return  # SD3/FLUX: each subfolder it has replaces the bundled one, the rest stay (engine.flow_loading)
     base = ["unet", "vae", "text_encoder", "tokenizer"]
     missing = [c for c in base if not (cfg / c / ("config.json" if c != "tokenizer" else "")).exists()]
     extra = get_family(info.family).diffusers_components() if info.family in families() else []

@@ -50,7 +50,15 @@ def write_flux_split_files(folder: Path, out: Path, *, t5_dtype=torch.float8_e4m
     save_file(t5sd, str(paths["t5xxl"]))
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
     save_file({k: v.contiguous() for k, v in vae_to_ldm(vae).items()}, str(paths["ae"]))
-    return {k: str(v) for k, v in paths.items()}
+    # the tiny VAE / text encoders are not the bundled full-size shapes: their configs, as a user
+    # with an odd model would give them (model.model_config_dir); the transformer's shape is read from its file
+    import shutil
+
+    for sub in ("vae", "text_encoder", "text_encoder_2"):
+        (out / "configs" / sub).mkdir(parents=True, exist_ok=True)
+        shutil.copy(folder / sub / "config.json", out / "configs" / sub / "config.json")
+    shutil.copytree(folder / "tokenizer", out / "configs" / "tokenizer")  # the tiny CLIP vocabulary; T5's comes from the Hub cache
+    return {**{k: str(v) for k, v in paths.items()}, "model_config_dir": str(out / "configs")}
 
 
 def write_hub_t5_tokenizer(cache: Path) -> Path:
