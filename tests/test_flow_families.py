@@ -303,7 +303,7 @@ def test_flux_folder_all_blocks_trains_and_continues(tiny_dirs, data, tmp_path):
     assert not any(k.startswith("lora_te") for k in keys)
     again = _train(tiny_profile(tiny_dirs["flux"], data, tmp_path / "b", optimization__max_train_epochs=1,
                                 model__t5xxl_max_token_length=8, network__train_text_encoder=False,
-                                network__network_weights=first.path))
+                                network__network_weights=first.path, optimization__max_train_steps=1))
     with safe_open(again.path, "pt") as f:
         assert set(f.keys()) == keys
 
@@ -320,6 +320,38 @@ def test_sd3_folder_trains_continues_and_says_so_in_metadata(tiny_dirs, data, tm
     assert md["ss_network_module"] == "networks.lora_sd3" and md["ss_base_model_version"] == "sd3"
     assert md["ss_weighting_scheme"] == "logit_normal"
     again = _train(tiny_profile(tiny_dirs["sd3"], data, tmp_path / "b", optimization__max_train_epochs=1,
-                                model__t5xxl_max_token_length=8, network__network_weights=first.path))
+                                model__t5xxl_max_token_length=8, network__network_weights=first.path, optimization__max_train_steps=1))
     with safe_open(again.path, "pt") as f:
         assert set(f.keys()) == keys
+
+
+# --------------------------------------------------------------------------- kohya_ss / sd-scripts
+
+
+def test_kohya_flux_preset_imports_and_exports_to_flux_train_network():
+    from loratui.engine.kohya.exporter import sd_scripts_args, sd_scripts_command
+    from loratui.engine.kohya.importer import import_kohya
+    from loratui.engine.schema import profile_from_dict
+
+    from conftest import SHARED_FIXTURES
+
+    r = import_kohya(SHARED_FIXTURES / "kohya_ss" / "flux1d_adamw8bit_fp8.json")
+    m, n = r.profile_dict["model"], r.profile_dict["network"]
+    assert m["family"] == "flux" and n["network_type"] == "lora" and n["train_blocks"] == "all"
+    assert m["clip_l"].startswith("put the full path to clip_l") and m["ae"].startswith("put the full path to ae")
+    assert (m["timestep_sampling"], m["model_prediction_type"], m["guidance_scale"]) == ("sigmoid", "raw", 1.0)
+    assert (m["t5xxl_max_token_length"], m["apply_t5_attn_mask"], m["discrete_flow_shift"]) == (512, True, 3.0)
+    assert not any("LoRA_type" in str(u) or "flux1_checkbox" in str(u) for u in r.unsupported)
+    p = profile_from_dict({**r.profile_dict, "network": {**n, "train_blocks": "single", "train_t5xxl": True}})
+    args, _extra = sd_scripts_args(p)
+    assert args["network_module"] == "networks.lora_flux"
+    assert args["network_args"] == ["train_blocks=single", "train_t5xxl=True"]
+    assert args["timestep_sampling"] == "sigmoid" and args["guidance_scale"] == 1.0 and "clip_g" not in args
+    assert " flux_train_network.py " in sd_scripts_command(p)
+    # an SD 1.x export carries none of the flow-matching arguments train_network.py would refuse
+    sd1, _ = sd_scripts_args(profile_from_dict({"model": {"base_model": "x.safetensors", "family": "sd1"}}))
+    assert not {"timestep_sampling", "guidance_scale", "clip_l", "t5xxl", "weighting_scheme"} & set(sd1)
+    sd3 = profile_from_dict({"model": {"base_model": "x.safetensors", "family": "sd3", "clip_g": "g.safetensors"}})
+    a3, _ = sd_scripts_args(sd3)
+    assert a3["network_module"] == "networks.lora_sd3" and a3["clip_g"] == "g.safetensors"
+    assert " sd3_train_network.py " in sd_scripts_command(sd3)

@@ -133,6 +133,28 @@ class FlowFamily(Family):
 
         return torch.ones_like(timesteps.sigmas, dtype=torch.float32)  # min-SNR-γ is for noise-prediction models
 
+    # ---- sd-scripts export: the settings this family's script takes (others would be refused by it)
+    sd_scripts_keys: ClassVar[tuple[str, ...]] = ()
+
+    def sd_scripts_args(self, profile: Any) -> dict[str, Any]:
+        m, n = profile.model, profile.network
+        out: dict[str, Any] = {}
+        for key in self.sd_scripts_keys:
+            value = getattr(m, key)
+            if value in ("", None) or (key == "t5xxl_max_token_length" and not value):
+                continue
+            if key == "apply_t5_attn_mask" and not value:
+                continue
+            out[key] = value
+        args = []
+        if getattr(n, "train_blocks", "all") != "all" and self.name == "flux":
+            args.append(f"train_blocks={n.train_blocks}")
+        if getattr(n, "train_t5xxl", False):
+            args.append("train_t5xxl=True")
+        if args:
+            out["network_args"] = args
+        return out
+
     # ---- LoRA
 
     def lora_target_filter(self, network_settings: Any):

@@ -268,6 +268,10 @@ class Family:
         """Parts given by separate settings: {part label: setting key} (SD3/FLUX: clip_l, t5xxl, ae)."""
         return {}
 
+    def sd_scripts_args(self, profile: Any) -> dict[str, Any]:
+        """Arguments only this family's sd-scripts script takes (SD3/FLUX: components, flow matching)."""
+        return {}
+
     def metadata_extra(self, profile: Any) -> dict[str, Any]:
         """ss_* keys only this family's sd-scripts script writes."""
         return {}

@@ -61,6 +61,8 @@ class SD3(FlowFamily):
     part_settings = {"CLIP-L": "clip_l", "CLIP-G": "clip_g", "T5-XXL": "t5xxl"}
     default_t5_tokens = 256
     lora_network_module = "networks.lora_sd3"
+    sd_scripts_keys = ("clip_l", "clip_g", "t5xxl", "t5xxl_max_token_length", "apply_t5_attn_mask", "weighting_scheme",
+                       "logit_mean", "logit_std", "mode_scale", "training_shift")
 
     def metadata_extra(self, profile: Any) -> dict[str, Any]:
         """What sd-scripts' sd3_train_network.py adds (update_metadata), and its network_args."""
