@@ -355,3 +355,18 @@ def test_kohya_flux_preset_imports_and_exports_to_flux_train_network():
     a3, _ = sd_scripts_args(sd3)
     assert a3["network_module"] == "networks.lora_sd3" and a3["clip_g"] == "g.safetensors"
     assert " sd3_train_network.py " in sd_scripts_command(sd3)
+
+
+@pytest.mark.parametrize("name, family, batch", [("flux-dev-24gb", "flux", 2), ("flux-dev-12gb", "flux", 1),
+                                                 ("sd35-medium-16gb", "sd3", 1), ("sd35-large-24gb", "sd3", 1)])
+def test_bundled_flow_profiles_load(name, family, batch):
+    from loratui.engine.schema.files import load_profile
+
+    path = Path(__file__).resolve().parents[1] / "profiles" / f"{name}.toml"
+    p = load_profile(path)
+    assert p.model.family == family and p.optimization.train_batch_size == batch
+    assert p.optimization.gradient_checkpointing and p.optimization.mixed_precision == "bf16"
+    text = path.read_text()
+    assert "# TODO(memory): " in text and "guide" in text
+    if family == "flux":
+        assert (p.model.timestep_sampling, p.model.model_prediction_type, p.model.guidance_scale) == ("shift", "raw", 1.0)
