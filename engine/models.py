@@ -250,13 +250,22 @@ def inspect_model(ms) -> ModelInfo:
             info.problem(
                 f"{info.spec} is not a complete {info.family_label} checkpoint: it has no "
                 f"{', '.join(parts)} weights{vae_hint}",
-                "use a full checkpoint.",
+                _parts_hint(info.family, parts),
             )
     if has_vae_setting:
         info.vae = _inspect_vae((ms.vae or "").strip(), info.family)
         info.problems += info.vae.problems
         info.warnings += info.vae.warnings
     return info
+
+
+def _parts_hint(family: str | None, parts: list[str]) -> str:
+    """What to do about missing parts: the settings that give them (SD3/FLUX), or a full checkpoint."""
+    settings = get_family(family).part_settings if family in families() else {}
+    named = [f"model.{settings[p]}" for p in parts if p in settings]
+    if named:
+        return f"set {', '.join(named)} to the part's .safetensors file, or use an all-in-one checkpoint."
+    return "use a full checkpoint."
 
 
 def _inspect_spec(spec: str, *, what: str, field_name: str) -> ModelInfo:

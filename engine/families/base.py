@@ -75,6 +75,7 @@ class Family:
     lora_unet_layout: ClassVar[str] = "diffusers"  # "diffusers" | "sgm" (sd-scripts' SDXL U-Net)
     lora_text_encoder_width: ClassVar[int | None] = None  # q_proj input width of a full-size text encoder
     pipeline_class: ClassVar[str] = "StableDiffusionPipeline"
+    part_settings: ClassVar[dict[str, str]] = {}  # SD3/FLUX: part label -> the setting giving it as a file
     lora_network_module: ClassVar[str | None] = None  # ss_network_module where sd-scripts has its own (networks.lora_flux)
     # ---- flow-matching families (SD3, FLUX): key prefixes that tell the family in any single-file
     # layout (transformer-only or under model.diffusion_model.); empty for U-Net families
