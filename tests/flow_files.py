@@ -71,3 +71,17 @@ def write_hub_t5_tokenizer(cache: Path) -> Path:
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(snap.name)
     return cache
+
+
+def write_flux_all_in_one(folder: Path, out: Path) -> Path:
+    """A ComfyUI-style "all in one" FLUX file: model.diffusion_model.*, text_encoders.*.transformer.*, vae.*."""
+    from safetensors.torch import load_file
+
+    parts = write_flux_split_files(folder, out / "parts", t5_dtype=torch.float16, dtype=torch.float16)
+    sd = {f"model.diffusion_model.{k}": v for k, v in load_file(parts["base_model"]).items()}
+    sd |= {f"text_encoders.clip_l.transformer.{k}": v for k, v in load_file(parts["clip_l"]).items()}
+    sd |= {f"text_encoders.t5xxl.transformer.{k}": v for k, v in load_file(parts["t5xxl"]).items()}
+    sd |= {f"vae.{k}": v for k, v in load_file(parts["ae"]).items()}
+    path = out / "flux1-tiny-aio.safetensors"
+    save_file(sd, str(path))
+    return path

@@ -370,3 +370,36 @@ def test_bundled_flow_profiles_load(name, family, batch):
     assert "# TODO(memory): " in text and "guide" in text
     if family == "flux":
         assert (p.model.timestep_sampling, p.model.model_prediction_type, p.model.guidance_scale) == ("shift", "raw", 1.0)
+
+
+def test_flux_all_in_one_file_loads_the_same_model(tiny_dirs, tmp_path):
+    from flow_files import write_flux_all_in_one
+
+    from loratui.engine.loading import load_components
+    from loratui.engine.models import inspect_model
+
+    path = write_flux_all_in_one(tiny_dirs["flux"], tmp_path)
+    # the tiny text encoders / VAE are not the bundled shapes: their configs (and both tokenizers) from the folder
+    ms = ModelSettings(base_model=str(path), model_config_dir=str(tiny_dirs["flux"]))
+    info = inspect_model(ms)
+    assert info.ok and info.family == "flux" and info.dtype == "fp16", info.problems
+    comp = load_components(ms)
+    ref = load_components(ModelSettings(base_model=str(tiny_dirs["flux"])))
+    for a, b in ((comp.unet, ref.unet), (comp.vae, ref.vae), *zip(comp.text_encoders, ref.text_encoders)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert set(sa) <= set(sb) and all(torch.allclose(sa[k], sb[k], atol=1e-2, rtol=1e-2) for k in sa)
+    assert comp.tokenizers[1].model_max_length == 512  # FLUX dev's T5 length (guidance embedding present)
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_pipeline_renders_a_64px_image(tiny_dirs, family):
+    from loratui.engine.loading import load_components
+
+    comp = load_components(ModelSettings(base_model=str(tiny_dirs[family]), t5xxl_max_token_length=8))
+    pipe = get_family(family).pipeline(comp)
+    pipe.set_progress_bar_config(disable=True)
+    extra = {"max_sequence_length": 8}
+    out = pipe("a toy", num_inference_steps=2, height=64, width=64, output_type="np",
+               generator=torch.Generator().manual_seed(0), **extra)
+    image = out.images[0]
+    assert image.shape == (64, 64, 3) and float(image.min()) >= 0.0 and float(image.max()) <= 1.0
