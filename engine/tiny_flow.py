@@ -60,16 +60,15 @@ def tiny_sd3_transformer():
     )
 
 
-def build_tiny_flow_pipeline(family: str, seed: int = 0):
-    """A diffusers FluxPipeline / StableDiffusion3Pipeline of tiny random models."""
+def build_tiny_flow_pipeline(family: str, seed: int, write_tiny_tokenizer, _text_config):
+    """A diffusers FluxPipeline / StableDiffusion3Pipeline of tiny random models (the CLIP
+    tokenizer writer and text config come from ``engine.tiny``, which calls this)."""
     import tempfile
     from pathlib import Path
 
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    from loratui.engine.tiny import _text_config, write_tiny_tokenizer
 
     torch.manual_seed(seed)
     tok_dir = write_tiny_tokenizer(Path(tempfile.mkdtemp(prefix="loratui-tok-")))
