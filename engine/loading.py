@@ -79,7 +79,10 @@ def load_components(ms, *, device="cpu", dtype=None, on_progress: Callable[[str]
 
     try:
         with _quiet_libraries():
-            if info.kind == "file":
+            own = get_family(info.family).load_parts(info, ms, dtype, on_progress) if info.family else None
+            if own is not None:  # a family with its own loaders (SD3, FLUX)
+                parts = own
+            elif info.kind == "file":
                 parts = _load_single_file(info, ms, prediction_type, dtype, on_progress)
             else:
                 parts = _load_pretrained(info, ms, dtype, on_progress)
@@ -107,11 +110,9 @@ def load_components(ms, *, device="cpu", dtype=None, on_progress: Callable[[str]
     vae_needs_fp32 = get_family(family).vae_needs_fp32(vae.config, None if info.vae is None else info.vae.fp16_fixed_vae)
     vae_dtype = torch.float32 if (vae_needs_fp32 and dtype == torch.float16) else dtype
 
-    from diffusers import DDPMScheduler
-
     sched_cfg = dict(parts["scheduler_config"])
     sched_cfg.pop("_class_name", None)
-    noise_scheduler = DDPMScheduler.from_config(sched_cfg, prediction_type=prediction_type)
+    noise_scheduler = get_family(family).make_noise_scheduler(sched_cfg, prediction_type, ms)
 
     _progress(on_progress, f"Moving model to {device}")
     unet = _cast(parts["unet"], device, dtype, keep_fp8=bool(getattr(ms, "fp8_base", False)))
@@ -474,6 +475,10 @@ def _load_pretrained(info: ModelInfo, ms, dtype, on_progress) -> dict:
                 family = family or ms.family
             if family is None:
                 raise ModelLoadError(f"{src}: cannot tell the model family from its configs. Set model.family.")
+        info.family = family
+        own = get_family(family).load_parts(info, ms, dtype, on_progress)
+        if own is not None:  # a Hub repo of a family with its own loaders (SD3, FLUX)
+            return own
         root = info.path if info.path is not None else None
         var = lambda comp: _variant(root / comp) if root is not None else None  # noqa: E731
         _progress(on_progress, "Loading U-Net")

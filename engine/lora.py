@@ -30,7 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 from loratui.engine.families import get_family
 from loratui.engine.families import family_label, normalize_family
-from loratui.engine.kohya_names import text_encoder_lora_name, text_encoder_prefix
+from loratui.engine.kohya_names import text_encoder_prefix
+from loratui.engine.lora_fused import base_name, part_layout
+from loratui.engine.lora_fused import fuse as fuse_parts
+from loratui.engine.lora_fused import split as split_fused
 from loratui.engine.lora_file import (
     LoRAWeightsError,
     _family_hint,
@@ -130,7 +133,7 @@ def find_targets(
                     continue
                 path = f"{block_path}.{child_path}" if child_path else block_path
                 name = namer(path)
-                if name in targets:
+                if name is None or name in targets:
                     continue
                 targets[name] = _Target(name, component, path, kind, conv_block, child)
 
@@ -144,7 +147,7 @@ def find_targets(
     for i, te in enumerate(text_encoders):
         prefix = text_encoder_prefix(i, count)
         component = prefix[len("lora_") :]
-        collect(te, component, fam.lora_text_encoder_blocks, False, lambda p, pre=prefix: text_encoder_lora_name(p, pre))
+        collect(te, component, fam.lora_text_encoder_blocks, False, fam.text_encoder_lora_namer(i, count))
     return targets
 
 
@@ -187,6 +190,7 @@ class LoRANetwork:
         self.train_unet = train_unet
         self.train_text_encoder = train_text_encoder
         self._by_name = {m.name: m for m in modules}
+        self._layout: dict = {}  # fused modules: saved name -> its parts (engine.lora_fused)
 
     # ---------------------------------------------------------------- creation
 
@@ -204,6 +208,7 @@ class LoRANetwork:
         train_unet: bool = True,
         train_text_encoder: bool = True,
         weights: str | Path | None = None,
+        target_filter=None,
     ) -> LoRANetwork:
         """Inject LoRA layers and return the network.
 
@@ -217,6 +222,8 @@ class LoRANetwork:
         file cannot be read or does not fit the model.
         ``alpha`` None or 0 means alpha = rank (no scaling), as in sd-scripts;
         ``conv_alpha`` defaults to 1 like sd-scripts' conv_alpha.
+        ``target_filter``: a predicate on kohya names choosing the fresh modules
+        (SD3/FLUX: train_blocks, train_t5xxl).
         The base models are frozen (requires_grad False); only the LoRA
         parameters of the trained parts require gradients afterwards.
         """
@@ -253,12 +260,16 @@ class LoRANetwork:
                 plan[t.name] = (conv_rank, conv_alpha) if t.kind == "conv" else (rank, alpha)
             return plan
 
+        keep = fam_filter(family, target_filter)
+        targets_all, targets = targets, {n: t for n, t in targets.items() if keep(n)}
         plan: dict[str, tuple[int, float]] = {}
         file_sd = None
         if weights is not None and str(weights) != "":
             source = str(Path(weights).expanduser())
             file_sd, metadata = read_lora_file(weights)
+            file_sd = split_fused(file_sd, part_layout({n: t.out_dim for n, t in targets_all.items()}))
             file_modules = parse_kohya_state_dict(file_sd, source)
+            targets = {n: t for n, t in targets_all.items() if keep(n) or n in file_modules}
             _validate_file(file_modules, file_sd, metadata, targets, family, source)
             in_file = {targets[n].component for n in file_modules}
             for comp in components:
@@ -289,6 +300,7 @@ class LoRANetwork:
                 modules.append(LoRAModule(t.name, comp, t.path, t.kind, r, a, layer))
 
         net = cls(family, unet, text_encoders, modules, train_unet, train_text_encoder)
+        net._layout = part_layout({t.name: t.out_dim for t in targets.values()})
         with torch.no_grad():
             for m in modules:
                 m.down.float()
@@ -358,6 +370,8 @@ class LoRANetwork:
         in ``dtype`` (alpha too, as sd-scripts saves it); float32 by default."""
         import torch
 
+        if self._layout:
+            return self._fused_state_dict(dtype)
         out: dict[str, torch.Tensor] = {}
         for m in self.modules:
             tensors = {
@@ -372,6 +386,23 @@ class LoRANetwork:
                 out[f"{m.name}.{suffix}"] = t.contiguous().clone()
         return out
 
+    def _fused_state_dict(self, dtype) -> dict:
+        """The state dict with the parts of fused layers saved as sd-scripts' one module."""
+        import torch
+
+        raw = {}
+        for m in self.modules:
+            raw[f"{m.name}.lora_down.weight"] = m.down.weight.detach().to("cpu", torch.float32)
+            raw[f"{m.name}.lora_up.weight"] = m.up.weight.detach().to("cpu", torch.float32)
+            raw[f"{m.name}.alpha"] = torch.tensor(float(m.alpha))
+        out = fuse_parts(raw)
+        return {k: (v.to(dtype) if dtype is not None else v).contiguous().clone() for k, v in out.items()}
+
+    @property
+    def saved_module_names(self) -> list[str]:
+        """The module names of the saved file (fused layers once)."""
+        return list(dict.fromkeys(base_name(m.name) for m in self.modules))
+
     def load_kohya_state_dict(self, sd: Mapping[str, torch.Tensor], *, strict: bool = True,
                               source: str = "LoRA") -> list[str]:
         """Copy a kohya-format state dict into the injected layers.  Every
@@ -381,6 +412,8 @@ class LoRANetwork:
         otherwise (nothing is changed then)."""
         import torch
 
+        if self._layout:
+            sd = split_fused(sd, self._layout)
         file_modules = parse_kohya_state_dict(sd, source)
         unknown = [n for n in file_modules if n not in self._by_name]
         if unknown:
@@ -447,6 +480,11 @@ class LoRANetwork:
             self.unet.enable_gradient_checkpointing()
         for te in self.text_encoders:
             te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def fam_filter(family: str, target_filter):
+    """The predicate choosing fresh modules: ``target_filter`` or all."""
+    return target_filter if target_filter is not None else (lambda name: True)
 
 
 def _inject(model, specs: list[tuple[str, int, float]]) -> None:

@@ -198,7 +198,7 @@ def build_metadata(
         "ss_num_epochs": plan.epochs,
         "ss_max_train_steps": plan.total_steps,
         "ss_lr_warmup_steps": int(warm) if float(warm).is_integer() else float(warm),
-        "ss_network_module": NETWORK_TYPES[n.network_type].network_module,
+        "ss_network_module": fam.lora_network_module or NETWORK_TYPES[n.network_type].network_module,
         "ss_mixed_precision": mixed_precision or o.mixed_precision,
         "ss_full_fp16": o.full_fp16,
         "ss_v2": "v2" in fam.sd_scripts_flags,
@@ -238,6 +238,7 @@ def build_metadata(
     }
     if n.network_type == "locon":
         meta["ss_network_args"] = _json({"conv_dim": str(n.conv_dim), "conv_alpha": _num(n.conv_alpha)})
+    meta |= fam.metadata_extra(profile)  # SD3/FLUX: their own ss_* keys, as sd-scripts writes them
 
     base = m.base_model
     if base:

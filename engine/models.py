@@ -140,6 +140,9 @@ def detect_family_from_keys(
     here; which family it is, each family says (``Family.match_checkpoint``)."""
     keys = set(keys)
     shapes = shapes or {}
+    for fam in families().values():  # transformer families (SD3, FLUX): their blocks, in any layout
+        if fam.checkpoint_markers and fam.match_checkpoint(keys, shapes) is not None:
+            return fam.name, None
     has_unet = _any_prefix(keys, "model.diffusion_model.")
     if not has_unet:
         if _any_prefix(keys, "lora_unet_", "lora_te_", "lora_te1_", "lora_te2_"):
@@ -183,6 +186,9 @@ def _surest(matches: Iterable[tuple[int | None, str]]) -> str | None:
 def missing_parts(keys: Iterable[str], family: str) -> list[str]:
     """Parts of a full checkpoint (U-Net, VAE, text encoders) absent from a
     single file's tensor names."""
+    own = get_family(family).single_file_missing(set(keys))
+    if own is not None:
+        return own
     keys = list(keys)
     out = []
     if not _any_prefix(keys, "model.diffusion_model."):
@@ -236,19 +242,30 @@ def inspect_model(ms) -> ModelInfo:
         _prediction_warnings(info, ms)
         if ms.model_config_dir and info.kind == "file":
             _check_config_dir(info, Path(ms.model_config_dir).expanduser())
-        parts = [p for p in info.missing_parts if not (p == "VAE" and has_vae_setting)]
+        given = get_family(info.family).separate_parts(ms) if info.family in families() else {}
+        info.problems += get_family(info.family).part_problems(ms) if info.family in families() else []
+        parts = [p for p in info.missing_parts if not (p == "VAE" and has_vae_setting) and p not in given]
         if parts:
             vae_hint = " (a missing VAE can be given as model.vae)" if "VAE" in parts else ""
             info.problem(
                 f"{info.spec} is not a complete {info.family_label} checkpoint: it has no "
                 f"{', '.join(parts)} weights{vae_hint}",
-                "use a full checkpoint.",
+                _parts_hint(info.family, parts),
             )
     if has_vae_setting:
         info.vae = _inspect_vae((ms.vae or "").strip(), info.family)
         info.problems += info.vae.problems
         info.warnings += info.vae.warnings
     return info
+
+
+def _parts_hint(family: str | None, parts: list[str]) -> str:
+    """What to do about missing parts: the settings that give them (SD3/FLUX), or a full checkpoint."""
+    settings = get_family(family).part_settings if family in families() else {}
+    named = [f"model.{settings[p]}" for p in parts if p in settings]
+    if named:
+        return f"set {', '.join(named)} to the part's .safetensors file, or use an all-in-one checkpoint."
+    return "use a full checkpoint."
 
 
 def _inspect_spec(spec: str, *, what: str, field_name: str) -> ModelInfo:
@@ -553,6 +570,8 @@ def _check_config_dir(info: ModelInfo, cfg: Path) -> None:
     if not cfg.is_dir():
         info.problem(f"{cfg} does not exist", "clear it to use the bundled configs.", key="model.model_config_dir")
         return
+    if info.family in families() and get_family(info.family).checkpoint_markers:
+        return  # SD3/FLUX: each subfolder it has replaces the bundled one, the rest stay (engine.flow_loading)
     base = ["unet", "vae", "text_encoder", "tokenizer"]
     missing = [c for c in base if not (cfg / c / ("config.json" if c != "tokenizer" else "")).exists()]
     extra = get_family(info.family).diffusers_components() if info.family in families() else []

@@ -188,7 +188,7 @@ class NetworkType:
 NETWORK_TYPES: dict[str, NetworkType] = {
     n.name: n
     for n in (
-        NetworkType("lora", "Standard", "networks.lora", conv=False, gui_lora_types=("standard", "kohya lora")),
+        NetworkType("lora", "Standard", "networks.lora", conv=False, gui_lora_types=("standard", "kohya lora", "flux1")),
         NetworkType("locon", "LoCon (kohya)", "networks.lora", conv=True, gui_lora_types=("kohya locon", "locon")),
     )
 }

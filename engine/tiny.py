@@ -164,6 +164,10 @@ def build_tiny_pipeline(family: str = "sd1", seed: int = 0):
     from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+    if family in ("sd3", "flux"):  # flow-matching transformers: engine.tiny_flow
+        from loratui.engine.tiny_flow import build_tiny_flow_pipeline
+
+        return build_tiny_flow_pipeline(family, seed, write_tiny_tokenizer, _text_config)
     torch.manual_seed(seed)
     tok_dir = write_tiny_tokenizer(Path(tempfile.mkdtemp(prefix="loratui-tok-")))
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)

@@ -85,7 +85,7 @@ def test_unet_and_text_encoder_names():
         unet_lora_name(path, "sdxl")  # SDXL needs the layout
     assert normalize_family("sd15") == "sd1" and normalize_family("sd2-v") == "sd2"
     with pytest.raises(ValueError, match="unknown model family"):
-        normalize_family("flux")
+        normalize_family("sd4")  # flux is a family now (test_flow_families)
 
 
 def test_guess_family_from_keys_shapes_and_metadata():

@@ -80,7 +80,7 @@ def test_bundled_config_folders_are_complete():
             assert (d / sub).is_dir()
     assert config_dir("sd1") == config_dir("sd15")
     with pytest.raises(ValueError):
-        config_dir("flux")
+        config_dir("sd4")  # flux and sd3 have bundled configs now (test_flow_families)
     sched = lambda f: json.loads((config_dir(f) / "scheduler" / "scheduler_config.json").read_text())  # noqa: E731
     assert sched("sd15")["prediction_type"] == "epsilon"
     assert sched("sd2")["prediction_type"] == "epsilon"

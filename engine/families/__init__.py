@@ -95,6 +95,10 @@ def guess_family(shapes: Mapping[str, Sequence[int]], metadata: Mapping[str, str
     widths: any family with that layout) or None."""
     fams = list(families().values())
     keys = list(shapes)
+    for f in fams:  # transformer families (SD3, FLUX): their block names
+        marks = tuple(f"lora_unet_{m.replace('.', '_')}" for m in f.checkpoint_markers)
+        if marks and any(k.startswith(marks) for k in keys):
+            return f.name
     sgm = [f for f in fams if f.lora_unet_layout == "sgm"]
     if sgm and (
         any(k.startswith((f"{LORA_PREFIX_TEXT_ENCODER}1_", f"{LORA_PREFIX_TEXT_ENCODER}2_")) for k in keys)

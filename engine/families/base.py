@@ -78,6 +78,11 @@ class Family:
     lora_unet_layout: ClassVar[str] = "diffusers"  # "diffusers" | "sgm" (sd-scripts' SDXL U-Net)
     lora_text_encoder_width: ClassVar[int | None] = None  # q_proj input width of a full-size text encoder
     pipeline_class: ClassVar[str] = "StableDiffusionPipeline"
+    part_settings: ClassVar[dict[str, str]] = {}  # SD3/FLUX: part label -> the setting giving it as a file
+    lora_network_module: ClassVar[str | None] = None  # ss_network_module where sd-scripts has its own (networks.lora_flux)
+    # ---- flow-matching families (SD3, FLUX): key prefixes that tell the family in any single-file
+    # layout (transformer-only or under model.diffusion_model.); empty for U-Net families
+    checkpoint_markers: ClassVar[tuple[str, ...]] = ()
     # ---- prediction type: single files of this family may not say (SD 2.x: 512 eps or 768-v)
     prediction_ambiguous: ClassVar[bool] = False
     # said when model.v_parameterization is set on a model of this family that does not declare it
@@ -270,6 +275,54 @@ class Family:
 
     def pipeline_extras(self) -> dict[str, Any]:
         return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+
+    # ------------------------------------------------------------------ hooks of other layouts
+    # (defaults keep the U-Net families as they are; SD3/FLUX override them)
+
+    def single_file_missing(self, keys: set[str]) -> list[str] | None:
+        """Parts a single file lacks, when this family tells them itself (None: the U-Net rule)."""
+        return None
+
+    def separate_parts(self, ms: Any) -> dict[str, str]:
+        """Parts given by separate settings: {part label: setting key} (SD3/FLUX: clip_l, t5xxl, ae)."""
+        return {}
+
+    def sd_scripts_args(self, profile: Any) -> dict[str, Any]:
+        """Arguments only this family's sd-scripts script takes (SD3/FLUX: components, flow matching)."""
+        return {}
+
+    def metadata_extra(self, profile: Any) -> dict[str, Any]:
+        """ss_* keys only this family's sd-scripts script writes."""
+        return {}
+
+    def part_problems(self, ms: Any) -> list:
+        """Problems (engine.problems.Problem) of the separate part settings."""
+        return []
+
+    def load_parts(self, info: Any, ms: Any, dtype: Any, on_progress: Any) -> dict | None:
+        """Load the model's parts itself (the dict ``engine.loading`` builds); None: the U-Net loaders."""
+        return None
+
+    def make_noise_scheduler(self, scheduler_config: dict, prediction_type: str, ms: Any):
+        """The training noise scheduler (``Components.noise_scheduler``)."""
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(scheduler_config, prediction_type=prediction_type)
+
+    def loss_weights(self, noise_scheduler, timesteps):
+        """Per-sample loss weights of the family's objective, or None (SD3's weighting scheme)."""
+        return None
+
+    def lora_target_filter(self, network_settings: Any):
+        """A predicate on kohya names: which modules a run trains (None: all default targets)."""
+        return None
+
+    def text_encoder_lora_namer(self, index: int, count: int):
+        """A function: text encoder module path -> kohya LoRA name."""
+        from loratui.engine.kohya_names import text_encoder_lora_name, text_encoder_prefix
+
+        prefix = text_encoder_prefix(index, count)
+        return lambda path: text_encoder_lora_name(path, prefix)
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"

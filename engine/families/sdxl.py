@@ -58,6 +58,8 @@ class SDXL(Family):
 
     def match_diffusers(self, folder: Path, index: Mapping, unet: Mapping, text_encoder: Mapping) -> int | None:
         cls = str(index.get("_class_name", ""))
+        if "transformer" in index:  # SD3/FLUX pipelines also have a text_encoder_2
+            return None
         if "XL" in cls or (folder / "text_encoder_2").is_dir() or "text_encoder_2" in index:
             return 0
         if unet.get("addition_embed_type") == "text_time":

@@ -102,6 +102,9 @@ def sd_scripts_args(p: Profile, *, dataset_config: str | None = None) -> tuple[d
         a["save_last_n_steps_state"] = out.save_last_n_states * out.save_every_n_steps
     _declared_args(p, a, keep, dataset_config=bool(dataset_config))
     option_args(p, a)
+    if fam is not None:  # SD3/FLUX: their script's own arguments (network_args: train_blocks, train_t5xxl)
+        for key, value in fam.sd_scripts_args(p).items():
+            a[key] = a.get(key, []) + value if key == "network_args" else value
     # empty strings are "unset" for sd-scripts
     a = {k: v for k, v in a.items() if not (isinstance(v, str) and v == "")}
     return a, extra
@@ -137,7 +140,8 @@ def _network_args(p: Profile, a: dict[str, Any], keep) -> None:
     if n.network_type not in NETWORK_TYPES:
         raise ValueError(f"network type {n.network_type!r} cannot be exported")
     net = NETWORK_TYPES[n.network_type]
-    a["network_module"] = net.network_module
+    fam = get_family(p.model.family) if p.model.family != "auto" else None
+    a["network_module"] = (fam.lora_network_module if fam else None) or net.network_module
     if net.conv:
         a["network_args"] = [f"conv_dim={n.conv_dim}", f"conv_alpha={num_text(n.conv_alpha)}"]
     else:

@@ -261,6 +261,8 @@ def _report_unmapped(b: Builder, key: str, name: str, raw: Any, lycoris: bool) -
 
 def _map_family(cfg: dict[str, Any], b: Builder, K, *, gui: bool, top: bool) -> None:
     """The sdxl / v2 flags → model.family (sd-scripts configs do not say SDXL: that is the script)."""
+    if _map_flow_family(cfg, b, K):
+        return
     has_sdxl, has_v2 = "sdxl" in cfg, "v2" in cfg
     sdxl, v2 = cfg.pop("sdxl", None), cfg.pop("v2", None)
     try:
@@ -294,6 +296,29 @@ def _map_family(cfg: dict[str, Any], b: Builder, K, *, gui: bool, top: bool) -> 
                 "sd-scripts configs do not say whether the model is SDXL (that is the script you ran); "
                 "model.family is 'auto': detected from the weights"
             )
+
+
+def _map_flow_family(cfg: dict[str, Any], b: Builder, K) -> bool:
+    """The GUI's flux1_checkbox / sd3_checkbox → model.family flux / sd3 (then sdxl/v2 say nothing)."""
+    found = False
+    for flag, family in (("flux1_checkbox", "flux"), ("sd3_checkbox", "sd3")):
+        if flag not in cfg:
+            continue
+        value = cfg.pop(flag)
+        try:
+            on = not blank(value) and to_bool(value)
+        except BadValue:
+            on = False
+        if on and not found:
+            b.put("model.family", value, K(flag), family)
+            found = True
+        else:
+            b.ignore(K(flag), value, "off" if not on else "another family flag decides")
+    if found:
+        for key in ("sdxl", "v2"):
+            if key in cfg:
+                b.ignore(K(key), cfg.pop(key), "a FLUX.1 / SD3 model")
+    return found
 
 
 def _map_optimizer_flags(cfg: dict[str, Any], b: Builder, K) -> None:

@@ -78,7 +78,7 @@ def map_network(cfg: dict[str, Any], b: Builder, K, gui: bool) -> None:
             key_used = ("LoRA_type", lt)
     if module is not None:
         mod = str(module).strip()
-        if mod in ("networks.lora", "networks.lora_sd3", ""):
+        if mod in ("networks.lora", "networks.lora_sd3", "networks.lora_flux", ""):
             mnet = "locon" if "conv_dim" in args else "lora"
         elif mod.startswith("lycoris"):
             algo = args.pop("algo", "lora").lower()
@@ -127,6 +127,9 @@ def map_network(cfg: dict[str, Any], b: Builder, K, gui: bool) -> None:
             b.put("network.conv_dim", v, K("network_args conv_rank"))
         else:
             b.ignore(K("network_args conv_rank"), v, "only used by LoCon")
+    for k in ("train_blocks", "train_t5xxl"):  # networks.lora_flux / lora_sd3 options
+        if k in args:
+            b.put(f"network.{k}", args.pop(k), K(f"network_args {k}"))
     for k, v in args.items():
         if k in ("preset",) or k in {x.lower() for x in LYCORIS_OPTIONS}:
             b.ignore(K(f"network_args {k}"), v, "LyCORIS option")

@@ -75,6 +75,68 @@ class ModelSettings(_Section):
         advanced=True,
         label="Model config dir",
     )
+    # -- flux: SD3/3.5 and FLUX.1 components and flow-matching settings (used by the sd3/flux families only)
+    clip_l: str = setting(
+        "", "SD3/FLUX: a separate CLIP-L text encoder file (clip_l.safetensors) for a transformer-only model file.",
+        kohya="clip_l", special="export", kind="model", advanced=True, label="CLIP-L",
+    )
+    clip_g: str = setting(
+        "", "SD3: a separate CLIP-G text encoder file (clip_g.safetensors) for a transformer-only model file.",
+        kohya="clip_g", special="export", kind="model", advanced=True, label="CLIP-G",
+    )
+    t5xxl: str = setting(
+        "", "SD3/FLUX: a separate T5-XXL text encoder file (t5xxl_fp16.safetensors; fp8 files are read too).",
+        kohya="t5xxl", special="export", kind="model", advanced=True, label="T5-XXL",
+    )
+    ae: str = setting(
+        "", "FLUX: the autoencoder file (ae.safetensors) for a transformer-only model file. SD3: use model.vae.",
+        kohya="ae", special="export", kind="model", advanced=True, label="AE (FLUX VAE)",
+    )
+    t5xxl_max_token_length: int = setting(
+        0, "SD3/FLUX: T5-XXL tokens per caption. 0 = the family's default (FLUX dev 512, schnell 256, SD3 256).",
+        kohya="t5xxl_max_token_length", special="export", sd_omit=0, ge=0, le=1024, advanced=True, label="T5 max tokens",
+    )
+    apply_t5_attn_mask: bool = setting(
+        False, "SD3/FLUX: mask T5-XXL padding tokens (in the encoder and FLUX's attention). Usually off.",
+        kohya="apply_t5_attn_mask", special="export", sd_omit=False, advanced=True, label="T5 attention mask",
+    )
+    timestep_sampling: choice(("sigma", "uniform", "sigmoid", "shift", "flux_shift")) = setting(  # type: ignore[valid-type]
+        "sigma", "FLUX: how noise levels are drawn. sigma (sd-scripts default), uniform, sigmoid, shift "
+        "(sigmoid shifted by discrete_flow_shift; the kohya guides' choice), flux_shift (by resolution).",
+        kohya="timestep_sampling", special="export", advanced=True, label="Timestep sampling",
+    )
+    sigmoid_scale: float = setting(
+        1.0, "FLUX: scale of the normal draw for sigmoid/shift/flux_shift sampling (larger = more uniform).",
+        kohya="sigmoid_scale", special="export", gt=0, le=100, advanced=True, label="Sigmoid scale",
+    )
+    discrete_flow_shift: float = setting(
+        3.0, "FLUX: shift of the noise schedule (sigma and shift sampling). 3.0 default; 3.1582 in the kohya guides.",
+        kohya="discrete_flow_shift", special="export", gt=0, le=100, advanced=True, label="Discrete flow shift",
+    )
+    model_prediction_type: choice(("raw", "additive", "sigma_scaled")) = setting(  # type: ignore[valid-type]
+        "sigma_scaled", "FLUX: how the prediction is used. raw (the guides' choice), additive (+ noisy input), "
+        "sigma_scaled (-sigma x prediction + noisy input, with the weighting scheme's loss weights).",
+        kohya="model_prediction_type", special="export", advanced=True, label="Model prediction type",
+    )
+    guidance_scale: float = setting(
+        3.5, "FLUX dev: the guidance value fed to the guidance-distilled model while training (1.0 in the guides).",
+        kohya="guidance_scale", special="export", ge=0, le=100, advanced=True, label="Guidance scale",
+    )
+    weighting_scheme: choice(("none", "uniform", "logit_normal", "mode", "sigma_sqrt", "cosmap")) = setting(  # type: ignore[valid-type]
+        "none", "SD3 (and FLUX sigma sampling): timestep density / loss weights. none or uniform, logit_normal "
+        "(logit_mean, logit_std), mode (mode_scale), sigma_sqrt, cosmap.",
+        kohya="weighting_scheme", special="export", advanced=True, label="Weighting scheme",
+    )
+    logit_mean: float = setting(0.0, "logit_normal weighting: mean (0.0).", kohya="logit_mean", special="export", ge=-10, le=10,
+                                advanced=True, label="Logit mean")
+    logit_std: float = setting(1.0, "logit_normal weighting: standard deviation (1.0).", kohya="logit_std", special="export",
+                               gt=0, le=10, advanced=True, label="Logit std")
+    mode_scale: float = setting(1.29, "mode weighting: scale (1.29).", kohya="mode_scale", special="export", ge=-10, le=10,
+                                advanced=True, label="Mode scale")
+    training_shift: float = setting(
+        1.0, "SD3: shift of the sampled timesteps (>1 noisier: structure; <1 details). 1.0 default.",
+        kohya="training_shift", special="export", gt=0, le=100, advanced=True, label="Training shift",
+    )
 
     # -- memory: fp8 base model
     fp8_base: bool = setting(
@@ -323,6 +385,15 @@ class NetworkSettings(_Section):
         kohya_blank="empty: a new LoRA",
         kind="file",
         label="Network weights",
+    )
+    # -- flux: LoRA targets of the sd3/flux families (sd-scripts network_args)
+    train_blocks: choice(("all", "single", "double")) = setting(  # type: ignore[valid-type]
+        "all", "FLUX: which transformer blocks get LoRA modules: all, single (single-stream) or double.",
+        kohya="train_blocks", sd_scripts=None, special="export", advanced=True, label="Train blocks",
+    )
+    train_t5xxl: bool = setting(
+        False, "SD3/FLUX: put LoRA modules on T5-XXL too (only when the text encoder is trained). Usually off.",
+        kohya="train_t5xxl", sd_scripts=None, special="export", advanced=True, label="Train T5-XXL",
     )
 
     # -- options: network regularisation (sd-scripts' --network_dropout, --scale_weight_norms)

@@ -84,6 +84,7 @@ def build_network(profile: Profile, comp, emit, warn: Callable[[str], None]):
 
     import torch
 
+    from loratui.engine.families import get_family
     from loratui.engine.lora import LoRANetwork
 
     opt, net = profile.optimization, profile.network
@@ -103,6 +104,7 @@ def build_network(profile: Profile, comp, emit, warn: Callable[[str], None]):
         train_unet=net.train_unet,
         train_text_encoder=net.train_text_encoder,
         weights=net.network_weights or None,
+        target_filter=get_family(comp.family).lora_target_filter(net),
     )
     if opt.gradient_checkpointing:
         network.enable_gradient_checkpointing()

@@ -94,6 +94,9 @@ class Objective:
             loss = loss * torch.tensor([prior if it.is_reg else 1.0 for it in batch.items], device=self.device)
         if opt.min_snr_gamma:
             loss = loss * fam.min_snr_weights(comp.noise_scheduler, timesteps, opt.min_snr_gamma, comp.prediction_type)
+        weights = fam.loss_weights(comp.noise_scheduler, timesteps)  # SD3/FLUX weighting scheme; None elsewhere
+        if weights is not None:
+            loss = loss * weights.to(loss.device)
         return loss.mean()
 
 

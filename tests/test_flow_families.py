@@ -1,0 +1,405 @@
+"""SD3/3.5 and FLUX.1: sd-scripts' flow-matching formulas, detection, full-size LoRA module
+names and counts on the meta device, fused-qkv files exactly equal to the trained parts, and
+tiny models trained end to end from split single files and diffusers folders."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors import safe_open
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flow_files import write_flux_split_files, write_hub_t5_tokenizer  # noqa: E402
+from tiny_runs import tiny_profile  # noqa: E402
+
+from loratui.engine import flow_matching as fm  # noqa: E402
+from loratui.engine.events import Finished  # noqa: E402
+from loratui.engine.families import get_family, guess_family  # noqa: E402
+from loratui.engine.schema import ModelSettings  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    from loratui.engine.tiny import save_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("tiny-flow")
+    return {f: save_tiny_pipeline(root / f, f) for f in ("flux", "sd3")}
+
+
+@pytest.fixture
+def data(tmp_path):
+    from loratui.engine.synthetic import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path / "images", {"2_toy": 4}, size=(64, 64))
+
+
+def _gen():
+    return torch.Generator().manual_seed(7)
+
+
+# --------------------------------------------------------------------------- formulas
+
+
+def test_weighting_densities_and_loss_weights_follow_their_formulas():
+    u = fm.density("logit_normal", 64, _gen(), "cpu", logit_mean=0.3, logit_std=1.7)
+    assert torch.allclose(u, torch.sigmoid(0.3 + 1.7 * torch.randn(64, generator=_gen())))
+    v = torch.rand(64, generator=_gen())
+    assert torch.allclose(fm.density("mode", 64, _gen(), "cpu", mode_scale=1.29),
+                          1 - v - 1.29 * (torch.cos(math.pi * v / 2) ** 2 - 1 + v))
+    assert torch.equal(fm.density("none", 64, _gen(), "cpu"), v)
+    s = torch.tensor([0.1, 0.5, 0.9])
+    assert torch.allclose(fm.loss_weighting("sigma_sqrt", s), s**-2)
+    assert torch.allclose(fm.loss_weighting("cosmap", s), 2 / (math.pi * (1 - 2 * s + 2 * s**2)))
+    assert torch.equal(fm.loss_weighting("logit_normal", s), torch.ones(3))
+
+
+def test_flux_timestep_sampling_follows_sd_scripts():
+    n, hw = 32, (64, 48)
+    base = fm.FlowSettings()
+    z = torch.randn(n, generator=_gen())
+    assert torch.equal(fm.flux_sigmas(fm.FlowSettings(timestep_sampling="uniform"), n, hw, _gen(), "cpu"),
+                       torch.rand(n, generator=_gen()))
+    sig = torch.sigmoid(2.0 * z)
+    assert torch.allclose(fm.flux_sigmas(fm.FlowSettings(timestep_sampling="sigmoid", sigmoid_scale=2.0), n, hw, _gen(), "cpu"), sig)
+    shifted = fm.flux_sigmas(fm.FlowSettings(timestep_sampling="shift", sigmoid_scale=2.0, discrete_flow_shift=3.1582), n, hw, _gen(), "cpu")
+    assert torch.allclose(shifted, 3.1582 * sig / (1 + 2.1582 * sig))
+    assert fm.flux_mu(256) == pytest.approx(0.5) and fm.flux_mu(4096) == pytest.approx(1.15)
+    mu = fm.flux_mu(32 * 24)
+    got = fm.flux_sigmas(fm.FlowSettings(timestep_sampling="flux_shift", sigmoid_scale=2.0), n, hw, _gen(), "cpu")
+    assert torch.allclose(got, math.exp(mu) / (math.exp(mu) + (1 / sig - 1)))
+    # "sigma": u -> index into the 1000-step schedule shifted by discrete_flow_shift
+    idx = (torch.rand(n, generator=_gen()) * 1000).long()
+    t = (1000 - idx).float() / 1000
+    assert torch.allclose(fm.flux_sigmas(base, n, hw, _gen(), "cpu"), 3.0 * t / (1 + 2.0 * t))
+    assert bool(((shifted > 0) & (shifted < 1)).all())
+
+
+def test_sd3_timesteps_and_prediction_types():
+    s = fm.FlowSettings(weighting_scheme="logit_normal", logit_mean=0.0, logit_std=1.0, training_shift=3.0)
+    u = torch.sigmoid(torch.randn(16, generator=_gen()))
+    u = 3.0 * u / (1 + 2.0 * u)
+    assert torch.equal(fm.sd3_sigmas(s, 16, _gen(), "cpu"), (u * 1000).long().float() / 1000)
+    pred, x, sig = torch.randn(2, 4, 2, 2), torch.randn(2, 4, 2, 2), torch.tensor([0.25, 0.75])
+    assert torch.equal(fm.apply_prediction_type("raw", pred, x, sig), pred)
+    assert torch.equal(fm.apply_prediction_type("additive", pred, x, sig), pred + x)
+    assert torch.allclose(fm.apply_prediction_type("sigma_scaled", pred, x, sig), -sig.view(2, 1, 1, 1) * pred + x)
+    lat, noise = torch.randn(2, 4, 2, 2), torch.randn(2, 4, 2, 2)
+    assert torch.allclose(fm.noisy(lat, noise, sig), (1 - sig.view(2, 1, 1, 1)) * lat + sig.view(2, 1, 1, 1) * noise)
+
+
+# --------------------------------------------------------------------------- full size, meta device
+
+
+def _meta_models(family: str, folder: str):
+    import diffusers
+    import transformers
+
+    from loratui.engine.configs import config_dir
+
+    fam, d = get_family(family), config_dir(folder)
+    cls = getattr(diffusers, fam.denoiser_class)
+    with torch.device("meta"):
+        tr = cls.from_config(cls.load_config(str(d / "transformer")))
+        tes = []
+        for spec in fam.text_encoders:
+            tcls = getattr(transformers, spec.model_class)
+            tes.append(tcls(tcls.config_class.from_pretrained(str(d / spec.subfolder))))
+    return tr, tes
+
+
+def _saved_names(family, tr, tes, **net):
+    from loratui.engine.lora import find_targets
+    from loratui.engine.lora_fused import base_name
+
+    keep = get_family(family).lora_target_filter(SimpleNamespace(**{"train_t5xxl": False, "train_blocks": "all", **net}))
+    return list(dict.fromkeys(base_name(n) for n in find_targets(tr, tes, family) if keep(n)))
+
+
+def _by_part(names):
+    out: dict[str, int] = {}
+    for n in names:
+        out[n.split("_")[1]] = out.get(n.split("_")[1], 0) + 1
+    return out
+
+
+def test_full_size_flux_dev_has_sd_scripts_376_modules():
+    tr, tes = _meta_models("flux", "flux")
+    assert sum(p.numel() for p in tr.parameters()) == 11_901_408_320  # FLUX.1-dev transformer
+    assert sum(p.numel() for p in tes[1].parameters()) == 4_762_310_656  # T5-XXL encoder
+    names = _saved_names("flux", tr, tes)
+    assert len(names) == 376 and _by_part(names) == {"unet": 304, "te1": 72}
+    for n in ("lora_unet_double_blocks_0_img_attn_qkv", "lora_unet_double_blocks_18_txt_mlp_2",
+              "lora_unet_double_blocks_0_img_mod_lin", "lora_unet_single_blocks_0_linear1",
+              "lora_unet_single_blocks_37_modulation_lin", "lora_te1_text_model_encoder_layers_11_self_attn_q_proj"):
+        assert n in names
+    assert len(_saved_names("flux", tr, tes, train_blocks="single")) == 72 + 38 * 3
+    assert len(_saved_names("flux", tr, tes, train_blocks="double")) == 72 + 19 * 10
+    with_t5 = _saved_names("flux", tr, tes, train_t5xxl=True)
+    assert len(with_t5) == 376 + 24 * 7 and "lora_te2_encoder_block_0_layer_0_SelfAttention_q" in with_t5
+
+
+@pytest.mark.parametrize("folder, count, unet", [("sd35-large", 641, 377), ("sd35-medium", 527, 263)])
+def test_full_size_sd35_module_counts(folder, count, unet):
+    tr, tes = _meta_models("sd3", folder)
+    if folder == "sd35-large":
+        assert abs(sum(p.numel() for p in tr.parameters()) - 8.06e9) < 0.01e9  # "8.1B"
+    names = _saved_names("sd3", tr, tes)
+    assert len(names) == count and _by_part(names) == {"unet": unet, "te1": 72, "te2": 192}
+    last = tr.config.num_layers - 1
+    assert f"lora_unet_joint_blocks_{last}_context_block_adaLN_modulation_1" in names
+    assert f"lora_unet_joint_blocks_{last}_context_block_attn_proj" not in names  # pre-only context block
+    assert ("lora_unet_joint_blocks_0_x_block_attn2_qkv" in names) == (folder == "sd35-medium")
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def test_detected_from_headers_and_folders(tiny_dirs, tmp_path):
+    from loratui.engine.models import detect_family_from_keys, inspect_model
+
+    assert detect_family_from_keys({"double_blocks.0.img_attn.qkv.weight", "img_in.weight"}) == ("flux", None)
+    aio = {"model.diffusion_model.double_blocks.0.img_attn.qkv.weight", "text_encoders.clip_l.transformer.x", "vae.encoder.x"}
+    assert detect_family_from_keys(aio) == ("flux", None)
+    assert detect_family_from_keys({"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight"}) == ("sd3", None)
+    assert detect_family_from_keys({"joint_blocks.0.x_block.attn.qkv.weight"}) == ("sd3", None)
+    for fam, folder in tiny_dirs.items():
+        info = inspect_model(ModelSettings(base_model=str(folder)))
+        assert info.ok and info.family == fam, info.problems
+    assert guess_family({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": (4, 8)}) == "flux"
+    assert guess_family({"lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight": (4, 8),
+                         "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 8)}) == "sd3"
+
+
+def test_split_files_need_their_parts(tiny_dirs, tmp_path):
+    from loratui.engine.models import inspect_model
+
+    files = write_flux_split_files(tiny_dirs["flux"], tmp_path / "files")
+    alone = inspect_model(ModelSettings(base_model=files["base_model"]))
+    assert alone.family == "flux" and not alone.ok
+    text = str(alone.problems[0])
+    assert "VAE" in text and "CLIP-L" in text and "T5-XXL" in text
+    ok = inspect_model(ModelSettings(**files))
+    assert ok.ok and ok.family == "flux" and ok.dtype == "bf16", ok.problems
+    bad = inspect_model(ModelSettings(**{**files, "t5xxl": str(tmp_path / "nope.safetensors")}))
+    assert [p.key for p in bad.problems] == ["model.t5xxl"]
+
+
+# --------------------------------------------------------------------------- fused modules
+
+
+def _randomize(net):
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in net.modules:
+            m.up.weight.copy_(torch.randn(m.up.weight.shape, generator=g))
+            m.down.weight.copy_(torch.randn(m.down.weight.shape, generator=g))
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_fused_module_is_exactly_the_trained_parts(tiny_dirs, family, tmp_path):
+    from loratui.engine.loading import load_components
+    from loratui.engine.lora import LoRANetwork
+
+    comp = load_components(ModelSettings(base_model=str(tiny_dirs[family])))
+    net = LoRANetwork.create(comp.unet, comp.text_encoders, family, rank=4, alpha=2)
+    _randomize(net)
+    sd = net.kohya_state_dict()
+    by = {m.name: m for m in net.modules}
+    fused = [n for n in net.saved_module_names if any(k.startswith(n + "#") for k in by)]
+    assert fused and set(k.split(".")[0] for k in sd) == set(net.saved_module_names)
+    for name in fused:
+        delta = float(sd[f"{name}.alpha"]) / sd[f"{name}.lora_down.weight"].shape[0] * (
+            sd[f"{name}.lora_up.weight"] @ sd[f"{name}.lora_down.weight"])
+        parts = sorted((k for k in by if k.startswith(name + "#")), key=lambda k: k.split("#")[1])
+        want = [m.scale * (m.up.weight @ m.down.weight) for m in (by[p] for p in parts)]
+        if parts[0].endswith("#s"):  # SD3's last context adaLN: diffusers has its halves swapped
+            a, b = want[0].chunk(2)
+            want = [b, a]
+        assert torch.allclose(delta, torch.cat(want, dim=0), atol=1e-5), name
+    path = net.save(tmp_path / "lora.safetensors")
+    fresh = load_components(ModelSettings(base_model=str(tiny_dirs[family])))
+    again = LoRANetwork.create(fresh.unet, fresh.text_encoders, family, rank=4, alpha=2, weights=str(path))
+    assert all(torch.equal(again._by_name[m.name].up.weight, m.up.weight) for m in net.modules)
+    assert all(torch.equal(again._by_name[m.name].down.weight, m.down.weight) for m in net.modules)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _train(profile):
+    from loratui.engine.train import run_training
+
+    events = []
+    result = run_training(profile, events.append)
+    assert isinstance(result, Finished), result
+    return result
+
+
+def _transformer_out(model, family, g_seed=0):
+    g = torch.Generator().manual_seed(g_seed)
+    if family == "flux":
+        kw = dict(hidden_states=torch.randn(1, 16, 64, generator=g), encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
+                  pooled_projections=torch.randn(1, 32, generator=g), timestep=torch.tensor([0.5]),
+                  img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3), guidance=torch.tensor([1.0]))
+    else:
+        kw = dict(hidden_states=torch.randn(1, 16, 8, 8, generator=g), encoder_hidden_states=torch.randn(1, 8, 64, generator=g),
+                  pooled_projections=torch.randn(1, 64, generator=g), timestep=torch.tensor([500.0]))
+    with torch.no_grad():
+        return model(**kw, return_dict=False)[0]
+
+
+def test_flux_from_split_files_trains_and_loads_in_diffusers(tiny_dirs, data, tmp_path, monkeypatch):
+    from loratui.engine.loading import load_components
+    from loratui.engine.lora import LoRANetwork
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(write_hub_t5_tokenizer(tmp_path / "hub")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    files = write_flux_split_files(tiny_dirs["flux"], tmp_path / "files")
+    model = {f"model__{k}": v for k, v in files.items() if k != "base_model"}
+    # diffusers' kohya FLUX converter assumes full-size single blocks: train the double blocks here
+    profile = tiny_profile(files["base_model"], data, tmp_path / "out", optimization__max_train_epochs=1,
+                           model__t5xxl_max_token_length=8, model__timestep_sampling="shift",
+                           model__model_prediction_type="raw", model__guidance_scale=1.0,
+                           network__train_blocks="double", output__save_precision="float", **model)
+    result = _train(profile)
+    with safe_open(result.path, "pt") as f:
+        keys, md = set(f.keys()), f.metadata()
+    assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in keys
+    assert "lora_unet_double_blocks_0_txt_attn_qkv.lora_up.weight" in keys
+    assert not any(k.startswith(("lora_unet_single_blocks_", "lora_te2_")) for k in keys)
+    assert any(k.startswith("lora_te1_text_model_encoder_layers_0_self_attn_q_proj") for k in keys)
+    assert md["ss_network_module"] == "networks.lora_flux" and md["ss_base_model_version"] == "flux1"
+    assert md["modelspec.architecture"] == "flux-1-dev/lora" and md["ss_timestep_sampling"] == "shift"
+    assert md["ss_model_prediction_type"] == "raw" and md["ss_network_args"] == '{"train_blocks": "double"}'
+
+    ms = profile.model
+    base = _transformer_out(load_components(ms).unet, "flux")
+    ours = load_components(ms)
+    LoRANetwork.create(ours.unet, ours.text_encoders, "flux", rank=4, alpha=2, weights=result.path)
+    trained = _transformer_out(ours.unet, "flux")
+    fresh = load_components(ms)
+    pipe = get_family("flux").pipeline(fresh)
+    pipe.load_lora_weights(result.path)
+    loaded = _transformer_out(pipe.transformer, "flux")
+    assert not torch.allclose(base, trained, atol=1e-6)
+    assert torch.allclose(loaded, trained, atol=1e-5)
+    ids = fresh.tokenizers[0](["a toy"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(pipe.text_encoder(ids).pooler_output, ours.text_encoders[0](ids).pooler_output, atol=1e-5)
+
+
+def test_flux_folder_all_blocks_trains_and_continues(tiny_dirs, data, tmp_path):
+    first = _train(tiny_profile(tiny_dirs["flux"], data, tmp_path / "a", optimization__max_train_epochs=1,
+                                model__t5xxl_max_token_length=8, network__train_text_encoder=False))
+    with safe_open(first.path, "pt") as f:
+        keys = set(f.keys())
+    assert "lora_unet_single_blocks_1_linear1.lora_down.weight" in keys
+    assert "lora_unet_double_blocks_0_img_mlp_0.lora_up.weight" in keys
+    assert not any(k.startswith("lora_te") for k in keys)
+    again = _train(tiny_profile(tiny_dirs["flux"], data, tmp_path / "b", optimization__max_train_epochs=1,
+                                model__t5xxl_max_token_length=8, network__train_text_encoder=False,
+                                network__network_weights=first.path, optimization__max_train_steps=1))
+    with safe_open(again.path, "pt") as f:
+        assert set(f.keys()) == keys
+
+
+def test_sd3_folder_trains_continues_and_says_so_in_metadata(tiny_dirs, data, tmp_path):
+    first = _train(tiny_profile(tiny_dirs["sd3"], data, tmp_path / "a", optimization__max_train_epochs=1,
+                                model__weighting_scheme="logit_normal", model__t5xxl_max_token_length=8))
+    with safe_open(first.path, "pt") as f:
+        keys, md = set(f.keys()), f.metadata()
+    for n in ("lora_unet_joint_blocks_0_x_block_attn_qkv", "lora_unet_joint_blocks_0_x_block_attn2_qkv",
+              "lora_unet_joint_blocks_1_context_block_adaLN_modulation_1", "lora_te2_text_model_encoder_layers_0_mlp_fc1"):
+        assert f"{n}.lora_down.weight" in keys
+    assert not any(k.startswith("lora_te3_") for k in keys)
+    assert md["ss_network_module"] == "networks.lora_sd3" and md["ss_base_model_version"] == "sd3"
+    assert md["ss_weighting_scheme"] == "logit_normal"
+    again = _train(tiny_profile(tiny_dirs["sd3"], data, tmp_path / "b", optimization__max_train_epochs=1,
+                                model__t5xxl_max_token_length=8, network__network_weights=first.path, optimization__max_train_steps=1))
+    with safe_open(again.path, "pt") as f:
+        assert set(f.keys()) == keys
+
+
+# --------------------------------------------------------------------------- kohya_ss / sd-scripts
+
+
+def test_kohya_flux_preset_imports_and_exports_to_flux_train_network():
+    from loratui.engine.kohya.exporter import sd_scripts_args, sd_scripts_command
+    from loratui.engine.kohya.importer import import_kohya
+    from loratui.engine.schema import profile_from_dict
+
+    from conftest import SHARED_FIXTURES
+
+    r = import_kohya(SHARED_FIXTURES / "kohya_ss" / "flux1d_adamw8bit_fp8.json")
+    m, n = r.profile_dict["model"], r.profile_dict["network"]
+    assert m["family"] == "flux" and n["network_type"] == "lora" and n["train_blocks"] == "all"
+    assert m["clip_l"].startswith("put the full path to clip_l") and m["ae"].startswith("put the full path to ae")
+    assert (m["timestep_sampling"], m["model_prediction_type"], m["guidance_scale"]) == ("sigmoid", "raw", 1.0)
+    assert (m["t5xxl_max_token_length"], m["apply_t5_attn_mask"], m["discrete_flow_shift"]) == (512, True, 3.0)
+    assert not any("LoRA_type" in str(u) or "flux1_checkbox" in str(u) for u in r.unsupported)
+    p = profile_from_dict({**r.profile_dict, "network": {**n, "train_blocks": "single", "train_t5xxl": True}})
+    args, _extra = sd_scripts_args(p)
+    assert args["network_module"] == "networks.lora_flux"
+    assert args["network_args"] == ["train_blocks=single", "train_t5xxl=True"]
+    assert args["timestep_sampling"] == "sigmoid" and args["guidance_scale"] == 1.0 and "clip_g" not in args
+    assert " flux_train_network.py " in sd_scripts_command(p)
+    # an SD 1.x export carries none of the flow-matching arguments train_network.py would refuse
+    sd1, _ = sd_scripts_args(profile_from_dict({"model": {"base_model": "x.safetensors", "family": "sd1"}}))
+    assert not {"timestep_sampling", "guidance_scale", "clip_l", "t5xxl", "weighting_scheme"} & set(sd1)
+    sd3 = profile_from_dict({"model": {"base_model": "x.safetensors", "family": "sd3", "clip_g": "g.safetensors"}})
+    a3, _ = sd_scripts_args(sd3)
+    assert a3["network_module"] == "networks.lora_sd3" and a3["clip_g"] == "g.safetensors"
+    assert " sd3_train_network.py " in sd_scripts_command(sd3)
+
+
+@pytest.mark.parametrize("name, family, batch", [("flux-dev-24gb", "flux", 2), ("flux-dev-12gb", "flux", 1),
+                                                 ("sd35-medium-16gb", "sd3", 1), ("sd35-large-24gb", "sd3", 1)])
+def test_bundled_flow_profiles_load(name, family, batch):
+    from loratui.engine.schema.files import load_profile
+
+    path = Path(__file__).resolve().parents[1] / "profiles" / f"{name}.toml"
+    p = load_profile(path)
+    assert p.model.family == family and p.optimization.train_batch_size == batch
+    assert p.optimization.gradient_checkpointing and p.optimization.mixed_precision == "bf16"
+    text = path.read_text()
+    assert "# TODO(memory): " in text and "guide" in text
+    if family == "flux":
+        assert (p.model.timestep_sampling, p.model.model_prediction_type, p.model.guidance_scale) == ("shift", "raw", 1.0)
+
+
+def test_flux_all_in_one_file_loads_the_same_model(tiny_dirs, tmp_path):
+    from flow_files import write_flux_all_in_one
+
+    from loratui.engine.loading import load_components
+    from loratui.engine.models import inspect_model
+
+    path = write_flux_all_in_one(tiny_dirs["flux"], tmp_path)
+    # the tiny text encoders / VAE are not the bundled shapes: their configs (and both tokenizers) from the folder
+    ms = ModelSettings(base_model=str(path), model_config_dir=str(tiny_dirs["flux"]))
+    info = inspect_model(ms)
+    assert info.ok and info.family == "flux" and info.dtype == "fp16", info.problems
+    comp = load_components(ms)
+    ref = load_components(ModelSettings(base_model=str(tiny_dirs["flux"])))
+    for a, b in ((comp.unet, ref.unet), (comp.vae, ref.vae), *zip(comp.text_encoders, ref.text_encoders)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert set(sa) <= set(sb) and all(torch.allclose(sa[k], sb[k], atol=1e-2, rtol=1e-2) for k in sa)
+    assert comp.tokenizers[1].model_max_length == 512  # FLUX dev's T5 length (guidance embedding present)
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_pipeline_renders_a_64px_image(tiny_dirs, family):
+    from loratui.engine.loading import load_components
+
+    comp = load_components(ModelSettings(base_model=str(tiny_dirs[family]), t5xxl_max_token_length=8))
+    pipe = get_family(family).pipeline(comp)
+    pipe.set_progress_bar_config(disable=True)
+    extra = {"max_sequence_length": 8}
+    out = pipe("a toy", num_inference_steps=2, height=64, width=64, output_type="np",
+               generator=torch.Generator().manual_seed(0), **extra)
+    image = out.images[0]
+    assert image.shape == (64, 64, 3) and float(image.min()) >= 0.0 and float(image.max()) <= 1.0
