@@ -74,6 +74,7 @@ def prepare_run(profile: Profile, resume: str | None = None, overwrite: bool = F
         scan = scan_dataset(profile.dataset)
     model = inspect_model(profile.model)  # headers only: the same checks the loader makes
     checks = network_weights_problems(profile) + preflight(profile, overwrite=overwrite) + memory_problems(profile)
+    checks += family_option_problems(profile, model.family)
     plan = plan_for(profile, scan)
     fingerprint = dataset_fingerprint(scan.items, plan.total_steps)
     prepared = Prepared(profile, scan, plan, model, fingerprint, list(profile_warnings(profile)), checks)
@@ -81,6 +82,30 @@ def prepare_run(profile: Profile, resume: str | None = None, overwrite: bool = F
     if resume_spec:
         _check_resume(prepared, resume_spec)
     return prepared
+
+
+# options whose sd-scripts formula is written for a DDPM noise schedule (SD 1.x/2.x/SDXL)
+_DDPM_ONLY = {
+    "debiased_estimation_loss": lambda o: o.debiased_estimation_loss,
+    "loss_type": lambda o: o.loss_type in ("huber", "smooth_l1"),
+    "min_timestep": lambda o: o.min_timestep != 0,
+    "max_timestep": lambda o: o.max_timestep != 1000,
+}
+
+
+def family_option_problems(profile: Profile, family: str | None) -> list[Problem]:
+    """Options the model's family cannot train with (a flow-matching model has no DDPM timesteps)."""
+    from loratui.engine.families import families
+
+    fam = families().get(family or "")
+    if fam is None or getattr(fam, "denoiser_class", "") == "UNet2DConditionModel":
+        return []
+    o = profile.optimization
+    return [
+        error(f"optimization.{key}", f"is set, but it works on a DDPM noise schedule and {fam.label} trains with flow matching",
+              "use loss_type l2 or l1 for this model" if key == "loss_type" else "turn it off for this model")
+        for key, used in _DDPM_ONLY.items() if used(o)
+    ]
 
 
 def network_weights_problems(profile: Profile) -> list[Problem]:
