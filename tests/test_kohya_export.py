@@ -31,6 +31,8 @@ SD_SCRIPTS_ARGS = {
     "save_every_n_epochs", "save_every_n_steps", "save_state", "save_last_n_epochs_state",
     "save_last_n_steps_state", "resume", "metadata_title", "metadata_author", "metadata_description",
     "metadata_tags", "training_comment",
+    "sample_every_n_epochs", "sample_every_n_steps", "sample_prompts", "sample_sampler", "sample_at_first",
+    "log_with", "logging_dir", "log_prefix",
 }
 DATASET_KEYS = {
     "general": {"caption_extension", "shuffle_caption", "keep_tokens", "caption_dropout_rate", "flip_aug"},

@@ -252,3 +252,14 @@ def trigger_words(v: Any) -> Converted:
         note = ("imported as output.trigger_words (written as modelspec.trigger_phrase in the LoRA); "
                 "clear it there if it is a comment rather than trigger words")
     return Converted(text, note)
+
+
+# -- samples: sampler and log_with names as sd-scripts writes them (any case)
+def lower_text(v: Any) -> str:
+    return to_text(v).strip().lower()
+
+
+def sample_prompts(v: Any) -> str:
+    from loratui.engine.samples.prompts import imported_prompts
+
+    return imported_prompts(to_text(v))

@@ -1,0 +1,130 @@
+"""Sample images: sd-scripts' prompt files, the settings, rendering during a
+tiny training run with the LoRA being trained (CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loratui.engine.samples.prompts import PromptError, load_prompt_file, load_prompts, parse_line, parse_text  # noqa: E402
+from loratui.engine.samples.samplers import SAMPLERS, make_scheduler, scheduler_class_name  # noqa: E402
+
+FIXTURE = Path("/work/shared/fixtures/sd_scripts/sample_prompts.txt")
+
+
+# --------------------------------------------------------------------------- prompt files
+
+
+def test_sd_scripts_fixture_reads_every_option():
+    if not FIXTURE.is_file():
+        pytest.skip("shared fixture not present")
+    a, b, c = load_prompt_file(FIXTURE)
+    assert a.prompt.startswith("masterpiece, best quality, 1girl") and a.prompt.endswith("simple background")
+    assert a.negative_prompt.startswith("low quality, worst quality") and a.negative_prompt.endswith("low effort")
+    assert (a.width, a.height, a.seed, a.scale, a.sample_steps, a.index) == (768, 768, 1, 7.5, 28, 0)
+    assert (b.width, b.height, b.seed, b.scale, b.sample_steps, b.index) == (576, 832, 2, 5.5, 40, 1)
+    assert (c.guidance_scale, c.scale, c.sample_steps, c.index) == (0.0, 4.0, 20, 2)
+
+
+def test_comments_blank_lines_and_sampler_option():
+    ps = parse_text("# a comment\n\n  cat on a mat --ss k_euler_a --d 7\n#x\ndog --s 5\n")
+    assert [p.prompt for p in ps] == ["cat on a mat", "dog"]
+    assert ps[0].sampler == "k_euler_a" and ps[0].seed == 7 and ps[1].sample_steps == 5
+    assert [p.index for p in ps] == [0, 1]
+    assert parse_line("x --SS DDIM").sampler == "ddim"
+
+
+@pytest.mark.parametrize("line, words", [
+    ("a cat --q 3", ["line 2", "unknown option --q"]),
+    ("a cat --w big", ["line 2", "--w 'big' is not a whole number"]),
+    ("a cat --l", ["line 2", "--l needs a value"]),
+    ("a cat --ss warp", ["line 2", "--ss 'warp' is not a sampler"]),
+    ("a cat --s 0", ["line 2", "out of range"]),
+    ("--w 512", ["line 2", "the prompt is empty"]),
+])
+def test_bad_options_name_the_file_and_line(tmp_path, line, words):
+    f = tmp_path / "p.txt"
+    f.write_text(f"# ok\n{line}\n")
+    with pytest.raises(PromptError) as e:
+        load_prompt_file(f)
+    assert str(e.value).startswith(str(f))
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_toml_and_json_prompt_files(tmp_path):
+    t = tmp_path / "p.toml"
+    t.write_text('[prompt]\nwidth = 256\nsample_steps = 12\n\n[[prompt.subset]]\nprompt = "one"\nseed = 3\n\n'
+                 '[[prompt.subset]]\nprompt = "two"\nwidth = 320\nscale = 5\n')
+    one, two = load_prompt_file(t)
+    assert (one.prompt, one.width, one.sample_steps, one.seed) == ("one", 256, 12, 3)
+    assert (two.prompt, two.width, two.scale, two.index) == ("two", 320, 5.0, 1)
+    j = tmp_path / "p.json"
+    j.write_text(json.dumps(["a --w 128", {"prompt": "b", "negative_prompt": "ugly", "sample_sampler": "heun"}]))
+    a, b = load_prompt_file(j)
+    assert a.width == 128 and (b.negative_prompt, b.sampler, b.index) == ("ugly", "heun", 1)
+    j.write_text(json.dumps([{"prompt": "b", "colour": 1}]))
+    with pytest.raises(PromptError, match=r"p.json, item 1: unknown key 'colour'"):
+        load_prompt_file(j)
+    with pytest.raises(PromptError, match="no such prompt file"):
+        load_prompts(str(tmp_path / "missing.txt"))
+
+
+def test_prompts_typed_in_place():
+    ps = load_prompts("a red circle --d 1\nblue square")
+    assert [p.prompt for p in ps] == ["a red circle", "blue square"]
+    with pytest.raises(PromptError, match=r"output.sample_prompts, line 2: unknown option --zz"):
+        load_prompts("ok\nbad --zz 1")
+
+
+def test_sampler_names_map_to_diffusers_schedulers(tiny_sd1_dir):
+    from diffusers import DDPMScheduler
+
+    assert {"ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
+            "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a"} <= set(SAMPLERS)
+    assert scheduler_class_name("k_euler_a") == "EulerAncestralDiscreteScheduler"
+    cfg = DDPMScheduler.from_pretrained(tiny_sd1_dir, subfolder="scheduler").config
+    for name in SAMPLERS:
+        s = make_scheduler(name, {**cfg, "prediction_type": "v_prediction"})
+        assert type(s).__name__ == scheduler_class_name(name)
+        assert s.config.prediction_type == "v_prediction"
+    assert make_scheduler("dpmsolver++", cfg).config.algorithm_type == "dpmsolver++"
+
+
+# --------------------------------------------------------------------------- kohya names
+
+
+def test_kohya_sample_and_logging_keys_are_imported(tmp_path):
+    from loratui.engine.kohya import import_kohya
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat --d 1\n")
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(f'sample_every_n_epochs = 2\nsample_every_n_steps = 50\nsample_prompts = "{prompts}"\n'
+                   'sample_sampler = "Euler_A"\nsample_at_first = true\nlogging_dir = "/logs"\nlog_prefix = "mine-"\n'
+                   'log_with = "tensorboard"\n')
+    r = import_kohya(cfg)
+    o = r.profile().output
+    assert (o.sample_every_n_epochs, o.sample_every_n_steps, o.sample_prompts) == (2, 50, str(prompts))
+    assert (o.sample_sampler, o.sample_at_first, o.logging_dir, o.log_prefix, o.log_with) == (
+        "euler_a", True, "/logs", "mine-", "tensorboard")
+    assert not [k for k, _, _ in r.ignored if k.startswith(("sample_", "log"))]
+
+
+def test_typed_prompts_export_to_a_prompt_file_sd_scripts_reads_and_back(tmp_path):
+    import tomllib
+
+    from loratui.engine.kohya import export_sd_scripts, import_kohya
+    from loratui.engine.schema import profile_from_dict
+
+    p = profile_from_dict({"output": {"sample_prompts": "a cat --d 1\nblue dog", "sample_every_n_epochs": 1}})
+    res = export_sd_scripts(p, tmp_path / "x")
+    cfg = tomllib.loads(res.config_path.read_text())
+    written = Path(cfg["sample_prompts"])
+    assert written.name == "sample_prompts.txt" and [q.prompt for q in load_prompt_file(written)] == ["a cat", "blue dog"]
+    assert import_kohya(res.config_path).profile().output.sample_prompts == "a cat --d 1\nblue dog"
