@@ -128,3 +128,91 @@ def test_typed_prompts_export_to_a_prompt_file_sd_scripts_reads_and_back(tmp_pat
     written = Path(cfg["sample_prompts"])
     assert written.name == "sample_prompts.txt" and [q.prompt for q in load_prompt_file(written)] == ["a cat", "blue dog"]
     assert import_kohya(res.config_path).profile().output.sample_prompts == "a cat --d 1\nblue dog"
+
+
+# --------------------------------------------------------------------------- during training
+
+
+@pytest.fixture
+def data(tmp_path):
+    from loratui.engine.synthetic import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path / "images", {"2_toy": 4}, size=(64, 64))
+
+
+def _train(profile):
+    from loratui.engine.train import run_training
+
+    events = []
+    return run_training(profile, events.append), events
+
+
+def test_samples_every_epoch_same_lora_as_without(tiny_sd1_dir, data, tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from loratui.engine.events import Finished, SampleSaved, event_from_dict
+    from tiny_runs import tiny_profile
+
+    prompts = "toy, a red circle --d 5 --s 3\ntoy --s 2 --w 72 --h 64"
+    common = dict(optimization__max_train_epochs=1, output__save_precision="float", optimization__learning_rate=1e-2)
+    with_s = tiny_profile(tiny_sd1_dir, data, tmp_path / "a", output__sample_every_n_epochs=1, output__sample_at_first=True,
+                          output__sample_prompts=prompts, output__sample_sampler="ddim", **common)
+    a, ev_a = _train(with_s)
+    b, _ = _train(tiny_profile(tiny_sd1_dir, data, tmp_path / "b", **common))
+    assert isinstance(a, Finished) and isinstance(b, Finished), (a, b)
+    sa, sb = load_file(a.path), load_file(b.path)
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)  # the RNG of training untouched
+
+    saved = [e for e in ev_a if isinstance(e, SampleSaved)]
+    assert [(e.epoch, e.step, e.index) for e in saved] == [(0, 0, 0), (0, 0, 1), (1, 4, 0), (1, 4, 1)]
+    names = sorted(p.name for p in (tmp_path / "a" / "sample").iterdir())
+    assert len(names) == 4 and all(n.startswith("tiny_") and n.endswith(".png") for n in names)
+    first = Path(saved[0].path).name.split("_")
+    assert first[1] == "000000" and first[2] == "00" and len(first[3]) == 14 and first[4] == "5.png"
+    assert Path(saved[2].path).name.startswith("tiny_e000001_00_")
+    img = Image.open(saved[3].path)
+    assert img.size == (72, 64)
+    meta = json.loads(img.text["loratui"])
+    assert meta["prompt"] == "toy" and meta["sample_steps"] == 2 and meta["sampler"] == "ddim" and meta["epoch"] == 1
+    assert img.text["parameters"].startswith("toy\nSteps: 2, Sampler: ddim")
+    # the same seed renders the base model (before training) and the trained LoRA differently
+    base, last = np.asarray(Image.open(saved[0].path)), np.asarray(Image.open(saved[2].path))
+    assert base.shape == last.shape and np.abs(base.astype(int) - last.astype(int)).max() > 0
+    # the metrics file holds the samples like the other events
+    lines = [json.loads(x) for x in (tmp_path / "a" / "tiny.metrics.jsonl").read_text().splitlines()]
+    back = [event_from_dict(d) for d in lines if d["type"] == "SampleSaved"]
+    assert [e.path for e in back] == [e.path for e in saved]
+
+
+def test_failing_sample_is_a_warning_not_a_failed_run(tiny_sd1_dir, data, tmp_path, monkeypatch):
+    from loratui.engine.events import Finished, SampleSaved, WarningEvent
+    from loratui.engine.samples import render as render_mod
+    from tiny_runs import tiny_profile
+
+    def broken(*a, **k):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
+
+    monkeypatch.setattr(render_mod, "render", broken)
+    p = tiny_profile(tiny_sd1_dir, data, tmp_path / "o", optimization__max_train_epochs=1, output__sample_every_n_epochs=1,
+                     output__sample_prompts="toy --s 2")
+    res, events = _train(p)
+    assert isinstance(res, Finished)
+    warnings = [e.message for e in events if isinstance(e, WarningEvent)]
+    assert any("sample 1 (toy) failed: out of memory" in w and "training goes on" in w for w in warnings), warnings
+    assert not [e for e in events if isinstance(e, SampleSaved)]
+
+
+def test_bad_prompt_file_stops_the_run_before_the_model_loads(tiny_sd1_dir, data, tmp_path):
+    from loratui.engine.events import Failed, PhaseChanged
+    from tiny_runs import tiny_profile
+
+    f = tmp_path / "p.txt"
+    f.write_text("a cat\nbad --zz 3\n")
+    p = tiny_profile(tiny_sd1_dir, data, tmp_path / "o", output__sample_every_n_epochs=1, output__sample_prompts=str(f))
+    res, events = _train(p)
+    assert isinstance(res, Failed)
+    assert f"output.sample_prompts: {f}, line 2: unknown option --zz" in res.message
+    assert "loading_model" not in [e.phase for e in events if isinstance(e, PhaseChanged)]

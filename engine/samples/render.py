@@ -54,14 +54,18 @@ def training_untouched(modules: list, vae, device: str):
             for top in modules:
                 if top is not None:
                     top.eval()
-            if vae is not None:
+            if vae is not None and vae_at[0] != torch.device(device):
                 vae.to(device)
             yield
     finally:
         for m, training in modes:
             m.training = training
         if vae_at is not None:
-            vae.to(device=vae_at[0], dtype=vae_at[1])
+            now = next(vae.parameters())
+            if now.dtype != vae_at[1]:  # a pipeline that upcast the VAE
+                vae.to(dtype=vae_at[1])
+            if now.device != vae_at[0]:
+                vae.to(vae_at[0])
         random.setstate(py_state)
         np.random.set_state(np_state)
 
