@@ -22,6 +22,7 @@ from loratui.engine.events import (
     PhaseChanged,
     Request,
     RunPlanned,
+    SampleSaved,
     StepEvent,
     WarningEvent,
 )
@@ -81,6 +82,7 @@ class RunState:
     smoothed_losses: list[float] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)
     checkpoints: list[CheckpointSaved] = field(default_factory=list)
+    samples: list[SampleSaved] = field(default_factory=list)  # in the order they were written
     log: deque = field(default_factory=lambda: deque(maxlen=MAX_LOG))  # (time, level, text)
     log_count: int = 0  # lines ever added (a widget appends the new ones)
     finished: Finished | None = None
@@ -157,6 +159,9 @@ class RunState:
             self.add_log(f"saved {ev.path} ({fmt_size(ev.size)})", at=ev.time)
             if self.pending is Request.SAVE:
                 self.pending = None
+        elif isinstance(ev, SampleSaved):
+            self.samples.append(ev)
+            self.add_log(f"sample {ev.index + 1} saved: {ev.path}", at=ev.time)
         elif isinstance(ev, WarningEvent):
             self.add_log(ev.message, "warning", at=ev.time)
         elif isinstance(ev, LogEvent):

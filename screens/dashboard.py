@@ -25,6 +25,7 @@ from loratui.tui.widgets import set_text
 from loratui.tui.widgets.chart import LineChart
 from loratui.tui.widgets.keybar import KeyBar
 from loratui.tui.widgets.panels import TextPanel, gpu_line, gpu_text, saved_text, status_text
+from loratui.tui.widgets.sample_view import SampleView
 
 if TYPE_CHECKING:
     from loratui.tui.app import LoraTuiApp
@@ -47,6 +48,7 @@ class DashboardScreen(Screen):
         Binding("x", "app.stop_run", "stop & save", id="run.stop"),
         Binding("f", "app.form", "form", id="screen.form"),
         Binding("l", "toggle_details", "log/saves", id="dashboard.details"),
+        Binding("g", "gallery", "samples", id="dashboard.gallery", show=False),  # the sample box says so
     ]
 
     def __init__(self, readonly: bool = False) -> None:
@@ -85,6 +87,8 @@ class DashboardScreen(Screen):
                     yield LineChart(id="loss", empty="waiting for the first step…")
                 with Vertical(id="lr-box", classes="box"):
                     yield LineChart(id="lr", empty="", floor=0.0)
+            with Vertical(id="sample-box", classes="box"):  # shown from the first sample on
+                yield SampleView(id="sample")
             with Vertical(id="side"):
                 with Vertical(id="gpu-box", classes="box"):
                     yield TextPanel(id="gpu")
@@ -136,6 +140,7 @@ class DashboardScreen(Screen):
         self._drawn_phase = state.display_phase
         self._draw_title(state)
         self._draw_log(state)
+        self._draw_sample(state)
         status_due = self._status_at + STATUS_EVERY - now
         chart_due = self._chart_at + CHART_EVERY - now
         if urgent or status_due <= 0:
@@ -167,6 +172,27 @@ class DashboardScreen(Screen):
         state = self.lt_app.run_state
         if state is not None:
             self.update_from(state)
+
+    def _draw_sample(self, state: RunState) -> None:
+        """The newest sample; nothing is sent unless a new one arrived."""
+        if not state.samples:
+            self.set_class(False, "-samples")
+            return
+        from loratui.tui.widgets.sample_view import sample_label
+
+        ev = state.samples[-1]
+        self.set_class(True, "-samples")
+        self.query_one("#sample", SampleView).show(ev.path)
+        set_title(self.query_one("#sample-box"), f"{sample_label(ev)} ── g: all")
+
+    def action_gallery(self) -> None:
+        from loratui.screens.gallery import GalleryScreen
+
+        state = self.lt_app.run_state
+        if state is None or not state.samples:
+            self.notify("no samples yet: set output.sample_prompts and a sample interval", timeout=4)
+            return
+        self.app.push_screen(GalleryScreen(state.samples))
 
     def _draw_title(self, state: RunState) -> None:
         title = f" loratui  {state.profile_name}" + (f"  run {state.run_name}" if state.run_name else "")
