@@ -159,7 +159,8 @@ def test_samples_every_epoch_same_lora_as_without(tiny_sd1_dir, data, tmp_path):
     prompts = "toy, a red circle --d 5 --s 3\ntoy --s 2 --w 72 --h 64"
     common = dict(optimization__max_train_epochs=1, output__save_precision="float", optimization__learning_rate=1e-2)
     with_s = tiny_profile(tiny_sd1_dir, data, tmp_path / "a", output__sample_every_n_epochs=1, output__sample_at_first=True,
-                          output__sample_prompts=prompts, output__sample_sampler="ddim", **common)
+                          output__sample_prompts=prompts, output__sample_sampler="ddim",
+                          output__logging_dir=str(tmp_path / "logs"), output__log_prefix="tiny-", **common)
     a, ev_a = _train(with_s)
     b, _ = _train(tiny_profile(tiny_sd1_dir, data, tmp_path / "b", **common))
     assert isinstance(a, Finished) and isinstance(b, Finished), (a, b)
@@ -185,6 +186,16 @@ def test_samples_every_epoch_same_lora_as_without(tiny_sd1_dir, data, tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "a" / "tiny.metrics.jsonl").read_text().splitlines()]
     back = [event_from_dict(d) for d in lines if d["type"] == "SampleSaved"]
     assert [e.path for e in back] == [e.path for e in saved]
+    # TensorBoard, as sd-scripts' log_with: <logging_dir>/<log_prefix><date-time>, loss/lr scalars and the samples
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (run_dir,) = (tmp_path / "logs").iterdir()
+    assert run_dir.name.startswith("tiny-") and len(run_dir.name) == len("tiny-") + 14
+    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss/current")] == [1, 2, 3, 4]
+    assert {"loss/average", "lr/unet", "speed/it_per_s"} <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Images("sample_1")] == [0, 4] and acc.Images("sample_1")[0].width == 72
 
 
 def test_failing_sample_is_a_warning_not_a_failed_run(tiny_sd1_dir, data, tmp_path, monkeypatch):
@@ -216,3 +227,18 @@ def test_bad_prompt_file_stops_the_run_before_the_model_loads(tiny_sd1_dir, data
     assert isinstance(res, Failed)
     assert f"output.sample_prompts: {f}, line 2: unknown option --zz" in res.message
     assert "loading_model" not in [e.phase for e in events if isinstance(e, PhaseChanged)]
+
+
+def test_wandb_asked_for_but_missing_is_refused_with_what_to_do(tiny_sd1_dir, data, tmp_path, monkeypatch):
+    import importlib.util
+
+    from loratui.engine.samples.tracking import logging_problems
+    from tiny_runs import tiny_profile
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    p = tiny_profile(tiny_sd1_dir, data, tmp_path / "o", output__log_with="wandb")
+    (problem,) = logging_problems(p)
+    assert problem.key == "output.log_with" and "wandb package" in problem.message and "pip install wandb" in problem.hint
+    tb = tiny_profile(tiny_sd1_dir, data, tmp_path / "o", output__log_with="tensorboard")
+    assert [q.key for q in logging_problems(tb)] == ["output.logging_dir"]

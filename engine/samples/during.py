@@ -15,7 +15,13 @@ def prompts_for(profile, base_dir: str | Path | None = None) -> list[SamplePromp
 
 
 def sample_problems(profile) -> list:
-    """Problems of the sample settings, for ``prepare_run``'s checks."""
+    """Problems of the sample and logging settings, for ``prepare_run``'s checks."""
+    from loratui.engine.samples.tracking import logging_problems
+
+    return _prompt_problems(profile) + logging_problems(profile)
+
+
+def _prompt_problems(profile) -> list:
     from loratui.engine.problems import Problem, Severity
 
     o = profile.output
