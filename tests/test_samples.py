@@ -242,3 +242,60 @@ def test_wandb_asked_for_but_missing_is_refused_with_what_to_do(tiny_sd1_dir, da
     assert problem.key == "output.log_with" and "wandb package" in problem.message and "pip install wandb" in problem.hint
     tb = tiny_profile(tiny_sd1_dir, data, tmp_path / "o", output__log_with="tensorboard")
     assert [q.key for q in logging_problems(tb)] == ["output.logging_dir"]
+
+
+# --------------------------------------------------------------------------- loratui sample (contact sheet)
+
+
+def _lora_files(model_dir, folder: Path) -> Path:
+    """Two LoRA files of one name (an epoch's and the final), with random nonzero weights."""
+    import torch
+
+    from loratui.engine.loading import load_components
+    from loratui.engine.lora import LoRANetwork
+    from loratui.engine.schema import ModelSettings
+
+    comp = load_components(ModelSettings(base_model=str(model_dir)))
+    net = LoRANetwork.create(comp.unet, comp.text_encoders, comp.family, rank=4, alpha=4)
+    meta = {"ss_output_name": "toy", "ss_tag_frequency": json.dumps({"2_toy": {"toy": 8, "red circle": 2}})}
+    torch.manual_seed(0)
+    for i, name in enumerate(("toy-000001.safetensors", "toy.safetensors")):
+        for p in net.parameters():
+            p.data.normal_(0, 0.3 * (i + 1))
+        net.save(folder / name, meta)
+    return folder / "toy.safetensors"
+
+
+def test_sample_command_writes_a_contact_sheet_of_weights_and_epochs(tiny_sd1_dir, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from loratui.engine.cli import run_command
+    from loratui.engine.samples.sheet import trigger_words
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    lora = _lora_files(tiny_sd1_dir, folder)
+    assert trigger_words({"ss_tag_frequency": json.dumps({"2_toy": {"toy": 8, "red circle": 2}})}) == "toy"
+    out = tmp_path / "sheet.png"
+    rc = run_command(["sample", str(lora), "--base", str(tiny_sd1_dir), "--weights", "0,1", "--epochs-from", str(folder),
+                      "--out", str(out), "--cpu", "--sampler", "ddim", "--prompt", "toy --s 2 --w 64 --h 64 --d 3"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "loras    toy-000001.safetensors, toy.safetensors" in text and f"wrote    {out}" in text
+    sheet = Image.open(out)
+    assert sheet.size == (160 + 2 * 68, 24 + 2 * 68)
+    a = np.asarray(sheet.convert("RGB")).astype(int)
+
+    def cell(r, c):
+        x, y = 160 + c * 68, 24 + r * 68
+        return a[y:y + 64, x:x + 64]
+
+    assert np.array_equal(cell(0, 0), cell(1, 0))  # weight 0: the base model, whatever the file
+    assert np.abs(cell(0, 1) - cell(0, 0)).max() > 0 and np.abs(cell(1, 1) - cell(0, 1)).max() > 0
+    assert "weights" in json.loads(sheet.text["loratui"])
+    # bad input: a clear message, nothing written
+    assert run_command(["sample", str(lora), "--base", str(tiny_sd1_dir), "--weights", "a,b"]) == 2
+    assert "--weights 'a,b': expected numbers" in capsys.readouterr().err
+    assert run_command(["sample", str(tmp_path / "nope.safetensors"), "--base", str(tiny_sd1_dir)]) == 2
+    assert "file not found" in capsys.readouterr().err
