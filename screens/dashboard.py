@@ -49,6 +49,7 @@ class DashboardScreen(Screen):
         Binding("f", "app.form", "form", id="screen.form"),
         Binding("l", "toggle_details", "log/saves", id="dashboard.details"),
         Binding("g", "gallery", "samples", id="dashboard.gallery", show=False),  # the sample box says so
+        Binding("t", "try_it", "try the LoRA", id="dashboard.try_it", show=False),
     ]
 
     def __init__(self, readonly: bool = False) -> None:
@@ -193,6 +194,17 @@ class DashboardScreen(Screen):
             self.notify("no samples yet: set output.sample_prompts and a sample interval", timeout=4)
             return
         self.app.push_screen(GalleryScreen(state.samples))
+
+    def action_try_it(self) -> None:
+        """The finished LoRA at several weights (screens/tryit.py)."""
+        from loratui.screens.tryit import TryItScreen
+
+        state, profile = self.lt_app.run_state, getattr(self.lt_app, "run_profile", None)
+        path = state.finished.path if state is not None and state.finished is not None else ""
+        if not path or profile is None:
+            self.notify("try it: when a run of this app has finished (or: loratui sample LORA --base MODEL)", timeout=4)
+            return
+        self.app.push_screen(TryItScreen(path, profile.model.base_model))
 
     def _draw_title(self, state: RunState) -> None:
         title = f" loratui  {state.profile_name}" + (f"  run {state.run_name}" if state.run_name else "")

@@ -158,3 +158,35 @@ async def test_gallery_key_without_samples_says_how(fixed_env):
         await pilot.press("g")
         await pilot.pause()
         assert app.screen is dash
+
+
+async def test_try_it_screen_prefills_trigger_words_and_renders_a_sheet(tiny_sd1_dir, tmp_path, fixed_env):
+    from test_samples import _lora_files
+
+    from loratui.screens.tryit import TryItScreen
+    from loratui.tui.widgets.sample_view import SampleView
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    lora = _lora_files(tiny_sd1_dir, folder)
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle_form(pilot)
+        app.push_screen(TryItScreen(str(lora), str(tiny_sd1_dir)))
+        await pilot.pause()
+        scr = app.screen
+        assert scr.query_one("#tryit-prompt").value == "toy"  # the most frequent tag of ss_tag_frequency
+        scr.query_one("#tryit-weights").value = "1,x"
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        assert "--weights '1,x'" in str(scr.query_one("#tryit-status").render()) and not scr.busy
+        scr.query_one("#tryit-prompt").value = "toy --s 2 --w 64 --h 64 --ss ddim"
+        scr.query_one("#tryit-weights").value = "0,1"
+        await pilot.press("ctrl+r")
+        for _ in range(3000):
+            await pilot.pause(0.05)
+            if not scr.busy:
+                break
+        assert scr.sheet and Path(scr.sheet).is_file(), str(scr.query_one("#tryit-status").render())
+        assert scr.query_one("#tryit-sheet", SampleView).path == scr.sheet
+        assert Path(scr.sheet).parent == folder / "sample"

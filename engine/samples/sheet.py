@@ -24,9 +24,19 @@ class SheetResult:
 
 
 def lora_metadata(path: str | Path) -> dict[str, str]:
-    from loratui.engine.lora_file import read_lora_file
+    """A LoRA file's metadata (the header only for .safetensors; LoRAWeightsError naming the file)."""
+    from loratui.engine.lora_file import LoRAWeightsError, read_lora_file
 
-    return read_lora_file(path)[1]
+    p = Path(path).expanduser()
+    if p.suffix.lower() == ".safetensors" and p.is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(p), "pt") as f:
+                return dict(f.metadata() or {})
+        except Exception as exc:  # noqa: BLE001 - a broken header is said, not raised through
+            raise LoRAWeightsError(f"{p}: not a readable .safetensors file ({exc})") from None
+    return read_lora_file(p)[1]
 
 
 def trigger_words(metadata: dict[str, str]) -> str:
