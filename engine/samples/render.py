@@ -95,16 +95,40 @@ def render(comp, prompts: list[SamplePrompt], *, device: str, clip_skip: int = 1
     from loratui.engine.samples.samplers import make_scheduler
 
     family = get_family(comp.family)
+    # U-Net families: the pipeline stops at the latents and the VAE decodes them here, outside
+    # autocast and in fp32 where it overflows in fp16 (SDXL); other families decode themselves
+    own_decode = family.denoiser_class == "UNet2DConditionModel"
     out: list[Rendered] = []
     with training_untouched([comp.unet, *comp.text_encoders], comp.vae, device):
         for p in prompts:
             scheduler = make_scheduler(p.sampler or "euler_a", comp.noise_scheduler.config)
             pipe = family.pipeline(comp, scheduler=scheduler)
             pipe.set_progress_bar_config(disable=True)
+            kw = _call_kwargs(pipe, p, family, clip_skip, device)
+            if own_decode:
+                kw["output_type"] = "latent"
             with (autocast() if autocast is not None else contextlib.nullcontext()):
-                image = pipe(**_call_kwargs(pipe, p, family, clip_skip, device)).images[0]
+                result = pipe(**kw).images
+            image = _decode(comp, pipe, result, device) if own_decode else result[0]
             out.append(Rendered(image, p))
     return out
+
+
+def _decode(comp, pipe, latents, device: str):
+    """Latents (as the U-Net denoised them) → a PIL image, as training encoded them:
+    ``latents / scale + shift``."""
+    import torch
+
+    vae = comp.vae
+    if comp.vae_needs_fp32 and next(vae.parameters()).dtype == torch.float16:
+        vae.to(torch.float32)  # training_untouched puts its dtype back
+    dtype = next(vae.parameters()).dtype
+    x = latents.to(device=device, dtype=dtype) / comp.vae_scale_factor
+    if comp.vae_shift_factor:
+        x = x + comp.vae_shift_factor
+    with torch.autocast(device_type=torch.device(device).type, enabled=False):
+        pixels = vae.decode(x).sample
+    return pipe.image_processor.postprocess(pixels.float(), output_type="pil")[0]
 
 
 # --------------------------------------------------------------------------- files
