@@ -100,8 +100,9 @@ def app_code(profile: Path) -> str:
     return f"from loratui.tui.app import run_app; raise SystemExit(run_app({str(profile)!r}))"
 
 
-def tiny_setup(tmp: Path, steps: int, name: str = "bench", resolution: int = 64) -> Path:
-    """A tiny SD 1.x model, a synthetic dataset and a profile that trains ``steps`` steps."""
+def tiny_setup(tmp: Path, steps: int, name: str = "bench", resolution: int = 64, **output) -> Path:
+    """A tiny SD 1.x model, a synthetic dataset and a profile that trains ``steps`` steps
+    (``output``: more output settings, e.g. sample_every_n_steps)."""
     from loratui.engine.schema import Profile, save_profile
     from loratui.engine.synthetic import write_synthetic_dataset
     from loratui.engine.tiny import save_tiny_pipeline
@@ -119,7 +120,7 @@ def tiny_setup(tmp: Path, steps: int, name: str = "bench", resolution: int = 64)
             "network": {"network_dim": 4, "network_alpha": 4.0},
             "optimization": {"train_batch_size": 1, "mixed_precision": "no", "max_train_epochs": 1000,
                              "max_train_steps": steps},
-            "output": {"output_dir": str(tmp / f"out-{name}"), "output_name": name, "save_every_n_epochs": 0},
+            "output": {"output_dir": str(tmp / f"out-{name}"), "output_name": name, "save_every_n_epochs": 0, **output},
         }
     )
     path = tmp / f"{name}.toml"

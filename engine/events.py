@@ -103,6 +103,20 @@ class CheckpointSaved(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class SampleSaved(Event):
+    """A sample image written to ``<output_dir>/sample/``."""
+
+    path: str
+    prompt: str
+    index: int  # the prompt's position in the prompt list
+    epoch: int = 0  # the epoch it was rendered after (0: by step, or before training)
+    step: int = 0
+    seed: int = 0
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class WarningEvent(Event):
     message: str
 
@@ -218,7 +232,7 @@ class Aborted(Exception):
 
 _EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
-    for cls in (RunPlanned, PhaseChanged, StepEvent, CheckpointSaved, WarningEvent, LogEvent, Finished, Failed)
+    for cls in (RunPlanned, PhaseChanged, StepEvent, CheckpointSaved, SampleSaved, WarningEvent, LogEvent, Finished, Failed)
 }
 
 

@@ -22,6 +22,7 @@ from loratui.engine.events import (
     PhaseChanged,
     Request,
     RunPlanned,
+    SampleSaved,
     StepEvent,
     WarningEvent,
 )
@@ -82,6 +83,7 @@ class RunState:
     lrs: list[float] = field(default_factory=list)
     norms: tuple[int, float, float] | None = None  # max-norm of the last step: (keys scaled, mean norm, max norm)
     checkpoints: list[CheckpointSaved] = field(default_factory=list)
+    samples: list[SampleSaved] = field(default_factory=list)  # in the order they were written
     log: deque = field(default_factory=lambda: deque(maxlen=MAX_LOG))  # (time, level, text)
     log_count: int = 0  # lines ever added (a widget appends the new ones)
     finished: Finished | None = None
@@ -158,6 +160,9 @@ class RunState:
             self.add_log(f"saved {ev.path} ({fmt_size(ev.size)})", at=ev.time)
             if self.pending is Request.SAVE:
                 self.pending = None
+        elif isinstance(ev, SampleSaved):
+            self.samples.append(ev)
+            self.add_log(f"sample {ev.index + 1} saved: {ev.path}", at=ev.time)
         elif isinstance(ev, WarningEvent):
             self.add_log(ev.message, "warning", at=ev.time)
         elif isinstance(ev, LogEvent):

@@ -49,6 +49,9 @@ def run_training(
     from loratui.engine.errors import release_memory
     from loratui.engine.metrics import MetricsWriter, metrics_path_for
 
+    from loratui.engine.samples.tracking import Trackers
+
+    emit = Trackers(profile, emit)  # TensorBoard / wandb, where output.log_with asks
     control = control or Control()
     metrics = MetricsWriter(metrics_path_for(profile), fresh=not (resume or profile.output.resume))
     recorder = _Recorder(metrics, emit)

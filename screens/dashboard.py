@@ -25,6 +25,7 @@ from loratui.tui.widgets import set_text
 from loratui.tui.widgets.chart import LineChart
 from loratui.tui.widgets.keybar import KeyBar
 from loratui.tui.widgets.panels import TextPanel, gpu_line, gpu_text, saved_text, status_text
+from loratui.tui.widgets.sample_view import SampleView
 
 if TYPE_CHECKING:
     from loratui.tui.app import LoraTuiApp
@@ -47,6 +48,8 @@ class DashboardScreen(Screen):
         Binding("x", "app.stop_run", "stop & save", id="run.stop"),
         Binding("f", "app.form", "form", id="screen.form"),
         Binding("l", "toggle_details", "log/saves", id="dashboard.details"),
+        Binding("g", "gallery", "samples", id="dashboard.gallery", show=False),  # the sample box says so
+        Binding("t", "try_it", "try the LoRA", id="dashboard.try_it", show=False),
     ]
 
     def __init__(self, readonly: bool = False) -> None:
@@ -85,6 +88,8 @@ class DashboardScreen(Screen):
                     yield LineChart(id="loss", empty="waiting for the first step…")
                 with Vertical(id="lr-box", classes="box"):
                     yield LineChart(id="lr", empty="", floor=0.0)
+            with Vertical(id="sample-box", classes="box"):  # shown from the first sample on
+                yield SampleView(id="sample")
             with Vertical(id="side"):
                 with Vertical(id="gpu-box", classes="box"):
                     yield TextPanel(id="gpu")
@@ -136,6 +141,7 @@ class DashboardScreen(Screen):
         self._drawn_phase = state.display_phase
         self._draw_title(state)
         self._draw_log(state)
+        self._draw_sample(state)
         status_due = self._status_at + STATUS_EVERY - now
         chart_due = self._chart_at + CHART_EVERY - now
         if urgent or status_due <= 0:
@@ -167,6 +173,38 @@ class DashboardScreen(Screen):
         state = self.lt_app.run_state
         if state is not None:
             self.update_from(state)
+
+    def _draw_sample(self, state: RunState) -> None:
+        """The newest sample; nothing is sent unless a new one arrived."""
+        if not state.samples:
+            self.set_class(False, "-samples")
+            return
+        from loratui.tui.widgets.sample_view import sample_label
+
+        ev = state.samples[-1]
+        self.set_class(True, "-samples")
+        self.query_one("#sample", SampleView).show(ev.path)
+        set_title(self.query_one("#sample-box"), f"{sample_label(ev)} ── g: all")
+
+    def action_gallery(self) -> None:
+        from loratui.screens.gallery import GalleryScreen
+
+        state = self.lt_app.run_state
+        if state is None or not state.samples:
+            self.notify("no samples yet: set output.sample_prompts and a sample interval", timeout=4)
+            return
+        self.app.push_screen(GalleryScreen(state.samples))
+
+    def action_try_it(self) -> None:
+        """The finished LoRA at several weights (screens/tryit.py)."""
+        from loratui.screens.tryit import TryItScreen
+
+        state, profile = self.lt_app.run_state, getattr(self.lt_app, "run_profile", None)
+        path = state.finished.path if state is not None and state.finished is not None else ""
+        if not path or profile is None:
+            self.notify("try it: when a run of this app has finished (or: loratui sample LORA --base MODEL)", timeout=4)
+            return
+        self.app.push_screen(TryItScreen(path, profile.model.base_model))
 
     def _draw_title(self, state: RunState) -> None:
         title = f" loratui  {state.profile_name}" + (f"  run {state.run_name}" if state.run_name else "")

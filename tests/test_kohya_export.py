@@ -36,6 +36,8 @@ SD_SCRIPTS_ARGS = {
     "adaptive_noise_scale", "noise_offset_random_strength", "ip_noise_gamma", "ip_noise_gamma_random_strength",
     "debiased_estimation_loss", "min_timestep", "max_timestep", "loss_type", "huber_c", "huber_schedule",
     "huber_scale", "max_token_length", "lr_scheduler_type", "lr_scheduler_args", "full_bf16", "full_fp16",
+    "sample_every_n_epochs", "sample_every_n_steps", "sample_prompts", "sample_sampler", "sample_at_first",
+    "log_with", "logging_dir", "log_prefix",
 }
 DATASET_KEYS = {
     "general": {"caption_extension", "shuffle_caption", "keep_tokens", "caption_dropout_rate", "flip_aug"},

@@ -179,6 +179,8 @@ def test_messy_gui_config_imports_to_the_expected_profile():
             "metadata_title": "My Character",
             "metadata_author": "someone",
             "trigger_words": "mychar",
+            "sample_every_n_epochs": 1,  # samples are rendered now: imported, no longer ignored
+            "sample_prompts": "mychar, smiling",
         },
     }
     # seed "" = unset: our default stays, and the report says so
@@ -195,7 +197,7 @@ def test_unsupported_and_ignored_keys_are_reported_by_name_with_their_values():
     assert unsupported["additional_parameters --color_aug"] is True
     assert ignored["xformers"] == "xformers"
     assert ignored["num_cpu_threads_per_process"] == 2
-    assert ignored["sample_prompts"] == "mychar, smiling"
+    assert _entries(r.mapped)["sample_prompts"] == "mychar, smiling"  # rendered now (issue 12), no longer ignored
     assert ignored["max_data_loader_n_workers"] == "0"
     # nothing is both mapped and ignored
     assert not ({k for k, _, _ in r.ignored} & {k for k, _, _ in r.mapped})

@@ -220,6 +220,7 @@ def export_sd_scripts(p: Profile, out_dir: str | Path, *, source: str = "", over
             raise FileExistsError(", ".join(existing))
     ds_ref = str(ds_path.resolve()) if ds is not None else None
     args, extra = sd_scripts_args(p, dataset_config=ds_ref)
+    prompts_file = _inline_prompts_file(p, args, out_dir, overwrite)
     script = _family_script(p.model.family)
     notes += export_warnings(p)
     header = [
@@ -230,9 +231,30 @@ def export_sd_scripts(p: Profile, out_dir: str | Path, *, source: str = "", over
     ] + [f"loratui: {line}" for line in extra]
     if ds is not None:
         atomic_write_text(ds_path, _toml_with_comments(ds, [f"sd-scripts --dataset_config exported by loratui{f' from {source}' if source else ''}."]))
+    if prompts_file is not None:
+        from loratui.engine.samples.prompts import EXPORT_MARKER
+
+        atomic_write_text(prompts_file, f"{EXPORT_MARKER}\n{p.output.sample_prompts.strip()}\n")
     atomic_write_text(cfg_path, _toml_with_comments(args, header))
     command = f"accelerate launch {script} --config_file {shlex.quote(str(cfg_path.resolve()))}"
     return ExportResult(cfg_path, ds_path if ds is not None else None, script, command, notes)
+
+
+def _inline_prompts_file(p: Profile, args: dict[str, Any], out_dir: Path, overwrite: bool) -> Path | None:
+    """sd-scripts reads --sample_prompts from a file: prompts typed in the profile go to sample_prompts.txt."""
+    from loratui.engine.samples.prompts import looks_like_file
+
+    text = p.output.sample_prompts
+    if not text.strip():
+        return None
+    if looks_like_file(text):
+        args["sample_prompts"] = text.strip()
+        return None
+    path = out_dir / "sample_prompts.txt"
+    if path.exists() and not overwrite:
+        raise FileExistsError(str(path))
+    args["sample_prompts"] = str(path.resolve())
+    return path
 
 
 def sd_scripts_command(p: Profile) -> str:

@@ -117,7 +117,7 @@ for _k in (
 for _k in ("max_data_loader_n_workers", "persistent_data_loader_workers"):
     NO_EFFECT[_k] = "data-loader workers: speed only"
 for _k in (
-    "logging_dir", "log_prefix", "log_with", "log_tracker_name", "log_tracker_config", "log_config",
+    "log_tracker_name", "log_tracker_config", "log_config",
     "use_wandb", "wandb_api_key", "wandb_run_name", "console_log_level", "console_log_file", "console_log_simple",
 ):
     NO_EFFECT[_k] = "logging; loratui shows progress in its own dashboard and run log"
@@ -126,8 +126,6 @@ for _k in (
     "huggingface_token", "async_upload", "save_state_to_huggingface", "resume_from_huggingface",
 ):
     NO_EFFECT[_k] = "Hugging Face upload; loratui writes local files only"
-for _k in ("sample_every_n_epochs", "sample_every_n_steps", "sample_prompts", "sample_sampler", "sample_at_first"):
-    NO_EFFECT[_k] = "sample images during training are not generated; no effect on the LoRA"
 for _k in ("save_last_n_steps", "save_last_n_epochs"):
     NO_EFFECT[_k] = "removes older intermediate LoRA files; loratui keeps them all"
 NO_EFFECT.update(

@@ -262,3 +262,14 @@ def token_length(v: Any) -> int:
     if n not in (75, 150, 225):
         raise BadValue(f"{v!r} is not 75, 150 or 225")
     return n
+
+
+# -- samples: sampler and log_with names as sd-scripts writes them (any case)
+def lower_text(v: Any) -> str:
+    return to_text(v).strip().lower()
+
+
+def sample_prompts(v: Any) -> str:
+    from loratui.engine.samples.prompts import imported_prompts
+
+    return imported_prompts(to_text(v))

@@ -19,9 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from loratui.engine.families import family_names
 from loratui.engine.registries import MIXED_PRECISIONS, NETWORK_TYPES, OPTIMIZERS, SAVE_PRECISIONS, SCHEDULERS
 import loratui.engine.schema.coerce as coerce
+from loratui.engine.samples.samplers import SAMPLERS
 from loratui.engine.schema.declare import SettingInfo, _Section, choice, section_infos, setting
 
 FAMILY_CHOICES = ("auto", *family_names())
+LOG_WITH = ("none", "tensorboard", "wandb", "all")
 
 # --------------------------------------------------------------------------- sections
 
@@ -768,6 +770,45 @@ class OutputSettings(_Section):
         "", "Words that activate the LoRA in a prompt (modelspec.trigger_phrase).",
         kohya="training_comment", convert=coerce.trigger_words, ss=True,
         label="Trigger words",
+    )
+    # -- samples: sample images while training, and logs other tools read
+    sample_every_n_epochs: int = setting(
+        0, "Render the sample prompts every N epochs with the LoRA being trained. 0: off.",
+        kohya="sample_every_n_epochs", sd_omit=0, ge=0, label="Sample every N epochs",
+    )
+    sample_every_n_steps: int = setting(
+        0, "Render the sample prompts every N steps. 0: off.", kohya="sample_every_n_steps", sd_omit=0, ge=0,
+        label="Sample every N steps",
+    )
+    sample_prompts: str = setting(
+        "",
+        "Sample prompts: a .txt/.toml/.json prompt file in sd-scripts' format, or prompts typed here, one a line "
+        "(options --n negative, --w/--h size, --d seed, --l CFG, --s steps, --g guidance, --ss sampler).",
+        kohya="sample_prompts", convert=coerce.sample_prompts, special="export", label="Sample prompts",
+    )
+    sample_sampler: choice(SAMPLERS) = setting(  # type: ignore[valid-type]
+        "euler_a",
+        "Sampler of the sample images (sd-scripts' names): euler_a, ddim, dpmsolver++, euler, ... A prompt's --ss overrides it.",
+        kohya="sample_sampler", convert=coerce.lower_text, kohya_blank="empty: euler_a", label="Sample sampler",
+    )
+    sample_at_first: bool = setting(
+        False, "Also render the samples before the first step (the base model, for comparison).",
+        kohya="sample_at_first", label="Sample at first",
+    )
+    log_with: choice(LOG_WITH) = setting(  # type: ignore[valid-type]
+        "none",
+        "Also log loss, learning rate, speed and samples to: tensorboard, wandb (needs the wandb package) or all. "
+        "none: tensorboard when a logging dir is set, else nothing.",
+        kohya="log_with", convert=coerce.lower_text, kohya_blank="empty: tensorboard when logging_dir is set",
+        sd_omit="none", advanced=True, label="Log with",
+    )
+    logging_dir: str = setting(
+        "", "Folder for TensorBoard logs; each run writes <dir>/<log prefix><date-time>. Empty: no TensorBoard.",
+        kohya="logging_dir", kind="dir", advanced=True, label="Logging dir",
+    )
+    log_prefix: str = setting(
+        "", "Prefix of the run's folder name in the logging dir (sd-scripts' log_prefix).", kohya="log_prefix",
+        advanced=True, label="Log prefix",
     )
 
     def checks(self) -> list[tuple[str, str]]:

@@ -73,6 +73,7 @@ class Run:
     stepper: Any  # OptimizerStep
     ckpt: Any  # Checkpointer
     start: tuple[int, int, int]  # (step, epoch, batch in epoch) to start from
+    samples: Any = None  # engine.samples.during.TrainingSamples
 
 
 def train(ctx: RunContext, *, overwrite: bool, resume: str | None) -> Event:
@@ -169,7 +170,10 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
     objective = Objective(profile, comp, accelerator, gen, device, weight_dtype, text_cache)
     params = [p for g in groups for p in g["params"]]
     stepper = OptimizerStep(profile, optimizer, lr_scheduler, accelerator, params, hint, network=network)
-    return Run(ctx, plan, source, objective, stepper, ckpt, start_at)
+    from loratui.engine.samples.during import TrainingSamples
+
+    samples = TrainingSamples(ctx, comp, device, accelerator.autocast)
+    return Run(ctx, plan, source, objective, stepper, ckpt, start_at, samples)
 
 
 def loop(r: Run) -> Event:
@@ -183,6 +187,7 @@ def loop(r: Run) -> Event:
     meter = r.stepper.meter
     t_train = time.perf_counter()
     ctx.emit(PhaseChanged(phase=Phase.TRAINING, total=total))
+    r.samples.at_first(step)
     epoch, stopped = start_epoch, False
     for epoch in range(start_epoch, epochs + 1):
         batches = r.source.epoch(epoch)
@@ -208,6 +213,7 @@ def loop(r: Run) -> Event:
                                    smoothed_loss=smooth, lr=r.stepper.lr_scheduler.get_last_lr()[0], its=its,
                                    elapsed=time.perf_counter() - t_train,
                                    eta=(total - step) / its if its > 0 else 0.0, **r.stepper.figures()))
+            r.samples.after_step(epoch, step)
             if step >= total:
                 break
             if o.save_every_n_steps and step % o.save_every_n_steps == 0:
@@ -218,6 +224,8 @@ def loop(r: Run) -> Event:
                 ckpt.checkpoint("manual", epoch, bi, len(batches), True, step)
                 stopped = True
                 break
+        if not stopped:
+            r.samples.after_epoch(epoch, step)
         if stopped or step >= total:
             break
         if o.save_every_n_epochs and epoch % o.save_every_n_epochs == 0 and epoch < epochs:

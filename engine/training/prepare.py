@@ -73,11 +73,15 @@ def prepare_run(profile: Profile, resume: str | None = None, overwrite: bool = F
     if scan is None:
         scan = scan_dataset(profile.dataset)
     model = inspect_model(profile.model)  # headers only: the same checks the loader makes
+    from loratui.engine.samples.during import sample_problems
+
+    samples = sample_problems(profile)  # a bad prompt file stops the run before the model loads
     checks = network_weights_problems(profile) + preflight(profile, overwrite=overwrite) + memory_problems(profile)
-    checks += family_option_problems(profile, model.family)
+    checks += family_option_problems(profile, model.family) + [p for p in samples if p.is_error]
     plan = plan_for(profile, scan)
     fingerprint = dataset_fingerprint(scan.items, plan.total_steps)
-    prepared = Prepared(profile, scan, plan, model, fingerprint, list(profile_warnings(profile)), checks)
+    warnings = list(profile_warnings(profile)) + [p for p in samples if not p.is_error]
+    prepared = Prepared(profile, scan, plan, model, fingerprint, warnings, checks)
     resume_spec = resume or profile.output.resume
     if resume_spec:
         _check_resume(prepared, resume_spec)
