@@ -190,28 +190,23 @@ def loop(r: Run) -> Event:
             acc.add(r.objective, r.source.load(batch), ga)
             if acc.micro % ga and bi + 1 != len(batches):
                 continue
-            loss, skipped = r.stepper.apply(acc, step, epoch, ctx.last_saved)
+            report(r, r.stepper.apply(acc, step, epoch, ctx.last_saved), t_train)  # step k-1's numbers
             step += 1
-            if skipped:
-                allowed = profile.optimization.max_bad_steps
-                ctx.warn(f"step {step}: {skipped}; skipped without updating the LoRA "
-                         f"({r.stepper.bad_steps} of {allowed} allowed by optimization.max_bad_steps)")
-            else:
-                smooth, its = meter.update(loss), meter.its
-                ctx.emit(StepEvent(epoch=epoch, epochs=epochs, step=step, total_steps=total, loss=loss,
-                                   smoothed_loss=smooth, lr=r.stepper.lr_scheduler.get_last_lr()[0], its=its,
-                                   elapsed=time.perf_counter() - t_train,
-                                   eta=(total - step) / its if its > 0 else 0.0))
             if step >= total:
                 break
-            if o.save_every_n_steps and step % o.save_every_n_steps == 0:
+            save_step = o.save_every_n_steps and step % o.save_every_n_steps == 0
+            save_asked = ctx.control.take_save_request()
+            if save_step or save_asked or ctx.control.stop_requested:
+                report(r, r.stepper.collect(ctx.last_saved), t_train)  # a save waits for the GPU anyway
+            if save_step:
                 ckpt.checkpoint("step", epoch, bi, len(batches), o.save_state, step)
-            if ctx.control.take_save_request():
+            if save_asked:
                 ckpt.checkpoint("manual", epoch, bi, len(batches), o.save_state, step)
             if ctx.control.stop_requested:
                 ckpt.checkpoint("manual", epoch, bi, len(batches), True, step)
                 stopped = True
                 break
+        report(r, r.stepper.collect(ctx.last_saved), t_train)
         if stopped or step >= total:
             break
         if o.save_every_n_epochs and epoch % o.save_every_n_epochs == 0 and epoch < epochs:
@@ -228,3 +223,19 @@ def loop(r: Run) -> Event:
     ctx.emit(PhaseChanged(phase=Phase.DONE))
     summary = {"epochs": epoch, "final_loss": meter.smoothed, "its": step / elapsed if elapsed else 0.0}
     return Finished(path=str(final_path(profile)), steps=step, elapsed=elapsed, summary=summary)
+
+
+def report(r: Run, results: list, t_train: float) -> None:
+    """Steps whose numbers reached the host: a StepEvent, or a warning for a skipped one."""
+    ctx, total, epochs = r.ctx, r.plan.total_steps, r.plan.epochs
+    for res in results:
+        if res.why:
+            allowed = ctx.profile.optimization.max_bad_steps
+            ctx.warn(f"step {res.step}: {res.why}; skipped without updating the LoRA "
+                     f"({res.bad_steps} of {allowed} allowed by optimization.max_bad_steps)")
+            continue
+        meter = r.stepper.meter
+        smooth, its = meter.update(res.loss), meter.its
+        ctx.emit(StepEvent(epoch=res.epoch, epochs=epochs, step=res.step, total_steps=total, loss=res.loss,
+                           smoothed_loss=smooth, lr=res.lr, its=its, elapsed=time.perf_counter() - t_train,
+                           eta=(total - res.step) / its if its > 0 else 0.0))

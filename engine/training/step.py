@@ -4,8 +4,9 @@
 (epsilon / v today, flow matching next) and the extra conditioning (SDXL's
 size/crop ids); the noise (with ``noise_offset``), timesteps and nothing else
 are drawn from the run's ``torch.Generator``, always in that order.
-``OptimizerStep`` applies accumulated gradients, or skips a step whose loss or
-gradients are not finite (``optimization.max_bad_steps``).
+``OptimizerStep`` applies accumulated gradients, or skips on the device a step
+whose loss or gradients are not finite (``optimization.max_bad_steps``); no
+host-device synchronisation in a steady-state step (engine/training/fastpath.py).
 """
 
 from __future__ import annotations
@@ -95,26 +96,47 @@ class Objective:
 
 @dataclass
 class Accumulator:
-    """Gradients gathered over ``gradient_accumulation_steps`` micro-batches."""
+    """Gradients gathered over ``gradient_accumulation_steps`` micro-batches.
 
-    loss: float = 0.0  # the mean loss of the micro-batches so far
+    The loss stays on the device (no ``.item()``: that would wait for the GPU
+    every micro-batch); a non-finite one is still never applied: ``OptimizerStep``
+    turns it into non-finite gradients, which skip the update on the device."""
+
+    loss: Any = None  # 0-dim float32 tensor on the device: the mean loss of the micro-batches so far
     micro: int = 0  # micro-batches in this epoch
-    bad: str = ""  # why the optimizer step being accumulated must be skipped
 
     def add(self, objective: Objective, batch, ga: int) -> None:
         loss = objective.loss(batch)
-        value = loss.item()
-        if math.isfinite(value):
-            objective.accelerator.backward(loss / ga)
-            self.loss += value / ga
-        elif not self.bad:  # detected at once: never backpropagated, never applied
-            self.bad = f"the loss became {value}"
+        objective.accelerator.backward(loss / ga)
+        part = loss.detach().float() / ga
+        self.loss = part if self.loss is None else self.loss + part
         del loss
         self.micro += 1
 
 
 @dataclass
+class StepResult:
+    """What one optimizer step did, known once its numbers reached the host."""
+
+    step: int  # 1-based
+    epoch: int
+    loss: float | None  # None: skipped
+    why: str  # why it was skipped ("" when applied)
+    lr: float
+    bad_steps: int = 0  # skipped steps so far, this one included
+
+
+@dataclass
 class OptimizerStep:
+    """Applies accumulated gradients, skipping on the device a step whose loss or
+    gradients are not finite (as torch's grad scaler does with ``found_inf``).
+
+    A step's loss and gradient norm reach the host one step later: ``apply``
+    queues step k and returns step k-1's :class:`StepResult` (read from a
+    non-blocking copy to pinned memory on CUDA, so the GPU never waits for the
+    host); ``collect`` returns all pending ones (before a save, at the end).
+    Too many bad steps (``optimization.max_bad_steps``) raise there."""
+
     profile: Profile
     optimizer: Any
     lr_scheduler: Any
@@ -123,35 +145,50 @@ class OptimizerStep:
     nan_hint: str  # what to do about non-finite values, for the message
     bad_steps: int = 0
     meter: Meter = field(default_factory=Meter)
+    pending: list = field(default_factory=list)  # engine.training.fastpath.PendingStats, oldest first
 
-    def apply(self, acc: Accumulator, step: int, epoch: int, last_saved: str) -> tuple[float | None, str]:
-        """Update the LoRA from the accumulated gradients (or skip a bad step).
-        Returns (the step's loss, "") or (None, why it was skipped)."""
-        import torch
+    def apply(self, acc: Accumulator, step: int, epoch: int, last_saved: str) -> list[StepResult]:
+        """Queue the update of step ``step + 1`` from the accumulated gradients;
+        return the results of the earlier steps now known."""
+        from loratui.engine.training import fastpath as fp
 
-        opt = self.profile.optimization
-        if not acc.bad and (opt.max_grad_norm or self.accelerator.scaler is None):
-            if opt.max_grad_norm:
-                norm = self.accelerator.clip_grad_norm_(self.params, opt.max_grad_norm)
-            else:
-                norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-            # With a grad scaler (fp16), inf gradients are normal: it skips the step and lowers its scale.
-            if self.accelerator.scaler is None and norm is not None and not math.isfinite(float(norm)):
-                acc.bad = f"the gradients became {float(norm)}"
-        if acc.bad:
-            why = acc.bad
-            self.optimizer.zero_grad(set_to_none=True)
-            self.bad_steps += 1
-            if self.bad_steps > opt.max_bad_steps:
-                raise self._too_many(why, step, epoch, last_saved)
-            self.lr_scheduler.step()  # the schedule stays on the plan
-            acc.bad, acc.loss = "", 0.0
-            return None, why
-        self.optimizer.step()
-        self.lr_scheduler.step()
+        opt, scaler = self.profile.optimization, self.accelerator.scaler
+        grads = [p.grad for p in self.params if p.grad is not None]
+        fp.poison_if_not_finite(grads, acc.loss)  # a non-finite loss makes non-finite gradients: never applied
+        if opt.max_grad_norm:
+            norm = self.accelerator.clip_grad_norm_(self.params, opt.max_grad_norm)
+        elif scaler is None:
+            norm = fp.total_norm(grads)
+        else:
+            norm = None  # the scaler finds inf gradients itself
+        if scaler is None:
+            fp.guarded_step(self.optimizer, norm)  # skipped on the device when the norm is not finite
+        else:  # fp16: inf gradients are normal; the scaler skips the step and lowers its scale
+            self.optimizer.step()
+        self.lr_scheduler.step()  # the schedule stays on the plan, skipped step or not
         self.optimizer.zero_grad(set_to_none=True)
-        loss, acc.loss = acc.loss, 0.0
-        return loss, ""
+        self.pending.append(fp.PendingStats.record(step + 1, epoch, acc.loss, norm, self.lr_scheduler.get_last_lr()[0]))
+        acc.loss = None
+        return self.collect(last_saved, keep=1)
+
+    def collect(self, last_saved: str, keep: int = 0) -> list[StepResult]:
+        """The results of all pending steps but the newest ``keep``, oldest first."""
+        out = []
+        while len(self.pending) > keep:
+            p = self.pending.pop(0)
+            loss, norm = p.read()
+            why = ""
+            if not math.isfinite(loss):
+                why = f"the loss became {loss}"
+            elif self.accelerator.scaler is None and not math.isfinite(norm):
+                why = f"the gradients became {norm}"
+            if why:
+                self.bad_steps += 1
+                if self.bad_steps > self.profile.optimization.max_bad_steps:
+                    self.pending.clear()
+                    raise self._too_many(why, p.step - 1, p.epoch, last_saved)
+            out.append(StepResult(p.step, p.epoch, None if why else loss, why, p.lr, self.bad_steps))
+        return out
 
     def _too_many(self, why: str, step: int, epoch: int, last_saved: str) -> TrainingError:
         opt = self.profile.optimization
