@@ -199,3 +199,43 @@ def test_the_unet_attention_runs_through_sdpa(tiny_sd1_dir):
     assert fp.attention_processors(unet) == {"AttnProcessor2_0"}
     unet.set_attn_processor(AttnProcessor())  # the math without SDPA: replaced
     assert fp.attention_processors(unet) == {"AttnProcessor2_0"}
+
+
+# --------------------------------------------------------------------------- torch.compile
+
+
+def test_batch_shapes_are_the_buckets_and_their_batch_sizes():
+    from types import SimpleNamespace
+
+    from loratui.engine.training.compile import batch_shapes
+
+    items = [SimpleNamespace(bucket=(512, 768))] * 5 + [SimpleNamespace(bucket=(640, 640))] * 2
+    source = SimpleNamespace(items=items, epoch=lambda e: [[0, 1], [2, 3], [4], [5, 6]])
+    assert batch_shapes(source) == [(2, 96, 64), (1, 96, 64), (2, 80, 80)]
+
+
+def test_a_compiled_unet_trains_exactly_as_the_eager_one(tiny_sd1_dir, data, tmp_path):
+    """torch.compile with the eager backend (inductor needs minutes on this CPU): the
+    COMPILING phase comes before the first step, the warm-up changes nothing."""
+    from safetensors.torch import load_file
+
+    from loratui.engine.events import LogEvent, PhaseChanged, WarningEvent
+
+    results = {}
+    for on in (False, True):
+        events = []
+        profile = tiny_profile(tiny_sd1_dir, data, tmp_path / f"out{on}", optimization__max_train_steps=2,
+                               optimization__torch_compile=on, optimization__dynamo_backend="eager")
+        result = run_training(profile, events.append, Control())
+        assert isinstance(result, Finished), result
+        results[on] = load_file(result.path)
+        phases = [e.phase for e in events if isinstance(e, PhaseChanged)]
+        assert ("compiling" in phases) is on
+        if on:
+            assert phases.index("compiling") < phases.index("training")
+            logs = [e.message for e in events if isinstance(e, LogEvent)]
+            assert any(m.startswith("torch.compile (eager, one static graph per shape): 1 shape(s) [2×64×64]")
+                       for m in logs), logs
+            assert not [e for e in events if isinstance(e, WarningEvent) and "recompiles" in e.message]
+    assert results[True].keys() == results[False].keys()
+    assert all(torch.equal(results[True][k], results[False][k]) for k in results[True])

@@ -68,8 +68,10 @@ class BatchSource:
     def _cached(self, batch: list[int]):
         import torch
 
+        from loratui.engine.training.fastpath import to_device
+
         flips = [self._flip() for _ in batch]
-        latents = torch.stack([self.store.get(i, f) for i, f in zip(batch, flips)]).to(self.device, dtype=self.weight_dtype)
+        latents = to_device(torch.stack([self.store.get(i, f) for i, f in zip(batch, flips)]), self.device, self.weight_dtype)
         return latents, [self.store.crop(i, f) for i, f in zip(batch, flips)]
 
     def _encoded(self, items: list):
@@ -77,13 +79,14 @@ class BatchSource:
 
         from loratui.engine.dataset import load_image_tensor
         from loratui.engine.latent_cache import encode_pixels
+        from loratui.engine.training.fastpath import to_device
 
         imgs, crops = [], []
         for it in items:
             img, crop = load_image_tensor(it, flip=self._flip())
             imgs.append(img)
             crops.append(crop)
-        pix = torch.stack(imgs).to(self.device, dtype=torch.float32 if self.vae_fp32 else self.weight_dtype)
+        pix = to_device(torch.stack(imgs), self.device, torch.float32 if self.vae_fp32 else self.weight_dtype)
         return encode_pixels(self.vae, pix).to(self.device, dtype=self.weight_dtype), crops
 
     # the RNG, saved with a state and restored on resume

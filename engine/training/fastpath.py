@@ -140,6 +140,13 @@ def to_device(t, device, dtype=None):
     return t.to(device, dtype=dtype)
 
 
+def fast_copies(items: list, device) -> list:
+    """``to_device`` for each tensor of ``items`` (token ids, weights); others as they are."""
+    import torch
+
+    return [to_device(t, device) if isinstance(t, torch.Tensor) else t for t in items]
+
+
 # --------------------------------------------------------------------------- per-run speed settings
 
 

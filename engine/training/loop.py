@@ -51,6 +51,7 @@ class RunContext:
         return {
             Phase.LOADING_MODEL: "while loading the model",
             Phase.CACHING_LATENTS: "while caching latents",
+            Phase.COMPILING: "while compiling the U-Net (optimization.torch_compile)",
             Phase.SAVING: "while saving",
         }.get(self.phase, "")
 
@@ -129,6 +130,8 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
     from loratui.engine.training import setup as s
     from loratui.engine.training.batches import BatchSource
     from loratui.engine.training.checkpoint import Checkpointer
+    from loratui.engine.training.compile import compile_denoiser
+    from loratui.engine.training.fastpath import speed_up
     from loratui.engine.training.optim import make_optimizer, make_scheduler, param_groups
     from loratui.engine.training.step import Objective, OptimizerStep
 
@@ -139,6 +142,7 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
     comp = s.load_model(profile, ctx.emit, device, weight_dtype, ctx.warn)
     ctx.check_abort()
     network = s.build_network(profile, comp, ctx.emit, ctx.warn)
+    speed_up(comp, device, lambda msg: ctx.emit(LogEvent(message=msg)))  # TF32, channels-last, SDPA
     s.check_disk_space(profile, plan, network.num_parameters(), ctx.warn)
     store = s.cache_latents(profile, scan, comp, ctx, device, weight_dtype)
     groups = param_groups(profile, network)
@@ -163,6 +167,7 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
     objective = Objective(profile, comp, accelerator, gen, device, weight_dtype)
     params = [p for g in groups for p in g["params"]]
     stepper = OptimizerStep(profile, optimizer, lr_scheduler, accelerator, params, hint)
+    compile_denoiser(ctx, objective, source, params)  # optimization.torch_compile: the COMPILING phase
     return Run(ctx, plan, source, objective, stepper, ckpt, start_at)
 
 

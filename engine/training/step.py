@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loratui.engine.schema import Profile
+from loratui.engine.training.fastpath import fast_copies
 from loratui.engine.training.paths import TrainingError
 
 
@@ -72,7 +73,7 @@ class Objective:
 
         opt, comp, fam, gen = self.profile.optimization, self.comp, self.family, self.generator
         latents = batch.latents
-        ids = fam.tokenize(comp.tokenizers, batch.captions)
+        ids = fast_copies(fam.tokenize(comp.tokenizers, batch.captions), self.device)  # pinned, non-blocking on CUDA
         noise = torch.randn(latents.shape, generator=gen, device=self.device, dtype=latents.dtype)
         if opt.noise_offset:
             noise = noise + opt.noise_offset * torch.randn(
@@ -88,7 +89,7 @@ class Objective:
         loss = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         if batch.has_reg:
             prior = self.profile.dataset.prior_loss_weight
-            loss = loss * torch.tensor([prior if it.is_reg else 1.0 for it in batch.items], device=self.device)
+            loss = loss * fast_copies([torch.tensor([prior if it.is_reg else 1.0 for it in batch.items])], self.device)[0]
         if opt.min_snr_gamma:
             loss = loss * fam.min_snr_weights(comp.noise_scheduler, timesteps, opt.min_snr_gamma, comp.prediction_type)
         return loss.mean()
