@@ -29,8 +29,21 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _importable_loratui() -> None:
+    """Where loratui is not installed (a GPU machine with a copy of the tree), a
+    folder of links maps loratui.engine, .tui, ... onto this checkout."""
+    try:
+        import loratui.engine  # noqa: F401
+    except ImportError:
+        root = Path(__file__).resolve().parent.parent
+        pkg = Path(tempfile.mkdtemp(prefix="loratui-pkg-")) / "loratui"
+        pkg.mkdir()
+        for part in ("engine", "tui", "screens", "profiles"):
+            (pkg / part).symlink_to(root / part)
+        sys.path.insert(0, str(pkg.parent))
 
 # (name, target) of every row, in the order printed; the dry-run test checks them all
 ROWS = [
@@ -546,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=10, help="timed steps per speed row (after 3 warm-up steps)")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args(argv)
+    _importable_loratui()
 
     import torch
 
