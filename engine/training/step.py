@@ -132,10 +132,11 @@ class OptimizerStep:
     """Applies accumulated gradients, skipping on the device a step whose loss or
     gradients are not finite (as torch's grad scaler does with ``found_inf``).
 
-    A step's loss and gradient norm reach the host one step later: ``apply``
-    queues step k and returns step k-1's :class:`StepResult` (read from a
-    non-blocking copy to pinned memory on CUDA, so the GPU never waits for the
-    host); ``collect`` returns all pending ones (before a save, at the end).
+    On CUDA a step's loss and gradient norm reach the host one step later:
+    ``apply`` queues step k and returns step k-1's :class:`StepResult` (read from
+    a non-blocking copy to pinned memory, so the GPU never waits for the host);
+    on other devices it returns step k's. ``collect`` returns all pending ones
+    (before a save, at the end).
     Too many bad steps (``optimization.max_bad_steps``) raise there."""
 
     profile: Profile
@@ -170,7 +171,9 @@ class OptimizerStep:
         self.optimizer.zero_grad(set_to_none=True)
         self.pending.append(fp.PendingStats.record(step + 1, epoch, acc.loss, norm, self.lr_scheduler.get_last_lr()[0]))
         acc.loss = None
-        return self.collect(last_saved, keep=1)
+        # CUDA: step k's numbers are read once step k+1 is queued (the GPU never waits for the host);
+        # elsewhere the step is done when apply returns: read now
+        return self.collect(last_saved, keep=1 if self.pending[-1].event is not None else 0)
 
     def collect(self, last_saved: str, keep: int = 0) -> list[StepResult]:
         """The results of all pending steps but the newest ``keep``, oldest first."""
