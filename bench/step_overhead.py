@@ -53,8 +53,12 @@ def engine_run(model_dir: Path, data_dir: Path, out_dir: Path, steps: int, resol
     return stamps
 
 
-def baseline_run(model_dir: Path, data_dir: Path, steps: int, resolution: int, batch: int) -> list[float]:
-    """The minimal loop: diffusers + peft, cached latents, nothing else."""
+def baseline_run(model_dir: Path, data_dir: Path, steps: int, resolution: int, batch: int, *,
+                 device: str = "cpu", dtype=None, pipe=None) -> list[float]:
+    """The minimal loop: diffusers + peft, cached latents, nothing else. On a GPU
+    (bench/gpu_check.py): ``pipe`` with the models on ``device`` in ``dtype``
+    (autocast to it), ``model_dir`` for the scheduler config only."""
+    import contextlib
     import random
 
     import numpy as np
@@ -64,8 +68,10 @@ def baseline_run(model_dir: Path, data_dir: Path, steps: int, resolution: int, b
     from PIL import Image
 
     torch.manual_seed(0)
-    pipe = StableDiffusionPipeline.from_pretrained(model_dir)
+    pipe = pipe or StableDiffusionPipeline.from_pretrained(model_dir)
     unet, te, tok, vae = pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae
+    autocast = (torch.autocast("cuda", dtype=dtype) if device.startswith("cuda") and dtype is not None
+                else contextlib.nullcontext())
     for m in (unet, te, vae):
         m.requires_grad_(False)
     unet_targets = [n for n, m in unet.named_modules()
@@ -86,21 +92,22 @@ def baseline_run(model_dir: Path, data_dir: Path, steps: int, resolution: int, b
         pix = torch.stack([
             torch.from_numpy(np.asarray(Image.open(f).convert("RGB").resize((resolution, resolution)), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
             for f in files
-        ])
+        ]).to(device, dtype=vae.dtype)
         latents_all = vae.encode(pix).latent_dist.mode() * vae.config.scaling_factor
     rng = random.Random(0)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(0)
     stamps = []
     for _ in range(steps):
         idx = [rng.randrange(len(files)) for _ in range(batch)]
         latents = latents_all[idx]
         ids = tok([caps[i] for i in idx], padding="max_length", max_length=tok.model_max_length,
-                  truncation=True, return_tensors="pt").input_ids
-        noise = torch.randn(latents.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
+                  truncation=True, return_tensors="pt").input_ids.to(device)
+        noise = torch.randn(latents.shape, generator=gen, device=device, dtype=latents.dtype)
+        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen, device=device)
         noisy = sched.add_noise(latents, noise, t)
-        hidden = te(ids).last_hidden_state
-        pred = unet(noisy, t, hidden).sample
+        with autocast:
+            hidden = te(ids).last_hidden_state
+            pred = unet(noisy, t, hidden).sample
         loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

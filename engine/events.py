@@ -46,6 +46,7 @@ class Phase(StrEnum):
     DOWNLOADING = "downloading"
     CACHING_LATENTS = "caching_latents"
     CAPTIONING = "captioning"
+    COMPILING = "compiling"  # torch.compile of the denoiser, before the first step
     TRAINING = "training"
     SAVING = "saving"
     PAUSED = "paused"

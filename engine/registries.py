@@ -68,6 +68,9 @@ def _adamw(groups, lr, kw):
     import torch
 
     kw.setdefault("weight_decay", 0.01)
+    if "fused" not in kw and "foreach" not in kw:  # one fused kernel on CUDA (it skips a found_inf step itself)
+        on_cuda = all(p.is_cuda for g in groups for p in g["params"])
+        kw["fused" if on_cuda else "foreach"] = True
     return torch.optim.AdamW(groups, lr=lr, **kw)
 
 

@@ -168,6 +168,7 @@ def test_messy_gui_config_imports_to_the_expected_profile():
             "train_batch_size": 2,
             "gradient_accumulation_steps": 2,  # "2.0"
             "gradient_checkpointing": True,
+            "mixed_precision": "fp16",  # loratui's default is bf16 (fp16 on cards without it)
             "min_snr_gamma": 5.0,
             "noise_offset": 0.0357,
             "max_grad_norm": 0.5,  # from additional_parameters

@@ -82,7 +82,9 @@ class SDXL(Family):
         import torch
 
         rows = [list(orig) + list(top_left) + list(target) for orig, top_left, target in crops]
-        time_ids = torch.tensor(rows, device=device, dtype=dtype)
+        from loratui.engine.training.fastpath import to_device
+
+        time_ids = to_device(torch.tensor(rows, dtype=dtype), device)  # pinned, non-blocking on CUDA
         return {"added_cond_kwargs": {"text_embeds": pooled.to(dtype), "time_ids": time_ids}}
 
     def pipeline_extras(self) -> dict[str, Any]:

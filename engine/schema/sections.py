@@ -24,6 +24,7 @@ from loratui.engine.schema.declare import SettingInfo, _Section, choice, section
 
 FAMILY_CHOICES = ("auto", *family_names())
 LOG_WITH = ("none", "tensorboard", "wandb", "all")
+DYNAMO_BACKENDS = ("inductor", "cudagraphs", "aot_eager", "eager")  # torch.compile's own backends (fastpath)
 
 # --------------------------------------------------------------------------- sections
 
@@ -521,8 +522,8 @@ class OptimizationSettings(_Section):
         label="Gradient checkpointing",
     )
     mixed_precision: choice(MIXED_PRECISIONS) = setting(  # type: ignore[valid-type]
-        "fp16",
-        "fp16 for most cards, bf16 for RTX 30xx/40xx/A100/H100. Falls back to no on a CPU.",
+        "bf16",
+        "bf16 (RTX 30xx and newer, A100, H100); a card without bf16 trains in fp16 with the grad scaler instead, a CPU in fp32 (no).",
         kohya="mixed_precision",
         convert=coerce.mixed_precision,
         label="Mixed precision",
@@ -564,6 +565,24 @@ class OptimizationSettings(_Section):
         ge=0,
         le=1,
         label="Noise offset",
+    )
+    # -- fastpath: torch.compile of the denoiser
+    torch_compile: bool = setting(
+        False,
+        "Compile the U-Net with torch.compile (GPU): steps ~10-30 % faster after a compile of a minute or more "
+        "per bucket shape at the start (shown as the compiling phase). Off: no compile.",
+        sd_scripts="torch_compile",
+        sd_omit=False,
+        advanced=True,
+        label="torch.compile",
+    )
+    dynamo_backend: choice(DYNAMO_BACKENDS) = setting(  # type: ignore[valid-type]
+        "inductor",
+        "torch.compile backend: inductor (fast kernels, the usual choice), cudagraphs, aot_eager or eager (for debugging).",
+        sd_scripts="dynamo_backend",
+        sd_omit="inductor",
+        advanced=True,
+        label="Dynamo backend",
     )
 
     # -- memory: block swap, CPU-offloaded checkpointing

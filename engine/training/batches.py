@@ -72,7 +72,9 @@ class BatchSource:
     def _cached(self, batch: list[int], flips: list[bool]):
         import torch
 
-        latents = torch.stack([self.store.get(i, f) for i, f in zip(batch, flips)]).to(self.device, dtype=self.weight_dtype)
+        from loratui.engine.training.fastpath import to_device
+
+        latents = to_device(torch.stack([self.store.get(i, f) for i, f in zip(batch, flips)]), self.device, self.weight_dtype)
         return latents, [self.store.crop(i, f) for i, f in zip(batch, flips)]
 
     def _encoded(self, items: list, flips: list[bool]):
@@ -80,13 +82,14 @@ class BatchSource:
 
         from loratui.engine.dataset import load_image_tensor
         from loratui.engine.latent_cache import encode_pixels
+        from loratui.engine.training.fastpath import to_device
 
         imgs, crops = [], []
         for it, flip in zip(items, flips):
             img, crop = load_image_tensor(it, flip=flip)
             imgs.append(img)
             crops.append(crop)
-        pix = torch.stack(imgs).to(self.device, dtype=torch.float32 if self.vae_fp32 else self.weight_dtype)
+        pix = to_device(torch.stack(imgs), self.device, torch.float32 if self.vae_fp32 else self.weight_dtype)
         return encode_pixels(self.vae, pix).to(self.device, dtype=self.weight_dtype), crops
 
     # the RNG, saved with a state and restored on resume

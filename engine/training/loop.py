@@ -51,6 +51,7 @@ class RunContext:
         return {
             Phase.LOADING_MODEL: "while loading the model",
             Phase.CACHING_LATENTS: "while caching latents",
+            Phase.COMPILING: "while compiling the U-Net (optimization.torch_compile)",
             Phase.SAVING: "while saving",
         }.get(self.phase, "")
 
@@ -131,6 +132,8 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
     from loratui.engine.training.batches import BatchSource
     from loratui.engine.training.checkpoint import Checkpointer
     from loratui.engine.training.memory import apply_memory_savers, cache_text_outputs
+    from loratui.engine.training.compile import compile_denoiser
+    from loratui.engine.training.fastpath import speed_up
     from loratui.engine.training.optim import make_optimizer, make_scheduler, param_groups
     from loratui.engine.training.precision import allow_fp16_gradients, full_precision
     from loratui.engine.training.step import Objective, OptimizerStep
@@ -144,6 +147,7 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
     network = s.build_network(profile, comp, ctx.emit, ctx.warn)
     apply_memory_savers(profile, comp, network, device, weight_dtype, ctx)
     full_precision(profile, network, mp, ctx.warn)
+    speed_up(comp, device, lambda msg: ctx.emit(LogEvent(message=msg)))  # TF32, channels-last, SDPA
     s.check_disk_space(profile, plan, network.num_parameters(), ctx.warn)
     store = s.cache_latents(profile, scan, comp, ctx, device, weight_dtype)
     groups = param_groups(profile, network)
@@ -170,6 +174,7 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
     objective = Objective(profile, comp, accelerator, gen, device, weight_dtype, text_cache)
     params = [p for g in groups for p in g["params"]]
     stepper = OptimizerStep(profile, optimizer, lr_scheduler, accelerator, params, hint, network=network)
+    compile_denoiser(ctx, objective, source, params)  # optimization.torch_compile: the COMPILING phase
     from loratui.engine.samples.during import TrainingSamples
 
     samples = TrainingSamples(ctx, comp, device, accelerator.autocast)
@@ -201,29 +206,24 @@ def loop(r: Run) -> Event:
             acc.add(r.objective, r.source.load(batch), ga)
             if acc.micro % ga and bi + 1 != len(batches):
                 continue
-            loss, skipped = r.stepper.apply(acc, step, epoch, ctx.last_saved)
+            report(r, r.stepper.apply(acc, step, epoch, ctx.last_saved), t_train)  # step k-1's numbers
             step += 1
-            if skipped:
-                allowed = profile.optimization.max_bad_steps
-                ctx.warn(f"step {step}: {skipped}; skipped without updating the LoRA "
-                         f"({r.stepper.bad_steps} of {allowed} allowed by optimization.max_bad_steps)")
-            else:
-                smooth, its = meter.update(loss), meter.its
-                ctx.emit(StepEvent(epoch=epoch, epochs=epochs, step=step, total_steps=total, loss=loss,
-                                   smoothed_loss=smooth, lr=r.stepper.lr_scheduler.get_last_lr()[0], its=its,
-                                   elapsed=time.perf_counter() - t_train,
-                                   eta=(total - step) / its if its > 0 else 0.0, **r.stepper.figures()))
             r.samples.after_step(epoch, step)
             if step >= total:
                 break
-            if o.save_every_n_steps and step % o.save_every_n_steps == 0:
+            save_step = o.save_every_n_steps and step % o.save_every_n_steps == 0
+            save_asked = ctx.control.take_save_request()
+            if save_step or save_asked or ctx.control.stop_requested:
+                report(r, r.stepper.collect(ctx.last_saved), t_train)  # a save waits for the GPU anyway
+            if save_step:
                 ckpt.checkpoint("step", epoch, bi, len(batches), o.save_state, step)
-            if ctx.control.take_save_request():
+            if save_asked:
                 ckpt.checkpoint("manual", epoch, bi, len(batches), o.save_state, step)
             if ctx.control.stop_requested:
                 ckpt.checkpoint("manual", epoch, bi, len(batches), True, step)
                 stopped = True
                 break
+        report(r, r.stepper.collect(ctx.last_saved), t_train)
         if not stopped:
             r.samples.after_epoch(epoch, step)
         if stopped or step >= total:
@@ -242,3 +242,19 @@ def loop(r: Run) -> Event:
     ctx.emit(PhaseChanged(phase=Phase.DONE))
     summary = {"epochs": epoch, "final_loss": meter.smoothed, "its": step / elapsed if elapsed else 0.0}
     return Finished(path=str(final_path(profile)), steps=step, elapsed=elapsed, summary=summary)
+
+
+def report(r: Run, results: list, t_train: float) -> None:
+    """Steps whose numbers reached the host: a StepEvent, or a warning for a skipped one."""
+    ctx, total, epochs = r.ctx, r.plan.total_steps, r.plan.epochs
+    for res in results:
+        if res.why:
+            allowed = ctx.profile.optimization.max_bad_steps
+            ctx.warn(f"step {res.step}: {res.why}; skipped without updating the LoRA "
+                     f"({res.bad_steps} of {allowed} allowed by optimization.max_bad_steps)")
+            continue
+        meter = r.stepper.meter
+        smooth, its = meter.update(res.loss), meter.its
+        ctx.emit(StepEvent(epoch=res.epoch, epochs=epochs, step=res.step, total_steps=total, loss=res.loss,
+                           smoothed_loss=smooth, lr=res.lr, its=its, elapsed=time.perf_counter() - t_train,
+                           eta=(total - res.step) / its if its > 0 else 0.0, **r.stepper.figures()))

@@ -36,8 +36,8 @@ def resolve_precision(profile: Profile, device: str, warn: Callable[[str], None]
     if device == "cpu" and mp != "no":
         warn(f"optimization.mixed_precision: {mp} needs a GPU; training in fp32 on the CPU")
         return "no"
-    if mp == "bf16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
-        warn("optimization.mixed_precision: this GPU has no bf16; using fp16")
+    if mp == "bf16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported(including_emulation=False):
+        warn("optimization.mixed_precision: this GPU has no bf16; using fp16 with the grad scaler")
         return "fp16"
     return mp
 

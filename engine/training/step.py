@@ -4,8 +4,9 @@
 (epsilon / v today, flow matching next) and the extra conditioning (SDXL's
 size/crop ids); the noise (with ``noise_offset``), timesteps and nothing else
 are drawn from the run's ``torch.Generator``, always in that order.
-``OptimizerStep`` applies accumulated gradients, or skips a step whose loss or
-gradients are not finite (``optimization.max_bad_steps``).
+``OptimizerStep`` applies accumulated gradients, or skips on the device a step
+whose loss or gradients are not finite (``optimization.max_bad_steps``); no
+host-device synchronisation in a steady-state step (engine/training/fastpath.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from loratui.engine.schema import Profile
 from loratui.engine.training import chunked, losses
 from loratui.engine.training import noise as noise_options
+from loratui.engine.training.fastpath import fast_copies
 from loratui.engine.training.paths import TrainingError
 
 
@@ -82,7 +84,7 @@ class Objective:
             if self.text_cache is not None:
                 hidden, pooled = self.text_cache.get(batch.captions, self.device)
             else:
-                ids = chunked.tokenize(fam, comp.tokenizers, batch.captions, tokens)
+                ids = fast_copies(chunked.tokenize(fam, comp.tokenizers, batch.captions, tokens), self.device)  # pinned, non-blocking on CUDA
                 with te_ctx:
                     hidden, pooled = chunked.encode_text(fam, comp.text_encoders, ids, self.profile.model.clip_skip, self.device, tokens)
             pred = fam.predict(comp.unet, noisy, timesteps, hidden, pooled, batch.crops, self.device, self.weight_dtype)
@@ -91,7 +93,7 @@ class Objective:
         loss = losses.weighted(opt, comp.noise_scheduler, loss, timesteps)
         if batch.has_reg:
             prior = self.profile.dataset.prior_loss_weight
-            loss = loss * torch.tensor([prior if it.is_reg else 1.0 for it in batch.items], device=self.device)
+            loss = loss * fast_copies([torch.tensor([prior if it.is_reg else 1.0 for it in batch.items])], self.device)[0]
         if opt.min_snr_gamma:
             loss = loss * fam.min_snr_weights(comp.noise_scheduler, timesteps, opt.min_snr_gamma, comp.prediction_type)
         weights = fam.loss_weights(comp.noise_scheduler, timesteps)  # SD3/FLUX weighting scheme; None elsewhere
@@ -102,26 +104,48 @@ class Objective:
 
 @dataclass
 class Accumulator:
-    """Gradients gathered over ``gradient_accumulation_steps`` micro-batches."""
+    """Gradients gathered over ``gradient_accumulation_steps`` micro-batches.
 
-    loss: float = 0.0  # the mean loss of the micro-batches so far
+    The loss stays on the device (no ``.item()``: that would wait for the GPU
+    every micro-batch); a non-finite one is still never applied: ``OptimizerStep``
+    turns it into non-finite gradients, which skip the update on the device."""
+
+    loss: Any = None  # 0-dim float32 tensor on the device: the mean loss of the micro-batches so far
     micro: int = 0  # micro-batches in this epoch
-    bad: str = ""  # why the optimizer step being accumulated must be skipped
 
     def add(self, objective: Objective, batch, ga: int) -> None:
         loss = objective.loss(batch)
-        value = loss.item()
-        if math.isfinite(value):
-            objective.accelerator.backward(loss / ga)
-            self.loss += value / ga
-        elif not self.bad:  # detected at once: never backpropagated, never applied
-            self.bad = f"the loss became {value}"
+        objective.accelerator.backward(loss / ga)
+        part = loss.detach().float() / ga
+        self.loss = part if self.loss is None else self.loss + part
         del loss
         self.micro += 1
 
 
 @dataclass
+class StepResult:
+    """What one optimizer step did, known once its numbers reached the host."""
+
+    step: int  # 1-based
+    epoch: int
+    loss: float | None  # None: skipped
+    why: str  # why it was skipped ("" when applied)
+    lr: float
+    bad_steps: int = 0  # skipped steps so far, this one included
+
+
+@dataclass
 class OptimizerStep:
+    """Applies accumulated gradients, skipping on the device a step whose loss or
+    gradients are not finite (as torch's grad scaler does with ``found_inf``).
+
+    On CUDA a step's loss and gradient norm reach the host one step later:
+    ``apply`` queues step k and returns step k-1's :class:`StepResult` (read from
+    a non-blocking copy to pinned memory, so the GPU never waits for the host);
+    on other devices it returns step k's. ``collect`` returns all pending ones
+    (before a save, at the end).
+    Too many bad steps (``optimization.max_bad_steps``) raise there."""
+
     profile: Profile
     optimizer: Any
     lr_scheduler: Any
@@ -132,39 +156,56 @@ class OptimizerStep:
     meter: Meter = field(default_factory=Meter)
     network: Any = None  # for max-norm regularisation (network.scale_weight_norms)
     norms: Any = None  # engine.training.regularize.NormFigures of the last step, None when off
+    pending: list = field(default_factory=list)  # engine.training.fastpath.PendingStats, oldest first
 
-    def apply(self, acc: Accumulator, step: int, epoch: int, last_saved: str) -> tuple[float | None, str]:
-        """Update the LoRA from the accumulated gradients (or skip a bad step).
-        Returns (the step's loss, "") or (None, why it was skipped)."""
-        import torch
+    def apply(self, acc: Accumulator, step: int, epoch: int, last_saved: str) -> list[StepResult]:
+        """Queue the update of step ``step + 1`` from the accumulated gradients;
+        return the results of the earlier steps now known."""
+        from loratui.engine.training import fastpath as fp
 
-        opt = self.profile.optimization
-        if not acc.bad and (opt.max_grad_norm or self.accelerator.scaler is None):
-            if opt.max_grad_norm:
-                norm = self.accelerator.clip_grad_norm_(self.params, opt.max_grad_norm)
-            else:
-                norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-            # With a grad scaler (fp16), inf gradients are normal: it skips the step and lowers its scale.
-            if self.accelerator.scaler is None and norm is not None and not math.isfinite(float(norm)):
-                acc.bad = f"the gradients became {float(norm)}"
-        if acc.bad:
-            why = acc.bad
-            self.optimizer.zero_grad(set_to_none=True)
-            self.bad_steps += 1
-            if self.bad_steps > opt.max_bad_steps:
-                raise self._too_many(why, step, epoch, last_saved)
-            self.lr_scheduler.step()  # the schedule stays on the plan
-            acc.bad, acc.loss = "", 0.0
-            return None, why
-        self.optimizer.step()
+        opt, scaler = self.profile.optimization, self.accelerator.scaler
+        grads = [p.grad for p in self.params if p.grad is not None]
+        fp.poison_if_not_finite(grads, acc.loss)  # a non-finite loss makes non-finite gradients: never applied
+        if opt.max_grad_norm:
+            norm = self.accelerator.clip_grad_norm_(self.params, opt.max_grad_norm)
+        elif scaler is None:
+            norm = fp.total_norm(grads)
+        else:
+            norm = None  # the scaler finds inf gradients itself
+        if scaler is None:
+            fp.guarded_step(self.optimizer, norm)  # skipped on the device when the norm is not finite
+        else:  # fp16: inf gradients are normal; the scaler skips the step and lowers its scale
+            self.optimizer.step()
         if self.profile.network.scale_weight_norms and self.network is not None:
             from loratui.engine.training.regularize import apply_max_norm
 
             self.norms = apply_max_norm(self.network, self.profile.network.scale_weight_norms)
-        self.lr_scheduler.step()
+        self.lr_scheduler.step()  # the schedule stays on the plan, skipped step or not
         self.optimizer.zero_grad(set_to_none=True)
-        loss, acc.loss = acc.loss, 0.0
-        return loss, ""
+        self.pending.append(fp.PendingStats.record(step + 1, epoch, acc.loss, norm, self.lr_scheduler.get_last_lr()[0]))
+        acc.loss = None
+        # CUDA: step k's numbers are read once step k+1 is queued (the GPU never waits for the host);
+        # elsewhere the step is done when apply returns: read now
+        return self.collect(last_saved, keep=1 if self.pending[-1].event is not None else 0)
+
+    def collect(self, last_saved: str, keep: int = 0) -> list[StepResult]:
+        """The results of all pending steps but the newest ``keep``, oldest first."""
+        out = []
+        while len(self.pending) > keep:
+            p = self.pending.pop(0)
+            loss, norm = p.read()
+            why = ""
+            if not math.isfinite(loss):
+                why = f"the loss became {loss}"
+            elif self.accelerator.scaler is None and not math.isfinite(norm):
+                why = f"the gradients became {norm}"
+            if why:
+                self.bad_steps += 1
+                if self.bad_steps > self.profile.optimization.max_bad_steps:
+                    self.pending.clear()
+                    raise self._too_many(why, p.step - 1, p.epoch, last_saved)
+            out.append(StepResult(p.step, p.epoch, None if why else loss, why, p.lr, self.bad_steps))
+        return out
 
     def figures(self) -> dict[str, Any]:
         """The max-norm figures of the last step, as StepEvent fields ({} when off)."""

@@ -48,7 +48,7 @@ def status_text(state: RunState, width: int = 120) -> Text:
             t.append("  " + (f"last saved {last}" if last else "nothing saved"))
         t.append(f"  {f.steps:,} steps in {fmt_duration(f.elapsed)}", style="dim")
         return t
-    if phase in (STARTING, Phase.PREPARING, Phase.LOADING_MODEL, Phase.SAVING) or (
+    if phase in (STARTING, Phase.PREPARING, Phase.LOADING_MODEL, Phase.COMPILING, Phase.SAVING) or (
         phase == Phase.CACHING_LATENTS and not state.total
     ):
         if state.detail:

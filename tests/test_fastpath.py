@@ -1,0 +1,241 @@
+"""The GPU fast path, proven on the CPU: no host-device synchronisation in a
+steady-state step, a non-finite step skipped on the device, the optimizer and
+copy choices (engine/training/fastpath.py, step.py)."""
+
+from __future__ import annotations
+
+import collections
+import copy
+import math
+
+import pytest
+import torch
+
+from loratui.engine.events import Control, Finished, StepEvent
+from loratui.engine.train import run_training
+from loratui.engine.training import fastpath as fp
+from tiny_runs import tiny_profile
+
+# Tensor methods that make the host wait for the device when called on a CUDA tensor.
+SYNCING = ("item", "__bool__", "__float__", "__int__", "cpu", "numpy", "tolist")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from loratui.engine.synthetic import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("fastpath") / "images", {"2_toy": 4}, size=(64, 64))
+
+
+def count_host_reads(monkeypatch, window: range):
+    """Count the SYNCING calls made while the run is between the StepEvents of
+    ``window`` (steady state: past the first steps, before the last). Tensors a
+    torch optimizer keeps on the host on CUDA too (its non-capturable ``step``
+    counters) are left out: reading them never waits for the GPU."""
+    from loratui.engine.training.step import OptimizerStep
+
+    state = {"on": False, "host": set()}
+    counts = collections.Counter()
+    real_apply = OptimizerStep.apply
+
+    def apply(self, *a, **k):
+        out = real_apply(self, *a, **k)
+        inner = fp.inner_optimizer(self.optimizer)
+        state["host"] = {id(s["step"]) for s in inner.state.values() if "step" in s and s["step"].device.type == "cpu"
+                         and not (inner.defaults.get("fused") or inner.defaults.get("capturable"))}
+        return out
+
+    monkeypatch.setattr(OptimizerStep, "apply", apply)
+    for name in SYNCING:
+        real = getattr(torch.Tensor, name)
+
+        def f(self, *a, _real=real, _name=name, **k):
+            if state["on"] and id(self) not in state["host"]:
+                counts[_name] += 1
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, f)
+
+    def on_event(ev):
+        if isinstance(ev, StepEvent):
+            state["on"] = ev.step in window
+
+    return counts, on_event
+
+
+@pytest.mark.parametrize("optimizer_args", ["", "fused=True"], ids=["foreach", "fused"])
+def test_steady_state_steps_read_nothing_from_the_device_but_the_last_steps_numbers(
+        optimizer_args, monkeypatch, tiny_sd1_dir, data, tmp_path):
+    counts, on_event = count_host_reads(monkeypatch, range(2, 7))
+    profile = tiny_profile(tiny_sd1_dir, data, tmp_path / "out", optimization__max_train_steps=8,
+                           optimization__max_train_epochs=10, output__save_every_n_epochs=0,
+                           optimization__optimizer_args=optimizer_args)
+    events = []
+    result = run_training(profile, lambda ev: (events.append(ev), on_event(ev)), Control())
+    assert isinstance(result, Finished) and result.steps == 8, result
+    # steps 3..7 ran in the window (its events arrive one step late); each read the numbers of the step before,
+    # through one host copy, and nothing else
+    assert dict(counts) == {"tolist": 5}, counts
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    assert [e.step for e in steps] == list(range(1, 9))
+    assert all(math.isfinite(e.loss) and e.loss > 0 for e in steps)
+
+
+def _model_and_optimizer(kind: str):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    params = list(model.parameters())
+    opt = {"fused": lambda: torch.optim.AdamW(params, lr=0.1, fused=True),
+           "foreach": lambda: torch.optim.AdamW(params, lr=0.1, foreach=True),
+           "sgd": lambda: torch.optim.SGD(params, lr=0.1, momentum=0.9)}[kind]()
+    return model, params, opt
+
+
+def _backward(model, scale=1.0):
+    loss = model(torch.ones(2, 4)).pow(2).mean() * scale
+    loss.backward()
+    return loss
+
+
+def _snapshot(params, opt):
+    state = [t.clone() for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
+    return [p.detach().clone() for p in params], state
+
+
+@pytest.mark.parametrize("kind", ["fused", "foreach", "sgd"])
+def test_a_non_finite_step_changes_neither_weights_nor_optimizer_state(kind):
+    model, params, opt = _model_and_optimizer(kind)
+    for _ in range(2):  # state exists: the steady state
+        _backward(model)
+        fp.guarded_step(opt, fp.total_norm([p.grad for p in params]))
+        opt.zero_grad()
+    w0, s0 = _snapshot(params, opt)
+    loss = _backward(model, float("nan"))
+    grads = [p.grad for p in params]
+    fp.poison_if_not_finite(grads, loss.detach())
+    norm = fp.total_norm(grads)
+    assert not torch.isfinite(norm)
+    fp.guarded_step(opt, norm)
+    w1, s1 = _snapshot(params, opt)
+    assert all(torch.equal(a, b) for a, b in zip(w0, w1))
+    if kind != "foreach":  # foreach AdamW counts steps on the host (left as they are: no sync)
+        assert len(s0) == len(s1) and all(torch.equal(a, b) for a, b in zip(s0, s1))
+    # and a finite one is applied exactly as a plain step would
+    opt.zero_grad()
+    ref_model, ref_params, ref_opt = _model_and_optimizer(kind)
+    ref_model.load_state_dict(model.state_dict())
+    ref_opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # not sharing the state tensors
+    _backward(model)
+    _backward(ref_model)
+    fp.poison_if_not_finite([p.grad for p in params], torch.tensor(1.0))
+    fp.guarded_step(opt, fp.total_norm([p.grad for p in params]))
+    ref_opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(params, ref_params))
+    assert not all(torch.equal(a, b) for a, b in zip(params, w0))
+
+
+def test_the_first_step_without_optimizer_state_is_decided_on_the_host():
+    model, params, opt = _model_and_optimizer("sgd")
+    _backward(model, float("inf"))
+    w0 = [p.detach().clone() for p in params]
+    fp.guarded_step(opt, fp.total_norm([p.grad for p in params]))
+    assert all(torch.equal(a, b) for a, b in zip(w0, params)) and not opt.state
+
+
+def test_a_finite_loss_leaves_the_gradients_bit_for_bit():
+    g = torch.randn(5, 3)
+    before = g.clone()
+    fp.poison_if_not_finite([g], torch.tensor(0.25))
+    assert torch.equal(g, before)
+    fp.poison_if_not_finite([g], torch.tensor(float("nan")))
+    assert not torch.isfinite(g).any()
+
+
+def test_pending_stats_read_the_steps_numbers():
+    p = fp.PendingStats.record(3, 1, torch.tensor(0.5), torch.tensor(float("inf")), 1e-4)
+    assert p.read() == (0.5, math.inf) and (p.step, p.epoch, p.lr) == (3, 1, 1e-4)
+    assert fp.PendingStats.record(1, 1, torch.tensor(0.5), None, 0.0).read() == (0.5, 0.0)
+
+
+def test_adamw_is_fused_on_cuda_and_foreach_elsewhere(monkeypatch):
+    from loratui.engine.registries import OPTIMIZERS
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = OPTIMIZERS["AdamW"].build([{"params": [p]}], 1e-3, {})
+    assert opt.defaults["foreach"] is True and not opt.defaults["fused"]
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    made = {}
+    monkeypatch.setattr(torch.optim, "AdamW", lambda groups, **kw: (made.clear(), made.update(kw)))
+    OPTIMIZERS["AdamW"].build([{"params": [p]}], 1e-3, {})
+    assert made["fused"] is True and "foreach" not in made
+    OPTIMIZERS["AdamW"].build([{"params": [p]}], 1e-3, {"foreach": False})
+    assert made["foreach"] is False and "fused" not in made  # the user's choice stays
+
+
+def test_batches_are_copied_pinned_and_without_blocking_on_cuda(monkeypatch):
+    calls = []
+    t = torch.zeros(2, 4, dtype=torch.float32)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: calls.append("pin") or self)
+    real_to = torch.Tensor.to
+
+    def to(self, *a, **k):
+        calls.append(("to", str(a[0]) if a else k.get("device"), k.get("non_blocking", False), k.get("dtype")))
+        return real_to(self, "cpu", dtype=k.get("dtype"))
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    out = fp.to_device(t, "cuda", torch.float16)
+    assert out.dtype == torch.float16
+    assert calls[-2:] == ["pin", ("to", "cuda", True, torch.float16)]
+    calls.clear()
+    fp.to_device(t, "cpu")
+    assert "pin" not in calls
+
+
+def test_the_unet_attention_runs_through_sdpa(tiny_sd1_dir):
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd1_dir, subfolder="unet")
+    assert fp.attention_processors(unet) == {"AttnProcessor2_0"}
+    unet.set_attn_processor(AttnProcessor())  # the math without SDPA: replaced
+    assert fp.attention_processors(unet) == {"AttnProcessor2_0"}
+
+
+# --------------------------------------------------------------------------- torch.compile
+
+
+def test_batch_shapes_are_the_buckets_and_their_batch_sizes():
+    from types import SimpleNamespace
+
+    from loratui.engine.training.compile import batch_shapes
+
+    items = [SimpleNamespace(bucket=(512, 768))] * 5 + [SimpleNamespace(bucket=(640, 640))] * 2
+    source = SimpleNamespace(items=items, epoch=lambda e: [[0, 1], [2, 3], [4], [5, 6]])
+    assert batch_shapes(source) == [(2, 96, 64), (1, 96, 64), (2, 80, 80)]
+
+
+def test_a_compiled_unet_trains_exactly_as_the_eager_one(tiny_sd1_dir, data, tmp_path):
+    """torch.compile with the eager backend (inductor needs minutes on this CPU): the
+    COMPILING phase comes before the first step, the warm-up changes nothing."""
+    from safetensors.torch import load_file
+
+    from loratui.engine.events import LogEvent, PhaseChanged, WarningEvent
+
+    results = {}
+    for on in (False, True):
+        events = []
+        profile = tiny_profile(tiny_sd1_dir, data, tmp_path / f"out{on}", optimization__max_train_steps=2,
+                               optimization__torch_compile=on, optimization__dynamo_backend="eager")
+        result = run_training(profile, events.append, Control())
+        assert isinstance(result, Finished), result
+        results[on] = load_file(result.path)
+        phases = [e.phase for e in events if isinstance(e, PhaseChanged)]
+        assert ("compiling" in phases) is on
+        if on:
+            assert phases.index("compiling") < phases.index("training")
+            logs = [e.message for e in events if isinstance(e, LogEvent)]
+            assert any(m.startswith("torch.compile (eager, one static graph per shape): 1 shape(s) [2×64×64]")
+                       for m in logs), logs
+            assert not [e for e in events if isinstance(e, WarningEvent) and "recompiles" in e.message]
+    assert results[True].keys() == results[False].keys()
+    assert all(torch.equal(results[True][k], results[False][k]) for k in results[True])
