@@ -113,7 +113,11 @@ def _network_args(p: Profile, a: dict[str, Any], keep) -> None:
         raise ValueError(f"network type {n.network_type!r} cannot be exported")
     net = NETWORK_TYPES[n.network_type]
     a["network_module"] = net.network_module
-    if net.conv:
+    if net.algo is not None:  # -- lycoris: network_args as kohya_ss writes them
+        from loratui.engine.kohya.lycoris_map import network_args_for
+
+        a["network_args"] = network_args_for(p)
+    elif net.conv:
         a["network_args"] = [f"conv_dim={n.conv_dim}", f"conv_alpha={num_text(n.conv_alpha)}"]
     else:
         # networks.lora would train the convolutions if given conv_dim: keep them as comments
