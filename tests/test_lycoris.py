@@ -178,6 +178,28 @@ def test_each_algorithm_trains_saves_lycoris_keys_and_reloads_with_lycoris(name,
     h2, u2 = _outputs(ours)
     torch.testing.assert_close(u2, u1, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(h2, h1, rtol=1e-4, atol=1e-5)
+    if name in ("lycoris-locon", "dora"):
+        _check_diffusers(model, family, result.path, h0, u0, h1, u1, dora=name == "dora")
+
+
+def _check_diffusers(model, family, path, h0, u0, h1, u1, dora: bool):
+    """diffusers' load_lora_weights: a LoRA gives LyCORIS's outputs; a DoRA file loads (diffusers'
+    SD/SDXL loaders drop dora_scale themselves, with a warning, so its outputs are LoRA's)."""
+    from types import SimpleNamespace
+
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(model))
+    tok = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
+    tes = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
+    comp = SimpleNamespace(family=family, tokenizers=tok, text_encoders=tes, unet=pipe.unet)
+    torch.testing.assert_close(_outputs(comp)[1], u0)
+    pipe.load_lora_weights(str(path))
+    h3, u3 = _outputs(comp)
+    assert not torch.allclose(u3, u0) and not torch.allclose(h3, h0)
+    if not dora:
+        torch.testing.assert_close(u3, u1, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(h3, h1, rtol=1e-4, atol=1e-5)
 
 
 def test_lokr_full_dimension_and_continue_from_a_file(tiny_sd1_dir, data, tmp_path):
