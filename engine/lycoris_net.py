@@ -126,6 +126,23 @@ def _te_arg(text_encoders: list):
     return text_encoders[0] if len(text_encoders) == 1 else list(text_encoders)
 
 
+def _check_file_algo(meta: Mapping[str, str], entry, source: str) -> None:
+    """A file whose ss_network_args name another algorithm: say which type to choose."""
+    import json
+
+    try:
+        algo = json.loads(meta.get("ss_network_args") or "{}").get("algo")
+    except (ValueError, AttributeError):
+        return
+    module = meta.get("ss_network_module", "")
+    if module.startswith("lycoris") and algo and str(algo).strip('"').lower() not in (entry.algo, "lora" if entry.algo == "locon" else ""):
+        same = [n.name for n in NETWORK_TYPES.values() if n.algo == str(algo).strip('"').lower()]
+        raise LoRAWeightsError(
+            f"{source}: was trained as LyCORIS algo={algo}, not {entry.algo}; set network.network_type to "
+            f"{same[0] if same else algo!r} (and the settings in its ss_network_args) to continue it"
+        )
+
+
 class LycorisNetwork:
     """A LyCORIS network on a U-Net and its text encoders, with sd-scripts' names.
     Build it with :meth:`create`."""
@@ -192,7 +209,8 @@ class LycorisNetwork:
         file_sd = None
         in_file: set[str] = set()
         if weights is not None and str(weights) != "":
-            file_sd, _ = read_lora_file(weights)
+            file_sd, meta = read_lora_file(weights)
+            _check_file_algo(meta or {}, entry, str(Path(weights).expanduser()))
             in_file = {("unet" if k.startswith("lora_unet_") else "te") for k in file_sd}
         net.apply_to(te_arg, unet, apply_text_encoder=bool(text_encoders) and (train_text_encoder or "te" in in_file),
                      apply_unet=unet is not None and (train_unet or "unet" in in_file))

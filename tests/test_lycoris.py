@@ -219,7 +219,12 @@ def test_lokr_full_dimension_and_continue_from_a_file(tiny_sd1_dir, data, tmp_pa
 
     other = run_training(_profile(tiny_sd1_dir, data, tmp_path / "c", "loha", network__network_weights=first.path),
                          lambda e: None)
-    assert isinstance(other, Failed) and "does not match" in other.message and first.path in other.message
+    assert isinstance(other, Failed) and "algo=lokr" in other.message and first.path in other.message
+    assert "'lokr'" in other.message or "lokr" in other.message.split("network_type to")[1]
+    # the same algorithm with other settings: the tensors do not fit, and it says so
+    other = run_training(_profile(tiny_sd1_dir, data, tmp_path / "d", "lokr", network__network_weights=first.path),
+                         lambda e: None)
+    assert isinstance(other, Failed) and "does not match" in other.message and "ss_network_args" in other.message
 
 
 def test_loha_resume_is_exact(tiny_sd1_dir, data, tmp_path):
