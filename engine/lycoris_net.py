@@ -391,9 +391,7 @@ def build_lycoris_network(profile, comp, emit, warn) -> LycorisNetwork:
             alpha=n.network_alpha, conv_rank=n.conv_dim, conv_alpha=n.conv_alpha, options=opts,
             train_unet=n.train_unet, train_text_encoder=n.train_text_encoder, weights=n.network_weights or None,
         )
-    except (ValueError, AssertionError, KeyError) as exc:
-        if isinstance(exc, LoRAWeightsError):
-            raise
+    except (ValueError, AssertionError, KeyError) as exc:  # LyCORIS's own refusals
         raise TrainingError(f"network.network_type: LyCORIS cannot build a {n.network_type} network with these settings: {exc}",
                             "check network.lycoris_preset and the network settings the algorithm reads (README: network types)") from None
     if opt.gradient_checkpointing:

@@ -61,12 +61,6 @@ NETWORK_LABELS = {
 }
 
 
-LYCORIS_LOCON_NOTE = (
-    "LyCORIS LoCon is trained as loratui's LoCon (kohya networks.lora with conv layers); "
-    "the file format is the same, LyCORIS-only options do not apply"
-)
-
-
 def network_slug(text: str) -> str:
     t = str(text).strip()
     if t.lower() in LORA_TYPES:
