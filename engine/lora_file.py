@@ -130,7 +130,8 @@ def parse_kohya_state_dict(sd: Mapping[str, torch.Tensor], source: str = "LoRA")
         kinds = ", ".join(sorted(other))
         raise LoRAWeightsError(
             f"{source}: holds {kinds} modules (e.g. '{next(iter(other.values()))}'); only plain LoRA/LoCon files "
-            "(lora_down/lora_up/alpha) can be continued"
+            "(lora_down/lora_up/alpha) can be continued as network_type lora/locon; for a LyCORIS file set "
+            "network.network_type to its algorithm (loha, lokr, ...) and the settings it was trained with"
         )
     if foreign:
         hint = ""

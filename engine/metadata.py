@@ -239,6 +239,10 @@ def build_metadata(
     if n.network_type == "locon":
         meta["ss_network_args"] = _json({"conv_dim": str(n.conv_dim), "conv_alpha": _num(n.conv_alpha)})
     meta |= fam.metadata_extra(profile)  # SD3/FLUX: their own ss_* keys, as sd-scripts writes them
+    if NETWORK_TYPES[n.network_type].algo is not None:  # -- lycoris: as kohya_ss writes them
+        from loratui.engine.registries import lycoris_args
+
+        meta["ss_network_args"] = _json(lycoris_args(n))
 
     base = m.base_model
     if base:

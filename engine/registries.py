@@ -186,6 +186,67 @@ class NetworkType:
     network_module: str  # ss_network_module / sd-scripts --network_module
     conv: bool  # trains 3×3 convolutions too (conv_dim / conv_alpha)
     gui_lora_types: tuple[str, ...] = ()  # kohya_ss GUI LoRA_type values that mean exactly this
+    algo: str | None = None  # LyCORIS network_args algo= (None: peft LoRA, engine.lora)
+    applies: tuple[str, ...] = ()  # the LyCORIS settings (network.*) it reads, in kohya_ss's network_args order
+
+
+# -- lycoris: the LyCORIS settings each algorithm reads, in the order kohya_ss writes network_args
+_LYCO_LORA = ("lycoris_preset", "conv_dim", "conv_alpha", "rank_dropout", "bypass_mode", "dora_wd", "module_dropout",
+              "use_tucker", "use_scalar", "train_norm")
+_LYCO_LOKR = ("lycoris_preset", "conv_dim", "conv_alpha", "rank_dropout", "bypass_mode", "dora_wd", "module_dropout",
+              "factor", "use_tucker", "use_scalar", "decompose_both", "train_norm")
+_LYCO_OFT = ("lycoris_preset", "conv_dim", "conv_alpha", "module_dropout", "use_tucker", "use_scalar", "rank_dropout",
+             "constrain", "rescaled", "train_norm")
+_LYCORIS_TYPES = (
+    NetworkType("lycoris-locon", "LyCORIS/LoCon", "lycoris.kohya", conv=True, gui_lora_types=("lycoris/locon", "locon"),
+                algo="locon", applies=_LYCO_LORA),
+    NetworkType("loha", "LyCORIS/LoHa", "lycoris.kohya", conv=True, gui_lora_types=("lycoris/loha",), algo="loha",
+                applies=_LYCO_LORA),
+    NetworkType("lokr", "LyCORIS/LoKr", "lycoris.kohya", conv=True, gui_lora_types=("lycoris/lokr",), algo="lokr",
+                applies=_LYCO_LOKR),
+    NetworkType("ia3", "LyCORIS/iA3", "lycoris.kohya", conv=False, gui_lora_types=("lycoris/ia3", "lycoris/(ia)^3"),
+                algo="ia3", applies=("lycoris_preset", "train_norm")),
+    NetworkType("glora", "LyCORIS/GLoRA", "lycoris.kohya", conv=True, gui_lora_types=("lycoris/glora",), algo="glora",
+                applies=("lycoris_preset", "conv_dim", "conv_alpha", "rank_dropout", "module_dropout", "train_norm")),
+    NetworkType("diag-oft", "LyCORIS/Diag-OFT", "lycoris.kohya", conv=True, gui_lora_types=("lycoris/diag-oft",),
+                algo="diag-oft", applies=_LYCO_OFT),
+    NetworkType("boft", "LyCORIS/BOFT", "lycoris.kohya", conv=True, gui_lora_types=("lycoris/boft",), algo="boft",
+                applies=_LYCO_OFT),
+    NetworkType("full", "LyCORIS/Native Fine-Tuning", "lycoris.kohya", conv=False,
+                gui_lora_types=("lycoris/native fine-tuning",), algo="full",
+                applies=("lycoris_preset", "rank_dropout", "module_dropout", "use_tucker", "use_scalar", "train_norm")),
+    NetworkType("dylora", "LyCORIS/DyLoRA", "lycoris.kohya", conv=True, gui_lora_types=("lycoris/dylora", "kohya dylora"),
+                algo="dylora", applies=("lycoris_preset", "conv_dim", "conv_alpha", "use_tucker", "dylora_unit",
+                                        "rank_dropout", "module_dropout", "train_norm")),
+)
+# network.<setting> -> its network_args name (kohya_ss writes use_cp for LoKr, block_size for DyLoRA's unit)
+LYCORIS_ARG_NAMES = {"lycoris_preset": "preset", "dylora_unit": "block_size"}
+
+
+def lycoris_values(n: Any) -> dict[str, Any]:
+    """{network_args name: value} of a LyCORIS network (NetworkSettings ``n``), typed,
+    ``algo`` after the settings the algorithm reads; {} for peft LoRA/LoCon."""
+    entry = NETWORK_TYPES.get(n.network_type)
+    if entry is None or entry.algo is None:
+        return {}
+    out: dict[str, Any] = {}
+    for key in entry.applies:
+        name = LYCORIS_ARG_NAMES.get(key, key)
+        if key == "use_tucker" and entry.algo == "lokr":
+            name = "use_cp"
+        out[name] = getattr(n, key)
+    out["algo"] = entry.algo
+    return out
+
+
+def lycoris_args(n: Any) -> dict[str, str]:
+    """``network_args`` as kohya_ss writes them (and ``ss_network_args``): every value a string."""
+    def text(v: Any) -> str:
+        if isinstance(v, float) and v.is_integer():
+            return str(int(v))
+        return str(v)
+
+    return {k: text(v) for k, v in lycoris_values(n).items()}
 
 
 NETWORK_TYPES: dict[str, NetworkType] = {
@@ -193,6 +254,8 @@ NETWORK_TYPES: dict[str, NetworkType] = {
     for n in (
         NetworkType("lora", "Standard", "networks.lora", conv=False, gui_lora_types=("standard", "kohya lora", "flux1")),
         NetworkType("locon", "LoCon (kohya)", "networks.lora", conv=True, gui_lora_types=("kohya locon", "locon")),
+        # -- lycoris: LyCORIS networks (engine.lycoris_net), as kohya_ss trains them
+        *_LYCORIS_TYPES,
     )
 }
 

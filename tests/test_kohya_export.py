@@ -159,6 +159,7 @@ def test_print_command_for_sdxl():
 def test_print_command_quotes_paths_with_spaces():
     d = import_kohya(FIXTURES / "gui_sd15_lokr.json").profile_dict
     d["network"]["network_type"] = "lora"
+    d["network"]["network_dim"] = 8  # the file's LoKr "full dimension" 100000 is LoKr's only
     d["dataset"]["train_data_dir"] = "/data/my images"
     cmd = sd_scripts_command(profile_from_dict(d))
     argv = shlex.split(cmd)
@@ -201,12 +202,11 @@ def test_cli_export_default_folder_and_print_command(tmp_path, capsys):
 
 
 def test_cli_export_refuses_an_untrainable_network_type(tmp_path, capsys):
-    p = tmp_path / "lokr.toml"
-    assert run_command(["import", str(FIXTURES / "gui_sd15_lokr.json"), "-o", str(p)]) == 0
-    capsys.readouterr()
+    p = tmp_path / "fa.toml"
+    p.write_text('[network]\nnetwork_type = "lora-fa"\n')
     assert run_command(["export", str(p), "--to", "sd-scripts", "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "LoKr" in err and "cannot be trained" in err
+    assert "lora-fa" in err and "cannot be trained" in err
     assert not (tmp_path / "o").exists()
 
 

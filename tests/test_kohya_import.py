@@ -7,6 +7,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
+from loratui.engine.registries import NETWORK_TYPES
 from conftest import SHARED_FIXTURES
 
 from loratui.engine.cli import run_command
@@ -74,7 +76,7 @@ def test_every_kohya_ss_fixture_imports_and_every_key_is_accounted_for():
         for key, value, reason in result.ignored + result.unsupported:
             assert reason, (path.name, key)
         problems = result.problems()
-        if result.profile_dict["network"]["network_type"] in ("lora", "locon"):
+        if result.profile_dict["network"]["network_type"] in NETWORK_TYPES:  # LyCORIS types train too
             assert problems == [], (path.name, problems)
             assert isinstance(result.profile(), Profile)
         else:
@@ -106,7 +108,10 @@ def test_real_kohya_ss_files_map_to_the_expected_settings():
 
     r = import_kohya(SHARED / "sd15_loha.json")
     assert r.profile_dict["network"]["network_type"] == "loha"
-    assert _entries(r.unsupported)["LoRA_type"] == "LyCORIS/LoHa"
+    assert _entries(r.mapped)["LoRA_type"] == "LyCORIS/LoHa" and "LoRA_type" not in _entries(r.unsupported)
+    n = r.profile_dict["network"]
+    assert (n["network_dim"], n["network_alpha"], n["conv_dim"], n["conv_alpha"]) == (32, 16.0, 8, 4.0)
+    assert _entries(r.ignored)["use_cp"] is True  # kohya_ss passes use_tucker (not use_cp) for LoHa
     # issue 11: the training options these presets use are supported now (mapped, not unsupported)
     assert _entries(r.mapped)["multires_noise_iterations"] == 8 and "multires_noise_iterations" not in _entries(r.unsupported)
     assert r.profile_dict["optimization"]["multires_noise_iterations"] == 8
@@ -225,21 +230,36 @@ def test_sdxl_gui_config_with_prodigy_and_unet_only():
     assert _entries(r.ignored)["epoch"] == 10
 
 
-def test_unsupported_network_type_imports_but_refuses_to_train():
+def test_lycoris_network_type_imports_and_trains():
+    # was refused before LyCORIS: LoKr now maps with its settings, "full dimension" included
     r = import_kohya(FIXTURES / "gui_sd15_lokr.json")
     assert r.profile_dict["network"]["network_type"] == "lokr"
-    assert _entries(r.unsupported)["LoRA_type"] == "LyCORIS/LoKr"
+    assert _entries(r.mapped)["LoRA_type"] == "LyCORIS/LoKr"
     # everything else still maps
     ch = _changed(r)
     assert ch["model"]["family"] == "sd2" and ch["model"]["v_parameterization"] is True
     assert ch["optimization"]["optimizer"] == "DAdaptAdam"  # "DAdaptation"
     assert ch["optimization"]["seed"] == 31337 and ch["output"]["save_precision"] == "float"
     assert ch["dataset"]["cache_latents"] == "off"
-    assert _entries(r.unsupported)["network_dim"] == 100000  # out of range: reported, default kept
-    assert r.profile_dict["network"]["network_dim"] == 8
+    n = r.profile_dict["network"]
+    assert n["network_dim"] == 100000 and "network_dim" not in _entries(r.unsupported)
+    assert n["lycoris_preset"] == "attn-mlp" and n["factor"] == 8
+    assert r.problems() == []
+    assert r.profile().network.network_type == "lokr"
+
+
+def test_unsupported_network_type_imports_but_refuses_to_train(tmp_path):
+    cfg = tmp_path / "fa.json"
+    data = json.loads((FIXTURES / "gui_sd15_lokr.json").read_text())
+    data["LoRA_type"] = "LoRA-FA"
+    cfg.write_text(json.dumps(data))
+    r = import_kohya(cfg)
+    assert r.profile_dict["network"]["network_type"] == "lora-fa"
+    assert _entries(r.unsupported)["LoRA_type"] == "LoRA-FA"
     problems = r.problems()
     assert len(problems) == 1
-    assert "LoKr" in str(problems[0]) and "'lora'" in str(problems[0]) and "'locon'" in str(problems[0])
+    assert "LoRA-FA" in str(problems[0]) and "'lora'" in str(problems[0]) and "'locon'" in str(problems[0])
+    assert "lokr" in str(problems[0])  # the LyCORIS types are named as choices
     with pytest.raises(ProfileError) as exc:
         r.profile()
     assert "cannot be trained" in str(exc.value)
@@ -352,17 +372,21 @@ def test_cli_import_refuses_to_overwrite(tmp_path, capsys):
 
 
 def test_cli_import_of_an_untrainable_network_type(tmp_path, capsys):
-    out = tmp_path / "lokr.toml"
-    assert run_command(["import", str(FIXTURES / "gui_sd15_lokr.json"), "-o", str(out)]) == 0
+    cfg = tmp_path / "fa.json"
+    data = json.loads((FIXTURES / "gui_sd15_lokr.json").read_text())
+    data["LoRA_type"] = "LoRA-FA"
+    cfg.write_text(json.dumps(data))
+    out = tmp_path / "fa.toml"
+    assert run_command(["import", str(cfg), "-o", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "cannot be trained until" in printed and "LoKr" in printed
+    assert "cannot be trained until" in printed and "LoRA-FA" in printed
     data = tomllib.loads(out.read_text())
-    assert data["network"]["network_type"] == "lokr"
+    assert data["network"]["network_type"] == "lora-fa"
     # the schema refuses it, naming the file, the field, the value and the choices
     with pytest.raises(ProfileError) as exc:
         load_profile(out)
     (problem,) = [str(p) for p in exc.value.problems]
-    assert str(out) in problem and "network.network_type" in problem and "'lokr'" in problem and "'lora'" in problem
+    assert str(out) in problem and "network.network_type" in problem and "'lora-fa'" in problem and "'lora'" in problem
 
 
 def test_cli_import_error_exit_code(tmp_path, capsys):
@@ -376,7 +400,7 @@ def test_cli_import_error_exit_code(tmp_path, capsys):
     "toml_text, network_type, optimizer",
     [
         ('network_module = "lycoris.kohya"\nnetwork_args = ["algo=loha", "preset=full"]\noptimizer_type = "AdamW"', "loha", "AdamW"),
-        ('network_module = "lycoris.kohya"\nnetwork_args = ["algo=locon", "conv_dim=4"]\noptimizer_type = "lion"', "locon", "Lion"),
+        ('network_module = "lycoris.kohya"\nnetwork_args = ["algo=locon", "conv_dim=4"]\noptimizer_type = "lion"', "lycoris-locon", "Lion"),
         ('network_module = "networks.dylora"\noptimizer_type = "PagedAdamW8bit"', "dylora", "AdamW8bit"),
         ('network_module = "networks.lora"\noptimizer_type = "SGDNesterov"', "lora", "SGDNesterov"),
         ('network_module = "networks.lora"\nuse_8bit_adam = true', "lora", "AdamW8bit"),
@@ -393,10 +417,8 @@ def test_sd_scripts_network_modules_and_optimizer_spellings(tmp_path, toml_text,
         # written as given: training refuses until the user picks one we have
         assert len(problems) == 1 and "SGDNesterov" in str(problems[0]) and "Prodigy" in str(problems[0])
         assert _entries(r.unsupported)["optimizer_type"] == "SGDNesterov"
-    elif network_type in ("lora", "locon"):
-        assert problems == []
     else:
-        assert "cannot be trained" in str(problems[0])
+        assert problems == []  # LyCORIS types (and sd-scripts' DyLoRA) train
 
 
 def test_values_the_schema_refuses_are_reported_and_replaced(tmp_path):

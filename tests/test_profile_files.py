@@ -114,9 +114,9 @@ def test_problems_are_structured():
 
 def test_an_untrainable_network_type_says_what_to_do():
     with pytest.raises(ProfileError) as err:
-        profile_from_dict({"network": {"network_type": "lokr"}}, "f.toml")
+        profile_from_dict({"network": {"network_type": "lora-fa"}}, "f.toml")
     (p,) = err.value.problems
-    assert p.key == "network.network_type" and p.value == "lokr" and p.message.startswith("'lokr' is not one of")
+    assert p.key == "network.network_type" and p.value == "lora-fa" and p.message.startswith("'lora-fa' is not one of")
     assert "cannot be trained here yet" in p.hint
     assert str(p) == f"f.toml:network.network_type: {p.message} — {p.hint}"
 

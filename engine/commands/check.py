@@ -53,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning  {w}")
     for p in info.problems:
         print(f"error    {p}")
+    from loratui.engine.schema.lycoris_checks import describe_network
+
+    print(f"network  {describe_network(profile.network)}")
     for line in report_lines(prepared.report, prepared.plan):
         print(line)
     for w in prepared.resume_warnings:

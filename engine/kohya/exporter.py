@@ -142,7 +142,11 @@ def _network_args(p: Profile, a: dict[str, Any], keep) -> None:
     net = NETWORK_TYPES[n.network_type]
     fam = get_family(p.model.family) if p.model.family != "auto" else None
     a["network_module"] = (fam.lora_network_module if fam else None) or net.network_module
-    if net.conv:
+    if net.algo is not None:  # -- lycoris: network_args as kohya_ss writes them
+        from loratui.engine.kohya.lycoris_map import network_args_for
+
+        a["network_args"] = network_args_for(p)
+    elif net.conv:
         a["network_args"] = [f"conv_dim={n.conv_dim}", f"conv_alpha={num_text(n.conv_alpha)}"]
     else:
         # networks.lora would train the convolutions if given conv_dim: keep them as comments

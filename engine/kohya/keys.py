@@ -44,17 +44,6 @@ def show(value: Any) -> str:
 # kohya_ss GUI LoRA_type values (and sd-scripts / LyCORIS module+algo names) → our name:
 # the trainable ones from the network-type registry, then those loratui cannot train (yet).
 LORA_TYPES = {t: n.name for n in NETWORK_TYPES.values() for t in (n.name, *n.gui_lora_types)} | {
-    "lycoris/locon": "locon",
-    "kohya dylora": "dylora",
-    "lycoris/dylora": "dylora",
-    "lycoris/loha": "loha",
-    "lycoris/lokr": "lokr",
-    "lycoris/ia3": "ia3",
-    "lycoris/(ia)^3": "ia3",
-    "lycoris/glora": "glora",
-    "lycoris/native fine-tuning": "full",
-    "lycoris/boft": "boft",
-    "lycoris/diag-oft": "diag-oft",
     "lora-fa": "lora-fa",
 }
 NETWORK_LABELS = {
@@ -70,12 +59,6 @@ NETWORK_LABELS = {
     "lora-fa": "LoRA-FA",
     "dora": "DoRA",
 }
-
-
-LYCORIS_LOCON_NOTE = (
-    "LyCORIS LoCon is trained as loratui's LoCon (kohya networks.lora with conv layers); "
-    "the file format is the same, LyCORIS-only options do not apply"
-)
 
 
 def network_slug(text: str) -> str:
@@ -94,6 +77,7 @@ def network_type_refusal(value: str) -> str | None:
     return (
         f"{label} networks ({value!r}) cannot be trained by loratui yet; "
         "set network_type to 'lora', or 'locon' to also train the 3x3 convolutions"
+        f" (or a LyCORIS type: {', '.join(n for n in NETWORK_TYPES if n not in ('lora', 'locon'))})"
     )
 
 

@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from loratui.engine.kohya.builder import Builder
-from loratui.engine.kohya.keys import LYCORIS_LOCON_NOTE, LYCORIS_OPTIONS, network_slug, network_type_message
+from loratui.engine.kohya.keys import LYCORIS_OPTIONS, network_slug, network_type_message
 from loratui.engine.kohya.options_import import split_text_encoder_lrs
 from loratui.engine.registries import NETWORK_TYPES
 from loratui.engine.schema.coerce import BadValue, blank, is_off, num_text, to_bool, to_float, to_int
@@ -81,10 +81,8 @@ def map_network(cfg: dict[str, Any], b: Builder, K, gui: bool) -> None:
         if mod in ("networks.lora", "networks.lora_sd3", "networks.lora_flux", ""):
             mnet = "locon" if "conv_dim" in args else "lora"
         elif mod.startswith("lycoris"):
-            algo = args.pop("algo", "lora").lower()
-            mnet = {"lora": "locon", "locon": "locon"}.get(algo, network_slug(algo))
-            if mnet == "locon":
-                b.note(LYCORIS_LOCON_NOTE)
+            algo = args.pop("algo", "lora").strip('"').lower()
+            mnet = {"lora": "lycoris-locon", "locon": "lycoris-locon"}.get(algo, network_slug(algo))
         elif mod == "networks.dylora":
             mnet = "dylora"
         elif mod == "networks.oft":
@@ -102,12 +100,15 @@ def map_network(cfg: dict[str, Any], b: Builder, K, gui: bool) -> None:
         k = K(key_used[0]) if key_used else K("LoRA_type")
         if net in NETWORK_TYPES:
             b.put("network.network_type", raw, k, net)
-            if isinstance(raw, str) and raw.lower().startswith("lycoris/locon"):
-                b.note(LYCORIS_LOCON_NOTE)
         else:
             b.given("network.network_type", net, k, raw, network_type_message(net) or "")
 
-    locon = b.values.get("network.network_type") == "locon"
+    entry = NETWORK_TYPES.get(b.values.get("network.network_type", "lora"))
+    if entry is not None and entry.algo is not None:  # -- lycoris: its fields and network_args
+        from loratui.engine.kohya.lycoris_map import map_lycoris
+
+        map_lycoris(cfg, b, K, args, entry)
+    locon = b.values.get("network.network_type") == "locon" or (entry is not None and "conv_dim" in entry.applies)
     # conv rank/alpha: GUI keys, or network_args conv_dim=/conv_alpha=
     for name, value, present in (("conv_dim", conv_dim, has_conv_dim), ("conv_alpha", conv_alpha, has_conv_alpha)):
         arg_val = args.pop(name, None)
@@ -120,7 +121,8 @@ def map_network(cfg: dict[str, Any], b: Builder, K, gui: bool) -> None:
             if locon and arg_val is None and not blank(value):
                 b.put(f"network.{name}", value, K(name))
             else:
-                b.ignore(K(name), value, "only used by LoCon" if not locon else "network_args decides")
+                b.ignore(K(name), value, ("only used by LoCon" if entry is None or entry.algo is None
+                                          else f"not read by {entry.label}") if not locon else "network_args decides")
     if "conv_rank" in args:
         v = args.pop("conv_rank")
         if locon and "network.conv_dim" not in b.values:

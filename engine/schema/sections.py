@@ -342,7 +342,8 @@ class DatasetSettings(_Section):
 class NetworkSettings(_Section):
     network_type: choice(NETWORK_TYPES) = setting(  # type: ignore[valid-type]
         "lora",
-        "lora: attention and MLP layers. locon: also the 3x3 convolutions (uses conv rank/alpha).",
+        "lora: attention and MLP layers. locon: also the 3x3 convolutions (uses conv rank/alpha). "
+        "LyCORIS: lycoris-locon, loha, lokr, ia3, glora, diag-oft, boft, full (native fine-tuning), dylora.",
         kohya="LoRA_type",
         sd_scripts="network_module",
         special=True,
@@ -353,7 +354,7 @@ class NetworkSettings(_Section):
         "LoRA rank. 4 light, 8 standard, 16 detailed, 32-64 heavy. Larger files, more VRAM.",
         kohya="network_dim", ss=True,
         ge=1,
-        le=1024,
+        le=100000,  # above 1024 only for LoKr's "full dimension" (checks)
         label="Network rank",
     )
     network_alpha: float = setting(
@@ -365,11 +366,11 @@ class NetworkSettings(_Section):
         label="Network alpha",
     )
     conv_dim: int = setting(
-        4, "Rank of the 3x3 convolutions (locon only).", kohya="conv_dim", special=True, ge=1, le=1024,
+        4, "Rank of the 3x3 convolutions (locon and the LyCORIS types that read it).", kohya="conv_dim", special=True, ge=1, le=100000,
         label="Conv rank",
     )
     conv_alpha: float = setting(
-        1.0, "Alpha of the 3x3 convolutions (locon only).", kohya="conv_alpha", special=True, gt=0, le=1024,
+        1.0, "Alpha of the 3x3 convolutions (locon and the LyCORIS types that read it).", kohya="conv_alpha", special=True, gt=0, le=1024,
         label="Conv alpha",
     )
     train_unet: bool = setting(True, "Train the U-Net.", kohya="network_train_text_encoder_only", special=True, label="Train U-Net")
@@ -414,10 +415,45 @@ class NetworkSettings(_Section):
         label="Scale weight norms",
     )
 
+    # -- lycoris: the LyCORIS network settings (kohya_ss's names; each algorithm reads those in its registry entry)
+    lycoris_preset: str = setting(
+        "full", "LyCORIS preset: which layers get modules. full (everything incl. 3x3 convs), full-lin, attn-mlp, "
+        "attn-only, unet-only, unet-transformer-only, unet-convblock-only, ia3, or a preset .toml file.",
+        kohya="LyCORIS_preset", sd_scripts=None, special=True, advanced=True, label="LyCORIS preset")
+    factor: int = setting(-1, "LoKr: the Kronecker factor of each weight (-1: as square as possible; 4-16 usual for "
+                          "small files).", kohya="factor", sd_scripts=None, special=True, advanced=True, ge=-1, le=100000,
+                          label="LoKr factor")
+    use_tucker: bool = setting(False, "Tucker (CP) decomposition of 3x3 convolutions: smaller files (LoCon, LoHa, LoKr, "
+                               "DyLoRA, OFT, full).", kohya="use_tucker", sd_scripts=None, special=True, advanced=True,
+                               label="Use Tucker")
+    use_scalar: bool = setting(False, "Train an extra scalar per module, so training starts from a non-zero weight "
+                               "update (LoCon, LoHa, LoKr, OFT).", kohya="use_scalar", sd_scripts=None, special=True, advanced=True)
+    decompose_both: bool = setting(False, "LoKr: decompose both Kronecker factors into low-rank pairs, not only the larger "
+                                   "one.", kohya="decompose_both", sd_scripts=None, special=True, advanced=True)
+    rank_dropout: float = setting(0.0, "LyCORIS: drop this fraction of each module's ranks per step (0 off; 0.1 usual).",
+                                  kohya="rank_dropout", sd_scripts=None, special=True, advanced=True, ge=0, le=1)
+    module_dropout: float = setting(0.0, "LyCORIS: skip each whole module with this probability per step (0 off; 0.1 "
+                                    "usual).", kohya="module_dropout", sd_scripts=None, special=True, advanced=True, ge=0, le=1)
+    train_norm: bool = setting(False, "LyCORIS: also train the normalisation layers (GroupNorm/LayerNorm weights and "
+                               "biases).", kohya="train_norm", sd_scripts=None, special=True, advanced=True, label="Train norms")
+    bypass_mode: bool = setting(False, "LyCORIS: add the module's output to the layer's instead of merging weights (for "
+                                "quantised base models).", kohya="bypass_mode", sd_scripts=None, special=True, advanced=True)
+    dora_wd: bool = setting(False, "DoRA: weight decomposition (direction + trained magnitude dora_scale) on LyCORIS "
+                            "LoCon, LoHa or LoKr.", kohya="dora_wd", sd_scripts=None, special=True, advanced=True, label="DoRA")
+    constrain: float = setting(0.0, "Diag-OFT / BOFT: the norm constraint of the orthogonal rotation (0 off).",
+                               kohya="constrain", sd_scripts=None, special=True, advanced=True, ge=0, label="OFT constrain")
+    rescaled: bool = setting(False, "Diag-OFT / BOFT: train a rescale of the rotated weights too.", kohya="rescaled",
+                             sd_scripts=None, special=True, advanced=True, label="OFT rescaled")
+    dylora_unit: int = setting(1, "DyLoRA: the rank is trained in blocks of this size (network_dim must be a multiple; "
+                               "1-4 usual).", kohya="unit", sd_scripts=None, special=True, advanced=True, ge=1, le=1024,
+                               label="DyLoRA unit")
+
     def checks(self) -> list[tuple[str, str]]:
         if not self.train_unet and not self.train_text_encoder:
             return [("train_unet", "nothing to train: enable train_unet or train_text_encoder")]
-        return []
+        from loratui.engine.schema.lycoris_checks import lycoris_problems
+
+        return lycoris_problems(self)
 
 
 class OptimizationSettings(_Section):

@@ -58,8 +58,8 @@ def problems_from(exc: ValidationError, source: str) -> list[Problem]:
         hint = ""
         if loc == "network.network_type" and err["type"] == "literal_error":
             hint = (
-                f"loratui trains LoRA and LoCon; {err.get('input')!r} cannot be trained here yet."
-                " Set network.network_type to \"lora\" or \"locon\" to train"
+                f"loratui trains LoRA, LoCon and the LyCORIS types; {err.get('input')!r} cannot be trained here yet."
+                " Set network.network_type to \"lora\" or \"locon\" (or a LyCORIS type) to train"
             )
         out.append(error(loc, _describe(err), hint, source=source, value=err.get("input")))
     return out
@@ -87,6 +87,9 @@ def profile_warnings(p: Profile) -> list[Problem]:
         ))
     if n.network_type == "locon" and n.conv_alpha > n.conv_dim:
         out.append(warning("network.conv_alpha", f"{n.conv_alpha:g} is larger than conv_dim {n.conv_dim}"))
+    from loratui.engine.schema.lycoris_checks import lycoris_warnings  # -- lycoris
+
+    out += [warning(f"network.{key}", msg) for key, msg in lycoris_warnings(n)]
     for dotted in ("model.base_model", "model.vae", "dataset.train_data_dir", "dataset.reg_data_dir", "output.output_dir", "output.output_name"):
         value = p.get(dotted)
         if value and (" " in value or not value.isascii()):

@@ -78,7 +78,9 @@ class Checkpointer:
             epoch, batch_in_epoch = epoch + 1, 0
         folder = state_dir(self.profile, step)
         self.ctx.emit(PhaseChanged(phase=Phase.SAVING, detail=folder.name))
-        lora_sd = self.network.kohya_state_dict(torch.float32)
+        # LyCORIS networks: their raw parameters (their file format is not always invertible)
+        tensors = getattr(self.network, "state_tensors", None)
+        lora_sd = tensors() if tensors else self.network.kohya_state_dict(torch.float32)
         self._guarded(
             folder,
             step,
@@ -125,7 +127,8 @@ class Checkpointer:
         from loratui.engine.state import load_training
 
         sd, _ = read_lora_file(state.folder / "lora.safetensors")
-        self.network.load_kohya_state_dict(sd, source=str(state.folder / "lora.safetensors"))
+        load = getattr(self.network, "load_state_tensors", self.network.load_kohya_state_dict)
+        load(sd, source=str(state.folder / "lora.safetensors"))
         tr = load_training(state.folder)
         self.optimizer.load_state_dict(tr["optimizer"])
         self.lr_scheduler.load_state_dict(tr["scheduler"])

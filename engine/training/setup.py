@@ -86,6 +86,7 @@ def build_network(profile: Profile, comp, emit, warn: Callable[[str], None]):
 
     from loratui.engine.families import get_family
     from loratui.engine.lora import LoRANetwork
+    from loratui.engine.registries import NETWORK_TYPES
 
     opt, net = profile.optimization, profile.network
     torch.manual_seed(opt.seed)
@@ -93,6 +94,10 @@ def build_network(profile: Profile, comp, emit, warn: Callable[[str], None]):
     for m in [comp.unet, comp.vae, *comp.text_encoders]:
         m.requires_grad_(False)
     conv = net.network_type == "locon"
+    if NETWORK_TYPES[net.network_type].algo is not None:  # -- lycoris: LyCORIS networks
+        from loratui.engine.lycoris_net import build_lycoris_network
+
+        return build_lycoris_network(profile, comp, emit, warn)
     network = LoRANetwork.create(
         comp.unet,
         comp.text_encoders,
