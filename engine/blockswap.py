@@ -31,6 +31,7 @@ class BlockSwap:
         self.params: list[list[Any]] = []
         self.host: dict[int, Any] = {}  # id(param) -> its CPU copy
         self.owner: dict[int, int] = {}  # id(param) -> block index
+        self.by_id: dict[int, Any] = {}  # id(param) -> param
         self.resident: dict[int, Any] = {}  # block index -> CUDA event of its copy (None on the CPU)
         self.loads = 0  # copies made onto the device (tests and the log read it)
         for i, block in enumerate(self.blocks):
@@ -40,6 +41,7 @@ class BlockSwap:
                 host = p.data.detach().to(offload, copy=True)
                 self.host[id(p)] = host.pin_memory() if self.cuda else host
                 self.owner[id(p)] = i
+                self.by_id[id(p)] = p
             self._evict(i, force=True)
             block.forward = self._wrap(i, block.forward)
             # every layer holding swapped weights makes sure they are in when it runs — also when
@@ -108,7 +110,7 @@ class BlockSwap:
 
         def pack(t):
             j = self.owner.get(id(t))
-            return ("loratui-swapped", j, t) if j is not None and self.params[j] and _is_param_of(t, self.params[j]) else t
+            return ("loratui-swapped", j, t) if j is not None and self.by_id[id(t)] is t else t
 
         def unpack(obj):
             if isinstance(obj, tuple) and len(obj) == 3 and obj[0] == "loratui-swapped":
@@ -134,10 +136,6 @@ def _in_backward() -> bool:
 
     task = getattr(torch._C, "_current_graph_task_id", None)
     return task is not None and task() != -1
-
-
-def _is_param_of(t, params: list) -> bool:
-    return any(t is p for p in params)
 
 
 def offload_checkpointing(denoiser, blocks: list) -> int:

@@ -115,6 +115,11 @@ def oom_hint(profile: "Profile") -> str:
         tips.append("network.train_text_encoder true → false (U-Net only)")
     if o.mixed_precision == "no":
         tips.append("optimization.mixed_precision no → fp16 or bf16")
+    # -- memory
+    if not profile.model.fp8_base:
+        tips.append("model.fp8_base false → true (the frozen U-Net in fp8: about half its VRAM)")
+    if d.cache_text_encoder_outputs == "off" and not n.train_text_encoder:
+        tips.append("dataset.cache_text_encoder_outputs off → auto (the text encoders leave the GPU)")
     head = "lower one of: " + "; ".join(tips) if tips else "this model does not fit this GPU even with the lightest settings"
     from loratui.engine.estimate.oom import oom_quote
 

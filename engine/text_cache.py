@@ -133,7 +133,7 @@ def _digest(tensors: dict) -> str:
 
     h = hashlib.sha256()
     for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
+        t = tensors[name].detach().contiguous().cpu().reshape(-1)
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -153,7 +153,7 @@ def _read_valid(path: Path, key: str) -> dict | None:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception:  # noqa: BLE001 - a damaged file is encoded again
         return None
-    if "hidden" not in tensors or meta.get("sha256") != _digest(tensors):
+    if "0" not in tensors or "_n" not in tensors or meta.get("sha256") != _digest(tensors):
         return None
     return tensors
 
@@ -173,8 +173,10 @@ def _write(path: Path, tensors: dict, key: str) -> None:
 
 @dataclass
 class TextOutputCache:
-    """(hidden states, pooled output or None) by caption, float CPU tensors as the
-    family's ``encode_text`` returned them (one row each)."""
+    """What the family's ``encode_text`` returned — (hidden states, pooled output or
+    None) for SD, any tuple of tensors or None for other families — by caption, one
+    row each, on the CPU in the dtype it was computed in. Row keys: "0", "1"...
+    and "_n" (the tuple's length)."""
 
     by_caption: dict[str, dict] = field(default_factory=dict)
     encoded: int = 0  # captions encoded by this run
@@ -185,13 +187,36 @@ class TextOutputCache:
     def __len__(self) -> int:
         return len(self.by_caption)
 
-    def get(self, captions: list[str], device) -> tuple[Any, Any]:
+    def get(self, captions: list[str], device) -> tuple:
+        """The batch of ``captions``: the tuple ``encode_text`` returns, each tensor
+        stacked and on ``device`` (None where it returned None)."""
         import torch
 
         rows = [self.by_caption[c] for c in captions]
-        hidden = torch.stack([r["hidden"] for r in rows]).to(device)
-        pooled = torch.stack([r["pooled"] for r in rows]).to(device) if "pooled" in rows[0] else None
-        return hidden, pooled
+        n = int(rows[0]["_n"].item()) if "_n" in rows[0] else 2
+
+        def stack(key: str):
+            return torch.stack([r[key] for r in rows]).to(device) if key in rows[0] else None
+
+        return tuple(
+            tuple(stack(f"{k}.{j}") for j in range(int(rows[0][f"_n{k}"].item()))) if f"_n{k}" in rows[0] else stack(str(k))
+            for k in range(n)
+        )
+
+
+def _row(outs: tuple, i: int) -> dict:
+    """Sample ``i`` of what ``encode_text`` returned, on the CPU: tensors by position,
+    the members of a nested tuple (FLUX: T5 states and their mask) as ``k.j``."""
+    import torch
+
+    row = {"_n": torch.tensor(len(outs))}
+    for k, o in enumerate(outs):
+        if isinstance(o, (tuple, list)):
+            row[f"_n{k}"] = torch.tensor(len(o))
+            row.update({f"{k}.{j}": part[i].detach().cpu().clone() for j, part in enumerate(o) if part is not None})
+        elif o is not None:
+            row[str(k)] = o[i].detach().cpu().clone()
+    return row
 
 
 def build_cache(
@@ -245,14 +270,9 @@ def build_cache(
         chunk = todo[start : start + batch_size]
         ids = chunked.tokenize(family, tokenizers, chunk, max_tokens)  # as a training step does (75: the family's own)
         with torch.no_grad(), autocast():
-            hidden, pooled = chunked.encode_text(family, text_encoders, ids, clip_skip, device, max_tokens)
-        hidden = hidden.detach().cpu()
-        pooled = pooled.detach().cpu() if pooled is not None else None
+            outs = tuple(chunked.encode_text(family, text_encoders, ids, clip_skip, device, max_tokens))
         for i, caption in enumerate(chunk):
-            row = {"hidden": hidden[i].clone()}
-            if pooled is not None:
-                row["pooled"] = pooled[i].clone()
-            cache.by_caption[caption] = row
+            cache.by_caption[caption] = _row(outs, i)
         cache.encoded += len(chunk)
         done += len(chunk)
         if on_progress:
