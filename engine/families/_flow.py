@@ -27,6 +27,15 @@ class FlowFamily(Family):
     part_settings: ClassVar[dict[str, str]] = {}
     t5_label: ClassVar[str] = "T5-XXL"
     default_t5_tokens: ClassVar[int] = 256
+    denoiser_subfolder: ClassVar[str] = "transformer"  # where a diffusers folder keeps the denoiser
+    # flux_train_network.py / sd3_train_network.py take these memory flags (sd-scripts)
+    sd_scripts_memory_args: ClassVar[tuple[str, ...]] = (
+        "cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk", "blocks_to_swap", "cpu_offload_checkpointing",
+    )
+
+    def swap_blocks(self, denoiser) -> list:
+        """The transformer's blocks in the order its forward runs them (FLUX: double-stream, then single-stream)."""
+        return [*getattr(denoiser, "transformer_blocks", []), *getattr(denoiser, "single_transformer_blocks", [])]
 
     # ---- detection
 
