@@ -226,7 +226,9 @@ def test_sdxl_gui_config_with_prodigy_and_unet_only():
     assert o["max_train_epochs"] == 6  # max_train_epochs beats epoch 10, as in kohya_ss
     assert ch["output"]["save_last_n_states"] == 3  # 300 steps of states, saved every 100 steps
     assert ch["dataset"]["bucket_reso_steps"] == 32 and ch["dataset"]["min_bucket_reso"] == 512
-    assert _entries(r.unsupported) == {"sdxl_cache_text_encoder_outputs": True}
+    # the GUI's SDXL-tab checkbox is the text-encoder output cache (the text encoder is not trained here)
+    assert _entries(r.unsupported) == {} and _entries(r.mapped)["sdxl_cache_text_encoder_outputs"] is True
+    assert ch["dataset"]["cache_text_encoder_outputs"] == "memory"
     assert _entries(r.ignored)["epoch"] == 10
 
 

@@ -358,8 +358,23 @@ def _map_caching(cfg: dict[str, Any], b: Builder, K) -> None:
 
 
 def _map_text_caching(cfg: dict[str, Any], b: Builder, K) -> None:
-    """cache_text_encoder_outputs (+ _to_disk) → dataset.cache_text_encoder_outputs (memory / disk / off)."""
+    """cache_text_encoder_outputs (+ _to_disk) → dataset.cache_text_encoder_outputs (memory / disk / off).
+    The kohya_ss GUI's family tabs write them as sdxl_… / flux1_… / sd3_…: either one turns caching on."""
     ct, ctd = cfg.pop("cache_text_encoder_outputs", None), cfg.pop("cache_text_encoder_outputs_to_disk", None)
+    for prefix in ("sdxl_", "flux1_", "sd3_"):
+        for name in ("cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"):
+            if prefix + name not in cfg:
+                continue
+            raw = cfg.pop(prefix + name)
+            b.mapped.append((K(prefix + name), raw, "dataset.cache_text_encoder_outputs"))
+            try:
+                on = not blank(raw) and to_bool(raw)
+            except BadValue:
+                on = False
+            if on and name.endswith("_to_disk"):
+                ctd = raw
+            elif on and (blank(ct) or not to_bool(ct)):
+                ct = raw
     if ct is None and ctd is None:
         return
     try:

@@ -176,7 +176,6 @@ OFF_VALUES: dict[str, tuple[Any, str]] = {
     "down_lr_weight": ("", "per-block learning rates"),
     "mid_lr_weight": ("", "per-block learning rates"),
     "up_lr_weight": ("", "per-block learning rates"),
-    "sdxl_cache_text_encoder_outputs": (False, "cached text encoder outputs (freezes the text encoder and captions)"),
     "cache_text_encoder_outputs": (False, "cached text encoder outputs (freezes the text encoder and captions)"),
     "cache_text_encoder_outputs_to_disk": (False, "cached text encoder outputs (freezes the text encoder and captions)"),
     "initial_epoch": (0, "starting at a later epoch"),

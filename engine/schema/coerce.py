@@ -273,3 +273,10 @@ def sample_prompts(v: Any) -> str:
     from loratui.engine.samples.prompts import imported_prompts
 
     return imported_prompts(to_text(v))
+
+
+def dynamo_backend(v: Any) -> str:
+    """kohya_ss / accelerate write ``"no"`` for "no torch.compile": the default backend
+    (unused while optimization.torch_compile is off)."""
+    text = to_text(v).strip().lower()
+    return "inductor" if text in ("", "no", "none") else text

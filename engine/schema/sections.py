@@ -616,6 +616,7 @@ class OptimizationSettings(_Section):
         "inductor",
         "torch.compile backend: inductor (fast kernels, the usual choice), cudagraphs, aot_eager or eager (for debugging).",
         sd_scripts="dynamo_backend",
+        convert=coerce.dynamo_backend,
         sd_omit="inductor",
         advanced=True,
         label="Dynamo backend",
