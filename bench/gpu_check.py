@@ -524,7 +524,9 @@ def run_all(c: Check) -> list[Row]:
     c.row("AdamW8bit", path_row(c, {"optimization__optimizer": "AdamW8bit"}), cuda_only=True)
     c.row("Lion8bit", path_row(c, {"optimization__optimizer": "Lion8bit"}), cuda_only=True)
     c.row("fp8 base", setting_row(c, "model.fp8_base", {}), cuda_only=has_setting("model.fp8_base") is not None)
-    c.row("text-encoder output cache", setting_row(c, "dataset.cache_text_encoder_outputs", {}))
+    # the cache needs a frozen text encoder and captions that never change (as sd-scripts)
+    c.row("text-encoder output cache", setting_row(c, "dataset.cache_text_encoder_outputs",
+                                                   {"network__train_text_encoder": False, "dataset__shuffle_caption": False}))
     c.row("NVML panel figures", nvml_row, cuda_only=True)
     c.row("WD14 tagger on onnxruntime CUDA", wd14_row(c))
     c.row("host syncs in steady-state steps", sync_row(c), cuda_only=True)

@@ -367,7 +367,11 @@ def test_bundled_flow_profiles_load(name, family, batch):
     assert p.model.family == family and p.optimization.train_batch_size == batch
     assert p.optimization.gradient_checkpointing and p.optimization.mixed_precision == "bf16"
     text = path.read_text()
-    assert "# TODO(memory): " in text and "guide" in text
+    assert "TODO" not in text and "guide" in text
+    # the guides' memory settings: text-encoder outputs cached; fp8 base where they use it; block swap on 12 GB
+    assert p.dataset.cache_text_encoder_outputs == "disk"
+    assert p.model.fp8_base == (name in ("flux-dev-24gb", "flux-dev-12gb", "sd35-large-24gb"))
+    assert p.optimization.blocks_to_swap == (16 if name == "flux-dev-12gb" else 0)
     if family == "flux":
         assert (p.model.timestep_sampling, p.model.model_prediction_type, p.model.guidance_scale) == ("shift", "raw", 1.0)
 

@@ -48,8 +48,9 @@ def estimate_for(prepared, device):
         return None, f"the model could not be counted from its configs ({type(exc).__name__}: {exc})"
 
 
-def print_estimate(prepared, device, out=sys.stdout) -> bool | None:
-    """The estimate lines of `check`; whether the run fits (None: unknown)."""
+def print_estimate(prepared, device, out=None) -> bool | None:
+    """The estimate lines of `check` (to ``out``, default: the stdout of now); whether the run fits (None: unknown)."""
+    out = out or sys.stdout
     from loratui.engine.estimate.fit import suggest
     from loratui.engine.estimate.report import change_lines, rows, size, term_lines
 

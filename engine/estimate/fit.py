@@ -55,8 +55,8 @@ def candidates(profile, family: str) -> list[Change]:
         out.append(Change("optimization.gradient_checkpointing", True, "much less VRAM, ~20 % slower"))
     if d.cache_latents == "off":
         out.append(Change("dataset.cache_latents", "memory", "the VAE leaves the GPU during training"))
-    if setting(profile, "cache_text_encoder_outputs", None) is False and not n.train_text_encoder:
-        out.append(Change(_key(profile, "cache_text_encoder_outputs"), True, "the text encoders leave the GPU"))
+    if setting(profile, "cache_text_encoder_outputs", None) == "off" and not n.train_text_encoder:
+        out.append(Change(_key(profile, "cache_text_encoder_outputs"), "memory", "the text encoders leave the GPU"))
     if o.optimizer in ("AdamW", "Lion"):
         out.append(Change("optimization.optimizer", o.optimizer + "8bit", "optimizer state in 8 bits"))
     if o.train_batch_size > 1:
@@ -74,8 +74,9 @@ def candidates(profile, family: str) -> list[Change]:
         out.append(Change("network.network_dim", max(8, n.network_dim // 2), "a smaller LoRA"))
     if setting(profile, "fp8_base", None) is False:
         out.append(Change(_key(profile, "fp8_base"), True, "the U-Net's weights in 8 bits"))
-    if setting(profile, "blocks_to_swap", None) == 0 and getattr(get_family(family), "swap_blocks", None):
-        out.append(Change(_key(profile, "blocks_to_swap"), get_family(family).swap_blocks // 2, "half the blocks in RAM"))
+    blocks = getattr(get_family(family), "swap_block_count", 0)
+    if setting(profile, "blocks_to_swap", None) == 0 and blocks >= 16:  # transformer families (sd-scripts' FLUX/SD3 guides)
+        out.append(Change(_key(profile, "blocks_to_swap"), blocks // 2, "half the blocks in RAM"))
     return out
 
 

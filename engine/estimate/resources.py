@@ -27,7 +27,7 @@ def resident_components(profile, shape, counted) -> dict[str, int]:
     swap = int(setting(profile, "blocks_to_swap", 0) or 0)
     swapped = swap_fraction(shape.family, swap)
     out["U-Net weights"] = int(unet * unet_bytes * (1 - swapped))
-    te_cached = bool(setting(profile, "cache_text_encoder_outputs", False)) and not shape.train_text_encoder
+    te_cached = _te_cached(profile) and not shape.train_text_encoder
     if not te_cached:
         te = sum(v["count"] for k, v in counted.params.items() if k != "unet")
         out["text encoder weights"] = te * wbytes
@@ -36,12 +36,21 @@ def resident_components(profile, shape, counted) -> dict[str, int]:
     return out
 
 
+def _te_cached(profile) -> bool:
+    """Whether the run caches the text encoders' outputs (``auto`` does when nothing changes the captions)."""
+    if setting(profile, "cache_text_encoder_outputs", None) is None:
+        return False
+    from loratui.engine.text_cache import effective_mode
+
+    return effective_mode(profile) != "off"
+
+
 def swap_fraction(family: str, blocks: int) -> float:
-    """Share of the denoiser's weights block swap keeps in RAM (families with
-    swappable blocks declare ``swap_blocks``: how many there are)."""
+    """Share of the denoiser's weights block swap keeps in RAM (a family's
+    ``swap_block_count``: how many blocks ``Family.swap_blocks`` gives)."""
     from loratui.engine.families import get_family
 
-    total = getattr(get_family(family), "swap_blocks", None)
+    total = getattr(get_family(family), "swap_block_count", 0)
     if not blocks or not total:
         return 0.0
     return min(blocks, total) / total

@@ -61,6 +61,7 @@ class Family:
     # sd-scripts memory arguments this family's script takes besides train_network.py's own
     # (fp8_base): the rest are kept as ``# loratui:`` comments on export
     sd_scripts_memory_args: ClassVar[tuple[str, ...]] = ()
+    swap_block_count: ClassVar[int] = 9  # how many blocks swap_blocks() gives for a full-size model (the estimate's share)
 
     # ---- components and layouts
     text_encoders: ClassVar[tuple[TextEncoderSpec, ...]] = ()

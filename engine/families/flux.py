@@ -75,6 +75,7 @@ class Flux(FlowFamily):
         TextEncoderSpec("T5-XXL", "text_encoder_2", "tokenizer_2", "T5EncoderModel", "t5", ("text_encoders.t5xxl.transformer.",)),
     )
     denoiser_class = "FluxTransformer2DModel"
+    swap_block_count = 57  # 19 double-stream + 38 single-stream blocks
     config_folder = "flux"
     checkpoint_markers = ("double_blocks.", "single_blocks.")
     lora_unet_blocks = ("FluxTransformerBlock", "FluxSingleTransformerBlock")

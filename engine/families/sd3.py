@@ -54,6 +54,7 @@ class SD3(FlowFamily):
         TextEncoderSpec("T5-XXL", "text_encoder_3", "tokenizer_3", "T5EncoderModel", "t5", ("text_encoders.t5xxl.transformer.",)),
     )
     denoiser_class = "SD3Transformer2DModel"
+    swap_block_count = 24  # SD3/3.5 medium (large: 38)
     config_folder = "sd35-large"
     checkpoint_markers = ("joint_blocks.",)
     lora_unet_blocks = ("JointTransformerBlock",)

@@ -13,6 +13,7 @@ class SDXL(Family):
     name = "sdxl"
     label = "SDXL"
     order = 30
+    swap_block_count = 7  # 3 down, mid, 3 up
     ss_base_model_version = "sdxl_base_v1-0"
     ss_v_suffix = False
     ss_base_model_prefix = "sdxl"

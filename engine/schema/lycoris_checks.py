@@ -59,9 +59,13 @@ def lycoris_warnings(n: Any) -> list[tuple[str, str]]:
     entry = NETWORK_TYPES.get(n.network_type)
     if entry is None:
         return []
-    return [(key, f"{getattr(n, key)!r} has no effect on {n.network_type!r} networks; it is read by {_users(key)}")
-            for key, off in LYCORIS_DEFAULTS.items()
-            if key != "dora_wd" and getattr(n, key) != off and key not in entry.applies]
+    out = [(key, f"{getattr(n, key)!r} has no effect on {n.network_type!r} networks; it is read by {_users(key)}")
+           for key, off in LYCORIS_DEFAULTS.items()
+           if key != "dora_wd" and getattr(n, key) != off and key not in entry.applies]
+    if entry.algo is not None and getattr(n, "network_dropout", 0):  # sd-scripts' networks.lora option
+        out.append(("network_dropout", f"has no effect on {n.network_type!r} networks (lycoris.kohya does not read it); "
+                                       "use rank_dropout or module_dropout"))
+    return out
 
 
 def describe_network(n: Any) -> str:

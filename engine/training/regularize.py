@@ -26,7 +26,8 @@ def attach_dropout(network: Any, p: float) -> list:
     def hook(module, inputs, output):
         return torch.nn.functional.dropout(output, p=p, training=torch.is_grad_enabled())
 
-    return [m.down.register_forward_hook(hook) for m in network.modules]
+    # a LyCORIS network has its own rank/module dropout (lycoris_checks warns that this one does nothing there)
+    return [m.down.register_forward_hook(hook) for m in network.modules if hasattr(m, "down")]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,11 @@ def apply_max_norm(network: Any, limit: float) -> NormFigures:
     """Scale down every module whose update's norm is above ``limit`` (in place)."""
     import torch
 
+    lycoris = getattr(getattr(network, "net", None), "apply_max_norm_regularization", None)
+    if lycoris is not None:  # a LyCORIS network: each algorithm's own max-norm (as sd-scripts calls it)
+        with torch.no_grad():
+            keys, mean, top = lycoris(limit, next(network.net.parameters()).device)
+        return NormFigures(int(keys), float(mean), float(top))
     scaled, norms = 0, []
     with torch.no_grad():
         for m in network.modules:

@@ -1,8 +1,8 @@
 """What a captioning job wrote: each image (its thumbnail) beside its new caption,
 so a bad one is fixed in place (``e`` edits it, ctrl+s in the editor saves).
 
-``thumbnail(path)`` draws an image's picture: the file name for now; point it at a
-terminal image renderer (the samples screen's) to show the picture itself.
+``thumbnail(path)`` draws an image's picture with the samples' half-block renderer
+(12 × 3 cells), its file name under it.
 """
 
 from __future__ import annotations
@@ -19,9 +19,26 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Label
 
 
+THUMB_COLS, THUMB_ROWS = 12, 3  # cells of a row's picture (half blocks: 12 × 6 pixels)
+
+
 def thumbnail(path: Path) -> Any:
-    """The picture of ``path`` in a table cell: its file name (the hook for an image renderer)."""
-    return Text(path.name, style="bold")
+    """The picture of ``path`` in a table cell, drawn in half blocks (the samples'
+    renderer, which works in every terminal), above its file name; the name alone
+    when the image cannot be read."""
+    name = Text(path.name, style="bold")
+    try:
+        from loratui.tui.widgets.sample_view import _load_rgb, halfblock_rows
+
+        rows = halfblock_rows(_load_rgb(str(path), path.stat().st_mtime), THUMB_COLS, THUMB_ROWS)
+    except Exception:  # unreadable or gone: the name says which file
+        return name
+    pic = Text()
+    for segs in rows:
+        for seg in segs:
+            pic.append(seg.text, seg.style)
+        pic.append("\n")
+    return pic + name
 
 
 class CaptionResults(ModalScreen[bool]):
@@ -50,7 +67,7 @@ class CaptionResults(ModalScreen[bool]):
             table: DataTable = DataTable(id="written", cursor_type="row")
             table.add_columns("image", "caption")
             for i, (path, text) in enumerate(self.written):
-                table.add_row(thumbnail(path), Text(text), key=str(i))
+                table.add_row(thumbnail(path), Text(text), key=str(i), height=THUMB_ROWS + 1)
             yield table
             yield Label("e edits the highlighted caption · esc closes", classes="hint")
 
