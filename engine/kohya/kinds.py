@@ -48,5 +48,6 @@ def refusal(path: str, data: dict[str, Any], gui: bool) -> str | None:
     name, keys = kind
     return (
         f"{path}: is a kohya_ss {name} config ({', '.join(keys)}), not a LoRA one; loratui trains LoRA / LoCon "
-        "networks only. Import a config saved from kohya_ss's LoRA tab, or start a new profile with `loratui new`"
+        "networks only. Import a config saved from kohya_ss's LoRA tab, or start from a bundled profile "
+        "(profiles/sd15-character.toml, profiles/sdxl-style.toml)"
     )
