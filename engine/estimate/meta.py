@@ -24,8 +24,32 @@ dtypes (matmuls in bf16/fp16, norms, softmax and the loss in fp32).
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass, field
 from typing import Any
+
+_local = threading.local()
+
+
+class CountAborted(RuntimeError):
+    """The caller's ``abort_when`` condition came true during a count."""
+
+
+@contextlib.contextmanager
+def abort_when(condition):
+    """Counts made in this thread inside the block stop (``CountAborted``) as
+    soon as ``condition()`` is true (the app starts a run: training wants the CPU)."""
+    _local.abort = condition
+    try:
+        yield
+    finally:
+        _local.abort = None
+
+
+def _check_abort() -> None:
+    condition = getattr(_local, "abort", None)
+    if condition is not None and condition():
+        raise CountAborted("stopped: a run started")
 
 
 @dataclass
@@ -243,9 +267,11 @@ def _flop_hooks(models, total: list[float]):
     handles = []
 
     def linear(mod, args, out):
+        _check_abort()
         total[0] += 2.0 * out.numel() * mod.in_features
 
     def conv(mod, args, out):
+        _check_abort()
         k = 1
         for d in mod.kernel_size:
             k *= d

@@ -107,7 +107,28 @@ def param_table(unet, tes, network, weight_bytes: int) -> tuple[dict[str, dict[s
 
 
 _lock = threading.Lock()
+_count_lock = threading.Lock()  # one count at a time: the built models are shared
 _cache: dict[RunShape, Counted] = {}
+_models: dict[tuple, tuple] = {}  # the last built (unet, tes, network), by what they depend on
+
+
+def _built(shape: RunShape):
+    """The meta models with the run's LoRA (kept for the next count of another
+    resolution or precision of the same model and LoRA)."""
+    key = (shape.family, shape.config_dir, shape.weight_dtype, shape.rank, shape.alpha, shape.conv_rank,
+           shape.conv_alpha, shape.train_unet, shape.train_text_encoder)
+    hit = _models.get(key)
+    if hit is not None:
+        return hit
+    unet, tes = build_meta(shape.family, shape.config_dir)
+    dtype = torch_dtype(shape.weight_dtype)
+    unet.to(dtype)
+    for te in tes:
+        te.to(dtype)
+    built = (unet, tes, attach_lora(shape, unet, tes))
+    _models.clear()  # one at a time: a full-size model's modules are many Python objects
+    _models[key] = built
+    return built
 
 
 def count_run(shape: RunShape) -> Counted:
@@ -119,18 +140,15 @@ def count_run(shape: RunShape) -> Counted:
     from loratui.engine.estimate.meta import count_forward
     from loratui.engine.families import get_family
 
-    unet, tes = build_meta(shape.family, shape.config_dir)
-    dtype = torch_dtype(shape.weight_dtype)
-    unet.to(dtype)
-    for te in tes:
-        te.to(dtype)
-    network = attach_lora(shape, unet, tes)
-    counted = count_forward(
-        get_family(shape.family), unet, tes, amp_dtype=dtype if shape.amp else None,
-        fused_attention=shape.fused_attention, batch=shape.batch, height=shape.height, width=shape.width,
-        device="meta", dtype=dtype, train_text_encoder=shape.train_text_encoder, clip_skip=shape.clip_skip,
-    )
-    counted.params, counted.lora_shapes = param_table(unet, tes, network, DTYPE_BYTES[shape.weight_dtype])
+    with _count_lock:
+        unet, tes, network = _built(shape)
+        dtype = torch_dtype(shape.weight_dtype)
+        counted = count_forward(
+            get_family(shape.family), unet, tes, amp_dtype=dtype if shape.amp else None,
+            fused_attention=shape.fused_attention, batch=shape.batch, height=shape.height, width=shape.width,
+            device="meta", dtype=dtype, train_text_encoder=shape.train_text_encoder, clip_skip=shape.clip_skip,
+        )
+        counted.params, counted.lora_shapes = param_table(unet, tes, network, DTYPE_BYTES[shape.weight_dtype])
     with _lock:
         if len(_cache) > 32:
             _cache.clear()

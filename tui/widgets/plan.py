@@ -183,7 +183,8 @@ class PlanPanel(Static):
         if not prepared.model.problems and profile is self._checking_estimate:
             from loratui.tui.widgets.plan_estimate import compute
 
-            view = compute(prepared, getattr(self.app, "gpu_monitor", None))
+            busy = lambda: bool(getattr(self.app, "run_active", False))  # noqa: E731 - a run wants the CPU
+            view = compute(prepared, getattr(self.app, "gpu_monitor", None), busy)
         self.app.call_from_thread(self._estimated, profile, view)
 
     def _estimated(self, profile, view) -> None:

@@ -21,9 +21,19 @@ class EstimateView:
     short_fail: bool = False  # even all the changes are not enough
 
 
-def compute(prepared, monitor) -> EstimateView:
+def compute(prepared, monitor, busy=lambda: False) -> EstimateView:
     """The estimate of ``prepared`` on this machine's GPU (``monitor``: the app's
-    NVML monitor, False when telemetry is off). Never raises."""
+    NVML monitor, False when telemetry is off). Not made, or stopped, while
+    ``busy()`` (a run trains: the CPU is its). Never raises."""
+    from loratui.engine.estimate.meta import abort_when
+
+    if busy():
+        return EstimateView(why="a run is training")
+    with abort_when(busy):
+        return _compute(prepared, monitor)
+
+
+def _compute(prepared, monitor) -> EstimateView:
     from loratui.engine.estimate.cli import estimate_for
     from loratui.engine.estimate.devices import local_device
     from loratui.engine.estimate.fit import suggest

@@ -1,0 +1,102 @@
+"""`loratui check --gpu/--vram` and `loratui fit` on a tiny model."""
+
+from __future__ import annotations
+
+import pytest
+
+from loratui.engine.cli import run_command
+from loratui.engine.estimate.devices import find_device
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORATUI_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_cards_are_found_by_the_names_people_and_nvml_use():
+    assert find_device("RTX 4090").name == "RTX 4090"
+    assert find_device("NVIDIA GeForce RTX 4090").name == "RTX 4090"
+    assert find_device("NVIDIA H100 80GB HBM3").name == "H100"
+    assert find_device("NVIDIA A100-SXM4-40GB").name == "A100 40GB"
+    assert find_device("a100").name == "A100 80GB"
+    assert find_device("Tesla T4").bf16 is False
+    assert find_device("NVIDIA A10G").name == "A10G" and find_device("NVIDIA A10").name == "A10"
+    assert find_device("GTX 9") is None and find_device("") is None
+
+
+PROFILE = """# my profile: comments stay
+[model]
+base_model = "{model}"   # the tiny model
+[dataset]
+train_data_dir = "{data}"
+resolution = 256
+enable_bucket = false
+cache_latents = "off"
+[optimization]
+train_batch_size = 2
+gradient_checkpointing = false
+mixed_precision = "bf16"
+max_train_epochs = 1
+[output]
+output_dir = "{out}"
+output_name = "x"
+"""
+
+
+def _write(tmp_path, tiny_sd1_dir, synthetic_dataset):
+    path = tmp_path / "mine.toml"
+    path.write_text(PROFILE.format(model=tiny_sd1_dir, data=synthetic_dataset, out=tmp_path / "out"))
+    return path
+
+
+def test_check_prints_the_estimate_for_a_card_and_fit_writes_a_profile_that_fits(
+        tmp_path, tiny_sd1_dir, synthetic_dataset, capsys):
+    from loratui.engine.estimate import estimate
+    from loratui.engine.estimate.devices import vram_device
+    from loratui.engine.schema import load_profile
+
+    path = _write(tmp_path, tiny_sd1_dir, synthetic_dataset)
+    assert run_command(["check", str(path), "--gpu", "RTX 4090"]) == 0
+    out = capsys.readouterr().out
+    assert "estimate for RTX 4090 (24 GB), bf16:" in out
+    assert "est. VRAM  ~" in out and "of 24 GB fits ✓" in out
+    assert "activations, batch 2" in out and "CUDA context" in out
+    assert "est. time  ~" in out and "(RTX 4090)" in out
+
+    # a card between the figures with and without checkpointing: that one change makes it fit
+    from loratui.engine.estimate.fit import apply
+
+    profile = load_profile(path)
+    off = estimate(profile, vram_device(24)).vram.total
+    on = estimate(apply(profile, [("optimization.gradient_checkpointing", True)]), vram_device(24)).vram.total
+    assert on < off
+    gb = (on + off) / 2 / 2**30
+    assert run_command(["check", str(path), "--vram", f"{gb:.3f}"]) == 0
+    out = capsys.readouterr().out
+    assert "✗ needs ~" in out and "to fit, change (in this order):" in out
+    assert "optimization.gradient_checkpointing false → true" in out
+
+    fitted = tmp_path / "fitted.toml"
+    assert run_command(["fit", str(path), "--vram", f"{gb:.3f}", "-o", str(fitted)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    text = fitted.read_text()
+    assert "# my profile: comments stay" in text and "# the tiny model" in text
+    new = load_profile(fitted)
+    assert new.optimization.gradient_checkpointing is True
+    assert estimate(new, vram_device(gb)).fits
+    assert path.read_text() == PROFILE.format(model=tiny_sd1_dir, data=synthetic_dataset, out=tmp_path / "out")
+
+
+def test_fit_never_overwrites_its_input_and_names_unknown_cards(tmp_path, tiny_sd1_dir, synthetic_dataset, capsys):
+    path = _write(tmp_path, tiny_sd1_dir, synthetic_dataset)
+    before = path.read_text()
+    assert run_command(["fit", str(path), "--vram", "8", "-o", str(path)]) == 2
+    assert "never overwrites" in capsys.readouterr().err
+    assert path.read_text() == before
+    assert run_command(["check", str(path), "--gpu", "GTX 9"]) == 2
+    err = capsys.readouterr().err
+    assert "--gpu 'GTX 9': not a card loratui knows" in err and "RTX 4090" in err
+    # too small for any change: nothing written
+    out = tmp_path / "small.toml"
+    assert run_command(["fit", str(path), "--vram", "0.1", "-o", str(out)]) == 1
+    assert "nothing written" in capsys.readouterr().err and not out.exists()
