@@ -156,7 +156,8 @@ def _ram_total() -> int | None:
 
 
 def save_counts(profile, plan) -> tuple[int, int]:
-    """(LoRA files, states) a run writes, as training.setup.check_disk_space counts them."""
+    """(LoRA files, states) a run writes at its save points (training.setup.check_disk_space
+    adds the state a stop writes)."""
     o = profile.output
     n_lora = 1
     if o.save_every_n_epochs:

@@ -180,14 +180,10 @@ def check_disk_space(profile: Profile, plan, lora_params: int, warn: Callable[[s
     per_value = 4 if o.save_precision == "float" else 2
     lora_bytes = lora_params * per_value + 64 * 1024
     state_bytes = lora_params * 4 * 3 + 64 * 1024  # fp32 weights + two optimizer moments
-    n_lora = 1
-    if o.save_every_n_epochs:
-        n_lora += max(0, (plan.epochs - 1) // o.save_every_n_epochs)
-    if o.save_every_n_steps:
-        n_lora += plan.total_steps // o.save_every_n_steps
-    n_states = 1
-    if o.save_state:
-        n_states = (o.save_last_n_states + 1) if o.save_last_n_states else n_lora
+    from loratui.engine.estimate.resources import save_counts  # the estimate counts the same files
+
+    n_lora, n_states = save_counts(profile, plan)
+    n_states = max(1, n_states)  # a stop always saves a state
     need_min = lora_bytes + state_bytes
     need_all = n_lora * lora_bytes + n_states * state_bytes
     out = o.output_dir
