@@ -215,14 +215,16 @@ def test_every_kohya_ss_fixture_lists_only_settings_of_what_loratui_lacks_as_uns
     from loratui.engine.kohya import import_kohya
 
     files = sorted((SHARED_FIXTURES / "kohya_ss").iterdir()) if (SHARED_FIXTURES / "kohya_ss").is_dir() else []
-    if not files:
+    allowed = NOT_THIS_ISSUE
+    if not files:  # without ../shared: our own fixtures, whose messy one holds two keys on purpose
         files = sorted((Path(__file__).parent / "fixtures" / "kohya").iterdir())
+        allowed = NOT_THIS_ISSUE | {"color_aug", "some_future_option"}
     total = 0
     for path in files:
         r = import_kohya(path)
         keys = {k.split(":")[-1].removeprefix("additional_parameters --").split(" ")[-1] for k, _, _ in r.unsupported}
         keys = {k.rsplit(".", 1)[-1] for k in keys}
-        assert keys <= NOT_THIS_ISSUE, (path.name, sorted(keys - NOT_THIS_ISSUE))
+        assert keys <= allowed, (path.name, sorted(keys - allowed))
         total += len(r.unsupported)
     if files[0].parent.name == "kohya_ss":
         # 43 before issue 11; now only: 4 rank/module dropout on the peft LoCon type, 1 resolution (650 → 640)
