@@ -273,6 +273,7 @@ def test_kohya_lycoris_configs_import_and_train_one_step(fixture, tiny_sd1_dir, 
     d["dataset"].pop("resolution_height", None)
     d["dataset"].update(train_data_dir=str(data), resolution=64, enable_bucket=False,
                         min_bucket_reso=64, cache_latents="memory")
+    d["output"].update(logging_dir=str(tmp_path / "logs"))  # a preset's ./test/logs would land in the cwd
     d["output"].update(output_dir=str(tmp_path / "out"), output_name="k", save_every_n_epochs=0, save_every_n_steps=0,
                        save_state=False)
     d["optimization"].update(max_train_steps=1, mixed_precision="no", gradient_accumulation_steps=1,

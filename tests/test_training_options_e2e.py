@@ -328,7 +328,8 @@ def test_an_imported_preset_with_these_options_trains_one_step(tiny_sd1_dir, dat
                         min_bucket_reso=64, cache_latents="memory", reg_data_dir="")
     o.update(optimizer="AdamW", mixed_precision="no", max_train_steps=1, train_batch_size=2)
     d["network"].update(network_dim=4, conv_dim=4, network_weights="")
-    d["output"].update(output_dir=str(tmp_path / "out"), output_name="preset", resume="")
+    d["output"].update(output_dir=str(tmp_path / "out"), output_name="preset", resume="",
+                       logging_dir=str(tmp_path / "logs"))  # the preset's ./test/logs would land in the cwd
     result, events = _train(profile_from_dict(d))
     assert isinstance(result, Finished), result
     steps = [e for e in events if isinstance(e, StepEvent)]
