@@ -17,6 +17,18 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models train fastest on one thread (the suite runs 2 workers on 2 cores):
+    ``pytestmark = pytest.mark.usefixtures("one_thread")`` in a module that trains them."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_sd1_dir(tmp_path_factory) -> Path:
     """A tiny SD 1.x-shaped diffusers folder (random weights), built once."""

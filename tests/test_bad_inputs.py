@@ -33,12 +33,7 @@ from loratui.engine.schema import profile_from_dict
 from loratui.engine.train import run_training
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models train fastest on one thread
 
 
 # --------------------------------------------------------------------------- a sandbox per case

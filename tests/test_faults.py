@@ -20,12 +20,7 @@ from loratui.engine.train import run_training
 from tiny_runs import tiny_profile
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models train fastest on one thread
 
 
 @pytest.fixture(scope="module")
