@@ -34,6 +34,7 @@ class RunPlanned(Event):
     output_dir: str
     output_name: str
     device: str  # "cpu", "cuda:0 (NVIDIA H100 80GB HBM3)", ...
+    gpus: list[int] = field(default_factory=list)  # NVML indices of every GPU the run's processes on this machine use
 
 
 class Phase(StrEnum):

@@ -78,6 +78,10 @@ class FlowStep:
     def view(self, ndim: int):
         return self.sigmas.view(-1, *([1] * (ndim - 1)))
 
+    def __getitem__(self, part: slice) -> "FlowStep":
+        """The samples ``part`` of the batch (a data-parallel process's shard)."""
+        return FlowStep(self.sigmas[part], self.settings)
+
 
 # --------------------------------------------------------------------------- formulas
 

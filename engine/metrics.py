@@ -67,6 +67,19 @@ class MetricsWriter:
             self._fh = None
 
 
+class NullWriter:
+    """The metrics of a process that is not the run's main one: written by rank 0 only."""
+
+    def release(self) -> None:
+        pass
+
+    def write(self, ev: Event) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 # --------------------------------------------------------------------------- reading
 
 

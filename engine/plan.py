@@ -51,12 +51,19 @@ class StepPlan:
     steps_per_epoch: int  # optimizer steps
     total_steps: int  # optimizer steps for the whole run (max steps when set)
     max_steps_cap: bool  # total_steps comes from max_train_steps
+    processes: int = 1  # data-parallel processes: a step takes batch_size × processes × grad_accum samples
+
+    @property
+    def global_batch(self) -> int:
+        """Samples per optimizer step, over all processes."""
+        return self.batch_size * self.processes * self.grad_accum
 
     def describe(self) -> str:
         return (
             f"{self.images_x_repeats} images×repeats per epoch"
             + (f" (+{self.reg_samples} reg)" if self.reg_samples else "")
-            + f" ÷ batch {self.batch_size} ÷ accumulation {self.grad_accum}"
+            + (f" ÷ (batch {self.batch_size} × {self.processes} processes)" if self.processes > 1 else f" ÷ batch {self.batch_size}")
+            + f" ÷ accumulation {self.grad_accum}"
             + f" = {self.steps_per_epoch} steps/epoch × {self.epochs} epochs = {self.total_steps} steps"
             + (" (max_train_steps)" if self.max_steps_cap else "")
         )
@@ -71,16 +78,19 @@ def plan_steps(
     max_train_steps: int = 0,
     reg_samples: int = 0,
     batches_per_epoch: int | None = None,
+    processes: int = 1,
 ) -> StepPlan:
     """Steps = images × repeats × epochs ÷ batch ÷ accumulation (or max steps).
 
     With regularization images each epoch holds as many reg samples as train
     samples (as sd-scripts does), doubling the batches.  ``batches_per_epoch``
     may be given by the bucket sampler (buckets round up per bucket).
+    ``processes``: data-parallel processes; a batch is then ``batch_size`` on
+    each of them (``batches_per_epoch`` counts such global batches).
     """
     samples = images_x_repeats + reg_samples
     if batches_per_epoch is None:
-        batches_per_epoch = math.ceil(samples / batch_size) if samples else 0
+        batches_per_epoch = math.ceil(samples / (batch_size * processes)) if samples else 0
     steps_per_epoch = math.ceil(batches_per_epoch / grad_accum) if batches_per_epoch else 0
     total = steps_per_epoch * epochs
     capped = False
@@ -98,4 +108,5 @@ def plan_steps(
         steps_per_epoch=steps_per_epoch,
         total_steps=total,
         max_steps_cap=capped,
+        processes=processes,
     )

@@ -62,6 +62,7 @@ class RunState:
     profile_name: str = ""
     run_name: str = ""
     readonly: bool = False  # watching a run started elsewhere
+    controllable: bool = False  # ... and its requests go through the run's control file
     phase: str = STARTING  # a Phase, or STARTING / FAILED
     detail: str = "loading torch…"
     current: int = 0
@@ -117,7 +118,7 @@ class RunState:
         """Start over (a new run of the same name replaced the metrics file):
         everything but the names and ``readonly`` back to its default (``version``
         goes on counting)."""
-        keep = {"profile_name", "run_name", "readonly", "version"}
+        keep = {"profile_name", "run_name", "readonly", "controllable", "version"}
         fresh = RunState()
         for f in fields(self):
             if f.name not in keep:

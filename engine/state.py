@@ -47,6 +47,7 @@ HARMLESS_ON_RESUME = (
     "dataset.cache_text_encoder_outputs",
     "optimization.blocks_to_swap",
     "optimization.cpu_offload_checkpointing",
+    "compute.",  # another number of processes continues from the same place in the data (Checkpointer._reshard)
 )
 MAX_LISTED = 12
 
@@ -231,7 +232,7 @@ def resume_differences(state: TrainingState, profile: Profile) -> list[str]:
     return out
 
 
-def dataset_fingerprint(items: list, total_steps: int) -> dict[str, Any]:
+def dataset_fingerprint(items: list, total_steps: int, processes: int = 1) -> dict[str, Any]:
     """What the batches of a run depend on: every item's folder, file name,
     size, caption, repeats and bucket (cheap: one stat per image)."""
     h = hashlib.sha256()
@@ -246,6 +247,7 @@ def dataset_fingerprint(items: list, total_steps: int) -> dict[str, Any]:
         "images": len(items),
         "samples": sum(it.repeats for it in items),
         "total_steps": total_steps,
+        "processes": processes,
         "digest": h.hexdigest()[:32],
     }
 
@@ -255,7 +257,8 @@ def dataset_differences(state: TrainingState, now: dict[str, Any]) -> tuple[list
     was = state.extra.get("dataset")
     if not isinstance(was, dict) or was.get("digest") == now["digest"]:
         return [], []
-    if was.get("total_steps") != now["total_steps"] or was.get("samples") != now["samples"]:
+    same_world = (was.get("processes") or 1) == (now.get("processes") or 1)  # else the steps differ by design
+    if (same_world and was.get("total_steps") != now["total_steps"]) or was.get("samples") != now["samples"]:
         return [
             f"dataset: {was.get('images')} images ({was.get('samples')} samples per epoch, {was.get('total_steps')} steps) "
             f"when {state.folder.name} was saved, {now['images']} images ({now['samples']} samples, "

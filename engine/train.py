@@ -46,16 +46,27 @@ def run_training(
     wrong (out of memory, disk full, NaN loss, bad input ...) and the memory the
     run held is released before it is returned. ``resume``: a state folder, or
     ``"latest"`` for the newest state of this output name."""
+    from loratui.engine.control_file import ControlFileFollower, control_path
+    from loratui.engine.distributed import SharedControl, world, write_rank_failure
     from loratui.engine.errors import release_memory
-    from loratui.engine.metrics import MetricsWriter, metrics_path_for
+    from loratui.engine.metrics import MetricsWriter, NullWriter, metrics_path_for
 
     from loratui.engine.samples.tracking import Trackers
 
-    emit = Trackers(profile, emit)  # TensorBoard / wandb, where output.log_with asks
+    w = world()  # rank 0 of 1, or one of a multi-process run's processes (engine/distributed.py)
     control = control or Control()
-    metrics = MetricsWriter(metrics_path_for(profile), fresh=not (resume or profile.output.resume))
+    follower = None
+    if w.is_main:
+        emit = Trackers(profile, emit)  # TensorBoard / wandb, where output.log_with asks
+        metrics = MetricsWriter(metrics_path_for(profile), fresh=not (resume or profile.output.resume))
+        # requests from elsewhere (`loratui watch`, the launcher): the run's control file
+        with contextlib.suppress(OSError):
+            follower = ControlFileFollower(control_path(profile.output.output_dir, profile.output.output_name), control).start()
+    else:
+        metrics = NullWriter()
     recorder = _Recorder(metrics, emit)
-    ctx = recorder.ctx = RunContext(profile, recorder, control, time.time(), metrics.release)
+    shared = SharedControl(control, w) if w.enabled else control
+    ctx = recorder.ctx = RunContext(profile, recorder, shared, time.time(), metrics.release, world=w)
     emit = recorder
     try:
         result: Event = train(ctx, overwrite=overwrite, resume=resume)
@@ -68,6 +79,10 @@ def run_training(
     finally:
         if ctx.lock is not None:
             ctx.lock.release()
+        if follower is not None:
+            follower.close()
+    if isinstance(result, Failed) and w.enabled:
+        write_rank_failure(w.failures_dir, w.rank, result.message, result.hint)
     if isinstance(result, Failed) and ctx.heavy:
         # The model, optimizer and activations died with train()'s frames (the
         # exception and its traceback are gone by now): give the memory back

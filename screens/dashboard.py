@@ -209,7 +209,7 @@ class DashboardScreen(Screen):
     def _draw_title(self, state: RunState) -> None:
         title = f" loratui  {state.profile_name}" + (f"  run {state.run_name}" if state.run_name else "")
         if state.readonly:
-            title += "  (watching, read-only)"
+            title += "  (watching)" if state.controllable and not state.done else "  (watching, read-only)"
         set_text(self.query_one("#title", Label), title)
         set_text(self.query_one("#device", Label), state.device or "", layout=True)
 
@@ -253,9 +253,10 @@ class DashboardScreen(Screen):
                 index = int(state.device.split(":")[1].split()[0])
             except ValueError:
                 index = 0
+        indices = list(state.planned.gpus) if state is not None and state.planned is not None else []
         width = self.query_one("#gpu", TextPanel).size.width or 36
-        self.query_one("#gpu", TextPanel).show(gpu_text(samples, reason, width, index))
-        self.query_one("#gpu-line", TextPanel).show(gpu_line(samples, reason, index))
+        self.query_one("#gpu", TextPanel).show(gpu_text(samples, reason, width, index, indices))
+        self.query_one("#gpu-line", TextPanel).show(gpu_line(samples, reason, index, indices))
 
     def _tick(self) -> None:
         # "4m ago" ages; a stale read-only run says how long it has been quiet

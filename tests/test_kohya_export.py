@@ -37,7 +37,7 @@ SD_SCRIPTS_ARGS = {
     "debiased_estimation_loss", "min_timestep", "max_timestep", "loss_type", "huber_c", "huber_schedule",
     "huber_scale", "max_token_length", "lr_scheduler_type", "lr_scheduler_args", "full_bf16", "full_fp16",
     "sample_every_n_epochs", "sample_every_n_steps", "sample_prompts", "sample_sampler", "sample_at_first",
-    "log_with", "logging_dir", "log_prefix",
+    "log_with", "logging_dir", "log_prefix", "ddp_timeout",
 }
 DATASET_KEYS = {
     "general": {"caption_extension", "shuffle_caption", "keep_tokens", "caption_dropout_rate", "flip_aug"},
@@ -229,7 +229,7 @@ def _other_value(s):
     if s.type == "choice":
         return next(c for c in s.choices if c != s.default)
     if s.type == "str":
-        return {"caption_extension": ".cap", "output_name": "my-lora"}.get(s.key, f"/x/{s.key}")
+        return {"caption_extension": ".cap", "output_name": "my-lora", "gpu_ids": "0,1", "main_process_ip": "10.0.0.1"}.get(s.key, f"/x/{s.key}")
     if s.optional and s.default is None:
         return 0.001
     if s.type == "int":
@@ -303,6 +303,8 @@ def test_settings_sd_scripts_has_no_argument_for_round_trip_as_comments(tmp_path
     assert {"model.model_config_dir", "dataset.balance_concepts", "optimization.max_bad_steps"} <= {s.dotted for s in kept}
     for s in kept:
         d = profile_from_dict({}).to_dict()
+        if s.section == "compute":  # machine_rank and main_process_ip need more than one machine
+            d["compute"].update(machines=2, main_process_ip="10.0.0.1")
         d[s.section][s.key] = _other_value(s)
         p1 = profile_from_dict(d)
         res = export_sd_scripts(p1, tmp_path / s.key)
@@ -324,3 +326,18 @@ def test_what_sd_scripts_will_stop_on_is_a_warning_naming_the_setting(tmp_path, 
     assert run_command(["export", str(prof), "--to", "sd-scripts", "--print-command"]) == 0
     err = capsys.readouterr().err
     assert "note: model.base_model: is empty — set pretrained_model_name_or_path before running sd-scripts" in err
+
+
+def test_a_multi_gpu_profile_exports_the_matching_accelerate_launch_line(tmp_path):
+    from loratui.engine.kohya.exporter import sd_scripts_command
+
+    p = profile_from_dict({"compute": {"processes": 4, "gpu_ids": "0,1,2,3", "main_process_port": 29511}})
+    res = export_sd_scripts(p, tmp_path / "out")
+    assert res.command.startswith("accelerate launch --multi_gpu --num_processes 4 --main_process_port 29511 --gpu_ids 0,1,2,3 train_network.py ")
+    assert res.command.split(" --config_file")[0] in res.config_path.read_text()  # the "Run:" line says the same
+    two = profile_from_dict({"compute": {"processes": 8, "machines": 2, "machine_rank": 1, "main_process_ip": "10.1.2.3"}})
+    assert sd_scripts_command(two).startswith(
+        "accelerate launch --multi_gpu --num_processes 16 --num_machines 2 --machine_rank 1 --main_process_ip 10.1.2.3 "
+        "--main_process_port 29500 --num_cpu_threads_per_process 1 train_network.py")
+    one = sd_scripts_command(profile_from_dict({}))
+    assert one.startswith("accelerate launch --num_cpu_threads_per_process 1 train_network.py") and "--multi_gpu" not in one

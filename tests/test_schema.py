@@ -28,7 +28,7 @@ def test_every_setting_is_declared_with_help_and_section():
     assert len(infos) > 50
     for s in infos:
         assert s.help, s.dotted
-        assert s.section in ("model", "dataset", "network", "optimization", "output")
+        assert s.section in ("model", "dataset", "network", "optimization", "output", "compute")
     keys = {s.dotted for s in infos}
     for needed in ("model.base_model", "dataset.train_data_dir", "network.network_dim", "optimization.optimizer",
                    "optimization.min_snr_gamma", "output.save_every_n_epochs", "output.save_precision"):

@@ -365,3 +365,18 @@ async def test_ctrl_c_without_a_run_quits(env):
         await pilot.press("ctrl+c")  # a clean form: nothing to ask about
         await pilot.pause()
         assert app.return_code == 0
+
+
+def test_the_gpu_panel_shows_every_gpu_a_multi_gpu_run_uses():
+    gb = 1024**3
+    cards = [GpuSample(i, "NVIDIA H100 80GB HBM3", 90 + i, (30 + i) * gb, 80 * gb, 60 + i, 500.0, 700.0) for i in range(4)]
+    text = gpu_text(cards, "", 40, indices=[1, 2, 3]).plain
+    lines = text.splitlines()
+    assert lines[0] == "3 × H100 80GB HBM3"
+    assert [ln.split()[0] for ln in lines[1:]] == ["1", "2", "3"]  # the run's GPUs, not GPU 0
+    assert "91%" in lines[1] and "33.0/80G" in lines[3] and "63°C" in lines[3]
+    assert all(len(ln) <= 40 for ln in lines)
+    line = gpu_line(cards, "", indices=[1, 2, 3]).plain
+    assert line == "GPU H100 80GB HBM3  ×3  91–93%  max 33.0/80 GB (GPU 3)  ≤63°C"
+    # one GPU: the single-GPU box as before
+    assert "91 %" in gpu_text(cards, "", 40, index=1, indices=[1]).plain

@@ -218,6 +218,8 @@ async def test_the_plan_panel_shows_what_train_would_refuse(env, synthetic_datas
         assert any(p.startswith("model.base_model") for p in panel.problems)  # the model folder does not exist
         assert "gone.safetensors" in str(panel.render())
         n = len(panel.report.problems) + len(panel.problems)
+        # the status line follows on the panel's Checked message, one message later
+        await until(pilot, lambda: "stop a run" in str(form.query_one("#problem-count").render()))
         assert f"✗ {n} problems stop a run" in str(form.query_one("#problem-count").render())
         # Start is refused with the same list, before anything loads
         await pilot.press("ctrl+r")

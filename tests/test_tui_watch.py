@@ -1,5 +1,6 @@
-"""`loratui watch OUTPUT_DIR`: follow a run started elsewhere from its metrics file,
-read-only — plain lines or the dashboard — and the app's prompt when it finds one."""
+"""`loratui watch OUTPUT_DIR`: follow a run started elsewhere from its metrics file
+— plain lines, or the dashboard whose controls go through the run's control file —
+and the app's prompt when it finds one."""
 
 from __future__ import annotations
 
@@ -80,8 +81,12 @@ async def test_the_dashboard_follows_a_run_written_elsewhere(env):
         assert state.readonly and state.step == 30 and len(state.losses) == 30
         dash = app.screen
         assert isinstance(dash, DashboardScreen) and dash.readonly
-        await pilot.press("space", "x")  # read-only: nothing to pause or stop here
-        assert not state.paused and state.requested == ""
+        await pilot.press("space", "x")  # the controls go to the run's control file, which its main process follows
+        await pilot.pause(0.1)
+        sent = [json.loads(line)["request"] for line in (env / "toy.control.jsonl").read_text().splitlines()]
+        assert sent == ["pause", "stop"]
+        assert state.requested == "stopping: saving at the next step"
+        assert "(watching)" in str(dash.query_one("#title").render())
         append(metrics, Finished(path=str(env / "toy.safetensors"), steps=40, elapsed=8.0))
         for _ in range(100):
             await pilot.pause(0.05)

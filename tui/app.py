@@ -110,6 +110,8 @@ class LoraTuiApp(ProfileActions, RunControl, WatchRun, SignalHandling, App):
         self.start_after_demo = False  # ctrl+r on the demo before it was built
         self.quit_after_run = False  # quit asked while training: stop, then exit
         self.tail_stop = threading.Event()
+        self.watch_control: Any = None  # engine.control_file.FileControl of a watched run
+        self.launched: Any = None  # engine.launch.Launched: a multi-process run this app started
         self.lt_driver = None  # the driver, kept for stop_input_thread
 
     def on_mount(self) -> None:
@@ -325,11 +327,11 @@ class LoraTuiApp(ProfileActions, RunControl, WatchRun, SignalHandling, App):
         yield SystemCommand("Quit", "quit loratui (asks about a running run and unsaved changes)", self.action_quit)
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
-        """Hide what cannot be done here: run controls when watching read-only,
-        the form and its actions when only a watched run is open."""
+        """Hide what cannot be done here: run controls of a run that cannot take
+        them, the form and its actions when only a watched run is open."""
         watching = self.run_state is not None and self.run_state.readonly
-        if action in ("pause_resume", "save_now", "stop_run") and (watching or not self.run_active):
-            return False if watching else None
+        if action in ("pause_resume", "save_now", "stop_run") and not self.can_control:
+            return False if watching and not self.run_state.controllable else None
         if action in ("form", "start_run", "save_profile", "save_profile_as", "profiles", "dataset", "captions") and (
             self._installed("form") is None
         ):

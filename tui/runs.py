@@ -25,6 +25,15 @@ class RunControl:
     def run_active(self) -> bool:
         return self.run_state is not None and not self.run_state.readonly and not self.run_state.done
 
+    @property
+    def can_control(self) -> bool:
+        """A run that takes pause / save / stop / abort: this app's own, or a
+        watched one through its control file."""
+        s = self.run_state
+        if s is None or s.done:
+            return False
+        return not s.readonly or (s.controllable and self.watch_control is not None)
+
     def run_scheduler_label(self) -> str:
         p = self.run_profile
         if p is None:
@@ -89,6 +98,9 @@ class RunControl:
     def begin_run(self, profile: Profile, overwrite: bool = False) -> None:
         """Start training ``profile`` (already validated) and show the dashboard."""
         self.tail_stop.set()  # stop watching another run, if we were
+        if profile.compute.world_size > 1:
+            self._launch_worker(profile, overwrite)
+            return
         state = RunState(profile_name=self.session.name, run_name=profile.output.output_name)
         state.add_log(f"starting {profile.output.output_name}: importing torch and the model libraries…")
         self.run_state = state
@@ -129,6 +141,41 @@ class RunControl:
         result = await bridge.follow(handle)
         self.seen_end = result is not None
         self._run_ended()
+
+    @work(thread=True, exclusive=True, group="launch", exit_on_error=False)
+    def _launch_worker(self, profile: Profile, overwrite: bool) -> None:
+        """More than one process: accelerate's launcher starts them in a session
+        of their own (a dropped SSH link or quitting the app leaves them going);
+        the dashboard follows the run's metrics file, its keys the control file."""
+        from loratui.engine.launch import launch
+        from loratui.engine.metrics import metrics_path_for
+
+        metrics = metrics_path_for(profile)
+        if metrics.exists() and not profile.output.resume:  # an earlier run's events are not this one's
+            try:
+                metrics.replace(metrics.with_name(metrics.name + ".1"))
+            except OSError:
+                pass
+        n = profile.compute.world_size
+        try:
+            launched = launch(profile, overwrite=overwrite)
+        except OSError as exc:
+            self.call_from_thread(self.notify, f"output.output_dir: cannot prepare the run folder: {exc}",
+                                  title="cannot start", severity="error", timeout=10)
+            return
+        self.launched = launched
+
+        def follow() -> None:
+            self.watch_run(metrics, detail=f"starting {n} processes (accelerate launch)…")
+            state = self.run_state
+            state.profile_name = self.session.name
+            state.add_log(f"started {n} processes through accelerate launch; their output: {launched.log_path}")
+            state.add_log("they run in a session of their own: quitting the app or a dropped SSH link leaves them "
+                          f"going — `loratui watch {profile.output.output_dir}` follows them again")
+
+        self.call_from_thread(follow)
+        launched.wait()
+        launched.finish()  # a run that could not say how it ended: the launcher says it in the metrics file
 
     def _run_ended(self) -> None:
         state = self.run_state
@@ -181,10 +228,12 @@ class RunControl:
 
     # ------------------------------------------------------------------ controls
     def _control(self):
-        if not self.run_active:
-            if self.run_state is not None and self.run_state.readonly:
+        if not self.can_control:
+            if self.run_state is not None and self.run_state.readonly and not self.run_state.done:
                 self.notify("read-only: this run is controlled where it was started", severity="warning")
             return None
+        if self.run_state is not None and self.run_state.readonly:
+            return self.watch_control
         return self.handle.control if self.handle is not None else None
 
     def request_run(self, req: Request, reason: str = "") -> None:
@@ -192,16 +241,23 @@ class RunControl:
         control = self._control()
         if control is None or self.run_state is None:
             return
-        control.request(req)
+        try:
+            control.request(req)
+        except OSError as exc:  # a watched run's control file could not be written
+            self.notify(f"cannot ask the run: {exc}", severity="error", timeout=8)
+            return
         self.run_state.ask(req, reason)
         assert self.bridge is not None
         self.bridge.touch()
 
     def action_pause_resume(self) -> None:
         # works before the engine has started too: the worker pauses it then
-        if not self.run_active or self.run_state is None:
+        if not self.can_control or self.run_state is None:
             return
         req = Request.RESUME if self.run_state.paused else Request.PAUSE
+        if self.run_state.readonly:
+            self.request_run(req)
+            return
         if self.handle is not None:
             self.handle.control.request(req)
         self.run_state.ask(req)

@@ -1,6 +1,8 @@
-"""Watching a run started elsewhere (``loratui watch``, or a live run found for
-the profile just opened): the metrics file is tailed in a thread and its
-events fold into a read-only ``RunState``.
+"""Watching a run started elsewhere (``loratui watch``, a live run found for
+the profile just opened, a multi-process run the app launched): the metrics
+file is tailed in a thread and its events fold into a ``RunState`` marked
+``readonly`` (not this process's run); its controls go through the run's
+control file (engine/control_file.py), which the run's main process follows.
 
 ``WatchRun`` is a part of ``LoraTuiApp`` (a mixin).
 """
@@ -29,10 +31,14 @@ class LiveRunFound(Message):
 class WatchRun:
     """Following a metrics file read-only (part of ``LoraTuiApp``)."""
 
-    def watch_run(self, metrics_path: str | Path) -> None:
+    def watch_run(self, metrics_path: str | Path, detail: str = "reading the metrics file…") -> None:
+        """Follow ``metrics_path``; pause / save / stop / abort go through the run's control file."""
+        from loratui.engine.control_file import FileControl, control_path_for_metrics
+
         path = Path(metrics_path)
         name = path.name.removesuffix(".metrics.jsonl")
-        self.run_state = RunState(profile_name=str(path.parent), run_name=name, readonly=True, detail="reading the metrics file…")
+        self.run_state = RunState(profile_name=str(path.parent), run_name=name, readonly=True, controllable=True, detail=detail)
+        self.watch_control = FileControl(control_path_for_metrics(path))
         self.run_profile = None
         self.bridge = Bridge(self, self.run_state, self.bridge_interval)
         self._reset_dashboard()
@@ -89,7 +95,8 @@ class WatchRun:
         self.push_screen(
             ChoiceDialog(
                 "A run of this profile looks live",
-                f"{live.describe()}\n{live.path}\nIt was started elsewhere (another session or `loratui train`). Watch it, read-only?",
+                f"{live.describe()}\n{live.path}\nIt was started elsewhere (another session or `loratui train`). Watch it? "
+                "Its controls (pause, save, stop) reach it through its control file.",
                 [("w", "watch it")],
             ),
             answer,

@@ -52,5 +52,15 @@ def plan_for(profile: "Profile", scan: ScanResult) -> StepPlan:
         epochs=o.max_train_epochs,
         max_train_steps=o.max_train_steps,
         reg_samples=scan.reg_samples,
-        batches_per_epoch=batches_per_epoch(scan.items, o.train_batch_size),
+        batches_per_epoch=batches_per_epoch(scan.items, o.train_batch_size * profile.compute.world_size),
+        processes=profile.compute.world_size,
     )
+
+
+def shard(batch: list[int], rank: int, world: int, batch_size: int) -> tuple[int, int]:
+    """(offset, count) of ``rank``'s part of a global ``batch`` of up to
+    ``batch_size × world`` samples: consecutive chunks of ``batch_size``, so the
+    shards of every epoch cover it exactly once. A short last batch of a bucket
+    leaves the last ranks a count of 0 (they still take part in the step)."""
+    offset = min(rank * batch_size, len(batch))
+    return offset, min(batch_size, len(batch) - offset)

@@ -229,7 +229,7 @@ def export_sd_scripts(p: Profile, out_dir: str | Path, *, source: str = "", over
     notes += export_warnings(p)
     header = [
         f"sd-scripts --config_file exported by loratui{f' from {source}' if source else ''}.",
-        f"Run: accelerate launch {script} --config_file {shlex.quote(str(cfg_path.resolve()))}",
+        f"Run: {launch_prefix(p)} {script} --config_file {shlex.quote(str(cfg_path.resolve()))}",
         "",
         "Settings sd-scripts has no option for (loratui reads them back on import):",
     ] + [f"loratui: {line}" for line in extra]
@@ -240,7 +240,7 @@ def export_sd_scripts(p: Profile, out_dir: str | Path, *, source: str = "", over
 
         atomic_write_text(prompts_file, f"{EXPORT_MARKER}\n{p.output.sample_prompts.strip()}\n")
     atomic_write_text(cfg_path, _toml_with_comments(args, header))
-    command = f"accelerate launch {script} --config_file {shlex.quote(str(cfg_path.resolve()))}"
+    command = f"{launch_prefix(p)} {script} --config_file {shlex.quote(str(cfg_path.resolve()))}"
     return ExportResult(cfg_path, ds_path if ds is not None else None, script, command, notes)
 
 
@@ -261,10 +261,27 @@ def _inline_prompts_file(p: Profile, args: dict[str, Any], out_dir: Path, overwr
     return path
 
 
+def launch_prefix(p: Profile) -> str:
+    """``accelerate launch`` with the options of the profile's ``[compute]`` section
+    (sd-scripts takes its processes from accelerate's launcher, as loratui does)."""
+    c = p.compute
+    parts = ["accelerate", "launch"]
+    if c.world_size > 1:
+        parts += ["--multi_gpu", "--num_processes", str(c.world_size)]
+        if c.machines > 1:
+            parts += ["--num_machines", str(c.machines), "--machine_rank", str(c.machine_rank),
+                      "--main_process_ip", shlex.quote(c.main_process_ip), "--main_process_port", str(c.main_process_port or 29500)]
+        elif c.main_process_port:
+            parts += ["--main_process_port", str(c.main_process_port)]
+        if c.gpu_ids:
+            parts += ["--gpu_ids", c.gpu_ids.replace(" ", "")]
+    return " ".join(parts)
+
+
 def sd_scripts_command(p: Profile) -> str:
     """The equivalent ``accelerate launch train_network.py ...`` command line."""
     args, extra = sd_scripts_args(p)
-    parts = ["accelerate", "launch", "--num_cpu_threads_per_process", "1", _family_script(p.model.family)]
+    parts = [launch_prefix(p), "--num_cpu_threads_per_process", "1", _family_script(p.model.family)]
     for key, value in args.items():
         if isinstance(value, bool):
             if value:

@@ -93,11 +93,11 @@ NO_EFFECT: dict[str, str] = {}
 for _k in ("xformers", "sdpa", "mem_eff_attn", "attn_mode"):
     NO_EFFECT[_k] = "attention kernel choice; loratui uses PyTorch's scaled-dot-product attention"
 for _k in (
-    "num_cpu_threads_per_process", "num_processes", "num_machines", "multi_gpu", "gpu_ids",
-    "main_process_port", "dynamo_backend", "dynamo_mode", "dynamo_use_dynamic", "dynamo_use_fullgraph",
-    "extra_accelerate_launch_args", "ddp_timeout", "ddp_gradient_as_bucket_view", "ddp_static_graph",
+    "num_cpu_threads_per_process", "dynamo_backend", "dynamo_mode", "dynamo_use_dynamic", "dynamo_use_fullgraph",
+    "extra_accelerate_launch_args", "ddp_gradient_as_bucket_view", "ddp_static_graph",
 ):
-    NO_EFFECT[_k] = "accelerate / multi-GPU launch option; loratui trains on one GPU"
+    NO_EFFECT[_k] = "accelerate launch / DDP tuning option; loratui starts its processes itself (see [compute])"
+NO_EFFECT["multi_gpu"] = "implied by num_processes > 1 (compute.processes)"
 for _k in ("max_data_loader_n_workers", "persistent_data_loader_workers"):
     NO_EFFECT[_k] = "data-loader workers: speed only"
 for _k in (

@@ -40,14 +40,15 @@ def _prompt_problems(profile) -> list:
 class TrainingSamples:
     """Called by the loop: :meth:`at_first`, :meth:`after_step`, :meth:`after_epoch`."""
 
-    def __init__(self, ctx, comp, device: str, autocast=None):
+    def __init__(self, ctx, comp, device: str, autocast=None, enabled: bool = True):
         self.ctx, self.comp, self.device, self.autocast = ctx, comp, device, autocast
         self.profile = ctx.profile
         o = self.profile.output
         self.every_epochs, self.every_steps, self.first = o.sample_every_n_epochs, o.sample_every_n_steps, o.sample_at_first
         self.last_step: int | None = None
+        wanted = enabled and (self.every_epochs or self.every_steps or self.first)  # enabled: False on data-parallel ranks > 0
         try:
-            self.prompts = prompts_for(self.profile) if (self.every_epochs or self.every_steps or self.first) else []
+            self.prompts = prompts_for(self.profile) if wanted else []
         except PromptError as exc:  # checked before the run; the file may have changed since
             ctx.warn(f"output.sample_prompts: {exc}; no samples this run")
             self.prompts = []

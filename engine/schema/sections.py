@@ -20,6 +20,7 @@ from loratui.engine.families import family_names
 from loratui.engine.registries import MIXED_PRECISIONS, NETWORK_TYPES, OPTIMIZERS, SAVE_PRECISIONS, SCHEDULERS
 import loratui.engine.schema.coerce as coerce
 from loratui.engine.samples.samplers import SAMPLERS
+from loratui.engine.schema.compute import ComputeSettings
 from loratui.engine.schema.declare import SettingInfo, _Section, choice, section_infos, setting
 
 FAMILY_CHOICES = ("auto", *family_names())
@@ -880,6 +881,7 @@ SECTION_TITLES = {
     "network": "Network",
     "optimization": "Optimization",
     "output": "Output",
+    "compute": "Compute",
 }
 
 
@@ -893,6 +895,7 @@ class Profile(BaseModel):
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     optimization: OptimizationSettings = Field(default_factory=OptimizationSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
+    compute: ComputeSettings = Field(default_factory=ComputeSettings)
 
     # -- convenience -------------------------------------------------------
     def to_dict(self) -> dict[str, dict[str, Any]]:

@@ -24,6 +24,10 @@ class Batch:
     crops: list  # (original size, crop top-left, target size) of each sample
     captions: list[str]
     masks: Any = None  # (N, 1, H, W) loss masks (optimization.masked_loss), else None
+    # data-parallel runs (engine/distributed.py): this process's part of the global batch
+    global_n: int = 0  # samples in the global batch (0: this batch is the whole of it)
+    offset: int = 0  # where this part starts in it
+    weight: float = 1.0  # share of the global batch's loss: len(items) / global_n (0: a stand-in)
 
     @property
     def has_reg(self) -> bool:
@@ -31,7 +35,12 @@ class Batch:
 
 
 class BatchSource:
-    def __init__(self, profile: Profile, items: list, *, store, vae, device: str, weight_dtype, vae_fp32: bool):
+    """Batches of a run. In a data-parallel run ``epoch`` gives the global
+    batches (``train_batch_size × processes``) and ``load`` this process's shard
+    of one, having drawn the flips and captions of the whole of it, so every
+    process's RNG stays where a single process's would be."""
+
+    def __init__(self, profile: Profile, items: list, *, store, vae, device: str, weight_dtype, vae_fp32: bool, world=None):
         self.settings = profile.dataset
         self.profile = profile
         self.items = items
@@ -43,28 +52,41 @@ class BatchSource:
         self.weight_dtype = weight_dtype
         self.vae_fp32 = vae_fp32
         self.rng = random.Random(self.seed)  # flips, caption shuffling and dropout
+        self.rank, self.processes = (world.rank, world.size) if world is not None else (0, 1)
 
     def epoch(self, epoch: int) -> list[list[int]]:
         """The batches of ``epoch`` (1-based), as index lists into the items."""
         from loratui.engine.dataset import epoch_batches
 
-        return epoch_batches(self.items, self.batch_size, epoch, self.seed)
+        return epoch_batches(self.items, self.batch_size * self.processes, epoch, self.seed)
 
     def load(self, batch: list[int]) -> Batch:
-        """Latents, crops and captions of one batch; draws its flips, then its captions."""
+        """Latents, crops and captions of one batch (this process's shard of it);
+        draws the flips of the whole batch, then its captions."""
         import torch
 
         from loratui.engine.dataset import process_caption
+        from loratui.engine.dataset.batches import shard
 
-        items = [self.items[i] for i in batch]
         flips = [self._flip() for _ in batch]
+        captions = [process_caption(self.items[i].caption, self.settings, self.rng) for i in batch]
+        global_n, weight = len(batch), 1.0
+        offset, count = 0, len(batch)
+        if self.processes > 1:
+            offset, count = shard(batch, self.rank, self.processes, self.batch_size)
+            weight = count / global_n
+            if count == 0:  # a short last batch: this process stands in with a sample of weight 0
+                offset, count = 0, 1
+        part = slice(offset, offset + count)
+        batch, flips, captions = batch[part], flips[part], captions[part]
+        items = [self.items[i] for i in batch]
         with torch.no_grad():
             if self.store is not None:
                 latents, crops = self._cached(batch, flips)
             else:
                 latents, crops = self._encoded(items, flips)
-        captions = [process_caption(it.caption, self.settings, self.rng) for it in items]
-        return Batch(items, latents, crops, captions, batch_masks(self.profile, items, flips, self.device))
+        return Batch(items, latents, crops, captions, batch_masks(self.profile, items, flips, self.device),
+                     global_n=global_n if self.processes > 1 else 0, offset=offset, weight=weight)
 
     def _flip(self) -> bool:
         return self.settings.flip_aug and self.rng.random() < 0.5

@@ -32,8 +32,18 @@ class Checkpointer:
     fingerprint: dict[str, Any]  # the dataset's, stored with each state
     nan_hint: str
     save_dtype: Any
+    world: Any = None  # engine.distributed.World: only its main process writes
     lora_saved_at: int = -1  # steps of the newest LoRA / state written by this run
     state_saved_at: int = -1
+
+    @property
+    def writes(self) -> bool:
+        return self.world is None or self.world.is_main
+
+    def _saved(self, what: str) -> None:
+        """Data-parallel: the others wait here until the main process has written ``what``."""
+        if self.world is not None:
+            self.world.barrier(f"saving {what}")
 
     @property
     def profile(self):
@@ -51,6 +61,9 @@ class Checkpointer:
     def save_lora(self, path: Path, kind: str, epoch: int, step: int) -> None:
         from loratui.engine.metadata import build_metadata
 
+        if not self.writes:
+            self.lora_saved_at = step
+            return self._saved(path.name)
         self.check_finite(step)
         emit = self.ctx.emit
         emit(PhaseChanged(phase=Phase.SAVING, detail=path.name))
@@ -67,12 +80,16 @@ class Checkpointer:
         self.lora_saved_at = step
         emit(CheckpointSaved(path=str(path), kind=kind, size=path.stat().st_size, epoch=epoch, step=step))
         emit(PhaseChanged(phase=Phase.TRAINING))
+        self._saved(path.name)
 
     def save_state(self, epoch: int, batch_in_epoch: int, nbatches: int, step: int) -> None:
         import torch
 
         from loratui.engine.state import prune_states, state_dir, write_state
 
+        if not self.writes:
+            self.state_saved_at = step
+            return self._saved("the state")
         self.check_finite(step)
         if batch_in_epoch >= nbatches:  # at an epoch's end: continue with the next one
             epoch, batch_in_epoch = epoch + 1, 0
@@ -92,7 +109,7 @@ class Checkpointer:
                 batch_in_epoch=batch_in_epoch,
                 step=step,
                 profile=self.profile,
-                extra={"last_saved": self.ctx.last_saved, "dataset": self.fingerprint},
+                extra={"last_saved": self.ctx.last_saved, "dataset": self.fingerprint, "processes": self.processes},
             ),
         )
         self.ctx.last_state = str(folder)
@@ -101,6 +118,7 @@ class Checkpointer:
         size = sum(f.stat().st_size for f in folder.iterdir())
         self.ctx.emit(CheckpointSaved(path=str(folder), kind="state", size=size, epoch=epoch, step=step))
         self.ctx.emit(PhaseChanged(phase=Phase.TRAINING))
+        self._saved(folder.name)
 
     def _training_state(self) -> dict[str, Any]:
         import torch
@@ -115,6 +133,10 @@ class Checkpointer:
             "gen": self.generator.get_state(),
             "caption_rng": self.source.rng_state(),
         }
+
+    @property
+    def processes(self) -> int:
+        return self.world.size if self.world is not None else 1
 
     # ------------------------------------------------------------------ resume
 
@@ -144,7 +166,28 @@ class Checkpointer:
         self.ctx.emit(
             LogEvent(message=f"resumed from {state.folder.name}: step {state.step}, epoch {state.epoch}, batch {state.batch_in_epoch}")
         )
+        saved_by = int(state.extra.get("processes") or 1)
+        if saved_by != self.processes:
+            return self._reshard(state, saved_by)
         return state.step, state.epoch, state.batch_in_epoch
+
+    def _reshard(self, state, saved_by: int) -> tuple[int, int, int]:
+        """A state saved by ``saved_by`` processes, resumed by another number: the
+        same place in the data (samples seen), in this run's larger or smaller steps."""
+        plan = self.metadata_inputs["plan"]
+        per = self.profile.optimization.train_batch_size
+        seen = state.batch_in_epoch * per * saved_by  # samples of this epoch already trained on
+        batch = min(seen // (per * self.processes), plan.batches_per_epoch)
+        step = (state.epoch - 1) * plan.steps_per_epoch + batch // plan.grad_accum
+        batch = (batch // plan.grad_accum) * plan.grad_accum  # a step starts on an accumulation boundary
+        if hasattr(self.lr_scheduler, "last_epoch"):
+            self.lr_scheduler.last_epoch = step  # the schedule of this run's plan, at that step
+        self.ctx.warn(
+            f"compute: {state.folder.name} was saved by a run of {saved_by} process(es), this one has {self.processes}: "
+            f"continuing at step {step} of {plan.total_steps} (epoch {state.epoch}, {seen} samples in), the same place in the "
+            "data; the batches from here differ from what the earlier run would have done"
+        )
+        return step, state.epoch, batch
 
     # ------------------------------------------------------------------ guards
 

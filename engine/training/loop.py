@@ -44,6 +44,7 @@ class RunContext:
     last_state: str = ""  # the newest state folder written
     lock: Any = None  # engine.state.OutputDirLock while the run writes
     heavy: bool = False  # past the preflight checks: models may have been loaded
+    world: Any = None  # engine.distributed.World: this process's place in the run
 
     def where(self) -> str:
         if self.phase == Phase.TRAINING and self.total_steps:
@@ -95,7 +96,7 @@ def start(ctx: RunContext, *, overwrite: bool, resume: str | None):
     ctx.emit(LogEvent(message="importing torch"))
     device = pick_device()
     ctx.emit(RunPlanned(report=prepared.report, plan=prepared.plan, output_dir=o.output_dir, output_name=o.output_name,
-                        device=describe_device(device)))
+                        device=describe_device(device), gpus=run_gpus(ctx.profile, device)))
     if prepared.problems:
         raise TrainingError("cannot start:\n  " + "\n  ".join(map(str, prepared.problems)), "fix the settings above, then start again")
     if prepared.plan.total_steps <= 0:
@@ -104,6 +105,8 @@ def start(ctx: RunContext, *, overwrite: bool, resume: str | None):
     ctx.heavy = True
     from loratui.engine.state import OutputDirLock
 
+    if not ctx.world.is_main:  # only the main process writes to the output folder
+        return prepared, device
     ctx.lock = OutputDirLock(o.output_dir).acquire()
     for p in prepared.restored + ctx.lock.restored:
         ctx.warn(f"output.output_dir: put back {p.name}, a complete state an interrupted save had moved aside")
@@ -114,6 +117,22 @@ def start(ctx: RunContext, *, overwrite: bool, resume: str | None):
         )
     ctx.check_abort()
     return prepared, device
+
+
+def run_gpus(profile: Profile, device: str) -> list[int]:
+    """The NVML (physical) numbers of the GPUs this machine's processes of the run use."""
+    import os
+
+    if not device.startswith("cuda"):
+        return []
+    c = profile.compute
+    if c.world_size > 1:
+        return c.gpu_list()[: c.processes] or list(range(c.processes))
+    import torch
+
+    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip().isdigit()]
+    current = torch.cuda.current_device()
+    return [int(visible[current])] if current < len(visible) else [current]
 
 
 def _few(paths: list, n: int = 4) -> str:
@@ -149,7 +168,9 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
     full_precision(profile, network, mp, ctx.warn)
     speed_up(comp, device, lambda msg: ctx.emit(LogEvent(message=msg)))  # TF32, channels-last, SDPA
     s.check_disk_space(profile, plan, network.num_parameters(), ctx.warn)
-    store = s.cache_latents(profile, scan, comp, ctx, device, weight_dtype)
+    w = ctx.world
+    store = main_first(ctx, profile.dataset.cache_latents == "disk", "the latent cache",
+                       lambda: s.cache_latents(profile, scan, comp, ctx, device, weight_dtype))
     groups = param_groups(profile, network)
     optimizer = make_optimizer(profile, groups)
     lr_scheduler = make_scheduler(profile, optimizer, plan.total_steps)
@@ -157,28 +178,46 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
 
     accelerator = Accelerator(mixed_precision=mp, cpu=device == "cpu")
     optimizer = accelerator.prepare_optimizer(optimizer)
-    text_cache = cache_text_outputs(profile, scan, comp, ctx, device, accelerator, weight_dtype)
+    from loratui.engine import text_cache as tc
+
+    text_cache = main_first(ctx, tc.effective_mode(profile) == "disk", "the text-encoder cache",
+                            lambda: cache_text_outputs(profile, scan, comp, ctx, device, accelerator, weight_dtype))
     allow_fp16_gradients(profile, accelerator)
     gen = torch.Generator(device=device).manual_seed(profile.optimization.seed)
     source = BatchSource(profile, scan.items, store=store, vae=comp.vae, device=device, weight_dtype=weight_dtype,
-                         vae_fp32=comp.vae_needs_fp32)
+                         vae_fp32=comp.vae_needs_fp32, world=w)
     hint = nan_hint(profile, mp)
     metadata_inputs = dict(
         family=comp.family, report=prepared.report, plan=plan, tag_frequency=scan.tag_frequency(),
         bucket_info=scan.bucket_info(), base_model_hashes=model_hashes(profile.model.base_model, full=False),
-        v_pred=comp.prediction_type == "v_prediction",
+        v_pred=comp.prediction_type == "v_prediction", num_processes=plan.processes,
     )
     ckpt = Checkpointer(ctx, network, optimizer, lr_scheduler, accelerator, gen, source, metadata_inputs,
-                        prepared.fingerprint, hint, s.save_dtype_for(profile))
+                        prepared.fingerprint, hint, s.save_dtype_for(profile), world=w)
     start_at = ckpt.restore(prepared.state) if prepared.state is not None else (0, 1, 0)
     objective = Objective(profile, comp, accelerator, gen, device, weight_dtype, text_cache)
     params = [p for g in groups for p in g["params"]]
-    stepper = OptimizerStep(profile, optimizer, lr_scheduler, accelerator, params, hint, network=network)
+    stepper = OptimizerStep(profile, optimizer, lr_scheduler, accelerator, params, hint, network=network, world=w)
     compile_denoiser(ctx, objective, source, params)  # optimization.torch_compile: the COMPILING phase
     from loratui.engine.samples.during import TrainingSamples
 
-    samples = TrainingSamples(ctx, comp, device, accelerator.autocast)
+    samples = TrainingSamples(ctx, comp, device, accelerator.autocast, enabled=w.is_main)  # rank 0 renders them
     return Run(ctx, plan, source, objective, stepper, ckpt, start_at, samples)
+
+
+def main_first(ctx: RunContext, to_disk: bool, what: str, build: Callable[[], Any]) -> Any:
+    """A cache: in a data-parallel run with a disk cache the main process
+    writes it while the others wait, then they read it (an in-memory cache
+    each process builds for itself)."""
+    w = ctx.world
+    if not w.enabled or not to_disk:
+        return build()
+    if w.is_main:
+        out = build()
+        w.barrier(what)
+        return out
+    w.barrier(what)
+    return build()
 
 
 def loop(r: Run) -> Event:

@@ -79,7 +79,7 @@ def prepare_run(profile: Profile, resume: str | None = None, overwrite: bool = F
     checks = network_weights_problems(profile) + preflight(profile, overwrite=overwrite) + memory_problems(profile)
     checks += family_option_problems(profile, model.family) + [p for p in samples if p.is_error]
     plan = plan_for(profile, scan)
-    fingerprint = dataset_fingerprint(scan.items, plan.total_steps)
+    fingerprint = dataset_fingerprint(scan.items, plan.total_steps, plan.processes)
     warnings = list(profile_warnings(profile)) + [p for p in samples if not p.is_error]
     prepared = Prepared(profile, scan, plan, model, fingerprint, warnings, checks)
     resume_spec = resume or profile.output.resume
@@ -136,8 +136,10 @@ def _check_resume(prepared: Prepared, spec: str) -> None:
         resume_differences,
     )
 
+    from loratui.engine.distributed import world
+
     profile = prepared.profile
-    if Path(profile.output.output_dir).is_dir():  # a state a kill left moved aside is a state too
+    if world().is_main and Path(profile.output.output_dir).is_dir():  # a state a kill left moved aside is a state too
         prepared.restored = OutputDirLock.put_back(profile.output.output_dir)
     try:
         state = read_state(resolve_resume(spec, profile))

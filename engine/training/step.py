@@ -76,9 +76,14 @@ class Objective:
 
         opt, comp, fam, gen = self.profile.optimization, self.comp, self.family, self.generator
         latents, tokens = batch.latents, opt.max_token_length
-        noise = noise_options.sample_noise(opt, latents, gen, self.device)
-        noisy, timesteps = fam.noisy_input(comp.noise_scheduler, latents, noise_options.input_noise(opt, latents, noise, gen),
+        # a data-parallel shard: the draws are made for the whole global batch, this process keeps its part
+        whole = _whole_batch(latents, batch)
+        noise = noise_options.sample_noise(opt, whole, gen, self.device)
+        noisy, timesteps = fam.noisy_input(comp.noise_scheduler, whole, noise_options.input_noise(opt, whole, noise, gen),
                                            gen, **noise_options.timestep_range(opt))
+        if whole is not latents:
+            part = slice(batch.offset, batch.offset + latents.shape[0])
+            noise, noisy, timesteps = noise[part], noisy[part], timesteps[part]
         with self.accelerator.autocast():
             te_ctx = contextlib.nullcontext() if self.profile.network.train_text_encoder else torch.no_grad()
             if self.text_cache is not None:
@@ -102,6 +107,16 @@ class Objective:
         return loss.mean()
 
 
+def _whole_batch(latents, batch):
+    """``latents`` in their place in a zero tensor of the global batch's size
+    (``latents`` itself when this process has the whole batch)."""
+    if not batch.global_n or batch.global_n == latents.shape[0] and batch.offset == 0:
+        return latents
+    whole = latents.new_zeros((batch.global_n, *latents.shape[1:]))
+    whole[batch.offset : batch.offset + latents.shape[0]] = latents
+    return whole
+
+
 @dataclass
 class Accumulator:
     """Gradients gathered over ``gradient_accumulation_steps`` micro-batches.
@@ -115,6 +130,8 @@ class Accumulator:
 
     def add(self, objective: Objective, batch, ga: int) -> None:
         loss = objective.loss(batch)
+        if batch.global_n:  # a data-parallel shard: its share of the global batch's mean (summed across processes)
+            loss = loss * batch.weight
         objective.accelerator.backward(loss / ga)
         part = loss.detach().float() / ga
         self.loss = part if self.loss is None else self.loss + part
@@ -157,6 +174,7 @@ class OptimizerStep:
     network: Any = None  # for max-norm regularisation (network.scale_weight_norms)
     norms: Any = None  # engine.training.regularize.NormFigures of the last step, None when off
     pending: list = field(default_factory=list)  # engine.training.fastpath.PendingStats, oldest first
+    world: Any = None  # engine.distributed.World of a data-parallel run
 
     def apply(self, acc: Accumulator, step: int, epoch: int, last_saved: str) -> list[StepResult]:
         """Queue the update of step ``step + 1`` from the accumulated gradients;
@@ -164,6 +182,8 @@ class OptimizerStep:
         from loratui.engine.training import fastpath as fp
 
         opt, scaler = self.profile.optimization, self.accelerator.scaler
+        if self.world is not None and self.world.enabled:  # data-parallel: every process's share, summed
+            acc.loss = self.world.reduce_gradients(self.params, acc.loss)
         grads = [p.grad for p in self.params if p.grad is not None]
         fp.poison_if_not_finite(grads, acc.loss)  # a non-finite loss makes non-finite gradients: never applied
         if opt.max_grad_norm:

@@ -1,7 +1,9 @@
 """`loratui watch OUTPUT_DIR` — follow a run started elsewhere (another session,
-`loratui train`, a dropped SSH connection) from its metrics file, read-only.
+`loratui train`, a multi-GPU run, a dropped SSH connection) from its metrics file.
 
-The dashboard opens by default; ``--plain`` prints progress lines instead (no UI).
+The dashboard opens by default, with the run's controls (space pause, s save now,
+x stop & save), which reach the run through its control file; ``--plain`` prints
+progress lines instead (no UI, no controls).
 The metrics file is ``<output_dir>/<output_name>.metrics.jsonl``; reading it is
 engine code (``loratui.engine.metrics``).
 """
@@ -13,7 +15,7 @@ import sys
 from pathlib import Path
 
 NAME = "watch"
-HELP = "follow a run started elsewhere: its dashboard, read-only, from OUTPUT_DIR's metrics file"
+HELP = "follow a run started elsewhere: its dashboard and controls, from OUTPUT_DIR's metrics and control files"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

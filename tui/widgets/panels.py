@@ -92,7 +92,35 @@ def _progress(t: Text, state: RunState, phase: str, width: int, compact: bool) -
     return t
 
 
-def gpu_text(samples: list[GpuSample] | None, reason: str, width: int = 36, index: int = 0) -> Text:
+def _picked(samples: list[GpuSample], indices: list[int]) -> list[GpuSample]:
+    by_index = {s.index: s for s in samples}
+    return [by_index[i] for i in indices if i in by_index]
+
+
+def gpus_text(samples: list[GpuSample], width: int = 36) -> Text:
+    """Every GPU of a multi-GPU run, a line each: number, use, memory, temperature."""
+    t = Text(no_wrap=True, overflow="crop")
+    names = {s.short_name() for s in samples}
+    t.append((f"{len(samples)} × {names.pop()}" if len(names) == 1 else f"{len(samples)} GPUs")[: width - 1] + "\n", style="bold")
+    bw = max(3, width - 31)
+    for s in samples:
+        t.append(f"{s.index:>2} ", style="dim")
+        if s.util is not None:
+            t.append(bar(s.util / 100, bw), style="green")
+            t.append(f" {s.util:3d}%")
+        else:
+            t.append("n/a".ljust(bw + 5), style="dim")
+        mem = f" {s.mem_used / GB:4.1f}/{s.mem_total / GB:.0f}G" if s.mem_fraction is not None else " n/a"
+        t.append(mem, style="red" if (s.mem_fraction or 0) >= 0.9 else "")
+        t.append(f" {s.temp}°C" if s.temp is not None else "", style="dim")
+        t.append("\n")
+    t.rstrip()
+    return t
+
+
+def gpu_text(samples: list[GpuSample] | None, reason: str, width: int = 36, index: int = 0,
+             indices: list[int] | None = None) -> Text:
+    """The GPU box: the run's GPU (``index``), or each of ``indices`` when the run uses several."""
     t = Text(no_wrap=True, overflow="crop")
     if samples is None:
         t.append("reading the GPU…", style="dim italic")
@@ -101,6 +129,8 @@ def gpu_text(samples: list[GpuSample] | None, reason: str, width: int = 36, inde
         t.append(reason or "no GPU", style="dim")
         t.append("\ntraining runs on the CPU", style="dim")
         return t
+    if indices and len(indices) > 1 and _picked(samples, indices):
+        return gpus_text(_picked(samples, indices), width)
     s = samples[min(index, len(samples) - 1)]
     bw = max(6, width - 20)
     t.append(f"{s.short_name()[: width - 2]}\n", style="bold")
@@ -126,7 +156,7 @@ def gpu_text(samples: list[GpuSample] | None, reason: str, width: int = 36, inde
     return t
 
 
-def gpu_line(samples: list[GpuSample] | None, reason: str, index: int = 0) -> Text:
+def gpu_line(samples: list[GpuSample] | None, reason: str, index: int = 0, indices: list[int] | None = None) -> Text:
     """The one-line GPU summary of the 80×24 dashboard."""
     t = Text(no_wrap=True, overflow="ellipsis")
     t.append("GPU ", style="dim")
@@ -134,6 +164,20 @@ def gpu_line(samples: list[GpuSample] | None, reason: str, index: int = 0) -> Te
         t.append("…", style="dim")
     elif not samples:
         t.append(reason or "no GPU", style="dim")
+    elif indices and len(indices) > 1 and _picked(samples, indices):
+        picked = _picked(samples, indices)
+        parts = [f"×{len(picked)}"]
+        utils = [s.util for s in picked if s.util is not None]
+        if utils:
+            parts.append(f"{min(utils)}–{max(utils)}%")
+        mems = [s for s in picked if s.mem_fraction is not None]
+        if mems:
+            worst = max(mems, key=lambda s: s.mem_fraction)
+            parts.append(f"max {worst.mem_used / GB:.1f}/{worst.mem_total / GB:.0f} GB (GPU {worst.index})")
+        temps = [s.temp for s in picked if s.temp is not None]
+        if temps:
+            parts.append(f"≤{max(temps)}°C")
+        t.append(f"{picked[0].short_name()}  " + "  ".join(parts))
     else:
         s = samples[min(index, len(samples) - 1)]
         parts = []
