@@ -40,7 +40,7 @@ def run(n: int, root: Path, model: Path, data: Path, args, threads: int) -> tupl
     from loratui.engine.schema import profile_from_dict, profile_to_toml
 
     out = root / f"out-{n}"
-    epochs = max(2, args.samples // 8 // n)  # 8 images per epoch; about the same samples for every N
+    epochs = max(2, args.samples // 8)  # 8 images per epoch: the same samples for every N
     profile = profile_from_dict({
         "model": {"base_model": str(model)},
         "dataset": {"train_data_dir": str(data), "resolution": args.resolution, "enable_bucket": False},

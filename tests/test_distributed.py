@@ -74,11 +74,11 @@ def _rel_diff(a: dict, b: dict) -> float:
 
 @pytest.fixture(scope="module")
 def two_process_run(tiny_sd1_dir, data, tmp_path_factory):
-    """2 processes × batch 1, a state every 2 steps (8 steps)."""
+    """2 processes × batch 1, a state every 2 steps (8 steps), the latent cache on disk (rank 0 writes it)."""
     root = tmp_path_factory.mktemp("two")
     out = root / "out"
     p = _profile(tiny_sd1_dir, data, out, optimization__train_batch_size=1, output__save_every_n_steps=2,
-                 output__save_state=True, output__save_last_n_states=0)
+                 output__save_state=True, output__save_last_n_states=0, dataset__cache_latents="disk")
     path = _write(p, root / "two.toml")
     proc = _train_cli([str(path), "--gpus", "2"])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -278,3 +278,18 @@ async def test_a_two_process_run_started_from_the_form_is_followed_and_stopped_f
         assert app.launched.poll() == 0  # a stop with a save is a good end (torch elastic reports any other code)
         assert any(c.kind == "manual" for c in state.checkpoints)
         assert Path(state.checkpoints[-1].path).is_file() or Path(state.checkpoints[-1].path).is_dir()
+
+
+def test_more_processes_or_gpu_ids_than_the_machine_has_gpus_stop_the_run_with_the_field_named():
+    from loratui.engine.schema import profile_from_dict
+    from loratui.engine.training.prepare import compute_problems
+
+    four = profile_from_dict({"compute": {"processes": 4}})
+    (p,) = compute_problems(four, gpu_count=2)
+    assert p.key == "compute.processes" and "4 processes, but this machine has 2 GPU(s)" in str(p) and "at most 2" in str(p)
+    assert compute_problems(four, gpu_count=4) == []
+    assert compute_problems(four, gpu_count=0) == []  # no GPU: CPU processes (gloo)
+    ids = profile_from_dict({"compute": {"processes": 2, "gpu_ids": "1,3"}})
+    (p,) = compute_problems(ids, gpu_count=2)
+    assert p.key == "compute.gpu_ids" and "names GPU 3, but this machine has 2 (0 to 1)" in str(p)
+    assert compute_problems(ids, gpu_count=4) == []

@@ -183,7 +183,7 @@ def preflight(profile: Profile, *, overwrite: bool) -> list[Problem]:
         problems.append(
             error("optimization.optimizer", f"{name} needs an NVIDIA GPU (bitsandbytes); on this machine use AdamW or Lion")
         )
-    problems += _optimizer_args_problems(profile) + option_problems(profile)
+    problems += _optimizer_args_problems(profile) + option_problems(profile) + compute_problems(profile)
     if o.output_dir and o.output_name:
         target = final_path(profile)
         if target.exists() and not overwrite:
@@ -196,6 +196,30 @@ def preflight(profile: Profile, *, overwrite: bool) -> list[Problem]:
             )
         problems.extend(_check_writable(Path(o.output_dir)))
     return problems
+
+
+def compute_problems(profile: Profile, gpu_count: int | None = None) -> list[Problem]:
+    """More processes (or GPU ids) than this machine has GPUs. Without a GPU,
+    processes are CPU processes: allowed (gloo), as for testing."""
+    c = profile.compute
+    if c.world_size == 1 and not c.gpu_ids:
+        return []
+    if gpu_count is None:
+        from loratui.engine.gpu import default_monitor
+
+        mon = default_monitor()
+        gpu_count = len(mon.sample()) if mon.available else 0
+    if not gpu_count:
+        return []
+    out = []
+    ids = c.gpu_list() if c.gpu_ids.replace(" ", "").replace(",", "").isdigit() else []
+    if ids and max(ids) >= gpu_count:
+        out.append(error("compute.gpu_ids", f"{c.gpu_ids!r} names GPU {max(ids)}, but this machine has {gpu_count} (0 to {gpu_count - 1})",
+                         "name GPUs this machine has (nvidia-smi lists them)"))
+    elif c.processes > gpu_count:
+        out.append(error("compute.processes", f"{c.processes} processes, but this machine has {gpu_count} GPU(s)",
+                         f"use at most {gpu_count} (one process per GPU)"))
+    return out
 
 
 def _optimizer_args_problems(profile: Profile) -> list[Problem]:
