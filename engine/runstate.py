@@ -188,7 +188,8 @@ class RunState:
     def _phase(self, ev: PhaseChanged) -> None:
         phase = Phase(ev.phase)
         if phase != self.phase or ev.detail != self.detail:
-            if phase not in (Phase.TRAINING, Phase.DONE) and not (phase is Phase.CACHING_LATENTS and ev.current):
+            said = phase is Phase.PAUSED and self.paused  # this app asked for it and logged it already
+            if phase not in (Phase.TRAINING, Phase.DONE) and not (phase is Phase.CACHING_LATENTS and ev.current) and not said:
                 self.add_log(f"{phase.label}: {ev.detail}" if ev.detail else phase.label, at=ev.time)
         self.phase, self.detail = phase, ev.detail
         self.current, self.total = ev.current, ev.total

@@ -271,6 +271,13 @@ async def test_a_two_process_run_started_from_the_form_is_followed_and_stopped_f
         assert state.planned.plan.processes == 2 and state.planned.plan.steps_per_epoch == 4
         from textual import events
 
+        from loratui.engine.events import Phase
+
+        app.post_message(events.Key("space", " "))  # pause: every process waits before its next step
+        await until(lambda: state.phase == Phase.PAUSED, "the run to say it paused")
+        frozen = state.step
+        app.post_message(events.Key("space", " "))  # resume
+        await until(lambda: state.phase == Phase.TRAINING and state.step > frozen, "the run to go on")
         app.post_message(events.Key("x", "x"))  # stop & save, through the control file
         await until(lambda: state.done, "the run to end")
         await until(lambda: app.launched.poll() is not None, "the processes to end", 30)

@@ -12,7 +12,7 @@ import asyncio
 
 from textual import work
 
-from loratui.engine.events import Failed, Request
+from loratui.engine.events import Failed, Phase, Request
 from loratui.engine.runstate import RunState
 from loratui.engine.schema import Profile
 from loratui.tui.bridge import Bridge, RunUpdated
@@ -254,7 +254,8 @@ class RunControl:
         # works before the engine has started too: the worker pauses it then
         if not self.can_control or self.run_state is None:
             return
-        req = Request.RESUME if self.run_state.paused else Request.PAUSE
+        # a watched run may have been paused from elsewhere: its events say so
+        req = Request.RESUME if self.run_state.paused or self.run_state.phase == Phase.PAUSED else Request.PAUSE
         if self.run_state.readonly:
             self.request_run(req)
             return

@@ -240,7 +240,7 @@ def loop(r: Run) -> Event:
         for bi, batch in enumerate(batches):
             if bi < first:
                 continue
-            ctx.control.wait_if_paused()
+            pause(ctx, step, total)
             ctx.check_abort()
             acc.add(r.objective, r.source.load(batch), ga)
             if acc.micro % ga and bi + 1 != len(batches):
@@ -281,6 +281,17 @@ def loop(r: Run) -> Event:
     ctx.emit(PhaseChanged(phase=Phase.DONE))
     summary = {"epochs": epoch, "final_loss": meter.smoothed, "its": step / elapsed if elapsed else 0.0}
     return Finished(path=str(final_path(profile)), steps=step, elapsed=elapsed, summary=summary)
+
+
+def pause(ctx: RunContext, step: int, total: int) -> None:
+    """Wait while paused (every process of a data-parallel run: the controls are
+    shared there); the PAUSED phase in the events, so a watcher sees it too."""
+    paused = ctx.control.paused
+    if paused:
+        ctx.emit(PhaseChanged(phase=Phase.PAUSED, detail=f"before step {step + 1}"))
+    ctx.control.wait_if_paused()
+    if paused:
+        ctx.emit(PhaseChanged(phase=Phase.TRAINING, total=total))
 
 
 def report(r: Run, results: list, t_train: float) -> None:
