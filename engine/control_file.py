@@ -55,13 +55,15 @@ class FileControl:
 class ControlFileFollower:
     """Hands the requests appended to ``path`` to ``control``, from a thread."""
 
-    def __init__(self, path: str | Path, control: Control, poll: float = 0.25):
+    def __init__(self, path: str | Path, control: Control, poll: float = 0.25, from_start: bool = False):
+        """``from_start``: the file was made for this run (by the launcher), so
+        what it holds was asked of this run before it could listen."""
         self.path = Path(path)
         self.control = control
         self.poll = poll
         self._stop = threading.Event()
         try:
-            self.offset = self.path.stat().st_size  # what was asked before this run is not for it
+            self.offset = 0 if from_start else self.path.stat().st_size  # what was asked before this run is not for it
         except OSError:
             self.offset = 0
         self._partial = b""

@@ -166,6 +166,10 @@ def launch(profile: Profile, *, resume: str | None = None, overwrite: bool = Fal
     folder.mkdir(parents=True, exist_ok=True)
     profile_path = folder / "profile.toml"
     atomic_write_text(profile_path, profile_to_toml(profile, header="the profile this run's processes train from (written by loratui)"))
+    from loratui.engine.control_file import control_path
+
+    # the run's control file, empty: what is asked from now on (before the processes listen) is for this run
+    control_path(profile.output.output_dir, profile.output.output_name).write_bytes(b"")
     log_path = folder / "launch.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{WORKER_ENV: str(folder)})
     env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")  # a dead peer ends NCCL collectives instead of hanging

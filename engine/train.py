@@ -61,7 +61,8 @@ def run_training(
         metrics = MetricsWriter(metrics_path_for(profile), fresh=not (resume or profile.output.resume))
         # requests from elsewhere (`loratui watch`, the launcher): the run's control file
         with contextlib.suppress(OSError):
-            follower = ControlFileFollower(control_path(profile.output.output_dir, profile.output.output_name), control).start()
+            follower = ControlFileFollower(control_path(profile.output.output_dir, profile.output.output_name), control,
+                                           from_start=w.enabled).start()  # a launched run: its launcher made the file
     else:
         metrics = NullWriter()
     recorder = _Recorder(metrics, emit)

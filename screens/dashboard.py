@@ -40,6 +40,13 @@ CHART_EVERY = 2.0
 LOG_STYLES = {"warning": "yellow", "error": "red", "hint": "cyan", "done": "bold green"}
 
 
+def watching_note(state: RunState) -> str:
+    """The title's note on a run of another process ("" for this app's own run)."""
+    if not state.readonly:
+        return ""
+    return "  (watching)" if state.controllable and not state.done else "  (watching, read-only)"
+
+
 class DashboardScreen(Screen):
     CSS_PATH = "dashboard.tcss"
     BINDINGS = [
@@ -208,9 +215,7 @@ class DashboardScreen(Screen):
 
     def _draw_title(self, state: RunState) -> None:
         title = f" loratui  {state.profile_name}" + (f"  run {state.run_name}" if state.run_name else "")
-        if state.readonly:
-            title += "  (watching)" if state.controllable and not state.done else "  (watching, read-only)"
-        set_text(self.query_one("#title", Label), title)
+        set_text(self.query_one("#title", Label), title + watching_note(state))
         set_text(self.query_one("#device", Label), state.device or "", layout=True)
 
     def _draw_charts(self, state: RunState) -> None:
@@ -267,5 +272,5 @@ class DashboardScreen(Screen):
         if state.readonly and not state.done and state.last_event_at:
             quiet = time.time() - state.last_event_at
             title = self.query_one("#title", Label)
-            base = f" loratui  {state.profile_name}  run {state.run_name}  (watching, read-only)"
+            base = f" loratui  {state.profile_name}  run {state.run_name}" + watching_note(state)
             set_text(title, base + (f"  last event {int(quiet)} s ago" if quiet > 30 else ""))

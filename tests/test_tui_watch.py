@@ -115,6 +115,7 @@ async def test_the_app_offers_to_watch_a_live_run_of_the_open_profile(env):
             await pilot.pause(0.05)
             if isinstance(app.screen, ChoiceDialog):
                 break
+        await pilot.pause()  # pushed: let it compose
         dialog = app.screen
         assert isinstance(dialog, ChoiceDialog) and "looks live" in dialog.title_text
         assert "step 12/40" in str(dialog.query_one(".body").render())

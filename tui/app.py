@@ -383,11 +383,16 @@ def run_app(profile_path: str | None) -> int:
     if app.hung_up or app.handle is not None:
         stop_input_thread(app)
     code = finish_headless(app)
+    launched = app.launched
+    if launched is not None and launched.poll() is None and not app.hung_up:
+        o = launched.profile.output
+        print(f"loratui: the {launched.profile.compute.world_size}-process run goes on in the background; "
+              f"`loratui watch {o.output_dir}` follows it (and stops it)", file=sys.stderr)
     return code or (app.return_code or 0)
 
 
 def run_watch(metrics_path: str | Path) -> int:
-    """The read-only dashboard of a run started elsewhere (``loratui watch``)."""
+    """The dashboard of a run started elsewhere (``loratui watch``), its controls through the control file."""
     app = LoraTuiApp(watch_path=metrics_path, install_signals=True, owns_terminal=True)
     app.run()
     if app.hung_up:
