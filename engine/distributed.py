@@ -11,9 +11,10 @@ B take exactly the step one process × batch N·B would. The random draws of a
 step (noise, timesteps, flips, caption shuffles) are made for the whole global
 batch on every process, each keeping its slice: the runs are the same run.
 
-Only the main process (rank 0) writes: the metrics file, LoRAs, states,
-samples, the disk caches; the others wait at :meth:`World.barrier`, which ends
-the run with a message naming the processes that did not arrive in time.
+Only the main process (rank 0) writes the metrics file, LoRAs, states and
+samples (the disk caches: the first process of each machine); the others wait
+at :meth:`World.barrier`, which ends the run with a message naming the
+processes that did not arrive in time.
 Controls (pause, save now, stop, abort) reach rank 0 through the run's control
 file and every process through :class:`SharedControl`.
 """

@@ -206,13 +206,13 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
 
 
 def main_first(ctx: RunContext, to_disk: bool, what: str, build: Callable[[], Any]) -> Any:
-    """A cache: in a data-parallel run with a disk cache the main process
-    writes it while the others wait, then they read it (an in-memory cache
-    each process builds for itself)."""
+    """A cache: in a data-parallel run with a disk cache the first process of
+    each machine writes it while the others wait, then they read it (an
+    in-memory cache each process builds for itself)."""
     w = ctx.world
     if not w.enabled or not to_disk:
         return build()
-    if w.is_main:
+    if w.local_rank == 0:
         out = build()
         w.barrier(what)
         return out
