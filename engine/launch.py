@@ -30,9 +30,11 @@ from loratui.engine.schema import Profile
 
 
 def run_dir(profile: Profile) -> Path:
-    """``<output_dir>/<output_name>.run``: the launched run's profile, log and process errors."""
-    o = profile.output
-    return Path(o.output_dir).expanduser() / f"{o.output_name}.run"
+    """``<output_dir>/<output_name>.run``: the launched run's profile, log and process
+    errors (``.run-machine1`` ... on the other machines: an output folder on a shared disk)."""
+    o, c = profile.output, profile.compute
+    suffix = f"-machine{c.machine_rank}" if c.machine_rank else ""
+    return Path(o.output_dir).expanduser() / f"{o.output_name}.run{suffix}"
 
 
 def free_port() -> int:
@@ -68,8 +70,16 @@ def accelerate_args(profile: Profile, port: int | None = None, *, cpu_threads: i
     return args + ["--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
+def _cpu_threads(processes: int) -> int:
+    """Threads per CPU process: OMP_NUM_THREADS when the user set it, else the cores shared out."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return max(1, (os.cpu_count() or 1) // processes)
+
+
 def launch_command(profile: Profile, profile_path: str | Path, *, resume: str | None, overwrite: bool, port: int) -> list[str]:
-    threads = None if _cuda_present() else max(1, (os.cpu_count() or 1) // profile.compute.processes)
+    threads = None if _cuda_present() else _cpu_threads(profile.compute.processes)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *accelerate_args(profile, port, cpu_threads=threads),
            "--module", "loratui.engine.worker", str(profile_path)]
     if resume:
@@ -168,8 +178,9 @@ def launch(profile: Profile, *, resume: str | None = None, overwrite: bool = Fal
     atomic_write_text(profile_path, profile_to_toml(profile, header="the profile this run's processes train from (written by loratui)"))
     from loratui.engine.control_file import control_path
 
-    # the run's control file, empty: what is asked from now on (before the processes listen) is for this run
-    control_path(profile.output.output_dir, profile.output.output_name).write_bytes(b"")
+    if profile.compute.machine_rank == 0:
+        # the run's control file, empty: what is asked from now on (before the processes listen) is for this run
+        control_path(profile.output.output_dir, profile.output.output_name).write_bytes(b"")
     log_path = folder / "launch.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{WORKER_ENV: str(folder)})
     env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")  # a dead peer ends NCCL collectives instead of hanging

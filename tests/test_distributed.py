@@ -54,10 +54,10 @@ def _write(profile, path: Path) -> Path:
     return path
 
 
-def _train_cli(argv: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+def _train_cli(argv: list[str], timeout: float = 240, env=None) -> subprocess.CompletedProcess:
     """`loratui train ...` in a child, as a user runs it."""
     code = "import sys; from loratui.engine.cli import run_command; raise SystemExit(run_command(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, "train", *argv], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-c", code, "train", *argv], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def _events(out: Path, name: str = "tiny") -> list:
@@ -155,6 +155,34 @@ def test_resume_a_two_process_state_on_one_process_continues_from_the_same_place
     assert "continuing at step 4 of 16" in warns[0]  # 4 samples seen = 4 batches of 1
     steps = [e.step for e in events if isinstance(e, StepEvent)]
     assert steps[0] == 5 and steps[-1] == 16 and result.steps == 16
+
+
+def test_two_machines_of_one_process_each_train_the_same_lora(two_process_run, tmp_path):
+    """compute.machines = 2 (two launchers on one host here, as two nodes run them): the same
+    LoRA as 2 processes on one machine; each machine's launcher keeps its own log."""
+    from loratui.engine.launch import free_port
+
+    p, _, out2, _ = two_process_run
+    out = tmp_path / "out"
+    nodes = p.compute.model_copy(update={"processes": 1, "machines": 2, "main_process_ip": "127.0.0.1",
+                                         "main_process_port": free_port()})
+    path = _write(p.model_copy(update={"output": p.output.model_copy(update={"output_dir": str(out)}), "compute": nodes}),
+                  tmp_path / "nodes.toml")
+    code = "import sys; from loratui.engine.cli import run_command; raise SystemExit(run_command(sys.argv[1:]))"
+    one_core = dict(os.environ, OMP_NUM_THREADS="1")  # both "machines" share this host's cores
+    second = subprocess.Popen([sys.executable, "-c", code, "train", str(path), "--set", "compute.machine_rank=1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=one_core)
+    try:
+        first = _train_cli([str(path)], env=one_core)
+        stdout, stderr = second.communicate(timeout=120)
+    finally:
+        if second.poll() is None:
+            second.kill()
+    assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:] + stderr[-2000:]
+    assert "this is machine 1" in stderr and stdout == ""  # machine 0 has the metrics and says the rest
+    a, b = load_file(str(out2 / "tiny.safetensors")), load_file(str(out / "tiny.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (out / "tiny.run" / "launch.log").is_file() and (out / "tiny.run-machine1" / "launch.log").is_file()
 
 
 def test_the_shards_of_every_epoch_cover_it_exactly_once():
