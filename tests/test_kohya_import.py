@@ -454,3 +454,16 @@ def test_save_import_refuses_to_overwrite(tmp_path):
     with pytest.raises(FileExistsError):
         save_import(r, out)
     assert load_profile(out).model.family == "sdxl"
+
+
+def test_the_accelerate_launch_settings_of_a_gui_config_import_into_compute(tmp_path):
+    cfg = json.loads((FIXTURES / "gui_sd15_locon_messy.json").read_text())
+    cfg.update(num_processes=4, num_machines=1, multi_gpu=True, gpu_ids="0,1,2,3", main_process_port=29601, ddp_timeout=45)
+    path = tmp_path / "multi.json"
+    path.write_text(json.dumps(cfg))
+    r = import_kohya(path)
+    c = r.profile().compute
+    assert (c.processes, c.machines, c.gpu_ids, c.main_process_port, c.timeout_minutes) == (4, 1, "0,1,2,3", 29601, 45)
+    assert _entries(r.ignored)["multi_gpu"] is True  # implied by num_processes
+    mapped = _entries(r.mapped)
+    assert mapped["num_processes"] == 4 and mapped["gpu_ids"] == "0,1,2,3"
