@@ -104,6 +104,25 @@ def test_cli_models_table_and_json(models, capsys):
     assert rows["cut_short.safetensors"]["problem"]
 
 
+def test_an_empty_or_missing_models_folder_says_where_what_and_how(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-hub-cache"))
+    missing = tmp_path / "not-yet"
+    assert run_command(["models", "--dir", str(missing)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"models folder {missing}" and len(out) == 2  # no table header for nothing
+    hint = out[1]
+    assert f"the models folder {missing} does not exist yet" in hint
+    for sub in ("checkpoints/", "vae/", "lora/", "text_encoders/"):
+        assert sub in hint
+    assert "loratui models download REPO FILE" in hint and "--list" in hint
+    # the setting's folder is created with its layout, then said to be empty
+    monkeypatch.setenv("LORATUI_MODELS_DIR", str(tmp_path / "setting"))
+    assert run_command(["models"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and f"the models folder {tmp_path / 'setting'} is empty" in out[1]
+    assert sorted(p.name for p in (tmp_path / "setting").iterdir()) == ["checkpoints", "lora", "text_encoders", "vae"]
+
+
 def test_models_dir_setting_is_remembered(tmp_path, monkeypatch):
     monkeypatch.delenv("LORATUI_MODELS_DIR", raising=False)
     monkeypatch.setenv("LORATUI_CONFIG_DIR", str(tmp_path / "cfg"))
