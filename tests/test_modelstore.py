@@ -342,6 +342,35 @@ def test_a_diffusers_repo_already_in_the_hub_cache_is_used_from_there(hub, tmp_p
     assert res.spec == "me/pipe" and "Hub cache" in res.note and _fetched(hub, files) == 0
 
 
+def test_a_damaged_pipeline_file_is_fetched_again_and_the_rest_kept(hub, tmp_path):
+    files = _pipeline(hub, tmp_path)
+    hub.wrong_sha.add("vae/diffusion_pytorch_model.safetensors")
+    with pytest.raises(DownloadError, match="vae/diffusion_pytorch_model.safetensors: checksum mismatch"):
+        download("me/pipe")
+    models = tmp_path / "models"
+    assert not (models / "checkpoints" / "pipe").exists() and not list(models.rglob("*vae*/*.incomplete"))
+    hub.wrong_sha.clear()
+    hub.requests.clear()
+    res = download("me/pipe")
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    assert (Path(res.spec) / vae).read_bytes() == files[vae]
+    assert _fetched(hub, files) == len(files[vae])  # only the damaged one
+
+
+def test_a_full_disk_during_the_download_names_the_folder(hub, tmp_path, monkeypatch):
+    import errno
+
+    import huggingface_hub.file_download as fd
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fd, "http_get", full)
+    with pytest.raises(DownloadError, match="the disk is full while downloading me/sd1/sd1.safetensors") as exc:
+        download("me/sd1", "sd1.safetensors")
+    assert str(tmp_path / "models" / ".downloads") in exc.value.hint and "resumes" in exc.value.hint
+
+
 def test_not_enough_disk_space_for_the_rest_of_a_pipeline(hub, tmp_path, monkeypatch):
     import shutil
     from collections import namedtuple

@@ -370,7 +370,13 @@ def _fetch(repo: str, f: PlannedFile, partial: Path, revision: str | None, meter
                          displayed_filename=f.name, tqdm_class=meter.bar(f.name))
     except Aborted:
         raise
-    except (errors.HfHubHTTPError, errors.LocalEntryNotFoundError, OSError, ValueError) as exc:
+    except (errors.HfHubHTTPError, errors.LocalEntryNotFoundError, ValueError) as exc:
+        raise _hub_error(exc, repo, f.name) from None
+    except OSError as exc:
+        if exc.errno == 28:  # ENOSPC: where this file is written, not the Hub cache
+            raise DownloadError(f"the disk is full while downloading {repo}/{f.name}",
+                                f"free space on the disk of {partial.parent}, then run the same download "
+                                "again: it resumes") from None
         raise _hub_error(exc, repo, f.name) from None
     except Exception as exc:  # noqa: BLE001 - httpx connection errors after huggingface_hub's retries
         if type(exc).__module__.startswith(("httpx", "httpcore")):
@@ -407,7 +413,8 @@ def _download_pipeline(p: Plan, root: Path, meter: "_Meter", revision: str | Non
                               note=f"already in the Hub cache ({cache_dir()})")
     name = p.repo.split("/")[-1]
     final = root / KIND_FOLDER["checkpoint"] / name
-    if (final / "model_index.json").is_file() and all((final / f.name).is_file() for f in p.files):
+    if (final / "model_index.json").is_file() and all(
+            (final / f.name).is_file() and (final / f.name).stat().st_size == f.size for f in p.files):
         return DownloadResult(p.repo, str(final), "checkpoint", [final / f.name for f in p.files],
                               note="already in the models folder")
     work = root / ".downloads" / f"{p.repo.replace('/', '--')}.partial"
