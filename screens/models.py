@@ -301,7 +301,8 @@ class ModelsScreen(Screen):
         self.control = None
         self.query_one("#dl").add_class("idle")
         if msg.stopped:
-            self._status("download stopped: the partial file is kept, downloading it again resumes")
+            self._status("download stopped: what was fetched is kept (in the models folder's .downloads/), "
+                         "downloading it again resumes")
         elif msg.error:
             self._status(msg.error)
             self.notify(msg.error, title="download failed", severity="error", timeout=10)

@@ -104,7 +104,8 @@ def _download(args: argparse.Namespace, root) -> int:
         print(("\n" if tty else "") + f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\ninterrupted: the partial file is kept; run the same command again to resume", file=sys.stderr)
+        print("\ninterrupted: what was fetched is kept (in the models folder's .downloads/); "
+              "run the same command again to resume", file=sys.stderr)
         return 130
     if tty:
         print(file=sys.stderr)
