@@ -22,6 +22,7 @@ from textual.widgets.option_list import Option
 
 from loratui.tui.widgets.keybar import KeyBar
 
+DOWNLOAD_HOW = "press g (the usual SD 1.5 / SDXL / SD 3.5 / FLUX.1 files, or any Hub repo and file)"
 COLUMNS = ("kind", "name", "family", "precision", "size", "where", "details")
 
 
@@ -41,10 +42,11 @@ def row_cells(e) -> tuple[Text, ...]:
 
 
 class ScanDone(Message):
-    def __init__(self, entries: list, root: str) -> None:
+    def __init__(self, entries: list, root: str, error: str = "") -> None:
         super().__init__()
         self.entries = entries
         self.root = root
+        self.error = error
 
 
 class DownloadUpdate(Message):
@@ -120,7 +122,7 @@ class ModelsScreen(Screen):
     ModelsScreen #details { height: auto; max-height: 4; padding: 0 1; color: $text-muted; }
     ModelsScreen #dl { height: auto; padding: 0 1; }
     ModelsScreen #dl.idle { display: none; }
-    ModelsScreen #status { height: 1; padding: 0 1; }
+    ModelsScreen #status { height: auto; max-height: 3; padding: 0 1; }
     """
     BINDINGS = [
         Binding("enter", "use", "use in the form", id="models.use"),
@@ -169,7 +171,7 @@ class ModelsScreen(Screen):
         try:
             entries = scan(root)
         except Exception as exc:  # noqa: BLE001 - no traceback reaches the screen
-            self.post_message(ScanDone([], f"{root} (cannot be read: {exc})"))
+            self.post_message(ScanDone([], str(root), f"the models folder {root} cannot be read: {exc}"))
             return
         self.post_message(ScanDone(entries, str(root)))
 
@@ -181,8 +183,16 @@ class ModelsScreen(Screen):
             table.add_row(*row_cells(e), key=str(i))
         broken = sum(1 for e in self.entries if e.problem)
         note = f", {broken} broken" if broken else ""
-        self._status(f"{len(self.entries)} model files in {self.root} and the Hub cache{note} · "
-                     "enter: use in the form · g: download")
+        if msg.error:
+            self._status(msg.error)
+        elif not any(e.source == "models" for e in self.entries):
+            from loratui.engine.modelstore import empty_hint
+
+            hub = f" ({len(self.entries)} in the Hub cache)" if self.entries else ""
+            self._status(empty_hint(self.root, DOWNLOAD_HOW) + hub)
+        else:
+            self._status(f"{len(self.entries)} model files in {self.root} and the Hub cache{note} · "
+                         "enter: use in the form · g: download")
         for i, e in enumerate(self.entries):
             if self.select_spec and e.spec == self.select_spec:
                 table.move_cursor(row=i)
@@ -291,7 +301,8 @@ class ModelsScreen(Screen):
         self.control = None
         self.query_one("#dl").add_class("idle")
         if msg.stopped:
-            self._status("download stopped: the partial file is kept, downloading it again resumes")
+            self._status("download stopped: what was fetched is kept (in the models folder's .downloads/), "
+                         "downloading it again resumes")
         elif msg.error:
             self._status(msg.error)
             self.notify(msg.error, title="download failed", severity="error", timeout=10)

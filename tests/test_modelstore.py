@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -102,6 +103,25 @@ def test_cli_models_table_and_json(models, capsys):
     rows = {Path(m["path"]).name: m for m in data["models"]}
     assert rows["sd2_model.safetensors"]["family"] == "sd2" and rows["sd2_model.safetensors"]["precision"] == "bf16"
     assert rows["cut_short.safetensors"]["problem"]
+
+
+def test_an_empty_or_missing_models_folder_says_where_what_and_how(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-hub-cache"))
+    missing = tmp_path / "not-yet"
+    assert run_command(["models", "--dir", str(missing)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"models folder {missing}" and len(out) == 2  # no table header for nothing
+    hint = out[1]
+    assert f"the models folder {missing} does not exist yet" in hint
+    for sub in ("checkpoints/", "vae/", "lora/", "text_encoders/"):
+        assert sub in hint
+    assert "loratui models download REPO FILE" in hint and "--list" in hint
+    # the setting's folder is created with its layout, then said to be empty
+    monkeypatch.setenv("LORATUI_MODELS_DIR", str(tmp_path / "setting"))
+    assert run_command(["models"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and f"the models folder {tmp_path / 'setting'} is empty" in out[1]
+    assert sorted(p.name for p in (tmp_path / "setting").iterdir()) == ["checkpoints", "lora", "text_encoders", "vae"]
 
 
 def test_models_dir_setting_is_remembered(tmp_path, monkeypatch):
@@ -226,16 +246,142 @@ def test_cli_download_prints_progress_and_the_path(hub, tmp_path, capsys):
     assert "stabilityai/stable-diffusion-xl-base-1.0 sd_xl_base_1.0.safetensors" in listed
 
 
-def test_a_diffusers_repo_is_fetched_into_the_hub_cache_without_variants(hub, tmp_path):
-    w = write_safetensors(tmp_path / "w.safetensors", {"conv_in.weight": (4, 4)}).read_bytes()
+def _pipeline(hub, tmp_path):
+    unet = write_safetensors(tmp_path / "u.safetensors", {"conv_in.weight": (100_000,)}).read_bytes()
+    vae = write_safetensors(tmp_path / "v.safetensors", {"encoder.conv_in.weight": (80_000,)}).read_bytes()
     hub.files["me/pipe"] = {"model_index.json": b'{"_class_name": "StableDiffusionPipeline"}',
-                            "unet/config.json": b"{}", "unet/diffusion_pytorch_model.safetensors": w,
-                            "unet/diffusion_pytorch_model.fp16.safetensors": w, "unet/diffusion_pytorch_model.bin": w,
-                            "v1-5.safetensors": w}
+                            "unet/config.json": b"{}", "unet/diffusion_pytorch_model.safetensors": unet,
+                            "unet/diffusion_pytorch_model.fp16.safetensors": unet, "unet/diffusion_pytorch_model.bin": unet,
+                            "vae/config.json": b'{"a": 1}', "vae/diffusion_pytorch_model.safetensors": vae,
+                            "v1-5.safetensors": unet}
+    return hub.files["me/pipe"]
+
+
+def _fetched(hub, files) -> int:
+    """Bytes of file bodies the fake Hub was asked for (GET, from each Range start)."""
+    total = 0
+    for method, path, rng in hub.requests:
+        name = path.split("/resolve/main/", 1)[-1]
+        if method == "GET" and "/resolve/" in path:
+            start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+            total += len(files[name]) - start
+    return total
+
+
+def test_a_diffusers_repo_lands_as_a_folder_without_variants(hub, tmp_path):
+    files = _pipeline(hub, tmp_path)
     res = download("me/pipe")
-    assert res.spec == "me/pipe" and "Hub cache" in res.note
-    assert sorted(p.name for p in res.files) == ["config.json", "diffusion_pytorch_model.safetensors", "model_index.json"]
-    assert not (tmp_path / "models").exists() or not list((tmp_path / "models").rglob("*.safetensors"))
+    final = tmp_path / "models" / "checkpoints" / "pipe"
+    assert res.spec == str(final) and res.kind == "checkpoint" and "diffusers" in res.note
+    got = sorted(str(p.relative_to(final)) for p in final.rglob("*") if p.is_file())
+    assert got == ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                   "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+    assert all((final / n).read_bytes() == files[n] for n in got)
+    assert not list((tmp_path / "models" / ".downloads").iterdir())  # nothing left half-way
+    entry = next(e for e in scan(tmp_path / "models", hub=False) if e.format == "diffusers")
+    assert entry.spec == str(final) and entry.kind == "checkpoint"
+    hub.requests.clear()
+    again = download("me/pipe")
+    assert again.spec == str(final) and "already" in again.note and _fetched(hub, files) == 0
+
+
+def test_an_interrupted_diffusers_download_resumes_and_appears_only_when_complete(hub, tmp_path):
+    files = _pipeline(hub, tmp_path)
+    wanted = ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+              "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+    total = sum(len(files[n]) for n in wanted)
+    unet = len(files["unet/diffusion_pytorch_model.safetensors"])
+    control = Control()
+    stop_at = total - len(files["vae/diffusion_pytorch_model.safetensors"]) // 2  # half-way through the vae
+
+    def stop(p):
+        if p.phase == "downloading" and p.done > stop_at:
+            control.abort()
+
+    with pytest.raises(Aborted):
+        download("me/pipe", on_progress=stop, control=control)
+    models = tmp_path / "models"
+    assert not (models / "checkpoints" / "pipe").exists()  # no final name while incomplete
+    assert not [e for e in scan(models) if e.format == "diffusers"]  # nor listed anywhere
+    work = models / ".downloads" / "me--pipe.partial"
+    assert (work / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size == unet
+    part = work / "vae" / "diffusion_pytorch_model.safetensors.incomplete"
+    kept = part.stat().st_size
+    assert 0 < kept < len(files["vae/diffusion_pytorch_model.safetensors"])
+    first = _fetched(hub, files) - (len(files["vae/diffusion_pytorch_model.safetensors"]) - kept)
+    # a dropped link in the second run too: resumed on the spot
+    hub.requests.clear()
+    hub.drop_after["vae/diffusion_pytorch_model.safetensors"] = 10_000
+    events = []
+    res = download("me/pipe", on_progress=events.append)
+    final = models / "checkpoints" / "pipe"
+    assert res.spec == str(final) and all((final / n).read_bytes() == files[n] for n in wanted)
+    gets = [r for r in hub.requests if r[0] == "GET" and "/resolve/" in r[1]]
+    assert [r[1].split("/resolve/main/")[1] for r in gets] == ["vae/diffusion_pytorch_model.safetensors"] * 2
+    assert gets[0][2] == f"bytes={kept}-"  # the partial file continues
+    again_from = int(gets[1][2].split("=")[1].split("-")[0])
+    assert again_from >= kept  # and continues again after the dropped link
+    vae = len(files["vae/diffusion_pytorch_model.safetensors"])
+    sent = 10_000 + (vae - again_from)  # what the fake Hub sent in the second run
+    assert sent <= vae - kept + 10_000  # never more than the rest of the vae (plus the dropped bit)
+    assert first < total  # and the first run fetched less than everything
+    assert events[0].done >= total - len(files["vae/diffusion_pytorch_model.safetensors"]) + kept
+    assert events[-1].done == events[-1].total == total
+    assert not work.exists() and not list(models.rglob("*.incomplete"))
+
+
+def test_a_diffusers_repo_already_in_the_hub_cache_is_used_from_there(hub, tmp_path):
+    from huggingface_hub import hf_hub_download
+
+    files = _pipeline(hub, tmp_path)
+    for n in ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+              "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]:
+        hf_hub_download("me/pipe", n, cache_dir=str(tmp_path / "cache"), endpoint=os.environ["HF_ENDPOINT"])
+    hub.requests.clear()
+    res = download("me/pipe")
+    assert res.spec == "me/pipe" and "Hub cache" in res.note and _fetched(hub, files) == 0
+
+
+def test_a_damaged_pipeline_file_is_fetched_again_and_the_rest_kept(hub, tmp_path):
+    files = _pipeline(hub, tmp_path)
+    hub.wrong_sha.add("vae/diffusion_pytorch_model.safetensors")
+    with pytest.raises(DownloadError, match="vae/diffusion_pytorch_model.safetensors: checksum mismatch"):
+        download("me/pipe")
+    models = tmp_path / "models"
+    assert not (models / "checkpoints" / "pipe").exists() and not list(models.rglob("*vae*/*.incomplete"))
+    hub.wrong_sha.clear()
+    hub.requests.clear()
+    res = download("me/pipe")
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    assert (Path(res.spec) / vae).read_bytes() == files[vae]
+    assert _fetched(hub, files) == len(files[vae])  # only the damaged one
+
+
+def test_a_full_disk_during_the_download_names_the_folder(hub, tmp_path, monkeypatch):
+    import errno
+
+    import huggingface_hub.file_download as fd
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fd, "http_get", full)
+    with pytest.raises(DownloadError, match="the disk is full while downloading me/sd1/sd1.safetensors") as exc:
+        download("me/sd1", "sd1.safetensors")
+    assert str(tmp_path / "models" / ".downloads") in exc.value.hint and "resumes" in exc.value.hint
+
+
+def test_not_enough_disk_space_for_the_rest_of_a_pipeline(hub, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    _pipeline(hub, tmp_path)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(DownloadError, match=r"not enough disk space: me/pipe needs .* more, 1 kB free") as exc:
+        download("me/pipe")
+    assert "models folder on a bigger disk" in str(exc.value)
+    assert not [r for r in hub.requests if "/resolve/" in r[1]]
 
 
 def test_rate_and_eta_text():

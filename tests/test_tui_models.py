@@ -112,6 +112,23 @@ async def test_download_from_the_models_screen(env, synthetic_dataset, monkeypat
         hub.stop()
 
 
+async def test_an_empty_models_folder_says_where_what_and_how(env, synthetic_dataset):
+    app = app_for(make_profile(env, synthetic_dataset))  # the models folder does not exist yet
+    async with app.run_test(size=(160, 40)) as pilot:
+        await pilot.press("escape", "M")
+        await until(pilot, lambda: isinstance(app.screen, ModelsScreen) and app.screen.root)
+        screen = app.screen
+        status = lambda: str(screen.query_one("#status", Static).render())  # noqa: E731
+        await until(pilot, lambda: "no model files" in status())
+        text = " ".join(status().split())
+        assert f"the models folder {env / 'models'} does not exist yet" in text
+        assert all(sub in text for sub in ("checkpoints/", "vae/", "lora/", "text_encoders/")) and "press g" in text
+        assert screen.query_one(DataTable).row_count == 0
+        (env / "models").mkdir()
+        await pilot.press("r")
+        await until(pilot, lambda: "is empty" in " ".join(status().split()))
+
+
 async def test_choose_the_models_folder_from_the_screen(env, synthetic_dataset, monkeypatch):
     from loratui.engine.userdirs import models_dir
     from loratui.tui.widgets.dialogs import PathPicker

@@ -78,6 +78,29 @@ def choose_precision(setting: str, device: str, folder: Path, free_bytes: int | 
     return "8bit" if fp16 * 1.2 > free_bytes else "fp16"
 
 
+def model_kwargs(precision: str) -> dict[str, Any]:
+    """The ``from_pretrained`` arguments for a precision of :func:`choose_precision`: fp32
+    (the CPU), fp16 (CUDA; the caller moves the model), 8-bit (bitsandbytes, placed on GPU 0
+    by transformers itself, fp16 for what stays unquantized)."""
+    import torch
+
+    if precision == "fp32":
+        return {"dtype": torch.float32}
+    if precision == "fp16":
+        return {"dtype": torch.float16}
+    if precision != "8bit":
+        raise ValueError(f"unknown precision {precision!r} (fp32, fp16 or 8bit)")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise CaptionError("8-bit loading needs bitsandbytes", hint="pip install bitsandbytes, "
+                           "or set quantize to none") from None
+    import transformers
+
+    return {"dtype": torch.float16, "quantization_config": transformers.BitsAndBytesConfig(load_in_8bit=True),
+            "device_map": {"": 0}}
+
+
 @dataclass
 class VlmCaptioner:
     kind: str  # blip2 | git
@@ -102,15 +125,8 @@ class VlmCaptioner:
         device = pick_device(settings.device)
         free = torch.cuda.mem_get_info()[0] if device == "cuda" else None
         precision = choose_precision(getattr(settings, "quantize", "auto"), device, folder, free)
-        dtype = torch.float32 if precision == "fp32" else torch.float16
-        kwargs: dict[str, Any] = {"dtype": dtype}
-        if precision == "8bit":
-            try:
-                import bitsandbytes  # noqa: F401
-            except ImportError:
-                raise CaptionError("8-bit loading needs bitsandbytes", hint="pip install bitsandbytes, "
-                                   "or set quantize to none") from None
-            kwargs.update(quantization_config=transformers.BitsAndBytesConfig(load_in_8bit=True), device_map={"": 0})
+        kwargs = model_kwargs(precision)
+        dtype = kwargs["dtype"]
         verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()  # its tqdm would write over our progress lines

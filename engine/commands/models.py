@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     root = models_dir() if not args.dir else __import__("pathlib").Path(args.dir).expanduser()
     if args.action == "download":
         return _download(args, root)
-    from loratui.engine.modelstore import scan
+    from loratui.engine.modelstore import empty_hint, scan
 
     if not args.dir:
         for sub in MODEL_SUBFOLDERS:
@@ -54,15 +54,21 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"models_dir": str(root), "models": [e.to_dict() for e in entries]}, indent=2))
         return 0
     print(f"models folder {root}")
-    for line in table_lines(entries):
-        print(line)
+    if entries:
+        for line in table_lines(entries):
+            print(line)
+    if not any(e.source == "models" for e in entries):
+        print(empty_hint(root, DOWNLOAD_HOW))
     bad = [e for e in entries if e.problem]
     return 1 if bad else 0
 
 
+DOWNLOAD_HOW = "`loratui models download REPO FILE` (`loratui models download --list` shows the usual ones)"
+
+
 def table_lines(entries) -> list[str]:
     if not entries:
-        return ["(no model files found: `loratui models download --list` shows the usual ones)"]
+        return []
     rows = [("KIND", "NAME", "FAMILY", "PREC", "SIZE", "WHERE", "DETAILS")]
     for e in entries:
         rows.append((e.kind.replace("_", " "), e.name, e.family_text or "-", e.precision or "-", e.size_text or "-",
@@ -98,7 +104,8 @@ def _download(args: argparse.Namespace, root) -> int:
         print(("\n" if tty else "") + f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\ninterrupted: the partial file is kept; run the same command again to resume", file=sys.stderr)
+        print("\ninterrupted: what was fetched is kept (in the models folder's .downloads/); "
+              "run the same command again to resume", file=sys.stderr)
         return 130
     if tty:
         print(file=sys.stderr)

@@ -7,6 +7,7 @@ The folder is an app setting (``engine.userdirs.models_dir``; default
 """
 
 from loratui.engine.modelstore.catalog import KNOWN_FILES, KnownFile
-from loratui.engine.modelstore.scan import FIELD_FOR_KIND, KINDS, LoraSummary, ModelEntry, inspect_file, scan
+from loratui.engine.modelstore.scan import FIELD_FOR_KIND, KINDS, LoraSummary, ModelEntry, empty_hint, inspect_file, scan
 
-__all__ = ["FIELD_FOR_KIND", "KINDS", "KNOWN_FILES", "KnownFile", "LoraSummary", "ModelEntry", "inspect_file", "scan"]
+__all__ = ["FIELD_FOR_KIND", "KINDS", "KNOWN_FILES", "KnownFile", "LoraSummary", "ModelEntry", "empty_hint",
+           "inspect_file", "scan"]

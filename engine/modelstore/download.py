@@ -2,12 +2,16 @@
 
 ``plan(repo, filename)`` asks the Hub what will be fetched (names, sizes, LFS
 sha256); ``download(...)`` checks the free disk space, fetches each file with
-``hf_hub_download`` (into the Hugging Face cache: a partial file is kept as
-``*.incomplete`` and resumed by the next call, after a dropped link or Ctrl+C),
+huggingface_hub's ``http_get`` into ``<models>/.downloads/…incomplete`` (resumed
+with an HTTP Range from its last byte: within the run after a dropped link, by
+the next call after Ctrl+C or a stop),
 reports :class:`DownloadProgress` (bytes, bytes/s, ETA), verifies the sha256
-the Hub gives, and links the file into ``<models>/<kind folder>/<name>``
-(a hard link, else a symbolic link: no second copy), atomically, so the final
-name appears only when the file is complete.
+the Hub gives, and moves the file to ``<models>/<kind folder>/<name>``
+atomically, so the final name appears only when the file is complete. A diffusers
+repo (``model_index.json``) is fetched file by file into a hidden ``.partial``
+folder of the models folder and renamed to ``checkpoints/<name>`` when all of it
+is there and verified; an interrupted run resumes it (complete files are kept,
+a partial one continues).
 
 Gated repos use the Hub's own token (``HF_TOKEN`` or ``hf auth login``);
 loratui never stores one. Every failure is a :class:`DownloadError` naming what
@@ -319,9 +323,9 @@ def _download(repo, filename, models_dir, on_progress, control: Control, revisio
     _offline_check()
     p = plan(repo, filename, revision=revision)
     meter = _Meter(p.total, on_progress, control)
-    if p.diffusers:
-        return _download_pipeline(p, meter, revision)
     root = Path(models_dir).expanduser() if models_dir else setting()
+    if p.diffusers:
+        return _download_pipeline(p, root, meter, revision)
     f = p.files[0]
     name = Path(f.name).name
     for kind, folder in KIND_FOLDER.items():
@@ -366,7 +370,13 @@ def _fetch(repo: str, f: PlannedFile, partial: Path, revision: str | None, meter
                          displayed_filename=f.name, tqdm_class=meter.bar(f.name))
     except Aborted:
         raise
-    except (errors.HfHubHTTPError, errors.LocalEntryNotFoundError, OSError, ValueError) as exc:
+    except (errors.HfHubHTTPError, errors.LocalEntryNotFoundError, ValueError) as exc:
+        raise _hub_error(exc, repo, f.name) from None
+    except OSError as exc:
+        if exc.errno == 28:  # ENOSPC: where this file is written, not the Hub cache
+            raise DownloadError(f"the disk is full while downloading {repo}/{f.name}",
+                                f"free space on the disk of {partial.parent}, then run the same download "
+                                "again: it resumes") from None
         raise _hub_error(exc, repo, f.name) from None
     except Exception as exc:  # noqa: BLE001 - httpx connection errors after huggingface_hub's retries
         if type(exc).__module__.startswith(("httpx", "httpcore")):
@@ -391,33 +401,48 @@ def _verify(path: Path, f: PlannedFile, meter: "_Meter") -> None:
     meter.update(f.name, 0, force=True)
 
 
-def _download_pipeline(p: Plan, meter: "_Meter", revision: str | None) -> DownloadResult:
-    """A diffusers repo: its files into the Hugging Face cache (the profile names the repo id)."""
-    from huggingface_hub import errors, hf_hub_download
-
-    todo = [f for f in p.files if _cached(p.repo, f) is None]
-    check_disk(p.repo, sum(f.size for f in todo), cache_dir(),
-               f"free space, or set HF_HUB_CACHE to a bigger disk (the cache is {cache_dir()})")
-    paths: list[Path] = []
+def _download_pipeline(p: Plan, root: Path, meter: "_Meter", revision: str | None) -> DownloadResult:
+    """A diffusers repo: its files into ``<root>/.downloads/<owner--name>.partial/`` (each one as
+    ``<file>.incomplete`` until complete and verified, so an interrupted run resumes: complete
+    files are not fetched again, a partial one continues from its last byte), then the folder is
+    renamed to ``<root>/checkpoints/<name>`` in one step: the final name appears only complete.
+    A pipeline the Hugging Face cache already holds whole is used from there (its repo id)."""
+    cached = [_cached(p.repo, f) for f in p.files]
+    if all(cached):
+        return DownloadResult(p.repo, p.repo, "checkpoint", [c for c in cached if c],
+                              note=f"already in the Hub cache ({cache_dir()})")
+    name = p.repo.split("/")[-1]
+    final = root / KIND_FOLDER["checkpoint"] / name
+    if (final / "model_index.json").is_file() and all(
+            (final / f.name).is_file() and (final / f.name).stat().st_size == f.size for f in p.files):
+        return DownloadResult(p.repo, str(final), "checkpoint", [final / f.name for f in p.files],
+                              note="already in the models folder")
+    work = root / ".downloads" / f"{p.repo.replace('/', '--')}.partial"
+    todo: list[PlannedFile] = []
+    need = 0
     for f in p.files:
-        cached = _cached(p.repo, f)
-        try:
-            path = cached or Path(hf_hub_download(p.repo, f.name, revision=revision, cache_dir=str(cache_dir()),
-                                                  endpoint=endpoint(), tqdm_class=meter.bar(f.name)))
-        except Aborted:
-            raise
-        except (errors.HfHubHTTPError, errors.LocalEntryNotFoundError, OSError, ValueError) as exc:
-            raise _hub_error(exc, p.repo, f.name) from None
-        if cached is None:
-            try:
-                _verify(path, f, meter)
-            except DownloadError:
-                path.resolve().unlink(missing_ok=True)
-                raise
-        else:
+        done = work / f.name
+        if done.is_file() and done.stat().st_size == f.size:  # complete and verified in an earlier run
             meter.base += f.size
-        paths.append(path)
-    return DownloadResult(p.repo, p.repo, "checkpoint", paths, note=f"a diffusers pipeline in the Hub cache ({cache_dir()})")
+            continue
+        partial = done.with_name(done.name + ".incomplete")
+        need += max(0, f.size - (partial.stat().st_size if partial.is_file() else 0))
+        todo.append(f)
+    check_disk(p.repo, need, root, f"free space, or choose a models folder on a bigger disk ({root})")
+    for f in todo:
+        done = work / f.name
+        partial = done.with_name(done.name + ".incomplete")
+        _fetch(p.repo, f, partial, revision, meter)
+        _verify(partial, f, meter)
+        os.replace(partial, done)
+    n = 2
+    while final.exists():  # another folder of that name (not this repo's pipeline): keep it
+        final = final.with_name(f"{name}-{n}")
+        n += 1
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(work, final)
+    return DownloadResult(p.repo, str(final), "checkpoint", [final / f.name for f in p.files],
+                          note="a diffusers pipeline folder")
 
 
 def _place(p: Plan, partial: Path, root: Path) -> DownloadResult:

@@ -329,6 +329,16 @@ def scan_hub_cache(cache_dir: str | Path | None = None) -> list[ModelEntry]:
     return out
 
 
+def empty_hint(root: str | Path, how_to_download: str) -> str:
+    """One line for a models folder with no model file in it (or none yet): where it is,
+    the layout expected and how to get a model (``how_to_download``: the key or the command)."""
+    root = Path(root)
+    state = "is empty" if root.is_dir() else "does not exist yet"
+    return (f"no model files: the models folder {root} {state}; put checkpoints in checkpoints/, VAEs in vae/, "
+            f"LoRAs in lora/, text encoders in text_encoders/ (or a diffusers folder in checkpoints/), "
+            f"or download one: {how_to_download}")
+
+
 def scan(models_dir: str | Path | None = None, *, hub: bool = True, hub_cache: str | Path | None = None) -> list[ModelEntry]:
     """The models folder (default: the setting) and the Hub cache, in kind order."""
     from loratui.engine.userdirs import models_dir as setting
