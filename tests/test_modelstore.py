@@ -285,6 +285,19 @@ def test_a_diffusers_repo_lands_as_a_folder_without_variants(hub, tmp_path):
     assert again.spec == str(final) and "already" in again.note and _fetched(hub, files) == 0
 
 
+def test_a_pipeline_put_beside_another_folder_of_its_name_is_found_there_next_time(hub, tmp_path):
+    files = _pipeline(hub, tmp_path)
+    other = tmp_path / "models" / "checkpoints" / "pipe"
+    other.mkdir(parents=True)
+    (other / "notes.txt").write_text("someone else's folder")
+    res = download("me/pipe")
+    assert res.spec == str(other.with_name("pipe-2")) and (other / "notes.txt").is_file()
+    hub.requests.clear()
+    again = download("me/pipe")
+    assert again.spec == res.spec and "already" in again.note and _fetched(hub, files) == 0
+    assert not other.with_name("pipe-3").exists()
+
+
 def test_an_interrupted_diffusers_download_resumes_and_appears_only_when_complete(hub, tmp_path):
     files = _pipeline(hub, tmp_path)
     wanted = ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",

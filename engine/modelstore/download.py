@@ -413,10 +413,15 @@ def _download_pipeline(p: Plan, root: Path, meter: "_Meter", revision: str | Non
                               note=f"already in the Hub cache ({cache_dir()})")
     name = p.repo.split("/")[-1]
     final = root / KIND_FOLDER["checkpoint"] / name
-    if (final / "model_index.json").is_file() and all(
-            (final / f.name).is_file() and (final / f.name).stat().st_size == f.size for f in p.files):
-        return DownloadResult(p.repo, str(final), "checkpoint", [final / f.name for f in p.files],
-                              note="already in the models folder")
+    n = 2
+    while final.exists():  # <name>, or <name>-2 ... when another folder had the name: this pipeline, complete?
+        if (final / "model_index.json").is_file() and all(
+                (final / f.name).is_file() and (final / f.name).stat().st_size == f.size for f in p.files):
+            return DownloadResult(p.repo, str(final), "checkpoint", [final / f.name for f in p.files],
+                                  note="already in the models folder")
+        final = final.with_name(f"{name}-{n}")
+        n += 1
+    final = root / KIND_FOLDER["checkpoint"] / name
     work = root / ".downloads" / f"{p.repo.replace('/', '--')}.partial"
     todo: list[PlannedFile] = []
     need = 0
