@@ -36,6 +36,7 @@ from loratui.tui.detach import SignalHandling, detach_terminal, finish_headless,
 from loratui.tui.palette import LoraCommands
 from loratui.tui.runs import RunControl
 from loratui.tui.session import ProfileActions
+from loratui.tui.startup import resume_gc
 from loratui.tui.watching import WatchRun
 
 FIRST_RUN_HINT = (
@@ -125,6 +126,7 @@ class LoraTuiApp(ProfileActions, RunControl, WatchRun, SignalHandling, App):
         # background work (it imports NVML, the dataset scanner...) waits for the
         # first frame: a thread importing modules holds the interpreter lock too
         self.call_after_refresh(self.start_gpu_polling)
+        self.call_after_refresh(resume_gc)  # paused by the console script until the first frame
         if self.watch_path is not None:
             self.watch_run(self.watch_path)
             return
@@ -366,6 +368,7 @@ def run_app(profile_path: str | None) -> int:
     try:
         app = LoraTuiApp(profile_path, install_signals=True, owns_terminal=True)
     except ProfileError as exc:
+        resume_gc()
         print(f"loratui: cannot open {profile_path}:", file=sys.stderr)
         for line in exc.problems:
             print(f"  {line}", file=sys.stderr)
@@ -378,6 +381,8 @@ def run_app(profile_path: str | None) -> int:
         if app.handle is None:
             raise
         detach_terminal()  # the app broke on a dead terminal; the run must not
+    finally:
+        resume_gc()
     if app.hung_up or app.handle is not None:
         stop_input_thread(app)
     code = finish_headless(app)

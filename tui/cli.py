@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
         if argv[0] in command_modules(COMMANDS) or argv[0] in ("-h", "--help"):
             return run_command(argv, COMMANDS)
     profile = argv[0] if argv else None
+    from loratui.tui.startup import pause_gc
+
+    pause_gc()  # until the first frame (the app resumes it)
     from loratui.tui.app import run_app
 
     return run_app(profile) or 0
