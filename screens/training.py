@@ -162,9 +162,11 @@ class TrainingScreen(Screen):
             before = f
         return AwaitComplete(*waits)
 
-    def _mount_folded(self) -> None:
-        """After the first frame: the first section's folded fields."""
+    def _after_first_frame(self) -> None:
+        """What the first frame need not wait for: the first section's folded
+        fields, the dataset scan (a worker thread: it holds the interpreter lock too)."""
         self._mount_section(next(iter(SECTION_TITLES)))
+        self._request_scan(immediate=True)
 
     def on_mount(self) -> None:
         self._ready = True
@@ -175,8 +177,9 @@ class TrainingScreen(Screen):
         self._layout_for(self.app.size.width, self.app.size.height)
         session = self.lt_app.session
         self.load_profile(session.profile, scan=False)
-        self.call_after_refresh(self._mount_folded)  # after the first frame
-        self.call_after_refresh(self._request_scan, True)
+        # the app's after-refresh, not the screen's: a screen not yet shown runs its
+        # own at once, before its first frame
+        self.app.call_after_refresh(self._after_first_frame)
         self.set_hint(self._hint)
         self.show_gpu_summary(self.lt_app.gpu_summary())
         self.set_interval(self.WATCH_EVERY, self._watch_dataset)
