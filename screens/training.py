@@ -88,7 +88,7 @@ class TrainingScreen(Screen):
         self._field_errors: dict[str, str] = {}  # the schema's, by setting
         self._field_warnings: dict[str, str] = {}
         self.warnings: list[str] = []
-        self._last_good: Profile = Profile()
+        self._last_good: Profile = self.lt_app.session.profile  # (no Profile(): it builds every section's validator)
         self._scan_key: tuple | None = None
         self._scan_result: Any = None
         self._scan_used: DatasetSettings | None = None  # the settings _scan_result was made with
