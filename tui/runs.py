@@ -9,13 +9,16 @@ app and use its ``run_state``, ``bridge`` and ``handle``.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from textual import work
 
-from loratui.engine.events import Failed, Request
-from loratui.engine.runstate import RunState
 from loratui.engine.schema import Profile
 from loratui.tui.bridge import Bridge, RunUpdated
+
+# the engine's events and run state load with the first run, not before the first frame
+if TYPE_CHECKING:
+    from loratui.engine.events import Request
 
 
 class RunControl:
@@ -88,6 +91,8 @@ class RunControl:
 
     def begin_run(self, profile: Profile, overwrite: bool = False) -> None:
         """Start training ``profile`` (already validated) and show the dashboard."""
+        from loratui.engine.runstate import RunState
+
         self.tail_stop.set()  # stop watching another run, if we were
         state = RunState(profile_name=self.session.name, run_name=profile.output.output_name)
         state.add_log(f"starting {profile.output.output_name}: importing torch and the model libraries…")
@@ -122,9 +127,13 @@ class RunControl:
         try:
             handle = await asyncio.to_thread(start)
         except Exception as exc:  # an engine bug or an unwritable output folder
+            from loratui.engine.events import Failed
+
             bridge.feed(Failed(message=f"the run could not start: {type(exc).__name__}: {exc}"))
             return
         if bridge.state.paused:
+            from loratui.engine.events import Request
+
             handle.control.request(Request.PAUSE)
         result = await bridge.follow(handle)
         self.seen_end = result is not None
@@ -201,6 +210,8 @@ class RunControl:
         # works before the engine has started too: the worker pauses it then
         if not self.run_active or self.run_state is None:
             return
+        from loratui.engine.events import Request
+
         req = Request.RESUME if self.run_state.paused else Request.PAUSE
         if self.handle is not None:
             self.handle.control.request(req)
@@ -209,12 +220,18 @@ class RunControl:
         self.bridge.touch()
 
     def action_save_now(self) -> None:
+        from loratui.engine.events import Request
+
         self.request_run(Request.SAVE)
 
     def action_stop_run(self, reason: str = "stop requested") -> None:
+        from loratui.engine.events import Request
+
         self.request_run(Request.STOP, reason)
 
     def action_abort_run(self) -> None:
+        from loratui.engine.events import Request
+
         self.request_run(Request.ABORT)
 
     async def action_interrupt(self) -> None:
