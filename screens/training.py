@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from textual import on, work
 from textual.app import ComposeResult
+from textual.await_complete import AwaitComplete
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
@@ -87,7 +88,7 @@ class TrainingScreen(Screen):
         self._field_errors: dict[str, str] = {}  # the schema's, by setting
         self._field_warnings: dict[str, str] = {}
         self.warnings: list[str] = []
-        self._last_good: Profile = Profile()
+        self._last_good: Profile = self.lt_app.session.profile  # (no Profile(): it builds every section's validator)
         self._scan_key: tuple | None = None
         self._scan_result: Any = None
         self._scan_used: DatasetSettings | None = None  # the settings _scan_result was made with
@@ -100,7 +101,6 @@ class TrainingScreen(Screen):
         self._hint = ""
         self._ready = False
         self.section = next(iter(SECTION_TITLES))
-        self._mounted_sections: set[str] = set()
         self._section_errors: dict[str, int] = {}
 
     @property
@@ -126,10 +126,12 @@ class TrainingScreen(Screen):
             with Vertical(id="form"):
                 # One section at a time (ctrl+n / ctrl+b): a short form lays out fast on
                 # every key press, and a section's widgets are built when it is first shown.
+                # The first frame has the first section's shown fields only: its folded
+                # (advanced) ones are mounted right after it (_mount_folded).
                 for section in SECTION_TITLES:
                     with VerticalScroll(id=f"sec-{section}", classes="section-pane", can_focus=False):
                         if section == self.section:
-                            yield from self._section_fields(section)
+                            yield from (f for f in self._section_fields(section) if not f.info.advanced)
                 with Horizontal(id="actions"):
                     yield Button("Start training  ctrl+r", id="start", variant="success", compact=True)
                     yield Label("", id="problem-count")
@@ -138,8 +140,33 @@ class TrainingScreen(Screen):
         yield KeyBar()
 
     def _section_fields(self, section: str) -> list[SettingField]:
-        self._mounted_sections.add(section)
         return [self.fields[i.dotted] for i in self.infos if i.section == section]
+
+    def _mount_section(self, section: str):
+        """Mount the fields of ``section`` that are not mounted yet, each in its
+        place; an awaitable, or None when there were none."""
+        pane = self.query_one(f"#sec-{section}", VerticalScroll)
+        fields = self._section_fields(section)
+        if all(f.is_attached for f in fields):
+            return None
+        if not any(f.is_attached for f in fields):
+            return pane.mount_all(fields)
+        waits, run, before = [], [], None
+        for f in [*fields, None]:
+            if f is not None and not f.is_attached:
+                run.append(f)
+                continue
+            if run:
+                waits.append(pane.mount_all(run, after=before) if before is not None else pane.mount_all(run, before=f))
+                run = []
+            before = f
+        return AwaitComplete(*waits)
+
+    def _after_first_frame(self) -> None:
+        """What the first frame need not wait for: the first section's folded
+        fields, the dataset scan (a worker thread: it holds the interpreter lock too)."""
+        self._mount_section(next(iter(SECTION_TITLES)))
+        self._request_scan(immediate=True)
 
     def on_mount(self) -> None:
         self._ready = True
@@ -150,7 +177,9 @@ class TrainingScreen(Screen):
         self._layout_for(self.app.size.width, self.app.size.height)
         session = self.lt_app.session
         self.load_profile(session.profile, scan=False)
-        self.call_after_refresh(self._request_scan, True)  # after the first frame
+        # the app's after-refresh, not the screen's: a screen not yet shown runs its
+        # own at once, before its first frame
+        self.app.call_after_refresh(self._after_first_frame)
         self.set_hint(self._hint)
         self.show_gpu_summary(self.lt_app.gpu_summary())
         self.set_interval(self.WATCH_EVERY, self._watch_dataset)
@@ -386,12 +415,8 @@ class TrainingScreen(Screen):
 
     def show_section(self, section: str):
         """Show ``section`` (building its fields the first time); awaitable."""
-        from textual.await_complete import AwaitComplete
-
         pane = self.query_one(f"#sec-{section}", VerticalScroll)
-        mounting = None
-        if section not in self._mounted_sections:
-            mounting = pane.mount_all(self._section_fields(section))
+        mounting = self._mount_section(section)
         if section != self.section:
             self.query_one(f"#sec-{self.section}").display = False
             self.section = section
@@ -418,8 +443,6 @@ class TrainingScreen(Screen):
             f.focus_editor()
             # after the next layout: a section built just now has no sizes yet
             pane.call_after_refresh(pane.scroll_to_widget, f, animate=False, top=False)
-
-        from textual.await_complete import AwaitComplete
 
         return AwaitComplete(focus_when_built())
 

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import on, work
 from textual.app import App, SystemCommand
@@ -27,16 +27,19 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from loratui.engine.events import Failed
-from loratui.engine.runstate import RunState
 from loratui.engine.schema import Profile, ProfileError
 from loratui.engine.userdirs import load_keymap, remember_last_profile
-from loratui.tui.bridge import Bridge
 from loratui.tui.detach import SignalHandling, detach_terminal, finish_headless, stop_input_thread
 from loratui.tui.palette import LoraCommands
 from loratui.tui.runs import RunControl
 from loratui.tui.session import ProfileActions
+from loratui.tui.startup import resume_gc
 from loratui.tui.watching import WatchRun
+
+# the engine's run modules load with the first run, not before the first frame
+if TYPE_CHECKING:
+    from loratui.engine.runstate import RunState
+    from loratui.tui.bridge import Bridge
 
 FIRST_RUN_HINT = (
     "First time? This is the demo profile: ctrl+r trains a tiny model on the CPU in about a minute. "
@@ -127,6 +130,7 @@ class LoraTuiApp(ProfileActions, RunControl, WatchRun, SignalHandling, App):
         # background work (it imports NVML, the dataset scanner...) waits for the
         # first frame: a thread importing modules holds the interpreter lock too
         self.call_after_refresh(self.start_gpu_polling)
+        self.call_after_refresh(resume_gc)  # paused by the console script until the first frame
         if self.watch_path is not None:
             self.watch_run(self.watch_path)
             return
@@ -216,6 +220,8 @@ class LoraTuiApp(ProfileActions, RunControl, WatchRun, SignalHandling, App):
                 "watch": "watching the dataset folder"}.get(event.worker.group, event.worker.name or "a background job")
         self.notify(f"{what} failed: {type(error).__name__}: {error}", title="error", severity="error", timeout=10)
         if event.worker.group == "run" and self.bridge is not None and self.run_state is not None and not self.run_state.done:
+            from loratui.engine.events import Failed
+
             self.bridge.feed(Failed(message=f"the run's follower stopped: {type(error).__name__}: {error}",
                                     hint="the training may still be going on: `loratui watch` its output folder"))
 
@@ -368,6 +374,7 @@ def run_app(profile_path: str | None) -> int:
     try:
         app = LoraTuiApp(profile_path, install_signals=True, owns_terminal=True)
     except ProfileError as exc:
+        resume_gc()
         print(f"loratui: cannot open {profile_path}:", file=sys.stderr)
         for line in exc.problems:
             print(f"  {line}", file=sys.stderr)
@@ -380,6 +387,8 @@ def run_app(profile_path: str | None) -> int:
         if app.handle is None:
             raise
         detach_terminal()  # the app broke on a dead terminal; the run must not
+    finally:
+        resume_gc()
     if app.hung_up or app.handle is not None:
         stop_input_thread(app)
     code = finish_headless(app)

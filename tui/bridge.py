@@ -16,11 +16,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
-from loratui.engine.events import TERMINAL_EVENTS, Event
-from loratui.engine.runstate import RunState
+# the engine's run modules (events, the run state) load with the first run, not
+# before the app's first frame
+if TYPE_CHECKING:
+    from loratui.engine.events import Event
+    from loratui.engine.runstate import RunState
 
 # --------------------------------------------------------------------------- messages
 
@@ -88,13 +92,16 @@ class Bridge:
     """Folds events into ``state`` and posts ``RunUpdated`` to ``target``, coalesced."""
 
     def __init__(self, target, state: RunState, interval: float = 0.1):
+        from loratui.engine.events import TERMINAL_EVENTS
+
+        self._terminal = TERMINAL_EVENTS
         self.target = target
         self.state = state
         self.coalescer = Coalescer(lambda: target.post_message(RunUpdated(state)), interval)
 
     def feed(self, ev: Event) -> None:
         self.state.apply(ev)
-        if isinstance(ev, TERMINAL_EVENTS):
+        if isinstance(ev, self._terminal):
             self.coalescer.flush()
         else:
             self.coalescer.poke()
@@ -103,7 +110,7 @@ class Bridge:
         terminal = False
         for ev in events:
             self.state.apply(ev)
-            terminal = terminal or isinstance(ev, TERMINAL_EVENTS)
+            terminal = terminal or isinstance(ev, self._terminal)
         if terminal:
             self.coalescer.flush()
         elif events:
@@ -133,6 +140,6 @@ class Bridge:
                 pass
             if batch:
                 self.feed_many(batch)
-                if isinstance(batch[-1], TERMINAL_EVENTS):
+                if isinstance(batch[-1], self._terminal):
                     return batch[-1]
             await asyncio.sleep(poll)

@@ -13,13 +13,23 @@ import sys
 COMMANDS = ("loratui.engine.commands", "loratui.tui.commands")
 
 
+def looks_like_profile(arg: str) -> bool:
+    """A ``.toml`` file is never a command name: opening the app on it need not
+    import every command module to find out (that costs start-up time)."""
+    return arg.endswith(".toml")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from loratui.engine.cli import command_modules, run_command
+    if argv and not looks_like_profile(argv[0]):
+        from loratui.engine.cli import command_modules, run_command
 
-    if argv and (argv[0] in command_modules(COMMANDS) or argv[0] in ("-h", "--help")):
-        return run_command(argv, COMMANDS)
+        if argv[0] in command_modules(COMMANDS) or argv[0] in ("-h", "--help"):
+            return run_command(argv, COMMANDS)
     profile = argv[0] if argv else None
+    from loratui.tui.startup import pause_gc
+
+    pause_gc()  # until the first frame (the app resumes it)
     from loratui.tui.app import run_app
 
     return run_app(profile) or 0

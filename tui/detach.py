@@ -14,8 +14,11 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from loratui.engine.events import Event, Failed, Request
+# the engine's events load with the first run, not before the app's first frame
+if TYPE_CHECKING:
+    from loratui.engine.events import Event
 
 
 class SignalHandling:
@@ -112,6 +115,8 @@ def finish_headless(app) -> int:
                   f"(progress in {log_path(handle.profile)})", file=sys.stderr)
         except OSError:  # the terminal is gone
             detach_terminal()
+    from loratui.engine.events import Failed
+
     result = continue_headless(handle, log_path(handle.profile), note=note, seen_end=app.seen_end)
     handle.join()
     return 0 if not isinstance(result, Failed) else 1
@@ -124,6 +129,7 @@ def continue_headless(handle, log_path: str | Path, note: str = "", *, seen_end:
     dashboard would have drawn is appended to the run's log instead.
     ``seen_end``: the UI already consumed the terminal event."""
     from loratui.engine.console import ConsolePrinter
+    from loratui.engine.events import Request
 
     log_path = Path(log_path)
     last = handle.result

@@ -9,13 +9,16 @@ app and use its ``run_state``, ``bridge`` and ``handle``.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from textual import work
 
-from loratui.engine.events import Failed, Phase, Request
-from loratui.engine.runstate import RunState
 from loratui.engine.schema import Profile
 from loratui.tui.bridge import Bridge, RunUpdated
+
+# the engine's events and run state load with the first run, not before the first frame
+if TYPE_CHECKING:
+    from loratui.engine.events import Request
 
 
 class RunControl:
@@ -97,6 +100,8 @@ class RunControl:
 
     def begin_run(self, profile: Profile, overwrite: bool = False) -> None:
         """Start training ``profile`` (already validated) and show the dashboard."""
+        from loratui.engine.runstate import RunState
+
         self.tail_stop.set()  # stop watching another run, if we were
         if profile.compute.world_size > 1:
             self._launch_worker(profile, overwrite)
@@ -134,9 +139,13 @@ class RunControl:
         try:
             handle = await asyncio.to_thread(start)
         except Exception as exc:  # an engine bug or an unwritable output folder
+            from loratui.engine.events import Failed
+
             bridge.feed(Failed(message=f"the run could not start: {type(exc).__name__}: {exc}"))
             return
         if bridge.state.paused:
+            from loratui.engine.events import Request
+
             handle.control.request(Request.PAUSE)
         result = await bridge.follow(handle)
         self.seen_end = result is not None
@@ -254,6 +263,8 @@ class RunControl:
         # works before the engine has started too: the worker pauses it then
         if not self.can_control or self.run_state is None:
             return
+        from loratui.engine.events import Phase, Request
+
         # a watched run may have been paused from elsewhere: its events say so
         req = Request.RESUME if self.run_state.paused or self.run_state.phase == Phase.PAUSED else Request.PAUSE
         if self.run_state.readonly:
@@ -266,12 +277,18 @@ class RunControl:
         self.bridge.touch()
 
     def action_save_now(self) -> None:
+        from loratui.engine.events import Request
+
         self.request_run(Request.SAVE)
 
     def action_stop_run(self, reason: str = "stop requested") -> None:
+        from loratui.engine.events import Request
+
         self.request_run(Request.STOP, reason)
 
     def action_abort_run(self) -> None:
+        from loratui.engine.events import Request
+
         self.request_run(Request.ABORT)
 
     async def action_interrupt(self) -> None:

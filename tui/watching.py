@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual import work
 from textual.message import Message
 
-from loratui.engine.metrics import LiveRun, MetricsTail, find_live_run
-from loratui.engine.runstate import RunState
 from loratui.tui.bridge import Bridge, EventsArrived
+
+# the engine's metrics reader and run state load when first needed, not before the
+# app's first frame (the check for a live run comes after it)
+if TYPE_CHECKING:
+    from loratui.engine.metrics import LiveRun
 
 
 class LiveRunFound(Message):
@@ -34,6 +38,7 @@ class WatchRun:
     def watch_run(self, metrics_path: str | Path, detail: str = "reading the metrics file…") -> None:
         """Follow ``metrics_path``; pause / save / stop / abort go through the run's control file."""
         from loratui.engine.control_file import FileControl, control_path_for_metrics
+        from loratui.engine.runstate import RunState
 
         path = Path(metrics_path)
         name = path.name.removesuffix(".metrics.jsonl")
@@ -49,6 +54,8 @@ class WatchRun:
     @work(thread=True, exclusive=True, group="tail", exit_on_error=False)
     def _tail_worker(self, path: Path, stop: threading.Event) -> None:
         from textual.worker import get_current_worker
+
+        from loratui.engine.metrics import MetricsTail
 
         worker = get_current_worker()  # cancelled when the app ends
         tail = MetricsTail(path)
@@ -76,6 +83,8 @@ class WatchRun:
         o = self.session.profile.output
         if not o.output_dir or not o.output_name:
             return
+        from loratui.engine.metrics import find_live_run
+
         path = Path(o.output_dir).expanduser() / f"{o.output_name}.metrics.jsonl"
         live = find_live_run(path)
         if live is not None:

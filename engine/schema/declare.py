@@ -72,7 +72,9 @@ def setting(
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", validate_assignment=True)
+    # defer_build: a section's own validator is built when first used on its own;
+    # loading a profile needs only the Profile's (the UI loads one before its first frame)
+    model_config = ConfigDict(strict=True, extra="forbid", validate_assignment=True, defer_build=True)
 
     def checks(self) -> list[tuple[str, str]]:
         """(key, message) for problems that involve more than one field."""

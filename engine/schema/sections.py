@@ -888,7 +888,7 @@ SECTION_TITLES = {
 class Profile(BaseModel):
     """A complete, validated training profile."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(strict=True, extra="forbid", validate_assignment=True, defer_build=True)
 
     model: ModelSettings = Field(default_factory=ModelSettings)
     dataset: DatasetSettings = Field(default_factory=DatasetSettings)

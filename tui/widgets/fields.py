@@ -276,6 +276,10 @@ class SettingField(Vertical):
     @on(Select.Changed)
     def _editor_changed(self, event: Message) -> None:
         event.stop()
+        if self._editor.value == self._value:
+            # the editor reporting the value it was built with (an Input or a Select
+            # does once it is mounted): nothing changed, nothing to validate again
+            return
         self._value = self._editor.value
         if isinstance(event, Switch.Changed):
             self._show_state()
