@@ -15,6 +15,28 @@ from loratui.tui.app import LoraTuiApp
 from loratui.tui.widgets.dialogs import ChoiceDialog
 
 
+@pytest.fixture(autouse=True)
+def no_run_outlives_its_test(monkeypatch):
+    """A test that fails half-way leaves its run's (non-daemon) thread training, or
+    paused for ever: abort it, so the session ends with the failure instead of hanging."""
+    import loratui.engine.run as run_module
+
+    handles = []
+    real = run_module.start_run
+
+    def recording(*args, **kwargs):
+        handle = real(*args, **kwargs)
+        handles.append(handle)
+        return handle
+
+    monkeypatch.setattr(run_module, "start_run", recording)
+    yield
+    for handle in handles:
+        if not handle.done:
+            handle.control.abort()
+        handle.join(60)
+
+
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     monkeypatch.setenv("LORATUI_CONFIG_DIR", str(tmp_path / "cfg"))
@@ -86,8 +108,9 @@ async def test_train_from_the_form_pause_resume_save_and_stop(env, tiny_sd1_dir,
 
         # ctrl+c asks first; esc keeps training
         await key(app, "ctrl+c")
-        assert isinstance(app.screen, ChoiceDialog)
+        await until(pilot, lambda: isinstance(app.screen, ChoiceDialog), 10, "the ctrl+c dialog")
         await key(app, "escape")
+        await until(pilot, lambda: app.screen is dash, 10, "the dialog to close")
         assert app.screen is dash and not app.handle.control.stop_requested and not app.handle.control.aborted
 
         # save now: an intermediate LoRA at the next step
