@@ -325,6 +325,39 @@ def test_sd3_folder_trains_continues_and_says_so_in_metadata(tiny_dirs, data, tm
         assert set(f.keys()) == keys
 
 
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_min_snr_gamma_warns_it_does_nothing_on_flow_models(tiny_dirs, data, tmp_path, family, capsys):
+    from loratui.engine.cli import run_command
+    from loratui.engine.schema.files import save_profile
+    from loratui.engine.training.prepare import prepare_run
+
+    profile = tiny_profile(tiny_dirs[family], data, tmp_path / "out", optimization__min_snr_gamma=5.0)
+    prepared = prepare_run(profile)
+    assert prepared.ok, prepared.problems  # a warning, not an error: sd-scripts trains with it ignored
+    (w,) = [p for p in prepared.profile_warnings if p.key == "optimization.min_snr_gamma"]
+    assert not w.is_error and "no effect on flow-matching models" in w.message and "weighting_scheme" in w.hint
+    assert any(s.startswith("optimization.min_snr_gamma: is 5, but") for s in prepared.warnings)
+    path = save_profile(profile, tmp_path / "p.toml")
+    assert run_command(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "warning  optimization.min_snr_gamma: is 5, but min-SNR weighting has no effect" in out
+    assert "model.weighting_scheme" in out and "ready to train" in out
+    # U-Net families use it: no warning; a flow model without it: none either
+    assert not [p for p in prepare_run(tiny_profile(tiny_dirs[family], data, tmp_path / "o2")).profile_warnings
+                if p.key == "optimization.min_snr_gamma"]
+
+
+def test_min_snr_gamma_is_no_warning_on_unet_families():
+    from loratui.engine.schema import profile_from_dict
+    from loratui.engine.training.prepare import family_option_problems
+
+    p = profile_from_dict({"model": {"base_model": "x.safetensors"}, "optimization": {"min_snr_gamma": 5.0}})
+    for fam in ("sd1", "sd2", "sdxl"):
+        assert family_option_problems(p, fam) == []
+    (w,) = family_option_problems(p, "flux")
+    assert w.key == "optimization.min_snr_gamma" and not w.is_error
+
+
 # --------------------------------------------------------------------------- kohya_ss / sd-scripts
 
 
