@@ -358,6 +358,28 @@ def test_min_snr_gamma_is_no_warning_on_unet_families():
     assert w.key == "optimization.min_snr_gamma" and not w.is_error
 
 
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_samples_during_training_render_with_flow_matching_euler(tiny_dirs, data, tmp_path, family):
+    from PIL import Image
+
+    from loratui.engine.events import SampleSaved
+    from loratui.engine.train import run_training
+
+    # a U-Net sampler name is asked for: SD3/FLUX render with their flow-matching Euler (as sd-scripts)
+    profile = tiny_profile(tiny_dirs[family], data, tmp_path / "out", optimization__max_train_epochs=1,
+                           optimization__max_train_steps=1, model__t5xxl_max_token_length=8,
+                           output__sample_every_n_epochs=1, output__sample_sampler="ddim",
+                           output__sample_prompts="a toy --n blue --s 2 --w 64 --h 64 --l 2 --d 3")
+    events = []
+    assert isinstance(run_training(profile, events.append), Finished)
+    assert not [e for e in events if type(e).__name__ == "WarningEvent" and "sample" in e.message]
+    (saved,) = [e for e in events if isinstance(e, SampleSaved)]
+    image = Image.open(saved.path)
+    assert image.size == (64, 64) and (saved.epoch, saved.seed) == (1, 3)
+    assert "Sampler: euler," in image.text["parameters"] and "Steps: 2" in image.text["parameters"]
+    assert Path(saved.path).parent == tmp_path / "out" / "sample"
+
+
 # --------------------------------------------------------------------------- kohya_ss / sd-scripts
 
 

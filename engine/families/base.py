@@ -277,6 +277,21 @@ class Family:
     def pipeline_extras(self) -> dict[str, Any]:
         return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
+    # the sampler every sample of this family renders with, whatever output.sample_sampler says
+    # (None: the one asked for); SD3/FLUX: their flow-matching Euler, as sd-scripts samples them
+    fixed_sampler: ClassVar[str | None] = None
+
+    def sample_scheduler(self, sampler: str, noise_scheduler):
+        """The diffusers scheduler that renders samples with ``sampler`` (sd-scripts' name),
+        built from the training noise schedule (so v-prediction and the betas carry over)."""
+        from loratui.engine.samples.samplers import make_scheduler
+
+        return make_scheduler(sampler or "euler_a", noise_scheduler.config)
+
+    def sample_kwargs(self, components) -> dict[str, Any]:
+        """Extra pipeline call arguments for samples (SD3/FLUX: the T5 length trained with)."""
+        return {}
+
     # ------------------------------------------------------------------ hooks of other layouts
     # (defaults keep the U-Net families as they are; SD3/FLUX override them)
 

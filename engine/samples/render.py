@@ -92,7 +92,6 @@ def render(comp, prompts: list[SamplePrompt], *, device: str, clip_skip: int = 1
     are now (LoRA layers included). ``autocast``: a context manager factory
     (the accelerator's) for mixed precision."""
     from loratui.engine.families import get_family
-    from loratui.engine.samples.samplers import make_scheduler
 
     family = get_family(comp.family)
     # U-Net families: the pipeline stops at the latents and the VAE decodes them here, outside
@@ -101,10 +100,14 @@ def render(comp, prompts: list[SamplePrompt], *, device: str, clip_skip: int = 1
     out: list[Rendered] = []
     with training_untouched([comp.unet, *comp.text_encoders], comp.vae, device):
         for p in prompts:
-            scheduler = make_scheduler(p.sampler or "euler_a", comp.noise_scheduler.config)
+            if family.fixed_sampler:  # SD3/FLUX: flow-matching Euler, whatever the prompt asks
+                p = replace(p, sampler=family.fixed_sampler)
+            scheduler = family.sample_scheduler(p.sampler or "euler_a", comp.noise_scheduler)
             pipe = family.pipeline(comp, scheduler=scheduler)
             pipe.set_progress_bar_config(disable=True)
             kw = _call_kwargs(pipe, p, family, clip_skip, device)
+            kw.update({k: v for k, v in family.sample_kwargs(comp).items()
+                       if k in inspect.signature(pipe.__call__).parameters})
             if own_decode:
                 kw["output_type"] = "latent"
             with (autocast() if autocast is not None else contextlib.nullcontext()):
