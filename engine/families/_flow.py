@@ -144,6 +144,12 @@ class FlowFamily(Family):
 
     # ---- sd-scripts export: the settings this family's script takes (others would be refused by it)
     sd_scripts_keys: ClassVar[tuple[str, ...]] = ()
+    network_keys: ClassVar[tuple[str, ...]] = ("train_t5xxl",)  # its network.* settings
+
+    def settings_used(self) -> frozenset[str]:
+        """Its own model.* settings (what its sd-scripts script takes) and network.* settings;
+        none of the U-Net families' (v-prediction, clip_skip, min-SNR, DDPM timesteps)."""
+        return frozenset({f"model.{k}" for k in self.sd_scripts_keys} | {f"network.{k}" for k in self.network_keys})
 
     def sd_scripts_args(self, profile: Any) -> dict[str, Any]:
         m, n = profile.model, profile.network
