@@ -288,7 +288,8 @@ class TrainingScreen(Screen):
         found: dict[str, tuple[str, str]] = {}
         report = getattr(self._scan_result, "report", None)
         panel = self.query_one(PlanPanel)
-        for p in [*(report.problems if report else []), *panel.found, *(report.warnings if report else [])]:
+        for p in [*(report.problems if report else []), *panel.found, *(report.warnings if report else []),
+                  *panel.found_warnings]:
             if p.key in self.fields and p.key not in found:
                 found[p.key] = (p.detail(), "") if p.is_error else ("", p.detail())
         for dotted, f in self.fields.items():

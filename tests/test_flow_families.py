@@ -347,6 +347,27 @@ def test_min_snr_gamma_warns_it_does_nothing_on_flow_models(tiny_dirs, data, tmp
                 if p.key == "optimization.min_snr_gamma"]
 
 
+def test_settings_of_another_family_are_warned_as_ignored():
+    from loratui.engine.schema import profile_from_dict
+    from loratui.engine.training.prepare import family_option_problems
+
+    p = profile_from_dict({"model": {"base_model": "x.safetensors", "t5xxl": "t5.safetensors", "guidance_scale": 1.0,
+                                     "v_parameterization": True, "clip_skip": 2}, "network": {"train_blocks": "single"}})
+    sd1 = {w.key: w for w in family_option_problems(p, "sd1")}
+    assert set(sd1) == {"model.t5xxl", "model.guidance_scale", "network.train_blocks"}
+    assert not any(w.is_error for w in sd1.values())
+    assert str(sd1["model.t5xxl"]) == ("model.t5xxl: is set, but SD 1.x models do not use it (only SD3/3.5 and FLUX.1): "
+                                       "it is ignored — clear it for this model")
+    assert sd1["model.guidance_scale"].hint == "set it back to 3.5 for this model"
+    flux = {w.key: w for w in family_option_problems(p, "flux")}
+    assert set(flux) == {"model.v_parameterization"}  # clip_skip: the family's own warning when the run starts
+    assert flux["model.v_parameterization"].hint == "turn it off for this model"
+    assert "only SD 1.x, SD 2.x and SDXL" in flux["model.v_parameterization"].message
+    assert {w.key for w in family_option_problems(p, "sd3")} == {"model.guidance_scale", "network.train_blocks",
+                                                                 "model.v_parameterization"}
+    assert family_option_problems(p, None) == [] and family_option_problems(p, "auto") == []
+
+
 def test_min_snr_gamma_is_no_warning_on_unet_families():
     from loratui.engine.schema import profile_from_dict
     from loratui.engine.training.prepare import family_option_problems

@@ -348,6 +348,9 @@ async def test_a_set_value_of_another_family_stays_shown(env, synthetic_dataset)
         await pilot.pause()
         assert "model.clip_skip" not in form.hidden_for_family and form.fields["model.clip_skip"].display
         assert "optimization.min_snr_gamma" not in form.hidden_for_family
+        # the run's checks say at the field that FLUX ignores it
+        await until(pilot, lambda: form.checks_settled and form.fields["optimization.min_snr_gamma"].warning)
+        assert "no effect on flow-matching models" in form.fields["optimization.min_snr_gamma"].warning
         assert "model.v_parameterization" in form.hidden_for_family
         # back to its default: out of sight once the field is left
         await edit(pilot, form, "model.clip_skip", "1")
