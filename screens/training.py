@@ -264,7 +264,52 @@ class TrainingScreen(Screen):
             self._last_good = profile
         self._update_status_line()
         self._update_notes()
+        self._show_family_fields()
         return profile
+
+    def form_family(self) -> str | None:
+        """The family the form is for: model.family, or (auto) what the last check detected."""
+        try:
+            family = str(self.fields["model.family"].parsed() or "auto")
+        except ValueError:
+            family = "auto"
+        if family == "auto":
+            family = self.query_one(PlanPanel).detected_family or "auto"
+        return None if family == "auto" else family
+
+    def _show_family_fields(self) -> None:
+        """Fold the settings the form's family does not train with (the families declare
+        which they use: ``engine.families.settings_unused_by``). One that holds a value
+        other than its default, or has a problem, stays shown: nothing set is out of sight."""
+        from loratui.engine.families import family_label, settings_unused_by
+
+        family = self.form_family()
+        unused = settings_unused_by(family)
+        hidden = 0
+        for dotted, f in self.fields.items():
+            hide = dotted in unused and not f.error and not f.warning and not f.has_focus_within
+            if hide:
+                try:
+                    hide = f.parsed() == f.info.default
+                except ValueError:
+                    hide = False
+            f.set_class(hide, "-unused")
+            hidden += hide
+        note = ""
+        if family and hidden:
+            try:
+                label = family_label(family)
+            except KeyError:
+                label = family
+            note = f"{label}: {hidden} setting{'s' if hidden > 1 else ''} of other families hidden"
+        fam_field = self.fields.get("model.family")
+        if fam_field is not None and not fam_field.error:
+            fam_field.set_note(note)
+
+    @property
+    def hidden_for_family(self) -> set[str]:
+        """The fields folded because the form's family does not use them."""
+        return {d for d, f in self.fields.items() if f.has_class("-unused")}
 
     def _mark_fields(self) -> None:
         """Each field shows its own problem: the schema's first, else what the
@@ -272,7 +317,8 @@ class TrainingScreen(Screen):
         found: dict[str, tuple[str, str]] = {}
         report = getattr(self._scan_result, "report", None)
         panel = self.query_one(PlanPanel)
-        for p in [*(report.problems if report else []), *panel.found, *(report.warnings if report else [])]:
+        for p in [*(report.problems if report else []), *panel.found, *(report.warnings if report else []),
+                  *panel.found_warnings]:
             if p.key in self.fields and p.key not in found:
                 found[p.key] = (p.detail(), "") if p.is_error else ("", p.detail())
         for dotted, f in self.fields.items():
@@ -363,6 +409,9 @@ class TrainingScreen(Screen):
         else:
             self._update_plan()
 
+    def on_descendant_blur(self) -> None:
+        self._show_family_fields()  # a field left at its default that the family does not use folds now
+
     @on(SettingField.PickRequested)
     def _pick(self, event: SettingField.PickRequested) -> None:
         from loratui.tui.widgets.dialogs import PathPicker
@@ -425,7 +474,8 @@ class TrainingScreen(Screen):
         return mounting if mounting is not None else AwaitComplete.nothing()
 
     def focus_section(self, section: str) -> None:
-        first = next(i for i in self.infos if i.section == section and (self.show_advanced or not i.advanced))
+        first = next(i for i in self.infos if i.section == section and (self.show_advanced or not i.advanced)
+                     and not self.fields[i.dotted].has_class("-unused"))
         self.focus_field(first.dotted)
 
     def focus_field(self, dotted: str):
@@ -569,6 +619,7 @@ class TrainingScreen(Screen):
     def _checks_done(self, event: PlanPanel.Checked) -> None:
         self._mark_fields()
         self._update_status_line()
+        self._show_family_fields()  # the family the check detected (model.family auto)
 
     @property
     def checks_settled(self) -> bool:

@@ -114,3 +114,19 @@ def test_pipeline_renders_a_64px_image(tiny):
                generator=torch.Generator().manual_seed(0))
     image = out.images[0]
     assert image.shape == (64, 64, 3) and float(image.min()) >= 0.0 and float(image.max()) <= 1.0
+
+
+def test_families_declare_the_settings_they_use():
+    from loratui.engine.families import family_specific_settings, settings_unused_by
+    from loratui.engine.schema import settings
+
+    assert family_specific_settings() <= {s.dotted for s in settings()}  # every name a real setting
+    sd1, flux, sd3, sdxl = (settings_unused_by(f) for f in ("sd1", "flux", "sd3", "sdxl"))
+    assert {"model.t5xxl", "model.guidance_scale", "model.timestep_sampling", "network.train_blocks"} <= sd1
+    assert {"model.v_parameterization", "model.clip_skip", "optimization.min_snr_gamma", "model.clip_g"} <= flux
+    assert "model.guidance_scale" in sd3 and "model.clip_g" not in sd3 and "model.weighting_scheme" not in flux
+    assert "model.clip_skip" in sdxl and "model.clip_skip" not in sd1  # SDXL always takes the penultimate layer
+    assert settings_unused_by("sd15") == sd1 and settings_unused_by("sd1-or-sd2") == sd1 & settings_unused_by("sd2")
+    assert settings_unused_by("auto") == settings_unused_by(None) == settings_unused_by("nonsense") == frozenset()
+    # what no family lists is used by all: never hidden
+    assert not {"model.base_model", "model.vae", "optimization.learning_rate", "model.fp8_base"} & (sd1 | flux | sd3)

@@ -325,6 +325,82 @@ def test_sd3_folder_trains_continues_and_says_so_in_metadata(tiny_dirs, data, tm
         assert set(f.keys()) == keys
 
 
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_min_snr_gamma_warns_it_does_nothing_on_flow_models(tiny_dirs, data, tmp_path, family, capsys):
+    from loratui.engine.cli import run_command
+    from loratui.engine.schema.files import save_profile
+    from loratui.engine.training.prepare import prepare_run
+
+    profile = tiny_profile(tiny_dirs[family], data, tmp_path / "out", optimization__min_snr_gamma=5.0)
+    prepared = prepare_run(profile)
+    assert prepared.ok, prepared.problems  # a warning, not an error: sd-scripts trains with it ignored
+    (w,) = [p for p in prepared.profile_warnings if p.key == "optimization.min_snr_gamma"]
+    assert not w.is_error and "no effect on flow-matching models" in w.message and "weighting_scheme" in w.hint
+    assert any(s.startswith("optimization.min_snr_gamma: is 5, but") for s in prepared.warnings)
+    path = save_profile(profile, tmp_path / "p.toml")
+    assert run_command(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "warning  optimization.min_snr_gamma: is 5, but min-SNR weighting has no effect" in out
+    assert "model.weighting_scheme" in out and "ready to train" in out
+    # U-Net families use it: no warning; a flow model without it: none either
+    assert not [p for p in prepare_run(tiny_profile(tiny_dirs[family], data, tmp_path / "o2")).profile_warnings
+                if p.key == "optimization.min_snr_gamma"]
+
+
+def test_settings_of_another_family_are_warned_as_ignored():
+    from loratui.engine.schema import profile_from_dict
+    from loratui.engine.training.prepare import family_option_problems
+
+    p = profile_from_dict({"model": {"base_model": "x.safetensors", "t5xxl": "t5.safetensors", "guidance_scale": 1.0,
+                                     "v_parameterization": True, "clip_skip": 2}, "network": {"train_blocks": "single"}})
+    sd1 = {w.key: w for w in family_option_problems(p, "sd1")}
+    assert set(sd1) == {"model.t5xxl", "model.guidance_scale", "network.train_blocks"}
+    assert not any(w.is_error for w in sd1.values())
+    assert str(sd1["model.t5xxl"]) == ("model.t5xxl: is set, but SD 1.x models do not use it (only SD3/3.5 and FLUX.1): "
+                                       "it is ignored — clear it for this model")
+    assert sd1["model.guidance_scale"].hint == "set it back to 3.5 for this model"
+    flux = {w.key: w for w in family_option_problems(p, "flux")}
+    assert set(flux) == {"model.v_parameterization"}  # clip_skip: the family's own warning when the run starts
+    assert flux["model.v_parameterization"].hint == "turn it off for this model"
+    assert "only SD 1.x, SD 2.x and SDXL" in flux["model.v_parameterization"].message
+    assert {w.key for w in family_option_problems(p, "sd3")} == {"model.guidance_scale", "network.train_blocks",
+                                                                 "model.v_parameterization"}
+    assert family_option_problems(p, None) == [] and family_option_problems(p, "auto") == []
+
+
+def test_min_snr_gamma_is_no_warning_on_unet_families():
+    from loratui.engine.schema import profile_from_dict
+    from loratui.engine.training.prepare import family_option_problems
+
+    p = profile_from_dict({"model": {"base_model": "x.safetensors"}, "optimization": {"min_snr_gamma": 5.0}})
+    for fam in ("sd1", "sd2", "sdxl"):
+        assert family_option_problems(p, fam) == []
+    (w,) = family_option_problems(p, "flux")
+    assert w.key == "optimization.min_snr_gamma" and not w.is_error
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_samples_during_training_render_with_flow_matching_euler(tiny_dirs, data, tmp_path, family):
+    from PIL import Image
+
+    from loratui.engine.events import SampleSaved
+    from loratui.engine.train import run_training
+
+    # a U-Net sampler name is asked for: SD3/FLUX render with their flow-matching Euler (as sd-scripts)
+    profile = tiny_profile(tiny_dirs[family], data, tmp_path / "out", optimization__max_train_epochs=1,
+                           optimization__max_train_steps=1, model__t5xxl_max_token_length=8,
+                           output__sample_every_n_epochs=1, output__sample_sampler="ddim",
+                           output__sample_prompts="a toy --n blue --s 2 --w 64 --h 64 --l 2 --d 3")
+    events = []
+    assert isinstance(run_training(profile, events.append), Finished)
+    assert not [e for e in events if type(e).__name__ == "WarningEvent" and "sample" in e.message]
+    (saved,) = [e for e in events if isinstance(e, SampleSaved)]
+    image = Image.open(saved.path)
+    assert image.size == (64, 64) and (saved.epoch, saved.seed) == (1, 3)
+    assert "Sampler: euler," in image.text["parameters"] and "Steps: 2" in image.text["parameters"]
+    assert Path(saved.path).parent == tmp_path / "out" / "sample"
+
+
 # --------------------------------------------------------------------------- kohya_ss / sd-scripts
 
 

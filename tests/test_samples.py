@@ -299,3 +299,32 @@ def test_sample_command_writes_a_contact_sheet_of_weights_and_epochs(tiny_sd1_di
     assert "--weights 'a,b': expected numbers" in capsys.readouterr().err
     assert run_command(["sample", str(tmp_path / "nope.safetensors"), "--base", str(tiny_sd1_dir)]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+def test_text_encoders_off_the_device_encode_where_they_are():
+    """A run that cached the text-encoder outputs moved the encoders off the GPU: samples
+    encode their prompts there and bring the outputs to the sampling device (here: a CPU
+    module, outputs to the meta device, the one other device every machine has)."""
+    import torch
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    from loratui.engine.samples.render import encoders_where_they_are
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(2, 2)
+
+        def forward(self, ids, attention_mask=None):
+            assert ids.device.type == "cpu" and attention_mask.device.type == "cpu"
+            h = self.proj(ids)
+            return BaseModelOutputWithPooling(last_hidden_state=h, pooler_output=h[:, 0], hidden_states=(h, h))
+
+    te, on_device = Encoder(), torch.nn.Linear(2, 2).to("meta")
+    with encoders_where_they_are([te, on_device, None], "meta"):
+        out = te(torch.ones(1, 2), attention_mask=torch.ones(1, 2))
+        assert not on_device._forward_hooks  # on the device already: untouched
+    assert out.last_hidden_state.device.type == "meta" and out.pooler_output.device.type == "meta"
+    assert out.hidden_states[1].device.type == "meta" and out[0].device.type == "meta"
+    assert not te._forward_hooks and not te._forward_pre_hooks
+    assert te(torch.ones(1, 2), attention_mask=torch.ones(1, 2)).last_hidden_state.device.type == "cpu"

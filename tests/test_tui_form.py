@@ -301,3 +301,75 @@ async def test_the_form_works_at_80x24(env, synthetic_dataset):
         await pilot.pause(0.2)
         f = form.fields["optimization.noise_offset"]
         assert form.query_one("#sec-optimization").region.contains_region(f.query_one(".row").region)
+
+
+async def test_settings_of_other_families_are_hidden(env, synthetic_dataset):
+    """The form shows only the settings the family trains with (the families declare them,
+    engine.families.settings_unused_by); a setting that holds a value stays shown."""
+    flux_only = ("model.t5xxl", "model.guidance_scale", "model.timestep_sampling", "network.train_blocks")
+    unet_only = ("model.v_parameterization", "model.clip_skip", "optimization.min_snr_gamma")
+    app = app_for(make_profile(env, synthetic_dataset, model={"family": "sd1"}))
+    async with app.run_test(size=(120, 40)) as pilot:
+        form = app.form
+        await pilot.press("ctrl+t")  # advanced shown too: still hidden
+        await pilot.pause()
+        assert set(flux_only) <= form.hidden_for_family and not set(unet_only) & form.hidden_for_family
+        assert not form.fields["model.t5xxl"].display and form.fields["model.clip_skip"].display
+        assert form.fields["model.family"].below_text.startswith("SD 1.x: ") and "hidden" in form.fields["model.family"].below_text
+        assert "model.base_model" not in form.hidden_for_family and "optimization.learning_rate" not in form.hidden_for_family
+
+        form.fields["model.family"].editor.value = "flux"
+        await pilot.pause()
+        assert set(unet_only) <= form.hidden_for_family and not set(flux_only) & form.hidden_for_family
+        assert "model.clip_g" in form.hidden_for_family and "model.training_shift" in form.hidden_for_family
+        assert not form.fields["model.clip_skip"].display and form.fields["model.t5xxl"].display
+        await form.focus_field("network.train_blocks")  # another section: built now, with the same rule
+        await pilot.pause()
+        assert form.fields["network.train_blocks"].display and not form.fields["network.train_unet"].has_class("-unused")
+
+        form.fields["model.family"].editor.value = "sd3"
+        await pilot.pause()
+        assert "network.train_blocks" not in form.hidden_for_family  # the field being edited never vanishes
+        await pilot.press("escape")  # left: it folds
+        await pilot.pause()
+        assert {"model.guidance_scale", "network.train_blocks", "model.clip_skip"} <= form.hidden_for_family
+        assert not {"model.clip_g", "model.training_shift", "model.weighting_scheme"} & form.hidden_for_family
+
+        form.fields["model.family"].editor.value = "auto"  # nothing known about the model: everything shown
+        await pilot.pause()
+        assert not form.hidden_for_family and form.fields["model.family"].below_text == ""
+
+
+async def test_a_set_value_of_another_family_stays_shown(env, synthetic_dataset):
+    app = app_for(make_profile(env, synthetic_dataset, model={"family": "flux", "clip_skip": 2},
+                               optimization={"min_snr_gamma": 5.0}))
+    async with app.run_test(size=(120, 40)) as pilot:
+        form = app.form
+        await pilot.pause()
+        assert "model.clip_skip" not in form.hidden_for_family and form.fields["model.clip_skip"].display
+        assert "optimization.min_snr_gamma" not in form.hidden_for_family
+        # the run's checks say at the field that FLUX ignores it
+        await until(pilot, lambda: form.checks_settled and form.fields["optimization.min_snr_gamma"].warning)
+        assert "no effect on flow-matching models" in form.fields["optimization.min_snr_gamma"].warning
+        assert "model.v_parameterization" in form.hidden_for_family
+        # back to its default: out of sight once the field is left
+        await edit(pilot, form, "model.clip_skip", "1")
+        assert "model.clip_skip" not in form.hidden_for_family  # not while it is being edited
+        await pilot.press("escape")
+        await pilot.pause()
+        assert "model.clip_skip" in form.hidden_for_family and not form.fields["model.clip_skip"].display
+
+
+async def test_auto_family_hides_what_the_detected_model_does_not_use(env, synthetic_dataset):
+    model = env / "fluxdir"
+    model.mkdir()
+    (model / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')  # the header names the family
+    app = app_for(make_profile(env, synthetic_dataset, model={"base_model": str(model)}))
+    async with app.run_test(size=(120, 40)) as pilot:
+        form = app.form
+        await until(pilot, lambda: form.checks_settled and form.query_one(PlanPanel).detected_family == "flux")
+        await pilot.pause()
+        assert form.form_family() == "flux" and form.valid.model.family == "auto"
+        assert {"model.v_parameterization", "model.clip_skip"} <= form.hidden_for_family
+        assert "model.t5xxl" not in form.hidden_for_family
+        assert form.fields["model.family"].below_text.startswith("FLUX.1: ")

@@ -54,6 +54,33 @@ def get_family(name: str) -> Family:
     return fams[name]
 
 
+def family_specific_settings() -> frozenset[str]:
+    """Settings ("section.key") that only some families train with: those some family lists."""
+    out: set[str] = set()
+    for fam in families().values():
+        out |= fam.settings_used()
+    return frozenset(out)
+
+
+def settings_unused_by(family: str | None) -> frozenset[str]:
+    """The family-specific settings ``family`` does not train with (what the form hides for it).
+    ``family``: a name, an alias, a guess of several (``sd1-or-sd2``: what none of them uses);
+    empty, ``auto`` or unknown: none."""
+    names = [n for n in str(family or "").split("-or-") if n]
+    fams = []
+    for n in names:
+        try:
+            fams.append(get_family(normalize_family(n)))
+        except (KeyError, ValueError):
+            return frozenset()
+    if not fams:
+        return frozenset()
+    used: set[str] = set()
+    for fam in fams:
+        used |= fam.settings_used()
+    return family_specific_settings() - used
+
+
 # --------------------------------------------------------------------------- names and guesses
 
 

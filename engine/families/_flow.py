@@ -144,6 +144,12 @@ class FlowFamily(Family):
 
     # ---- sd-scripts export: the settings this family's script takes (others would be refused by it)
     sd_scripts_keys: ClassVar[tuple[str, ...]] = ()
+    network_keys: ClassVar[tuple[str, ...]] = ("train_t5xxl",)  # its network.* settings
+
+    def settings_used(self) -> frozenset[str]:
+        """Its own model.* settings (what its sd-scripts script takes) and network.* settings;
+        none of the U-Net families' (v-prediction, clip_skip, min-SNR, DDPM timesteps)."""
+        return frozenset({f"model.{k}" for k in self.sd_scripts_keys} | {f"network.{k}" for k in self.network_keys})
 
     def sd_scripts_args(self, profile: Any) -> dict[str, Any]:
         m, n = profile.model, profile.network
@@ -190,3 +196,21 @@ class FlowFamily(Family):
 
     def pipeline_extras(self) -> dict[str, Any]:
         return {}
+
+    # ---- samples: sd-scripts renders SD3/FLUX samples with flow-matching Euler whatever --sample_sampler says
+
+    fixed_sampler = "euler"
+
+    def sample_scheduler(self, sampler: str, noise_scheduler):
+        """FlowMatchEulerDiscreteScheduler with the model's own scheduler config (its shift,
+        FLUX's resolution-dependent shift), which ``make_noise_scheduler`` kept."""
+        import diffusers
+
+        config = {k: v for k, v in vars(noise_scheduler.config).items() if not k.startswith("_")}
+        return diffusers.FlowMatchEulerDiscreteScheduler.from_config(config)
+
+    def sample_kwargs(self, components) -> dict[str, Any]:
+        """T5 captions as long as in training (``model.t5xxl_max_token_length``; the pipelines' own
+        default is 512 or 256 tokens whatever the model was trained with)."""
+        n = getattr(components.tokenizers[-1], "model_max_length", None)
+        return {"max_sequence_length": int(n)} if n and n <= 4096 else {}

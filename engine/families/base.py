@@ -41,6 +41,14 @@ class TextEncoderSpec:
     ldm_prefixes: tuple[str, ...]  # its key prefix(es) in a single file; the first is canonical
 
 
+# settings only a U-Net family (a DDPM noise schedule, CLIP text encoders) trains with
+UNET_SETTINGS = frozenset({
+    "model.v_parameterization", "model.clip_skip", "optimization.min_snr_gamma",
+    "optimization.debiased_estimation_loss", "optimization.min_timestep", "optimization.max_timestep",
+    "optimization.huber_c", "optimization.huber_schedule", "optimization.huber_scale",
+})
+
+
 class Family:
     name: ClassVar[str]  # model.family, e.g. "sdxl"
     label: ClassVar[str]  # shown to people, e.g. "SDXL"
@@ -88,6 +96,15 @@ class Family:
     prediction_ambiguous: ClassVar[bool] = False
     # said when model.v_parameterization is set on a model of this family that does not declare it
     v_pred_unusual: ClassVar[str | None] = None
+    # ---- family-specific settings ("section.key") this family trains with. A setting that some
+    # family lists here is family-specific: the families that do not list it ignore it (or refuse
+    # it), and the form hides it for them (engine.families.settings_unused_by)
+    own_settings: ClassVar[frozenset[str]] = UNET_SETTINGS
+
+    def settings_used(self) -> frozenset[str]:
+        """The family-specific settings this family trains with (``own_settings``; no
+        ``model.clip_skip`` where it always takes the penultimate layer)."""
+        return self.own_settings - ({"model.clip_skip"} if not self.uses_clip_skip else set())
 
     # ------------------------------------------------------------------ metadata
 
@@ -276,6 +293,21 @@ class Family:
 
     def pipeline_extras(self) -> dict[str, Any]:
         return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+
+    # the sampler every sample of this family renders with, whatever output.sample_sampler says
+    # (None: the one asked for); SD3/FLUX: their flow-matching Euler, as sd-scripts samples them
+    fixed_sampler: ClassVar[str | None] = None
+
+    def sample_scheduler(self, sampler: str, noise_scheduler):
+        """The diffusers scheduler that renders samples with ``sampler`` (sd-scripts' name),
+        built from the training noise schedule (so v-prediction and the betas carry over)."""
+        from loratui.engine.samples.samplers import make_scheduler
+
+        return make_scheduler(sampler or "euler_a", noise_scheduler.config)
+
+    def sample_kwargs(self, components) -> dict[str, Any]:
+        """Extra pipeline call arguments for samples (SD3/FLUX: the T5 length trained with)."""
+        return {}
 
     # ------------------------------------------------------------------ hooks of other layouts
     # (defaults keep the U-Net families as they are; SD3/FLUX override them)

@@ -86,6 +86,7 @@ class Flux(FlowFamily):
     sd_scripts_keys = ("clip_l", "t5xxl", "ae", "t5xxl_max_token_length", "apply_t5_attn_mask", "timestep_sampling",
                        "sigmoid_scale", "discrete_flow_shift", "model_prediction_type", "guidance_scale",
                        "weighting_scheme", "logit_mean", "logit_std", "mode_scale")
+    network_keys = ("train_blocks", "train_t5xxl")
 
     def metadata_extra(self, profile: Any) -> dict[str, Any]:
         """What sd-scripts' flux_train_network.py adds (update_metadata), and its network_args."""

@@ -70,6 +70,46 @@ def training_untouched(modules: list, vae, device: str):
         np.random.set_state(np_state)
 
 
+@contextlib.contextmanager
+def encoders_where_they_are(text_encoders: list, device: str):
+    """Text encoders a run moved off ``device`` (their outputs cached, e.g. to the CPU) encode
+    the sample prompts where they are: their inputs go to them and their outputs come back to
+    ``device``. No second copy of T5-XXL on the GPU for a sample. Encoders on ``device``
+    (or freed on the meta device) are left alone."""
+    import torch
+
+    target = torch.device(device)
+    handles = []
+    for te in text_encoders:
+        p = next(te.parameters(), None) if te is not None else None
+        if p is None or p.device == target or p.device.type == "meta":
+            continue
+        at = p.device
+        handles.append(te.register_forward_pre_hook(
+            lambda _m, args, kwargs, at=at: (_moved(args, at), _moved(kwargs, at)), with_kwargs=True))
+        handles.append(te.register_forward_hook(lambda _m, _args, out: _moved(out, target)))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _moved(x, device):
+    """``x`` (a tensor, or a tuple / list / dict / ModelOutput of them) on ``device``."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, dict):  # a transformers ModelOutput too: its items and attributes
+        for k in list(x.keys()):
+            x[k] = _moved(x[k], device)
+        return x
+    if isinstance(x, (tuple, list)):
+        return type(x)(_moved(v, device) for v in x)
+    return x
+
+
 def _call_kwargs(pipe, p: SamplePrompt, family, clip_skip: int, device: str) -> dict[str, Any]:
     import torch
 
@@ -92,19 +132,23 @@ def render(comp, prompts: list[SamplePrompt], *, device: str, clip_skip: int = 1
     are now (LoRA layers included). ``autocast``: a context manager factory
     (the accelerator's) for mixed precision."""
     from loratui.engine.families import get_family
-    from loratui.engine.samples.samplers import make_scheduler
 
     family = get_family(comp.family)
     # U-Net families: the pipeline stops at the latents and the VAE decodes them here, outside
     # autocast and in fp32 where it overflows in fp16 (SDXL); other families decode themselves
     own_decode = family.denoiser_class == "UNet2DConditionModel"
     out: list[Rendered] = []
-    with training_untouched([comp.unet, *comp.text_encoders], comp.vae, device):
+    with training_untouched([comp.unet, *comp.text_encoders], comp.vae, device), \
+            encoders_where_they_are(comp.text_encoders, device):
         for p in prompts:
-            scheduler = make_scheduler(p.sampler or "euler_a", comp.noise_scheduler.config)
+            if family.fixed_sampler:  # SD3/FLUX: flow-matching Euler, whatever the prompt asks
+                p = replace(p, sampler=family.fixed_sampler)
+            scheduler = family.sample_scheduler(p.sampler or "euler_a", comp.noise_scheduler)
             pipe = family.pipeline(comp, scheduler=scheduler)
             pipe.set_progress_bar_config(disable=True)
             kw = _call_kwargs(pipe, p, family, clip_skip, device)
+            kw.update({k: v for k, v in family.sample_kwargs(comp).items()
+                       if k in inspect.signature(pipe.__call__).parameters})
             if own_decode:
                 kw["output_type"] = "latent"
             with (autocast() if autocast is not None else contextlib.nullcontext()):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loratui.engine.problems import Problem, error
+from loratui.engine.problems import Problem, error, warning
 from loratui.engine.schema.option_checks import option_problems
 from loratui.engine.schema import Profile, profile_warnings
 from loratui.engine.training.paths import final_path
@@ -77,10 +77,13 @@ def prepare_run(profile: Profile, resume: str | None = None, overwrite: bool = F
 
     samples = sample_problems(profile)  # a bad prompt file stops the run before the model loads
     checks = network_weights_problems(profile) + preflight(profile, overwrite=overwrite) + memory_problems(profile)
-    checks += family_option_problems(profile, model.family) + [p for p in samples if p.is_error]
+    said = profile.model.family if profile.model.family != "auto" else None  # when the model cannot be read
+    family_options = family_option_problems(profile, model.family or said)
+    checks += [p for p in family_options if p.is_error] + [p for p in samples if p.is_error]
     plan = plan_for(profile, scan)
     fingerprint = dataset_fingerprint(scan.items, plan.total_steps, plan.processes)
-    warnings = list(profile_warnings(profile)) + [p for p in samples if not p.is_error]
+    warnings = list(profile_warnings(profile)) + [p for p in family_options if not p.is_error]
+    warnings += [p for p in samples if not p.is_error]
     prepared = Prepared(profile, scan, plan, model, fingerprint, warnings, checks)
     resume_spec = resume or profile.output.resume
     if resume_spec:
@@ -98,18 +101,60 @@ _DDPM_ONLY = {
 
 
 def family_option_problems(profile: Profile, family: str | None) -> list[Problem]:
-    """Options the model's family cannot train with (a flow-matching model has no DDPM timesteps)."""
+    """Options the model's family cannot train with (a flow-matching model has no DDPM
+    timesteps): errors; and options it trains with but ignores (min-SNR-γ): warnings."""
     from loratui.engine.families import families
 
     fam = families().get(family or "")
-    if fam is None or getattr(fam, "denoiser_class", "") == "UNet2DConditionModel":
+    if fam is None:
         return []
+    if getattr(fam, "denoiser_class", "") == "UNet2DConditionModel":
+        return unused_setting_warnings(profile, family, skip={"model.clip_skip"})  # the family says it at the start
     o = profile.optimization
-    return [
+    out = [
         error(f"optimization.{key}", f"is set, but it works on a DDPM noise schedule and {fam.label} trains with flow matching",
               "use loss_type l2 or l1 for this model" if key == "loss_type" else "turn it off for this model")
         for key, used in _DDPM_ONLY.items() if used(o)
     ]
+    out += unused_setting_warnings(profile, family, skip={f"optimization.{k}" for k in _DDPM_ONLY}
+                                   | {"optimization.min_snr_gamma", "model.clip_skip"})
+    if o.min_snr_gamma:  # sd-scripts' flux/sd3 scripts ignore it too: every sample keeps weight 1
+        out.append(warning(
+            "optimization.min_snr_gamma",
+            f"is {o.min_snr_gamma:g}, but min-SNR weighting has no effect on flow-matching models "
+            f"({fam.label}): every sample keeps weight 1, as in sd-scripts",
+            "set it to 0; to weight noise levels use model.weighting_scheme (e.g. logit_normal, with logit_mean / logit_std)",
+        ))
+    return out
+
+
+def unused_setting_warnings(profile: Profile, family: str | None, skip: set[str] = frozenset()) -> list[Problem]:
+    """Settings of other families (``engine.families.settings_unused_by``) that hold a value
+    other than their default: the run ignores them. ``skip``: those reported otherwise."""
+    from loratui.engine.families import families, settings_unused_by
+    from loratui.engine.schema import settings
+
+    fam = families().get(family or "")
+    if fam is None:
+        return []
+    unused = settings_unused_by(family) - set(skip)
+    out = []
+    for info in settings():
+        if info.dotted not in unused or profile.get(info.dotted) == info.default:
+            continue
+        users = [f.label for f in families().values() if info.dotted in f.settings_used()]
+        who = ", ".join(users[:-1]) + f" and {users[-1]}" if len(users) > 1 else users[0]
+        out.append(warning(info.dotted, f"is set, but {fam.label} models do not use it (only {who}): it is ignored",
+                           _back_to_default(info.default) + " for this model"))
+    return out
+
+
+def _back_to_default(default) -> str:
+    if isinstance(default, bool):
+        return "turn it off" if not default else "turn it back on"
+    if default in ("", None):
+        return "clear it"
+    return f"set it back to {default}"
 
 
 def network_weights_problems(profile: Profile) -> list[Problem]:

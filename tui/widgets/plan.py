@@ -135,6 +135,8 @@ class PlanPanel(Static):
         self.compact = False
         self.problems: list[str] = []
         self.found: list = []  # the same checks as engine Problems (their keys mark the form's fields)
+        self.detected_family: str | None = None  # the family the last check found the base model to be
+        self.found_warnings: list = []  # the checks' warnings (Problems) about a setting, e.g. one the family ignores
         self._checking = None  # the profile whose checks run now
         self.estimate = None  # plan_estimate.EstimateView of the last checked profile
         self._checking_estimate = None  # the profile whose estimate is being made
@@ -178,7 +180,8 @@ class PlanPanel(Static):
         # overwrite: an existing final LoRA is no problem here — Start asks before replacing it
         prepared = prepare_run(profile, overwrite=True, scan=scan)
         found = [p for p in prepared.problems if p not in prepared.report.problems]
-        self.app.call_from_thread(self._checked, profile, found)
+        warned = [p for p in prepared.profile_warnings if not p.is_error and p.key]
+        self.app.call_from_thread(self._checked, profile, found, prepared.model.family, warned)
         view = None
         if not prepared.model.problems and profile is self._checking_estimate:
             from loratui.tui.widgets.plan_estimate import compute
@@ -191,10 +194,12 @@ class PlanPanel(Static):
         if profile is self._checking_estimate:
             self.show(estimate=view)
 
-    def _checked(self, profile, found: list) -> None:
+    def _checked(self, profile, found: list, family: str | None = None, warned: list | None = None) -> None:
         if profile is self._checking:
             self._checking = None
             self.found = found
+            self.detected_family = family
+            self.found_warnings = warned or []
             self.show(problems=[str(p) for p in found])
             self.post_message(self.Checked())
 
