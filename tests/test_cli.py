@@ -58,3 +58,18 @@ def test_finding_the_commands_imports_no_ui_library():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+
+
+def test_demo_headless_hands_train_every_argument_it_reads(monkeypatch, tmp_path):
+    """`loratui demo --headless` calls the train command with a full set of its arguments."""
+    import loratui.engine.demo as demo_engine
+    from loratui.engine.commands import train
+    from loratui.tui.commands import demo
+
+    seen = {}
+    monkeypatch.setattr(demo_engine, "prepare_demo", lambda on_progress=None: tmp_path / "demo.toml")
+    monkeypatch.setattr(train, "run", lambda args: seen.setdefault("args", args) and 0)
+    demo.run(build_parser(packages=COMMANDS).parse_args(["demo", "--headless"]))
+    args = seen["args"]
+    assert args.profile == str(tmp_path / "demo.toml") and args.overwrite and args.gpus is None and args.resume is None
+    assert args.overrides == []

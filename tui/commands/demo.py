@@ -24,4 +24,13 @@ def run(args: argparse.Namespace) -> int:
         return run_app(str(path)) or 0
     from loratui.engine.commands import train
 
-    return train.run(argparse.Namespace(profile=str(path), overrides=[], overwrite=True, resume=None))
+    return train.run(train_args([str(path), "--overwrite"]))
+
+
+def train_args(argv: list[str]) -> argparse.Namespace:
+    """`loratui train ARGV`'s arguments, parsed by its own parser (every option at its default)."""
+    from loratui.engine.commands import train
+
+    p = argparse.ArgumentParser(prog="loratui train")
+    train.add_arguments(p)
+    return p.parse_args(argv)
