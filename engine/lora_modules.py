@@ -28,6 +28,7 @@ class PlannedModule:
     kernel: tuple[int, ...]
     rank: int
     alpha: float
+    algo: str = ""  # a LyCORIS network's module class (LokrModule, LohaModule...); "" for kohya LoRA
 
     def shape(self) -> str:
         k = f" {'x'.join(map(str, self.kernel))}" if self.kernel and self.kernel != (1, 1) else ""
@@ -51,9 +52,13 @@ class ModulePlan:
             return []
         width = max(len(m.name) for m in self.modules)
         parts = ", ".join(f"lora_{c} {n}" for c, n in self.by_component().items())
-        out = [f"modules  {len(self.modules)} LoRA modules ({parts})"]
+        algos = sorted({m.algo for m in self.modules if m.algo})
+        what = f"LyCORIS modules: {', '.join(algos)}" if algos else "LoRA modules"
+        out = [f"modules  {len(self.modules)} {what} ({parts})"]
+        algo_width = max((len(m.algo) for m in self.modules), default=0)
         for m in self.modules:
-            out.append(f"  {m.name:<{width}}  {m.kind:<7} {m.shape():<16} rank {m.rank:<4} alpha {m.alpha:g}")
+            algo = f"{m.algo:<{algo_width}}  " if algos else ""
+            out.append(f"  {m.name:<{width}}  {algo}{m.kind:<7} {m.shape():<16} rank {m.rank:<4} alpha {m.alpha:g}")
         return out
 
 
@@ -112,13 +117,17 @@ def plan_modules(profile) -> ModulePlan:
                                    f"cannot build the {fam.label} model from its configs ({exc})",
                                    "set model.model_config_dir to a diffusers folder of the same architecture"))
         return plan
+    from loratui.engine.registries import NETWORK_TYPES
+
+    if NETWORK_TYPES[net.network_type].algo is not None:  # a LyCORIS network, as the run builds it
+        return _lycoris_modules(plan, profile, denoiser, tes, fam.name)
     conv = net.network_type == "locon"
     try:
         network = LoRANetwork.create(
             denoiser, tes, fam.name, rank=net.network_dim, alpha=net.network_alpha,
             conv_rank=net.conv_dim if conv else None, conv_alpha=net.conv_alpha if conv else None,
             train_unet=net.train_unet, train_text_encoder=net.train_text_encoder,
-            weights=net.network_weights or None,
+            weights=net.network_weights or None, target_filter=fam.lora_target_filter(net),
         )
     except (LoRAWeightsError, ValueError) as exc:
         plan.problems.append(error("network.network_weights" if net.network_weights else "network", str(exc)))
@@ -132,4 +141,32 @@ def plan_modules(profile) -> ModulePlan:
             base.out_features if linear else base.out_channels,
             () if linear else tuple(base.kernel_size), m.rank, m.alpha,
         ))
+    return plan
+
+
+def _lycoris_modules(plan: ModulePlan, profile, denoiser, tes, family: str) -> ModulePlan:
+    """A LyCORIS network's modules (``lycoris_network_for``, as a run builds them), each with its algorithm."""
+    from loratui.engine.lora_file import LoRAWeightsError
+    from loratui.engine.lycoris_net import lycoris_network_for
+
+    net = profile.network
+    try:
+        network = lycoris_network_for(profile, denoiser, tes, family)
+    except (LoRAWeightsError, ValueError, AssertionError, KeyError) as exc:
+        key = "network.network_weights" if net.network_weights else "network.network_type"
+        plan.problems.append(error(key, f"LyCORIS cannot build a {net.network_type} network with these settings: {exc}"))
+        return plan
+    for m in network.modules:
+        org = getattr(m, "org_module", None)
+        org = org[0] if isinstance(org, (list, tuple)) else org
+        linear = org is None or not hasattr(org, "kernel_size")
+        kernel = () if linear else tuple(org.kernel_size)
+        kind = "linear" if linear else ("conv1x1" if kernel == (1, 1) else "conv")
+        in_dim = getattr(org, "in_features", getattr(org, "in_channels", 0)) if org is not None else 0
+        out_dim = getattr(org, "out_features", getattr(org, "out_channels", 0)) if org is not None else 0
+        name = m.lora_name
+        component = "unet" if name.startswith("lora_unet_") else name.removeprefix("lora_").split("_", 1)[0]
+        alpha = net.conv_alpha if kind == "conv" else net.network_alpha  # (a meta tensor in the module)
+        plan.modules.append(PlannedModule(name, component, kind, int(in_dim), int(out_dim), kernel,
+                                          int(getattr(m, "lora_dim", 0) or 0), float(alpha), type(m).__name__))
     return plan

@@ -367,6 +367,20 @@ class LycorisNetwork:
         LoRANetwork.enable_gradient_checkpointing(self)  # type: ignore[arg-type]
 
 
+def lycoris_network_for(profile, unet, text_encoders: list, family: str) -> LycorisNetwork:
+    """The profile's LyCORIS network on these models (a run's, or meta-device ones for
+    ``check --modules``); raises LyCORIS's own errors."""
+    n = profile.network
+    opts = lycoris_values(n)
+    for k in ("algo", "conv_dim", "conv_alpha"):
+        opts.pop(k, None)
+    return LycorisNetwork.create(
+        unet, text_encoders, family, network_type=n.network_type, rank=n.network_dim,
+        alpha=n.network_alpha, conv_rank=n.conv_dim, conv_alpha=n.conv_alpha, options=opts,
+        train_unet=n.train_unet, train_text_encoder=n.train_text_encoder, weights=n.network_weights or None,
+    )
+
+
 def build_lycoris_network(profile, comp, emit, warn) -> LycorisNetwork:
     """The profile's LyCORIS network on the loaded components (seeded: the same
     seed gives the same initial weights); logs which algorithm, how many modules."""
@@ -382,15 +396,8 @@ def build_lycoris_network(profile, comp, emit, warn) -> LycorisNetwork:
     random.seed(opt.seed)
     for m in [comp.unet, comp.vae, *comp.text_encoders]:
         m.requires_grad_(False)
-    opts = lycoris_values(n)
-    for k in ("algo", "conv_dim", "conv_alpha"):
-        opts.pop(k, None)
     try:
-        network = LycorisNetwork.create(
-            comp.unet, comp.text_encoders, comp.family, network_type=n.network_type, rank=n.network_dim,
-            alpha=n.network_alpha, conv_rank=n.conv_dim, conv_alpha=n.conv_alpha, options=opts,
-            train_unet=n.train_unet, train_text_encoder=n.train_text_encoder, weights=n.network_weights or None,
-        )
+        network = lycoris_network_for(profile, comp.unet, comp.text_encoders, comp.family)
     except (ValueError, AssertionError, KeyError) as exc:  # LyCORIS's own refusals
         raise TrainingError(f"network.network_type: LyCORIS cannot build a {n.network_type} network with these settings: {exc}",
                             "check network.lycoris_preset and the network settings the algorithm reads (README: network types)") from None

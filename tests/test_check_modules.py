@@ -75,3 +75,20 @@ def test_modules_of_an_unreadable_model_are_not_listed(tmp_path, capsys):
     assert run_command(["check", str(prof), "--modules"]) == 1
     out = capsys.readouterr().out
     assert "LoRA modules" not in out and "not ready" in out
+
+
+def test_a_lycoris_network_lists_its_modules_with_their_algorithm(tmp_path, tiny_sd1_dir):
+    """network_type lokr: the modules LyCORIS builds (as the run does), each with its class."""
+    from loratui.engine.lycoris_net import lycoris_network_for
+    from loratui.engine.loading import load_components
+
+    p = _profile(tmp_path, tiny_sd1_dir, network_type="lokr", conv_dim=4, conv_alpha=1.0)
+    plan = plan_modules(p)
+    assert not plan.problems, plan.problems
+    assert {m.algo for m in plan.modules} == {"LokrModule"}
+    assert plan.lines()[0].startswith(f"modules  {len(plan.modules)} LyCORIS modules: LokrModule (")
+    comp = load_components(p.model)
+    real = lycoris_network_for(p, comp.unet, comp.text_encoders, comp.family)
+    assert [m.name for m in plan.modules] == real.module_names  # the run's modules, by their saved names
+    conv = next(m for m in plan.modules if m.kind == "conv")
+    assert conv.rank == 4 and conv.alpha == 1.0
