@@ -295,28 +295,6 @@ async def test_a_two_process_run_from_the_form_takes_the_dashboards_controls_and
     assert isinstance(_events(out)[-1], Failed)  # the launcher wrote the end the killed run could not
 
 
-def test_stop_with_a_save_ends_a_launched_run_well(tiny_sd1_dir, data, tmp_path):
-    """Ctrl+C / SIGTERM of `loratui train --gpus 2` → a stop request in the control file: a save, exit 3."""
-    out = tmp_path / "out"
-    p = _profile(tiny_sd1_dir, data, out, optimization__train_batch_size=1, optimization__max_train_epochs=400)
-    path = _write(p, tmp_path / "long.toml")
-    code = "import sys; from loratui.engine.cli import run_command; raise SystemExit(run_command(sys.argv[1:]))"
-    launcher = subprocess.Popen([sys.executable, "-c", code, "train", str(path), "--gpus", "2"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(out, lambda e: isinstance(e, StepEvent))
-        launcher.send_signal(signal.SIGTERM)
-        stdout, stderr = launcher.communicate(timeout=120)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-    assert launcher.returncode == 3, stderr[-2000:]
-    end = _events(out)[-1]
-    assert isinstance(end, Finished) and end.stopped_early
-    assert stdout.strip().splitlines()[-1] == end.summary["last_saved"] and Path(end.summary["last_saved"]).is_file()
-    assert json.loads((out / "tiny.control.jsonl").read_text().splitlines()[0])["request"] == "stop"
-
-
 def test_more_processes_or_gpu_ids_than_the_machine_has_gpus_stop_the_run_with_the_field_named():
     from loratui.engine.schema import profile_from_dict
     from loratui.engine.training.prepare import compute_problems
