@@ -265,6 +265,3 @@ class SharedControl:
     def take_save_request(self) -> bool:
         wanted, self._save = self._save, False
         return wanted
-
-    def request(self, req) -> None:
-        self.local.request(req)

@@ -56,18 +56,21 @@ def _cuda_present() -> bool:
     return default_monitor().available
 
 
-def accelerate_args(profile: Profile, port: int | None = None, *, cpu_threads: int | None = None) -> list[str]:
-    """The ``accelerate launch`` options of the profile's ``[compute]`` section."""
+def compute_options(profile: Profile, port: int | None = None) -> list[str]:
+    """The ``accelerate launch`` options of the profile's ``[compute]`` section ([] for one
+    process). ``port``: the one to meet at (else the profile's; 29500 across machines)."""
     c = profile.compute
-    args = ["--multi_gpu", "--num_processes", str(c.world_size), "--num_machines", str(c.machines),
-            "--machine_rank", str(c.machine_rank), "--main_process_port", str(port if port is not None else (c.main_process_port or 29500))]
+    if c.world_size == 1:
+        return []
+    out = ["--multi_gpu", "--num_processes", str(c.world_size)]
     if c.machines > 1:
-        args += ["--main_process_ip", c.main_process_ip]
+        out += ["--num_machines", str(c.machines), "--machine_rank", str(c.machine_rank), "--main_process_ip", c.main_process_ip]
+    port = port or c.main_process_port or (29500 if c.machines > 1 else 0)
+    if port:
+        out += ["--main_process_port", str(port)]
     if c.gpu_ids:
-        args += ["--gpu_ids", c.gpu_ids.replace(" ", "")]
-    if cpu_threads:
-        args += ["--num_cpu_threads_per_process", str(cpu_threads)]
-    return args + ["--mixed_precision", "no", "--dynamo_backend", "no"]
+        out += ["--gpu_ids", c.gpu_ids.replace(" ", "")]
+    return out
 
 
 def _cpu_threads(processes: int) -> int:
@@ -80,8 +83,9 @@ def _cpu_threads(processes: int) -> int:
 
 def launch_command(profile: Profile, profile_path: str | Path, *, resume: str | None, overwrite: bool, port: int) -> list[str]:
     threads = None if _cuda_present() else _cpu_threads(profile.compute.processes)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *accelerate_args(profile, port, cpu_threads=threads),
-           "--module", "loratui.engine.worker", str(profile_path)]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *compute_options(profile, port),
+           *(["--num_cpu_threads_per_process", str(threads)] if threads else []),
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--module", "loratui.engine.worker", str(profile_path)]
     if resume:
         cmd += ["--resume", resume]
     if overwrite:
@@ -142,27 +146,21 @@ class Launched:
         """After the launch ended: when the run could not write its own end
         (a process was killed, the launcher failed to start), append a Failed
         event to its metrics file so every watcher sees how it ended."""
-        from loratui.engine.events import Failed, event_to_dict
-        from loratui.engine.metrics import last_event
+        from loratui.engine.events import TERMINAL_EVENTS, Failed
+        from loratui.engine.metrics import MetricsWriter, last_event
 
         bad = self.failure()
         if bad is None:
             return
         path = self.metrics_path
         last = last_event(path) if path.exists() and path.stat().st_mtime >= self.started - 1 else None
-        from loratui.engine.events import TERMINAL_EVENTS
-
         if last is not None and isinstance(last, TERMINAL_EVENTS):
             if not isinstance(last, Failed) or not last.message.startswith("process"):
                 return  # the run said how it ended
-        import json
-
-        ev = Failed(message=bad[0], hint=bad[1], last_saved=_last_saved(path))
-        try:
-            with open(path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(event_to_dict(ev), ensure_ascii=False) + "\n")
-        except OSError:
-            pass
+        writer = MetricsWriter(path, fresh=False)  # appended as the run's own events are
+        writer.release()
+        writer.write(Failed(message=bad[0], hint=bad[1], last_saved=_last_saved(path)))
+        writer.close()
 
 
 def launch(profile: Profile, *, resume: str | None = None, overwrite: bool = False) -> Launched:

@@ -264,18 +264,9 @@ def _inline_prompts_file(p: Profile, args: dict[str, Any], out_dir: Path, overwr
 def launch_prefix(p: Profile) -> str:
     """``accelerate launch`` with the options of the profile's ``[compute]`` section
     (sd-scripts takes its processes from accelerate's launcher, as loratui does)."""
-    c = p.compute
-    parts = ["accelerate", "launch"]
-    if c.world_size > 1:
-        parts += ["--multi_gpu", "--num_processes", str(c.world_size)]
-        if c.machines > 1:
-            parts += ["--num_machines", str(c.machines), "--machine_rank", str(c.machine_rank),
-                      "--main_process_ip", shlex.quote(c.main_process_ip), "--main_process_port", str(c.main_process_port or 29500)]
-        elif c.main_process_port:
-            parts += ["--main_process_port", str(c.main_process_port)]
-        if c.gpu_ids:
-            parts += ["--gpu_ids", c.gpu_ids.replace(" ", "")]
-    return " ".join(parts)
+    from loratui.engine.launch import compute_options
+
+    return " ".join(["accelerate", "launch", *map(shlex.quote, compute_options(p))])
 
 
 def sd_scripts_command(p: Profile) -> str:
