@@ -236,9 +236,14 @@ def build_metadata(
         "ss_steps": steps,
         "ss_epoch": epoch,
     }
-    if n.network_type == "locon":
-        meta["ss_network_args"] = _json({"conv_dim": str(n.conv_dim), "conv_alpha": _num(n.conv_alpha)})
-    meta |= fam.metadata_extra(profile)  # SD3/FLUX: their own ss_* keys, as sd-scripts writes them
+    from loratui.engine.registries import lora_network_args
+
+    extra = fam.metadata_extra(profile)  # SD3/FLUX: their own ss_* keys, as sd-scripts writes them
+    # network_args: the family's (train_blocks...) and networks.lora's (conv, dropouts), as one dict
+    lora_args = json.loads(extra.pop("ss_network_args", "{}")) | lora_network_args(n)
+    if lora_args:
+        meta["ss_network_args"] = _json(lora_args)
+    meta |= extra
     if NETWORK_TYPES[n.network_type].algo is not None:  # -- lycoris: as kohya_ss writes them
         from loratui.engine.registries import lycoris_args
 

@@ -187,9 +187,11 @@ class NetworkType:
     conv: bool  # trains 3×3 convolutions too (conv_dim / conv_alpha)
     gui_lora_types: tuple[str, ...] = ()  # kohya_ss GUI LoRA_type values that mean exactly this
     algo: str | None = None  # LyCORIS network_args algo= (None: peft LoRA, engine.lora)
-    applies: tuple[str, ...] = ()  # the LyCORIS settings (network.*) it reads, in kohya_ss's network_args order
+    applies: tuple[str, ...] = ()  # the network_args settings (network.*) it reads, in kohya_ss's network_args order
 
 
+# the network_args settings sd-scripts' networks.lora reads (kohya_ss passes its GUI fields of these names)
+_LORA_ARGS = ("rank_dropout", "module_dropout")
 # -- lycoris: the LyCORIS settings each algorithm reads, in the order kohya_ss writes network_args
 _LYCO_LORA = ("lycoris_preset", "conv_dim", "conv_alpha", "rank_dropout", "bypass_mode", "dora_wd", "module_dropout",
               "use_tucker", "use_scalar", "train_norm")
@@ -239,21 +241,37 @@ def lycoris_values(n: Any) -> dict[str, Any]:
     return out
 
 
+def _arg_text(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
 def lycoris_args(n: Any) -> dict[str, str]:
     """``network_args`` as kohya_ss writes them (and ``ss_network_args``): every value a string."""
-    def text(v: Any) -> str:
-        if isinstance(v, float) and v.is_integer():
-            return str(int(v))
-        return str(v)
+    return {k: _arg_text(v) for k, v in lycoris_values(n).items()}
 
-    return {k: text(v) for k, v in lycoris_values(n).items()}
+
+def lora_network_args(n: Any) -> dict[str, str]:
+    """``network_args`` of sd-scripts' networks.lora for a plain LoRA / LoCon network
+    (``ss_network_args`` too): conv rank and alpha for LoCon, the dropouts that are on;
+    {} for a LyCORIS network."""
+    entry = NETWORK_TYPES.get(n.network_type)
+    if entry is None or entry.algo is not None:
+        return {}
+    out = {"conv_dim": _arg_text(n.conv_dim), "conv_alpha": _arg_text(float(n.conv_alpha))} if entry.conv else {}
+    out |= {k: _arg_text(float(getattr(n, k))) for k in entry.applies if getattr(n, k)}
+    return out
 
 
 NETWORK_TYPES: dict[str, NetworkType] = {
     n.name: n
     for n in (
-        NetworkType("lora", "Standard", "networks.lora", conv=False, gui_lora_types=("standard", "kohya lora", "flux1")),
-        NetworkType("locon", "LoCon (kohya)", "networks.lora", conv=True, gui_lora_types=("kohya locon", "locon")),
+        # networks.lora's network_args rank_dropout / module_dropout (engine.training.regularize)
+        NetworkType("lora", "Standard", "networks.lora", conv=False, gui_lora_types=("standard", "kohya lora", "flux1"),
+                    applies=_LORA_ARGS),
+        NetworkType("locon", "LoCon (kohya)", "networks.lora", conv=True, gui_lora_types=("kohya locon", "locon"),
+                    applies=_LORA_ARGS),
         # -- lycoris: LyCORIS networks (engine.lycoris_net), as kohya_ss trains them
         *_LYCORIS_TYPES,
     )

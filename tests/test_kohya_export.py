@@ -121,7 +121,7 @@ def test_exported_files_use_sd_scripts_names_only(tmp_path):
     cfg = tomllib.loads(res.config_path.read_text())
     assert set(cfg) <= SD_SCRIPTS_ARGS, set(cfg) - SD_SCRIPTS_ARGS
     assert cfg["network_module"] == "networks.lora"
-    assert cfg["network_args"] == ["conv_dim=8", "conv_alpha=4"]
+    assert cfg["network_args"] == ["conv_dim=8", "conv_alpha=4", "rank_dropout=0.1"]  # networks.lora reads it
     assert cfg["optimizer_type"] == "AdamW8bit" and cfg["optimizer_args"] == ["weight_decay=0.1", "betas=0.9,0.99"]
     assert cfg["network_train_unet_only"] is True
     assert cfg["cache_latents"] is True and cfg["cache_latents_to_disk"] is True

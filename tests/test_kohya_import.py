@@ -159,6 +159,7 @@ def test_messy_gui_config_imports_to_the_expected_profile():
             "conv_dim": 8,  # 8.0
             "conv_alpha": 4.0,  # "4"
             "train_text_encoder": False,  # text_encoder_lr "0"
+            "rank_dropout": 0.1,  # additional_parameters --network_args "rank_dropout=0.1"
         },
         "optimization": {
             "optimizer": "AdamW8bit",  # "adamw_8bit"
@@ -199,7 +200,9 @@ def test_unsupported_and_ignored_keys_are_reported_by_name_with_their_values():
     unsupported = _entries(r.unsupported)
     ignored = _entries(r.ignored)
     assert unsupported["some_future_option"] == "turbo"
-    assert unsupported["additional_parameters --network_args rank_dropout"] == "0.1"
+    # networks.lora's rank dropout (issue 11): mapped from the free-form network_args
+    assert _entries(r.mapped)["additional_parameters --network_args rank_dropout"] == "0.1"
+    assert r.profile_dict["network"]["rank_dropout"] == 0.1
     assert unsupported["additional_parameters --color_aug"] is True
     assert ignored["xformers"] == "xformers"
     assert ignored["num_cpu_threads_per_process"] == 2
@@ -273,7 +276,7 @@ def test_sd_scripts_config_with_its_dataset_config():
     ch = _changed(r)
     assert ch["model"] == {"base_model": "/models/sd15.safetensors"}  # family stays auto
     assert any("family is 'auto'" in n for n in r.notes)
-    assert ch["network"] == {"network_type": "locon", "network_dim": 16, "conv_dim": 8}
+    assert ch["network"] == {"network_type": "locon", "network_dim": 16, "conv_dim": 8, "module_dropout": 0.1}
     assert ch["optimization"]["optimizer"] == "AdamW8bit"  # "bitsandbytes.optim.AdamW8bit"
     assert ch["optimization"]["optimizer_args"] == "weight_decay=0.1 betas=0.9,0.99"
     assert ch["optimization"]["lr_warmup_steps"] == 50
@@ -285,7 +288,7 @@ def test_sd_scripts_config_with_its_dataset_config():
     assert (d["shuffle_caption"], d["keep_tokens"]) == (True, 1)
     ign, uns = _entries(r.ignored), _entries(r.unsupported)
     assert ign["train_data_dir"] == "./ignored-because-dataset-config"
-    assert uns["network_args module_dropout"] == "0.1"
+    assert "network_args module_dropout" not in uns and r.profile_dict["network"]["module_dropout"] == 0.1
     assert "max_token_length" not in uns and r.profile_dict["optimization"]["max_token_length"] == 225  # supported since issue 11
     pre = "sd_scripts_dataset.toml:datasets[0]"
     assert uns[f"{pre}.subsets[1].num_repeats"] == 3  # folder says 5

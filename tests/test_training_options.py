@@ -255,6 +255,70 @@ def test_network_dropout_only_in_a_forward_pass_that_records_gradients():
     assert regularize.attach_dropout(_Net([mod]), 0.0) == []
 
 
+def test_rank_dropout_drops_whole_ranks_per_sample_and_scales_the_rest_as_sd_scripts():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 4, bias=False)
+    conv = torch.nn.Conv2d(8, 4, 1, bias=False)
+    mods = [_Mod(lin, torch.nn.Linear(4, 8, bias=False), 1.0), _Mod(conv, torch.nn.Conv2d(4, 8, 1, bias=False), 1.0)]
+    handles = regularize.attach_dropout(_Net(mods), 0.0, rank=0.25)
+    for x, layer in ((torch.randn(256, 8), lin), (torch.randn(256, 5, 8), lin), (torch.randn(256, 8, 3, 3), conv)):
+        with torch.no_grad():
+            full = layer(x)
+        y = layer(x)
+        if x.ndim == 3:
+            y, full = y.transpose(1, 2), full.transpose(1, 2)  # (batch, rank, tokens)
+        y, full = y.reshape(256, 4, -1), full.reshape(256, 4, -1)
+        # a rank is kept (× 1/(1-p)) or dropped for a whole sample: over its tokens / pixels alike
+        dropped = (y == 0).all(-1)
+        assert (dropped | torch.isclose(y, full / 0.75, atol=1e-5).all(-1)).all()
+        kept = (~dropped).float()
+        assert 0.15 < float(1 - kept.mean()) < 0.35  # about p of the ranks
+    for h in handles:
+        h.remove()
+
+
+def test_module_dropout_skips_whole_modules_whose_weights_then_get_no_gradient():
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    names = [f"lora_unet_m{i}" for i in range(60)] + ["lora_unet_qkv#0", "lora_unet_qkv#1", "lora_unet_qkv#2"]
+    mods = [SimpleNamespace(name=n, down=torch.nn.Linear(8, 4, bias=False), up=torch.nn.Linear(4, 8, bias=False))
+            for n in names]
+
+    class Root(torch.nn.Module):  # the model holding them, as the U-Net holds its LoRA layers
+        def __init__(self):
+            super().__init__()
+            self.parts = torch.nn.ModuleList([torch.nn.Sequential(m.down, m.up) for m in mods])
+
+        def forward(self, x):
+            return [part(x) for part in self.parts]
+
+    root = Root()
+    net = SimpleNamespace(modules=mods, unet=root, text_encoders=[])
+    handles = regularize.attach_dropout(net, 0.0, module=0.5)
+    x = torch.randn(2, 8)
+    seen = set()
+    for _ in range(8):
+        for m in mods:
+            m.down.weight.grad = m.up.weight.grad = None
+        outs = root(x)
+        skipped = {m.name for m, y in zip(mods, outs) if not y.abs().sum()}
+        assert 10 < len(skipped) < 50  # about half
+        assert len({n for n in skipped if "#" in n}) in (0, 3)  # a fused module's parts go together
+        seen |= skipped
+        sum(y.sum() for y in outs).backward()
+        for m in mods:
+            if m.name in skipped:  # no gradient at all: not a zero step for the optimizer
+                assert m.down.weight.grad is None and m.up.weight.grad is None
+            else:
+                assert m.up.weight.grad.abs().sum() > 0
+    assert len(seen) > 55  # redrawn every forward
+    with torch.no_grad():  # sampling: every module applies
+        assert all(y.abs().sum() > 0 for y in root(x))
+    for h in handles:
+        h.remove()
+
+
 # --------------------------------------------------------------------------- long captions
 
 

@@ -202,8 +202,8 @@ NOT_THIS_ISSUE = {
     "flux1_cache_text_encoder_outputs_to_disk", "flux1_checkbox", "fp8_base", "guidance_scale",
     "model_prediction_type", "sdxl_cache_text_encoder_outputs", "t5xxl", "t5xxl_max_token_length",
     "timestep_sampling", "train_blocks",
-    # LyCORIS network types and their network_args
-    "LoRA_type", "rank_dropout", "module_dropout",
+    # network types loratui does not train
+    "LoRA_type",
     # the resolution must be a multiple of 64 in loratui (enable_bucket false: 512,650 → 512,640)
     "max_resolution",
 }
@@ -227,8 +227,8 @@ def test_every_kohya_ss_fixture_lists_only_settings_of_what_loratui_lacks_as_uns
         assert keys <= allowed, (path.name, sorted(keys - allowed))
         total += len(r.unsupported)
     if files[0].parent.name == "kohya_ss":
-        # 43 before issue 11; now only: 4 rank/module dropout on the peft LoCon type, 1 resolution (650 → 640)
-        assert total == 5
+        # 43 before issue 11; now only one: the resolution (650 → 640)
+        assert total == 1
 
 
 # --------------------------------------------------------------------------- masked loss, end to end
@@ -322,6 +322,7 @@ def test_an_imported_preset_with_these_options_trains_one_step(tiny_sd1_dir, dat
     o = d["optimization"]
     assert (o["ip_noise_gamma"], o["debiased_estimation_loss"], o["adaptive_noise_scale"]) == (0.1, True, 0.005)
     assert d["network"]["scale_weight_norms"] == 1.0 and d["network"]["network_dropout"] == 0.1
+    assert (d["network"]["rank_dropout"], d["network"]["module_dropout"]) == (0.1, 0.1)  # networks.lora's network_args
     # what only a GPU has (8-bit AdamW, bf16) and the paths, set for the tiny model
     d["model"].update(base_model=str(tiny_sd1_dir), family="auto")
     d["dataset"].update(train_data_dir=str(data), resolution=64, resolution_height=0, enable_bucket=False,
@@ -334,3 +335,6 @@ def test_an_imported_preset_with_these_options_trains_one_step(tiny_sd1_dir, dat
     assert isinstance(result, Finished), result
     steps = [e for e in events if isinstance(e, StepEvent)]
     assert len(steps) == 1 and steps[0].keys_scaled is not None and math.isfinite(steps[0].loss)
+    meta = __import__("safetensors").safe_open(result.path, "pt").metadata()
+    assert json.loads(meta["ss_network_args"]) == {"conv_dim": "4", "conv_alpha": "8", "rank_dropout": "0.1",
+                                                   "module_dropout": "0.1"}  # as sd-scripts writes its net_kwargs

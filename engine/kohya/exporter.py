@@ -146,9 +146,12 @@ def _network_args(p: Profile, a: dict[str, Any], keep) -> None:
         from loratui.engine.kohya.lycoris_map import network_args_for
 
         a["network_args"] = network_args_for(p)
-    elif net.conv:
-        a["network_args"] = [f"conv_dim={n.conv_dim}", f"conv_alpha={num_text(n.conv_alpha)}"]
     else:
+        from loratui.engine.registries import lora_network_args
+
+        if lora_network_args(n):
+            a["network_args"] = [f"{k}={v}" for k, v in lora_network_args(n).items()]
+    if net.algo is None and not net.conv:
         # networks.lora would train the convolutions if given conv_dim: keep them as comments
         if n.conv_dim != _DEFAULT_CONV[0]:
             keep("conv_dim", n.conv_dim)

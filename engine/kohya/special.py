@@ -108,6 +108,8 @@ def map_network(cfg: dict[str, Any], b: Builder, K, gui: bool) -> None:
         from loratui.engine.kohya.lycoris_map import map_lycoris
 
         map_lycoris(cfg, b, K, args, entry)
+    elif entry is not None:  # networks.lora: rank_dropout / module_dropout
+        _map_lora_args(cfg, b, K, args, entry.applies)
     locon = b.values.get("network.network_type") == "locon" or (entry is not None and "conv_dim" in entry.applies)
     # conv rank/alpha: GUI keys, or network_args conv_dim=/conv_alpha=
     for name, value, present in (("conv_dim", conv_dim, has_conv_dim), ("conv_alpha", conv_alpha, has_conv_alpha)):
@@ -142,6 +144,27 @@ def map_network(cfg: dict[str, Any], b: Builder, K, gui: bool) -> None:
                 b.unsupported_(K(f"network_args {k}"), v, "loratui has no network dropout; trained without it")
         else:
             b.unsupported_(K(f"network_args {k}"), v, "loratui has no such network option; trained without it")
+
+
+def _map_lora_args(cfg: dict[str, Any], b: Builder, K, args: dict[str, str], keys: tuple[str, ...]) -> None:
+    """networks.lora's own network_args; the kohya_ss GUI passes its fields of the same
+    names for Standard and Kohya LoCon, and network_args (additional parameters) decides."""
+    for key in keys:
+        arg = args.pop(key, None)
+        present = key in cfg
+        value = cfg.pop(key, None)
+        if arg is not None:
+            b.put(f"network.{key}", arg, K(f"network_args {key}"))
+        if present:
+            if arg is not None:
+                b.ignore(K(key), value, "network_args decides")
+            elif blank(value):
+                b.ignore(K(key), value, "empty: the default")
+            else:
+                b.put(f"network.{key}", value, K(key))
+    if "rank_dropout_scale" in cfg:  # a LyCORIS field of the GUI
+        b.ignore(K("rank_dropout_scale"), cfg.pop("rank_dropout_scale"), "networks.lora does not read it (no effect in "
+                                                                        "kohya_ss either)")
 
 
 def map_lrs(cfg: dict[str, Any], b: Builder, K) -> None:

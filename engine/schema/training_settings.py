@@ -104,10 +104,12 @@ class NetworkSettings(_Section):
                                "update (LoCon, LoHa, LoKr, OFT).", kohya="use_scalar", sd_scripts=None, special=True, advanced=True)
     decompose_both: bool = setting(False, "LoKr: decompose both Kronecker factors into low-rank pairs, not only the larger "
                                    "one.", kohya="decompose_both", sd_scripts=None, special=True, advanced=True)
-    rank_dropout: float = setting(0.0, "LyCORIS: drop this fraction of each module's ranks per step (0 off; 0.1 usual).",
-                                  kohya="rank_dropout", sd_scripts=None, special=True, advanced=True, ge=0, le=1)
-    module_dropout: float = setting(0.0, "LyCORIS: skip each whole module with this probability per step (0 off; 0.1 "
-                                    "usual).", kohya="module_dropout", sd_scripts=None, special=True, advanced=True, ge=0, le=1)
+    rank_dropout: float = setting(0.0, "Drop this fraction of each module's ranks per step, scaling up the rest (0 off; "
+                                  "0.1 usual).", kohya="rank_dropout", sd_scripts=None, special=True, advanced=True,
+                                  ge=0, lt=1)
+    module_dropout: float = setting(0.0, "Skip each whole module with this probability per step (0 off; "
+                                    "0.1 usual).", kohya="module_dropout", sd_scripts=None, special=True, advanced=True,
+                                    ge=0, lt=1)
     train_norm: bool = setting(False, "LyCORIS: also train the normalisation layers (GroupNorm/LayerNorm weights and "
                                "biases).", kohya="train_norm", sd_scripts=None, special=True, advanced=True, label="Train norms")
     bypass_mode: bool = setting(False, "LyCORIS: add the module's output to the layer's instead of merging weights (for "

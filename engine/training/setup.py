@@ -115,7 +115,7 @@ def build_network(profile: Profile, comp, emit, warn: Callable[[str], None]):
         network.enable_gradient_checkpointing()
     from loratui.engine.training.regularize import attach_dropout
 
-    attach_dropout(network, net.network_dropout)
+    attach_dropout(network, net.network_dropout, net.rank_dropout, net.module_dropout)
     summary = network.rank_summary()
     ranks = ", ".join(f"{n}× rank {r} alpha {a:g}" for (r, a), n in sorted(summary.items()))
     emit(LogEvent(message=f"LoRA: {network.num_modules} modules ({ranks}), {network.num_parameters():,} trainable parameters"))
