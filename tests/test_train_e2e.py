@@ -195,16 +195,18 @@ def test_stop_saves_then_ends_and_pause_holds(tiny_sd1_dir, data, tmp_path):
     assert not (tmp_path / "out" / "tiny.safetensors").exists()
 
 
-def test_cli_train_prints_final_path_last_and_check(tiny_sd1_dir, data, tmp_path):
+def test_cli_train_prints_final_path_last_and_check(tiny_sd1_dir, data, tmp_path, capsys):
+    from loratui.engine.cli import run_command
+
     profile = tmp_path / "p.toml"
     profile.write_text(
         f'[model]\nbase_model = "{tiny_sd1_dir}"\n[dataset]\ntrain_data_dir = "{data}"\nresolution = 64\n'
         f'enable_bucket = false\nmin_bucket_reso = 64\n[optimization]\nmax_train_epochs = 1\nmixed_precision = "no"\n'
         f'[output]\noutput_dir = "{tmp_path / "out"}"\noutput_name = "cli"\n'
     )
-    check = subprocess.run([sys.executable, "-m", "loratui.tui.cli", "check", str(profile)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-    assert "ready to train" in check.stdout and "2 × toy" in check.stdout
+    assert run_command(["check", str(profile)]) == 0  # in-process: one process start less (seconds of imports)
+    check = capsys.readouterr().out
+    assert "ready to train" in check and "2 × toy" in check
     proc = subprocess.run(
         [sys.executable, "-m", "loratui.tui.cli", "train", str(profile), "--set", "network.network_dim=2"],
         capture_output=True, text=True, timeout=300,
@@ -215,10 +217,8 @@ def test_cli_train_prints_final_path_last_and_check(tiny_sd1_dir, data, tmp_path
     assert "Traceback" not in proc.stdout + proc.stderr
     with safe_open(last, "pt") as f:
         assert f.metadata()["ss_network_dim"] == "2"
-    bad = subprocess.run([sys.executable, "-m", "loratui.tui.cli", "train", str(profile), "--set", "network.network_dim=0"],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2
-    assert "--set network.network_dim=0: 0 is out of range" in bad.stderr
+    assert run_command(["train", str(profile), "--set", "network.network_dim=0"]) == 2
+    assert "--set network.network_dim=0: 0 is out of range" in capsys.readouterr().err
 
 
 def test_refused_run_leaves_the_previous_metrics_alone(tiny_sd1_dir, data, tmp_path):
