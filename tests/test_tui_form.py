@@ -298,9 +298,11 @@ async def test_the_form_works_at_80x24(env, synthetic_dataset):
         assert "240 steps" in str(form.query_one(PlanPanel).render())
         # the last field of the longest section can be reached and is scrolled into view
         await form.focus_field("optimization.noise_offset")
-        await pilot.pause(0.2)
         f = form.fields["optimization.noise_offset"]
-        assert form.query_one("#sec-optimization").region.contains_region(f.query_one(".row").region)
+        sec = form.query_one("#sec-optimization")
+        # the scroll comes after the next layout: wait for it (a loaded machine takes longer than 0.2 s)
+        await until(pilot, lambda: sec.region.contains_region(f.query_one(".row").region))
+        assert f.has_focus_within
 
 
 async def test_settings_of_other_families_are_hidden(env, synthetic_dataset):
