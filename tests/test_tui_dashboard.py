@@ -29,6 +29,7 @@ from loratui.engine.runstate import RunState
 from loratui.tui.bridge import Bridge, Coalescer, RunUpdated
 from loratui.tui.widgets.chart import LineChart, columns, plot
 from loratui.tui.widgets.panels import gpu_line, gpu_text, status_text
+from pilot_wait import until
 
 
 @pytest.fixture
@@ -74,6 +75,10 @@ def dashboard_app(tmp_path, gpu=None) -> LoraTuiApp:
     path = tmp_path / "p.toml"
     save_profile(Profile(), path)
     return LoraTuiApp(path, gpu=gpu or GpuMonitor(nvml=NoDriver()), check_live_runs=False)
+
+
+def rendered(screen, selector: str) -> str:
+    return str(screen.query_one(selector).render())
 
 
 async def open_dashboard(app: LoraTuiApp, pilot, readonly: bool = False) -> Bridge:
@@ -161,7 +166,7 @@ async def test_dashboard_draws_a_run_and_its_end(env):
         assert isinstance(dash, DashboardScreen)
         bridge.feed(planned())
         bridge.feed(PhaseChanged(phase="loading_model", detail="Loading U-Net"))
-        await pilot.pause(0.2)
+        await until(pilot, lambda: "LOADING MODEL" in rendered(dash, "#status"), "the loading phase")
         assert "LOADING MODEL" in str(dash.query_one("#status").render())
         bridge.feed(PhaseChanged(phase="training", total=100))
         for i in range(1, 61):
@@ -169,7 +174,8 @@ async def test_dashboard_draws_a_run_and_its_end(env):
         bridge.feed(CheckpointSaved(path="/out/toy_v1-000002.safetensors", kind="epoch", size=217 * 2**20, epoch=2, step=50))
         bridge.feed(WarningEvent(message="dataset.flip_aug: flipped once"))
         bridge.feed(LogEvent(message="cached latents: 10 images"))
-        await pilot.pause(0.3)
+        # the GPU panel comes from a thread (the GPU worker); the rest is drawn below
+        await until(pilot, lambda: "no GPU (no NVIDIA driver library)" in rendered(dash, "#gpu"), "the GPU panel")
         dash.update_from(app.run_state, force=True)
         await pilot.pause()
         status = str(dash.query_one("#status").render())
@@ -182,7 +188,7 @@ async def test_dashboard_draws_a_run_and_its_end(env):
         log_text = "\n".join(line.text for line in dash.query_one(RichLog).lines)
         assert "flipped once" in log_text and "cached latents" in log_text and "10 × toy" in log_text
         bridge.feed(Finished(path="/out/toy_v1.safetensors", steps=100, elapsed=8.0, summary={"final_loss": 0.1}))
-        await pilot.pause(0.2)
+        await until(pilot, lambda: "DONE" in rendered(dash, "#status"), "the DONE status")
         status = str(dash.query_one("#status").render())
         assert "DONE" in status and "/out/toy_v1.safetensors" in status and "100 steps in 8s" in status
         # the form says so too, and f goes there
@@ -197,8 +203,8 @@ async def test_a_failed_run_shows_the_message_and_the_hint(env):
     async with app.run_test(size=(120, 40)) as pilot:
         bridge = await open_dashboard(app, pilot)
         bridge.feed(Failed(message="the GPU ran out of memory", hint="lower train_batch_size", last_saved="/out/x-000001.safetensors"))
-        await pilot.pause(0.2)
         dash = app.screen
+        await until(pilot, lambda: "FAILED" in rendered(dash, "#status"), "the FAILED status")
         assert "FAILED  the GPU ran out of memory" in str(dash.query_one("#status").render())
         log_text = "\n".join(line.text for line in dash.query_one(RichLog).lines)
         assert "hint: lower train_batch_size" in log_text and "last saved: /out/x-000001" in log_text
@@ -207,10 +213,12 @@ async def test_a_failed_run_shows_the_message_and_the_hint(env):
 async def test_events_are_coalesced_into_few_redraws(env):
     app = dashboard_app(env)
     updates = []
+    versions = []  # the run state's version each dispatched RunUpdated was posted at
 
     def hook(message):
         if isinstance(message, RunUpdated):
             updates.append(time.monotonic())
+            versions.append(message.version)
 
     async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
         bridge = await open_dashboard(app, pilot)
@@ -223,9 +231,13 @@ async def test_events_are_coalesced_into_few_redraws(env):
                 bridge.feed(step(n, total=100000))
             await asyncio.sleep(0.001)
         elapsed = time.monotonic() - t0
-        await pilot.pause(0.8)  # the status line redraws at most twice a second; the last state lands
+        # settled: the coalescer's last RunUpdated (of the final state) is dispatched, so
+        # no more come, and the dashboard has no throttled redraw left (status, charts)
+        await until(pilot, lambda: versions and versions[-1] == app.run_state.version and dash._pending is None,
+                    "the last state to be drawn")
         assert n > 200
         assert app.run_state.step == n and len(app.run_state.losses) == n  # nothing lost
+        # (+ 0.8 s: the slack for settling the bound has always allowed)
         assert len(updates) <= (elapsed + 0.8) / 0.1 + 2, (len(updates), elapsed)
         # the dashboard drew the last state
         assert f"step {n:,}/100,000" in str(dash.query_one("#status").render())
@@ -237,8 +249,9 @@ async def test_read_only_dashboard_ignores_run_keys(env):
     async with app.run_test(size=(120, 40)) as pilot:
         bridge = await open_dashboard(app, pilot, readonly=True)
         bridge.feed(step(5))
-        await pilot.press("space", "s", "x")
-        await pilot.pause(0.2)
+        await until(pilot, lambda: "5/100" in rendered(app.screen, "#status"), "step 5 drawn")
+        await pilot.press("space", "s", "x")  # returns once the keys are handled
+        await pilot.pause(0.2)  # negative check: nothing may be requested within this window either
         state = app.run_state
         assert not state.paused and state.requested == ""
         assert "watching, read-only" in str(app.screen.query_one("#title").render())
@@ -258,8 +271,10 @@ async def test_dashboard_at_80x24_keeps_progress_loss_and_a_gpu_line(env):
         bridge = await open_dashboard(app, pilot)
         for i in range(1, 30):
             bridge.feed(step(i))
-        await pilot.pause(0.3)
         dash = app.screen
+        # the GPU line comes from a thread (the GPU worker); the status line is throttled
+        await until(pilot, lambda: "RTX 4090" in rendered(dash, "#gpu-line"), "the GPU line")
+        await until(pilot, lambda: "29/100" in rendered(dash, "#status"), "step 29 drawn")
         assert "-narrow" in dash.classes
         assert dash.query_one("#gpu-line").display and "RTX 4090  55%  8.0/24 GB" in str(dash.query_one("#gpu-line").render())
         assert dash.query_one("#loss-box").display and not dash.query_one("#log-box").display

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from textual.command import CommandList, CommandPalette
 from textual.widgets import Input, OptionList
 
 from loratui.engine.schema import Profile, ProfileError, load_profile
@@ -31,6 +32,7 @@ from loratui.screens.help import HelpScreen, binding_rows
 from loratui.screens.profiles import ProfilesScreen
 from loratui.tui.app import FIRST_RUN_HINT, LoraTuiApp
 from loratui.tui.widgets.dialogs import ChoiceDialog, NameDialog
+from pilot_wait import until
 
 
 @pytest.fixture
@@ -77,6 +79,16 @@ def test_user_folder_and_catalogue(env):
     keys, problems = load_keymap()
     assert keys == {"run.start": "ctrl+g", "screen.profiles": "o"}
     assert len(problems) == 1 and "keys.bad" in problems[0]
+
+
+def highlighted_command(app) -> str:
+    """The command palette's highlighted hit ("" while it has none)."""
+    if not isinstance(app.screen, CommandPalette):
+        return ""
+    hits = app.screen.query_one(CommandList)
+    if hits.highlighted is None:
+        return ""
+    return str(hits.get_option_at_index(hits.highlighted).hit.text)
 
 
 def user_profile(env, name: str, **network) -> Path:
@@ -224,9 +236,10 @@ async def test_command_palette_help_and_a_remapped_key(env):
         await pilot.press("ctrl+p")
         await pilot.pause()
         await pilot.press(*"sdxl")
-        await pilot.pause(0.5)
+        # the palette searches in a worker: wait for its hit to be the highlighted one
+        await until(pilot, lambda: highlighted_command(app) == "Open profile: sdxl-style", "the palette's hit")
         await pilot.press("enter")
-        await pilot.pause(0.3)
+        await until(pilot, lambda: app.session.name == "sdxl-style", "the profile to open")
         assert app.session.name == "sdxl-style" and app.session.bundled
 
 

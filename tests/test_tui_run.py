@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from loratui.engine.events import Phase
 from loratui.engine.schema import Profile, save_profile
 from loratui.screens.dashboard import DashboardScreen
 from loratui.tui.app import LoraTuiApp
@@ -94,10 +95,12 @@ async def test_train_from_the_form_pause_resume_save_and_stop(env, tiny_sd1_dir,
 
         # pause: the step count stops moving
         await key(app, "space", " ")
+        await until(pilot, lambda: state.paused and app.handle.control.paused, 10, "the pause request")
         assert state.paused and app.handle.control.paused
-        await asyncio.sleep(0.6)  # the step in flight finishes
+        # the step in flight finishes, then the engine reports that it waits
+        await until(pilot, lambda: state.phase == Phase.PAUSED, 60, "the engine to pause")
         frozen = state.step
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(0.6)  # negative check: no step may happen within this window
         await pilot.pause()
         assert state.step == frozen
         dash = app.screen
@@ -129,7 +132,7 @@ async def test_train_from_the_form_pause_resume_save_and_stop(env, tiny_sd1_dir,
         assert state.finished is not None and state.finished.stopped_early
         last = state.finished.summary["last_saved"]
         assert Path(last).is_file() and last != manual.path
-        await pilot.pause(0.3)
+        await until(pilot, lambda: "STOPPED" in str(dash.query_one("#status").render()), 10, "the STOPPED status")
         assert "STOPPED" in str(dash.query_one("#status").render())
 
         # the metrics file holds the same story, for `loratui watch`
@@ -154,7 +157,7 @@ async def test_a_run_to_its_end_writes_the_final_lora_and_sigterm_path(env, tiny
         assert state.failed is None, state.failed
         final = Path(state.finished.path)
         assert final.name == "tiny.safetensors" and final.is_file() and state.finished.steps == 3
-        await pilot.pause(0.3)
+        await until(pilot, lambda: str(final) in str(app.screen.query_one("#status").render()), 10, "the DONE status")
         assert str(final) in str(app.screen.query_one("#status").render())
         # starting again asks before replacing the final LoRA
         await pilot.press("f", "ctrl+r")

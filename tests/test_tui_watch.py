@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from textual.worker import Worker, WorkerState
 
 from loratui.tui.cli import main as cli_main
 from loratui.engine.events import Finished, PhaseChanged, StepEvent, event_to_dict
@@ -16,6 +17,7 @@ from loratui.engine.schema import Profile, save_profile
 from loratui.screens.dashboard import DashboardScreen
 from loratui.tui.app import LoraTuiApp
 from loratui.tui.widgets.dialogs import ChoiceDialog
+from pilot_wait import until
 
 
 @pytest.fixture
@@ -70,10 +72,7 @@ async def test_the_dashboard_follows_a_run_written_elsewhere(env):
         t = threading.Thread(target=writer)
         t.start()
         try:
-            for _ in range(200):
-                await pilot.pause(0.05)
-                if app.run_state.step == 30:
-                    break
+            await until(pilot, lambda: app.run_state.step == 30, "step 30", timeout=20)
         finally:
             stop.set()
             t.join()
@@ -82,24 +81,20 @@ async def test_the_dashboard_follows_a_run_written_elsewhere(env):
         dash = app.screen
         assert isinstance(dash, DashboardScreen) and dash.readonly
         await pilot.press("space", "x")  # the controls go to the run's control file, which its main process follows
-        await pilot.pause(0.1)
-        sent = [json.loads(line)["request"] for line in (env / "toy.control.jsonl").read_text().splitlines()]
+        control = env / "toy.control.jsonl"
+        await until(pilot, lambda: control.exists() and len(control.read_text().splitlines()) >= 2, "two requests")
+        await until(pilot, lambda: state.requested != "", "the stop request in the state")
+        sent = [json.loads(line)["request"] for line in control.read_text().splitlines()]
         assert sent == ["pause", "stop"]
         assert state.requested == "stopping: saving at the next step"
         assert "(watching)" in str(dash.query_one("#title").render())
         append(metrics, Finished(path=str(env / "toy.safetensors"), steps=40, elapsed=8.0))
-        for _ in range(100):
-            await pilot.pause(0.05)
-            if state.done:
-                break
-        await pilot.pause(0.2)
+        await until(pilot, lambda: state.done, "the run to end")
+        await until(pilot, lambda: "DONE" in str(dash.query_one("#status").render()), "the DONE status")
         assert "DONE" in str(dash.query_one("#status").render())
         # a new run of the same name starts the file over: the dashboard starts over too
         metrics.write_text(json.dumps(event_to_dict(step(1, total=10))) + "\n")
-        for _ in range(100):
-            await pilot.pause(0.05)
-            if app.run_state.total_steps == 10:
-                break
+        await until(pilot, lambda: app.run_state.total_steps == 10, "the new run")
         assert app.run_state.step == 1 and not app.run_state.done and len(app.run_state.losses) == 1
 
 
@@ -111,25 +106,26 @@ async def test_the_app_offers_to_watch_a_live_run_of_the_open_profile(env):
     save_profile(Profile.model_validate({"output": {"output_dir": str(out), "output_name": "mine"}}), path)
     app = LoraTuiApp(path, gpu=False)
     async with app.run_test(size=(120, 40)) as pilot:
-        for _ in range(100):
-            await pilot.pause(0.05)
-            if isinstance(app.screen, ChoiceDialog):
-                break
-        await pilot.pause()  # pushed: let it compose
+        # pushed, and composed
+        await until(pilot, lambda: isinstance(app.screen, ChoiceDialog) and app.screen.query(".body"), "the dialog")
         dialog = app.screen
         assert isinstance(dialog, ChoiceDialog) and "looks live" in dialog.title_text
         assert "step 12/40" in str(dialog.query_one(".body").render())
         await pilot.press("w")
-        for _ in range(100):
-            await pilot.pause(0.05)
-            if app.run_state is not None and app.run_state.step == 12:
-                break
+        await until(pilot, lambda: app.run_state is not None and app.run_state.step == 12, "the watched run's step")
         assert isinstance(app.screen, DashboardScreen) and app.run_state.readonly
         # a finished run is not offered
     (out / "mine.metrics.jsonl").write_text(
         json.dumps(event_to_dict(Finished(path="x", steps=40, elapsed=1.0, time=time.time()))) + "\n"
     )
     app = LoraTuiApp(path, gpu=False)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.pause(0.5)
+    checked = []
+
+    def hook(message):
+        if isinstance(message, Worker.StateChanged) and message.worker.group == "live":
+            checked.append(message.state)
+
+    async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
+        await until(pilot, lambda: WorkerState.SUCCESS in checked, "the live-run check")
+        await pilot.pause(0.2)  # negative check: no dialog may follow the check within this window
         assert not isinstance(app.screen, ChoiceDialog)
