@@ -149,8 +149,8 @@ def _network_args(p: Profile, a: dict[str, Any], keep) -> None:
     else:
         from loratui.engine.registries import lora_network_args
 
-        if lora_network_args(n):
-            a["network_args"] = [f"{k}={v}" for k, v in lora_network_args(n).items()]
+        if args := lora_network_args(n):
+            a["network_args"] = [f"{k}={v}" for k, v in args.items()]
     if net.algo is None and not net.conv:
         # networks.lora would train the convolutions if given conv_dim: keep them as comments
         if n.conv_dim != _DEFAULT_CONV[0]:
