@@ -64,6 +64,8 @@ class PlanChecks:
 
     def _start_scan(self) -> None:
         self._scan_timer = None
+        if not self.query(PlanPanel):  # the timer outlived the screen's widgets (the app is quitting)
+            return
         ds = self._scan_settings()
         key = (ds.train_data_dir, ds.reg_data_dir, ds.caption_extension)
         self._scan_key = key
@@ -141,7 +143,9 @@ class PlanChecks:
 
     def _run_checks(self) -> None:
         self._checks_timer = None
-        panel = self.query_one(PlanPanel)
+        panel = next(iter(self.query(PlanPanel)), None)
+        if panel is None:  # the timer outlived the screen's widgets (the app is quitting)
+            return
         if self.valid is None or not self.valid.dataset.train_data_dir:
             panel.show(problems=[], found=[])
             self._mark_fields()

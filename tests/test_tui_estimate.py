@@ -11,6 +11,8 @@ from loratui.engine.schema import Profile, save_profile
 from loratui.tui.app import LoraTuiApp
 from loratui.tui.widgets.plan import PlanPanel
 
+from pilot_wait import until
+
 GB = 1024**3
 
 
@@ -41,14 +43,6 @@ def env(tmp_path, monkeypatch):
     return tmp_path
 
 
-async def until(pilot, cond, timeout: float = 60.0):
-    for _ in range(int(timeout / 0.05)):
-        if cond():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError(f"timed out: {cond}")
-
-
 async def test_the_panel_shows_the_estimate_and_ctrl_f_makes_it_fit(env, tiny_sd1_dir, synthetic_dataset):
     from loratui.engine.estimate import estimate
     from loratui.engine.estimate.devices import vram_device
@@ -72,7 +66,7 @@ async def test_the_panel_shows_the_estimate_and_ctrl_f_makes_it_fit(env, tiny_sd
     async with app.run_test(size=(120, 40)) as pilot:
         form = app.form
         panel = form.query_one(PlanPanel)
-        await until(pilot, lambda: panel.estimate is not None and panel.estimate.rows)
+        await until(pilot, lambda: panel.estimate is not None and panel.estimate.rows, "the estimate", 60)
         text = str(panel.render())
         assert panel.estimate.rows[0][0] == "est. VRAM" and panel.estimate.rows[0][2] is False
         assert "est. VRAM" in text and "✗ needs ~" in text and "card has" in text
@@ -83,7 +77,7 @@ async def test_the_panel_shows_the_estimate_and_ctrl_f_makes_it_fit(env, tiny_sd
         await pilot.press("ctrl+f")
         await pilot.pause()
         assert form.fields["optimization.gradient_checkpointing"].parsed() is True
-        await until(pilot, lambda: panel.estimate is not None and panel.estimate.rows[0][2] is True)
+        await until(pilot, lambda: panel.estimate is not None and panel.estimate.rows[0][2] is True, "an estimate that fits", 60)
         assert "fits ✓" in str(panel.render()).split("est. VRAM")[1].splitlines()[0]
         assert not panel.estimate.changes
         assert form.valid.optimization.gradient_checkpointing is True

@@ -16,6 +16,8 @@ from loratui.tui.widgets.dialogs import ChoiceDialog, PathPicker
 from loratui.tui.widgets.fields import complete_path, format_value, parse_value
 from loratui.tui.widgets.plan import PlanPanel
 
+from pilot_wait import until
+
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
@@ -55,14 +57,6 @@ async def edit(pilot, form: TrainingScreen, dotted: str, text: str):
         await pilot.press(text[-1])
     await pilot.pause()
     return field
-
-
-async def until(pilot, cond, timeout: float = 10.0):
-    for _ in range(int(timeout / 0.05)):
-        if cond():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError(f"timed out: {cond}")
 
 
 def plan_ready(form: TrainingScreen):
@@ -109,8 +103,13 @@ async def test_sections_and_fields_come_from_the_schema(env, synthetic_dataset):
         seen = []
         for _ in SECTION_TITLES:
             seen.append(form.section)
+            here = [i for i in infos if i.section == form.section]
+            # a Select takes its value when it mounts
+            await until(pilot, lambda: all(form.fields[i.dotted].editor is not None
+                                           and form.fields[i.dotted].editor.is_mounted for i in here),
+                        f"the {form.section} section's editors to mount")
             await pilot.pause()
-            for info in (i for i in infos if i.section == form.section):
+            for info in here:
                 editor = form.fields[info.dotted].editor
                 want = {"bool": Switch, "choice": Select}.get(info.type, Input)
                 assert isinstance(editor, want), info.dotted
