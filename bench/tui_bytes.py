@@ -9,7 +9,8 @@ of training: from the 20th step to 10 steps before the end (no phase changes).
 
 With ``--samples-every N`` the run renders a sample every N steps: the bytes of
 the window include each new picture (sent once), and the bytes per sample are
-printed too.
+printed too. ``--graphics kitty`` (or ``sixel``) has the app send pictures as
+terminal graphics, as on a terminal that has them (``LORATUI_GRAPHICS``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--size", default="120x40,80x24")
     ap.add_argument("--samples-every", type=int, default=0, help="render a sample every N steps (0: no samples)")
+    ap.add_argument("--graphics", default="halfblock", choices=("halfblock", "kitty", "sixel"),
+                    help="how the dashboard sends sample pictures")
     args = ap.parse_args()
     extra = {}
     if args.samples_every:
@@ -40,7 +43,8 @@ def main() -> None:
             profile = tiny_setup(tmp, args.steps, name, **extra)
             # the wall clock of the events ↔ the perf_counter of the bytes
             offset = time.time() - time.perf_counter()
-            app = PtyApp(app_code(profile), app_env(tmp), cols, rows)
+            env = {**app_env(tmp), "LORATUI_GRAPHICS": args.graphics}
+            app = PtyApp(app_code(profile), env, cols, rows)
             try:
                 assert app.wait_text(b"profile:", 0, 30), "no first frame"
                 time.sleep(0.3)
@@ -51,7 +55,7 @@ def main() -> None:
                 a, b = steps[20]["time"] - offset, steps[-10]["time"] - offset
                 nbytes = app.bytes_between(a, b)
                 its = (len(steps) - 30) / (b - a)
-                print(f"{size}: {nbytes / (b - a):7.0f} B/s over {b - a:.1f} s of steady training "
+                print(f"{size} ({args.graphics}): {nbytes / (b - a):7.0f} B/s over {b - a:.1f} s of steady training "
                       f"({its:.1f} steps/s; {nbytes / (len(steps) - 30):.0f} B/step)   target ≤ 2048 B/s", flush=True)
                 if args.samples_every:
                     _sample_bytes(app, metrics(path), offset, a, b)

@@ -29,6 +29,7 @@ from textual.worker import Worker, WorkerState
 
 from loratui.engine.schema import Profile, ProfileError
 from loratui.engine.userdirs import load_keymap, remember_last_profile
+from loratui.tui import graphics
 from loratui.tui.detach import SignalHandling, detach_terminal, finish_headless, stop_input_thread
 from loratui.tui.palette import LoraCommands
 from loratui.tui.runs import RunControl
@@ -125,6 +126,8 @@ class LoraTuiApp(ProfileActions, RunControl, WatchRun, SignalHandling, App):
             self.set_keymap(keymap)
         for p in problems:
             self.notify(p, title="keymap", severity="warning", timeout=8)
+        if graphics.problem:
+            self.notify(graphics.problem, title="graphics", severity="warning", timeout=8)
         if self.install_signals:
             self._install_signal_handlers()
         # background work (it imports NVML, the dataset scanner...) waits for the
@@ -371,6 +374,7 @@ class LoraTuiApp(ProfileActions, RunControl, WatchRun, SignalHandling, App):
 
 def run_app(profile_path: str | None) -> int:
     """Open the app (the ``loratui`` console script without a sub-command)."""
+    graphics.setup()  # asks the terminal, if at all, before Textual reads stdin
     try:
         app = LoraTuiApp(profile_path, install_signals=True, owns_terminal=True)
     except ProfileError as exc:
@@ -402,6 +406,7 @@ def run_app(profile_path: str | None) -> int:
 
 def run_watch(metrics_path: str | Path) -> int:
     """The dashboard of a run started elsewhere (``loratui watch``), its controls through the control file."""
+    graphics.setup()
     app = LoraTuiApp(watch_path=metrics_path, install_signals=True, owns_terminal=True)
     app.run()
     if app.hung_up:

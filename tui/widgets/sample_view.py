@@ -1,8 +1,12 @@
-"""Sample images in the terminal as Unicode half blocks: each cell is ``▀``
-with the upper pixel as its foreground and the lower one as its background, so a
-cell holds two pixels. Colours are truecolor; Textual sends them as 256 colours
-where the terminal has no truecolor (tmux, screen). Deterministic (snapshots),
-and drawn only when the picture or the size changes, so a slow SSH link sees the
+"""Sample images in the terminal.
+
+Where the terminal has graphics (``loratui.tui.graphics``: kitty's protocol or
+sixel) the picture is textual-image's, in full resolution. Everywhere else
+(tmux, screen, plain SSH) it is Unicode half blocks: each cell is ``▀`` with the
+upper pixel as its foreground and the lower one as its background, so a cell
+holds two pixels. Colours are truecolor; Textual sends them as 256 colours where
+the terminal has no truecolor. Deterministic (snapshots). Either way the
+picture is drawn only when it or the size changes, so a slow SSH link sees the
 bytes of a picture once per new sample.
 """
 
@@ -13,8 +17,11 @@ from pathlib import Path
 
 from rich.segment import Segment
 from rich.style import Style
+from textual.app import ComposeResult
 from textual.strip import Strip
 from textual.widget import Widget
+
+from loratui.tui import graphics
 
 UPPER_HALF = "▀"
 
@@ -60,7 +67,10 @@ def halfblock_rows(image, cols: int, rows: int) -> list[list[Segment]]:
 class SampleView(Widget):
     """One sample image, fitted to the widget; ``show(path)`` changes it."""
 
-    DEFAULT_CSS = "SampleView { width: 1fr; height: 1fr; }"
+    DEFAULT_CSS = """
+    SampleView { width: 1fr; height: 1fr; align: center middle; }
+    SampleView > .picture { width: auto; height: auto; }
+    """
 
     def __init__(self, path: str = "", *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
@@ -68,15 +78,49 @@ class SampleView(Widget):
         self._rows: list[Strip] = []
         self._key: tuple = ()
         self.draws = 0  # how often the picture was rebuilt (tests: once per new sample)
+        self.graphics = graphics.mode()  # kitty / sixel: a textual-image child shows it
+        self._picture = None
+
+    def compose(self) -> ComposeResult:
+        if self.graphics == "halfblock":
+            return
+        from textual_image.widget import SixelImage, TGPImage
+
+        cls = TGPImage if self.graphics == "kitty" else SixelImage
+        self._picture = cls(classes="picture")
+        self._set_picture()
+        yield self._picture
+
+    def _set_picture(self) -> None:
+        try:
+            self._picture.image = self._readable()
+        except Exception:  # noqa: BLE001 - a broken PNG is not the app's end
+            self._picture.image = None
+
+    def _readable(self) -> str | None:
+        try:
+            return self.path if self.path and Path(self.path).is_file() else None
+        except OSError:
+            return None
 
     def show(self, path: str) -> None:
         if path != self.path:
             self.path = path
             self._key = ()
+            if self._picture is not None:
+                self.draws += 1
+                self._set_picture()
             self.refresh()
 
     def _strips(self) -> list[Strip]:
         w, h = self.size.width, self.size.height
+        if self._picture is not None:
+            # the picture is the child's; this widget only says when there is none
+            if self._picture.image is not None or h <= 0:
+                return []
+            text = ("no sample yet" if not self.path else
+                    "cannot read the sample" if self._readable() else "sample file missing")
+            return [Strip([Segment(text[:w].center(w), Style(dim=True))])]
         try:
             mtime = Path(self.path).stat().st_mtime if self.path else 0.0
         except OSError:
