@@ -1,8 +1,9 @@
 """Estimated vs measured memory, for what this machine can run.
 
     python bench/estimate.py          # CPU: tiny SD1 / SDXL (saved activations, optimizer state), the
-                                      # time a full-size SD1.5 count takes; with CUDA also full-size runs
-    python bench/estimate.py --sdxl   # also time the full-size SDXL count (slow on a small CPU)
+                                      # time a first full-size SD1.5 / SDXL count takes (target < 1 s for
+                                      # SDXL) next to the plain count in the same process (every block run,
+                                      # LoRA everywhere: the same figures); with CUDA also full-size runs
 
 On a CUDA machine: torch.cuda.max_memory_allocated of one training step
 (random weights, bf16, LoRA rank 16, AdamW, cached latents: no VAE on the GPU)
@@ -23,13 +24,13 @@ from types import SimpleNamespace
 GB = 1024**3
 
 
-def _profile(family: str, res: int, batch: int, gc: bool, precision: str = "bf16"):
+def _profile(family: str, res: int, batch: int, gc: bool, precision: str = "bf16", train_te: bool = False):
     from loratui.engine.schema import Profile
 
     return Profile.model_validate({
         "model": {"base_model": "/nonexistent", "family": family},
         "dataset": {"resolution": res, "cache_latents": "memory"},
-        "network": {"network_dim": 16, "network_alpha": 16.0, "train_text_encoder": False},
+        "network": {"network_dim": 16, "network_alpha": 16.0, "train_text_encoder": train_te},
         "optimization": {"train_batch_size": batch, "gradient_checkpointing": gc, "mixed_precision": precision,
                          "optimizer": "AdamW"},
         "output": {"output_dir": tempfile.gettempdir(), "output_name": "bench"},
@@ -79,13 +80,48 @@ def cpu_tiny() -> None:
                   f"  {'equal' if est == measured else f'{(est - measured) / measured:+.1%}'}")
 
 
-def cpu_full(sdxl: bool) -> None:
-    print("full-size counts on the meta device (first time; then cached):")
-    cases = [("sd1", 512)] + ([("sdxl", 1024)] if sdxl else [])
-    for family, res in cases:
-        est, took = _estimate(_profile(family, res, 1, True))
-        print(f"  {family:<5} {res}² batch 1: counted in {took:.1f} s; ~{est.vram.total / GB:.1f} GB, "
-              f"{est.flops_per_step / 1e12:.1f} TFLOP per step")
+def _plain_count(family: str, res: int, train_te: bool):
+    """The count with every block run and the LoRA injected everywhere (no replay)."""
+    import torch
+
+    from loratui.engine.estimate import run_shape
+    from loratui.engine.estimate.meta import count_forward
+    from loratui.engine.estimate.model import attach_lora, build_meta, param_table
+    from loratui.engine.families import get_family
+
+    profile = _profile(family, res, 1, True, train_te=train_te)
+    info = SimpleNamespace(family=family, kind="config", path=None, prediction_type=None, size_bytes=None)
+    shape = run_shape(profile, info, SimpleNamespace(bf16=True))
+    t = time.perf_counter()
+    unet, tes = build_meta(family, shape.config_dir)
+    for m in (unet, *tes):
+        m.to(torch.bfloat16)
+    network = attach_lora(shape, unet, tes)
+    c = count_forward(get_family(family), unet, tes, replay=False, amp_dtype=torch.bfloat16, batch=1, height=res,
+                      width=res, device="meta", dtype=torch.bfloat16, train_text_encoder=train_te)
+    c.params, c.lora_shapes = param_table(unet, tes, network, 2)
+    return c, time.perf_counter() - t
+
+
+def cpu_full() -> None:
+    from loratui.engine.estimate import run_shape
+    from loratui.engine.estimate.cache import counted_for
+
+    print("full-size counts on the meta device, bf16, gradient checkpointing, rank 16 (first time; then cached):")
+    for family, res in (("sd1", 512), ("sdxl", 1024)):
+        for train_te in (False, True):
+            profile = _profile(family, res, 1, True, train_te=train_te)
+            est, took = _estimate(profile)
+            info = SimpleNamespace(family=family, kind="config", path=None, prediction_type=None, size_bytes=None)
+            fast = counted_for(run_shape(profile, info, SimpleNamespace(bf16=True)))  # the cached count
+            plain, plain_took = _plain_count(family, res, train_te)
+            same = all(getattr(fast, f) == getattr(plain, f) for f in (
+                "saved", "outside", "unit_inputs", "max_unit", "largest", "flops_forward", "flops_units", "units",
+                "params")) and sorted(fast.lora_shapes) == sorted(plain.lora_shapes)
+            print(f"  {family:<5} {res}² batch 1, text encoder {'trained' if train_te else 'frozen '}: first count "
+                  f"{took:.2f} s ({fast.replayed} blocks replayed), plain count {plain_took:.2f} s "
+                  f"(×{took / plain_took:.2f}), figures {'equal' if same else 'DIFFER'}; ~{est.vram.total / GB:.1f} GB,"
+                  f" {est.flops_per_step / 1e12:.1f} TFLOP per step")
 
 
 def cuda_step(family: str, res: int, batch: int, gc: bool) -> int:
@@ -155,13 +191,12 @@ def cuda_full() -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sdxl", action="store_true", help="also time the full-size SDXL count")
-    args = ap.parse_args()
+    ap.parse_args()
     import os
 
     os.environ.setdefault("LORATUI_CACHE_DIR", tempfile.mkdtemp(prefix="loratui-est-"))
     cpu_tiny()
-    cpu_full(args.sdxl)
+    cpu_full()
     import torch
 
     if torch.cuda.is_available():

@@ -191,6 +191,7 @@ class LoRANetwork:
         self.train_text_encoder = train_text_encoder
         self._by_name = {m.name: m for m in modules}
         self._layout: dict = {}  # fused modules: saved name -> its parts (engine.lora_fused)
+        self.deferred: list[tuple[str, str, str, int, float]] = []  # (component, path, kind, rank, alpha): see defer
 
     # ---------------------------------------------------------------- creation
 
@@ -209,6 +210,7 @@ class LoRANetwork:
         train_text_encoder: bool = True,
         weights: str | Path | None = None,
         target_filter=None,
+        defer=None,
     ) -> LoRANetwork:
         """Inject LoRA layers and return the network.
 
@@ -224,6 +226,8 @@ class LoRANetwork:
         ``conv_alpha`` defaults to 1 like sd-scripts' conv_alpha.
         ``target_filter``: a predicate on kohya names choosing the fresh modules
         (SD3/FLUX: train_blocks, train_t5xxl).
+        ``defer(component, model, [(path, rank, alpha)])``: the paths of those
+        not to inject now (the estimate's copies of a block; listed in ``deferred``).
         The base models are frozen (requires_grad False); only the LoRA
         parameters of the trained parts require gradients afterwards.
         """
@@ -286,6 +290,7 @@ class LoRANetwork:
             if model is not None:
                 model.requires_grad_(False)
         modules: list[LoRAModule] = []
+        deferred: list[tuple[str, str, str, int, float]] = []
         roots = {"unet": unet}
         for i, te in enumerate(text_encoders):
             roots[text_encoder_prefix(i, len(text_encoders))[len("lora_") :]] = te
@@ -293,13 +298,21 @@ class LoRANetwork:
             chosen = [t for t in targets.values() if t.component == comp and t.name in plan]
             if not chosen:
                 continue
-            _inject(roots[comp], [(t.path, *plan[t.name]) for t in chosen])
+            specs = [(t.path, *plan[t.name]) for t in chosen]
+            later = defer(comp, roots[comp], specs) if defer is not None else set()
+            now = [s for s in specs if s[0] not in later]
+            if now:
+                _inject(roots[comp], now)
             for t in chosen:
-                layer = roots[comp].get_submodule(t.path)
                 r, a = plan[t.name]
+                if t.path in later:
+                    deferred.append((comp, t.path, t.kind, r, a))
+                    continue
+                layer = roots[comp].get_submodule(t.path)
                 modules.append(LoRAModule(t.name, comp, t.path, t.kind, r, a, layer))
 
         net = cls(family, unet, text_encoders, modules, train_unet, train_text_encoder)
+        net.deferred = deferred
         net._layout = part_layout({t.name: t.out_dim for t in targets.values()})
         with torch.no_grad():
             for m in modules:

@@ -168,3 +168,52 @@ def test_the_oom_message_quotes_the_estimate(tiny_sd1_dir, synthetic_dataset, tm
     expected = estimate(p, None, plan=plan_steps(1, batch_size=2, grad_accum=1, epochs=1), images=0)
     assert f"Estimated before the run: ~{size(expected.vram.total)} (activations ~" in failed.hint
     assert failed.hint.index("This run:") < failed.hint.index("Estimated before the run")
+
+
+def _meta_count(folder, shape, *, lazy: bool, replay: bool):
+    """A count on freshly built meta models: LoRA injected in full (``lazy`` False) or
+    only into the first block of each kind (``engine.estimate.lazy``)."""
+    import torch
+
+    from loratui.engine.estimate.lazy import LazyLoRA
+    from loratui.engine.estimate.meta import count_forward
+    from loratui.engine.estimate.model import attach_lora, build_meta, param_table
+    from loratui.engine.families import get_family
+    from loratui.engine.lora import ADAPTER_NAME
+
+    unet, tes = build_meta(shape.family, folder)
+    deferred = LazyLoRA(shape.train_unet, shape.train_text_encoder) if lazy else None
+    network = attach_lora(shape, unet, tes, deferred)
+    counted = count_forward(get_family(shape.family), unet, tes, replay=replay, lazy=deferred, batch=1,
+                            height=shape.height, width=shape.width, device="meta", dtype=torch.float32,
+                            train_text_encoder=shape.train_text_encoder)
+    counted.params, counted.lora_shapes = param_table(unet, tes, network, 4, deferred)
+    lora_layers = sorted(n for n, _ in unet.named_modules() if n.endswith(f".lora_A.{ADAPTER_NAME}"))
+    return counted, deferred, lora_layers
+
+
+def _figures(c):
+    return (c.saved, c.outside, c.unit_inputs, c.max_unit, c.largest, c.flops_forward, c.flops_units, c.units,
+            c.params, sorted(c.lora_shapes))
+
+
+@pytest.mark.parametrize("train_te", [False, True])
+def test_replayed_copies_count_as_if_every_block_ran(train_te, tiny_sdxl_dir):
+    """The fast count (copies of a block replayed, their LoRA never injected) gives
+    the figures of the plain one (every block run, LoRA everywhere)."""
+    shape = _shape(tiny_sdxl_dir, "sdxl", train_text_encoder=train_te)
+    plain, _, all_layers = _meta_count(tiny_sdxl_dir, shape, lazy=False, replay=False)
+    fast, deferred, layers = _meta_count(tiny_sdxl_dir, shape, lazy=True, replay=True)
+    assert plain.replayed == 0 and fast.replayed > 0
+    assert deferred.shapes and len(layers) < len(all_layers)  # some copies never got their LoRA
+    assert _figures(fast) == _figures(plain)
+
+
+def test_a_copy_that_runs_gets_its_lora_first(tiny_sdxl_dir):
+    """Nothing replayed: every copy runs, and each gets its deferred LoRA as it starts."""
+    shape = _shape(tiny_sdxl_dir, "sdxl", train_text_encoder=False)
+    plain, _, all_layers = _meta_count(tiny_sdxl_dir, shape, lazy=False, replay=False)
+    ran, deferred, layers = _meta_count(tiny_sdxl_dir, shape, lazy=True, replay=False)
+    assert ran.replayed == 0 and not deferred.pending
+    assert layers == all_layers
+    assert _figures(ran) == _figures(plain)

@@ -1,7 +1,7 @@
 """The count of a configuration, cached in this process and on disk.
 
-A meta-device count of a full-size SDXL U-Net takes seconds on a small CPU
-(see bench/estimate.py); it depends only on the ``RunShape``, so it is kept
+A meta-device count of a full-size SDXL U-Net takes about a second on a small
+CPU (see bench/estimate.py); it depends only on the ``RunShape``, so it is kept
 in ``<user cache>/estimates.json`` (a few hundred bytes per configuration)
 and reused by the next run of the app.
 """

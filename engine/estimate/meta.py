@@ -64,6 +64,7 @@ class Counted:
     flops_forward: float = 0.0
     flops_units: float = 0.0  # forward FLOPs inside checkpointed blocks (done again with checkpointing)
     units: int = 0
+    replayed: int = 0  # blocks and frozen layers booked from the count of a copy (engine.estimate.replay)
     params: dict[str, dict[str, int]] = field(default_factory=dict)  # component -> {"count", "bytes"}
     lora_shapes: list[tuple[tuple[int, ...], bool, bool]] = field(default_factory=list)  # (shape, trainable, zero-initialised)
 
@@ -89,16 +90,28 @@ class SavedCounter:
         self.seen: dict[int, int] = {}
         self.keep: list = []  # storages stay alive: their ids stay unique
         self.unit: dict[int, int] | None = None
+        self.touched: dict[int, int] | None = None  # every storage the running block saves, booked or not
         self.inputs: dict[int, int] = {}
         self.outside_keys: set[int] = set()
         self.c = Counted()
+        self.replayed = 0  # blocks booked from the record of a copy (engine.estimate.replay)
+        self.replayed_flops = 0.0
 
     def pack(self, t):
         st = t.untyped_storage()
         key = st._cdata
-        if key in self.ignore or key in self.seen:
+        if key in self.ignore:
             return t
-        n = st.nbytes()
+        if self.touched is not None:
+            self.touched[key] = st.nbytes()
+        if key in self.seen:
+            return t
+        self._book(key, st.nbytes(), st)
+        return t
+
+    def _book(self, key: int, n: int, st) -> int:
+        if key in self.ignore or key in self.seen:
+            return 0
         self.seen[key] = n
         self.keep.append(st)
         self.c.saved += n
@@ -108,38 +121,98 @@ class SavedCounter:
         else:
             self.c.outside += n
             self.outside_keys.add(key)
-        return t
+        return n
 
     def hooks(self):
         import torch
 
         return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
 
-    def checkpoint_func(self, flops):
+    def checkpoint_func(self, flops, replay: bool = True, signatures: dict[int, tuple] | None = None):
         """A stand-in for the U-Net's ``_gradient_checkpointing_func``: runs the
-        block as is and books its saves and inputs to it."""
+        block as is and books its saves and inputs to it; a copy of a block
+        counted before is booked from its record (``engine.estimate.replay``)."""
         import torch
+
+        from loratui.engine.estimate import replay as rp
+
+        records: dict[tuple, rp.Record | None] = {}
+        signatures = dict(signatures or {})  # given: blocks whose copies have no LoRA yet (engine.estimate.lazy)
 
         def run(module, *args):
             if self.unit is not None:  # nested: part of the outer block
                 return module(*args)
+            _check_abort()
             for a in args:
                 if isinstance(a, torch.Tensor):
                     st = a.untyped_storage()
                     if st._cdata not in self.ignore:
                         self.inputs[st._cdata] = st.nbytes()
                         self.keep.append(st)
+            key = None
+            if replay and all(a.is_meta for a in args if isinstance(a, torch.Tensor)):
+                arg_sig = rp.args_signature(args)
+                if arg_sig is not None:
+                    sig = signatures.get(id(module))
+                    if sig is None:
+                        sig = signatures[id(module)] = rp.module_signature(module)
+                    key = (sig, arg_sig)
+                    rec = records.get(key)
+                    if rec is not None:
+                        return self._replay(rec, args)
             self.unit = {}
+            self.touched = {} if key is not None else None
+            seen_before = set(self.seen) if key is not None else ()
             before = flops()
+            out = None
             try:
-                return module(*args)
+                out = module(*args)
+                return out
             finally:
-                self.c.flops_units += flops() - before
+                spent = flops() - before
+                self.c.flops_units += spent
                 self.c.max_unit = max(self.c.max_unit, sum(self.unit.values()))
                 self.c.units += 1
+                if key is not None and out is not None:
+                    records[key] = rp.record(args, out, self.touched, seen_before, spent)
                 self.unit = None
+                self.touched = None
 
         return run
+
+    def _replay(self, rec, args, unit: bool = True):
+        """Book a copy of a block from ``rec`` (``unit``: a checkpointed block) and
+        return fresh outputs like the block's."""
+        from loratui.engine.estimate.replay import fresh_outputs
+
+        if unit:
+            self.unit = {}
+        try:
+            for i in rec.from_args:
+                st = args[i].untyped_storage()
+                self._book(st._cdata, st.nbytes(), st)
+            made = 0
+            for n in rec.made:
+                made += n
+                self.c.largest = max(self.c.largest, n)
+            self.c.saved += made
+            outs = fresh_outputs(rec)
+            for o, (*_, saved) in zip(outs, rec.outputs):
+                if saved:
+                    st = o.untyped_storage()
+                    self._book(st._cdata, st.nbytes(), st)
+            if unit:
+                self.c.max_unit = max(self.c.max_unit, sum(self.unit.values()) + made)
+                self.c.flops_units += rec.flops
+                self.c.units += 1
+            else:
+                self.c.outside += made
+        finally:
+            if unit:
+                self.unit = None
+        self.replayed_flops += rec.flops
+        self.replayed += 1
+        return tuple(outs) if rec.tuple_output else outs[0]
 
 
 def _fused_attention_function():
@@ -286,8 +359,80 @@ def _flop_hooks(models, total: list[float]):
     return handles
 
 
-def count_forward(family, unet, text_encoders, *, amp_dtype=None, fused_attention: bool = True, **kw) -> Counted:
-    """Run ``training_forward`` (on meta or real tensors) and count what it saves and costs."""
+def stack_layers(models) -> list:
+    """The items of the ModuleLists of ``models`` (a text encoder's layers) that
+    ``layer_replay`` may replay (those without a forward of their own)."""
+    import torch
+
+    return [layer for m in models for mod in m.modules() if isinstance(mod, torch.nn.ModuleList)
+            for layer in mod if "forward" not in layer.__dict__]
+
+
+@contextlib.contextmanager
+def layer_replay(layers, counter: SavedCounter, flops, signatures: dict[int, tuple] | None = None, before_run=None):
+    """A layer of a stack (the text encoders' 12 / 32) that is a copy of one run
+    before with the same inputs on the meta device is booked from that run's
+    record: fresh outputs, its FLOPs and, with grad, its saves (outside any
+    checkpointed block). ``signatures``: those of layers whose copies got no
+    LoRA yet (``engine.estimate.lazy``); ``before_run(layer)``: called when a
+    layer really runs (it injects a copy's LoRA)."""
+    import torch
+
+    from loratui.engine.estimate import replay as rp
+
+    records: dict[tuple, rp.Record | None] = {}
+    signatures = dict(signatures or {})
+    patched = []
+
+    def wrap(layer):
+        original = layer.forward
+
+        def forward(*args, **kwargs):
+            flat = (*args, *(kwargs[k] for k in sorted(kwargs)))
+            arg_sig = None
+            if counter.unit is None and all(t.is_meta for t in flat if isinstance(t, torch.Tensor)):
+                arg_sig = rp.args_signature((*args, kwargs))
+            if arg_sig is None:
+                if before_run is not None:
+                    before_run(layer)
+                return original(*args, **kwargs)
+            sig = signatures.get(id(layer))
+            if sig is None:
+                sig = signatures[id(layer)] = rp.module_signature(layer)
+            key = (sig, arg_sig, torch.is_grad_enabled())
+            rec = records.get(key)
+            if rec is not None:
+                _check_abort()
+                return counter._replay(rec, flat, unit=False)
+            if before_run is not None:
+                before_run(layer)
+            counter.touched = {}
+            seen_before = set(counter.seen)
+            start = flops()
+            try:
+                out = original(*args, **kwargs)
+                records[key] = rp.record(flat, out, counter.touched, seen_before, flops() - start)
+            finally:
+                counter.touched = None
+            return out
+
+        layer.forward = forward
+        patched.append(layer)
+
+    for layer in layers:
+        wrap(layer)
+    try:
+        yield
+    finally:
+        for layer in patched:
+            del layer.forward  # the class's forward again
+
+
+def count_forward(family, unet, text_encoders, *, amp_dtype=None, fused_attention: bool = True, replay: bool = True,
+                  lazy=None, **kw) -> Counted:
+    """Run ``training_forward`` (on meta or real tensors) and count what it saves and costs
+    (``replay``: copies of a checkpointed block are booked from its first count; ``lazy``:
+    the ``engine.estimate.lazy.LazyLoRA`` of a model whose copies got no LoRA yet)."""
     import torch
 
     models = [m for m in (unet, *text_encoders) if m is not None]
@@ -296,12 +441,24 @@ def count_forward(family, unet, text_encoders, *, amp_dtype=None, fused_attentio
     matmul_flops = [0.0]
 
     def flops() -> float:
-        return matmul_flops[0] + sum(attn_flops)
+        return matmul_flops[0] + sum(attn_flops) + counter.replayed_flops
 
     handles = _flop_hooks(models, matmul_flops)
+    layers = stack_layers([te for te in text_encoders if te is not None]) if replay else []
+    take = None
+    if lazy is not None:
+        def take(block):  # a copy's LoRA, injected as it runs: parameters, not activations
+            modules = lazy.take(block)
+            for mod in modules:
+                for t in mod.parameters():
+                    counter.ignore.add(t.untyped_storage()._cdata)
+            handles.extend(_flop_hooks(modules, matmul_flops))
+
+        handles.extend(lazy.pre_hooks(take, skip={id(layer) for layer in layers}))
     previous = getattr(unet, "_gradient_checkpointing_func", None)
     was_on = bool(getattr(unet, "is_gradient_checkpointing", False))
-    unet.enable_gradient_checkpointing(gradient_checkpointing_func=counter.checkpoint_func(flops))
+    unet.enable_gradient_checkpointing(gradient_checkpointing_func=counter.checkpoint_func(
+        flops, replay, lazy.signatures if lazy is not None else None))
     try:
         with contextlib.ExitStack() as modes:
             if fused_attention:
@@ -309,6 +466,8 @@ def count_forward(family, unet, text_encoders, *, amp_dtype=None, fused_attentio
             if amp_dtype is not None:
                 modes.enter_context(autocast_mode(amp_dtype))
             modes.enter_context(counter.hooks())
+            if layers:
+                modes.enter_context(layer_replay(layers, counter, flops, lazy.signatures if lazy else None, take))
             training_forward(family, unet, text_encoders, **kw)
     finally:
         for h in handles:
@@ -319,5 +478,6 @@ def count_forward(family, unet, text_encoders, *, amp_dtype=None, fused_attentio
             unet.disable_gradient_checkpointing()
     c = counter.c
     c.flops_forward = flops()
+    c.replayed = counter.replayed
     c.unit_inputs = sum(n for k, n in counter.inputs.items() if k not in counter.outside_keys)
     return c

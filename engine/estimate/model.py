@@ -81,27 +81,30 @@ def _vae_params(config_dir: str) -> int:
     return sum(p.numel() for p in vae.parameters())
 
 
-def attach_lora(shape: RunShape, unet, tes):
-    """The run's LoRA (``engine.lora.LoRANetwork.create``) on the meta models."""
+def attach_lora(shape: RunShape, unet, tes, lazy=None):
+    """The run's LoRA (``engine.lora.LoRANetwork.create``) on the meta models
+    (``lazy``: an ``engine.estimate.lazy.LazyLoRA`` takes the copies of a block)."""
     from loratui.engine.lora import LoRANetwork
 
     return LoRANetwork.create(
         unet, tes, shape.family, rank=shape.rank, alpha=shape.alpha, conv_rank=shape.conv_rank,
         conv_alpha=shape.conv_alpha, train_unet=shape.train_unet, train_text_encoder=shape.train_text_encoder,
+        defer=lazy.defer if lazy is not None else None,
     )
 
 
-def param_table(unet, tes, network, weight_bytes: int) -> tuple[dict[str, dict[str, int]], list]:
+def param_table(unet, tes, network, weight_bytes: int, lazy=None) -> tuple[dict[str, dict[str, int]], list]:
     """Base parameters by component (counted at the run's weight dtype) and the LoRA's shapes."""
-    lora_ids = set()
     shapes = []
     for m in network.modules:
         for p, zero in ((m.down.weight, False), (m.up.weight, True)):  # up starts at zero
-            lora_ids.add(id(p))
             shapes.append((tuple(p.shape), bool(p.requires_grad), zero))
+    if lazy is not None:
+        shapes.extend(lazy.shapes)
     table = {}
     for name, model in [("unet", unet)] + [(f"text_encoder{i + 1 if len(tes) > 1 else ''}", te) for i, te in enumerate(tes)]:
-        n = sum(p.numel() for p in model.parameters() if id(p) not in lora_ids)
+        # every LoRA weight (injected up front or by a copy's first run) is peft's lora_A / lora_B
+        n = sum(p.numel() for pname, p in model.named_parameters() if ".lora_A." not in pname and ".lora_B." not in pname)
         table[name] = {"count": n, "bytes": n * weight_bytes}
     return table, shapes
 
@@ -125,7 +128,10 @@ def _built(shape: RunShape):
     unet.to(dtype)
     for te in tes:
         te.to(dtype)
-    built = (unet, tes, attach_lora(shape, unet, tes))
+    from loratui.engine.estimate.lazy import LazyLoRA
+
+    lazy = LazyLoRA(shape.train_unet, shape.train_text_encoder)
+    built = (unet, tes, attach_lora(shape, unet, tes, lazy), lazy)
     _models.clear()  # one at a time: a full-size model's modules are many Python objects
     _models[key] = built
     return built
@@ -141,14 +147,14 @@ def count_run(shape: RunShape) -> Counted:
     from loratui.engine.families import get_family
 
     with _count_lock:
-        unet, tes, network = _built(shape)
+        unet, tes, network, lazy = _built(shape)
         dtype = torch_dtype(shape.weight_dtype)
         counted = count_forward(
-            get_family(shape.family), unet, tes, amp_dtype=dtype if shape.amp else None,
+            get_family(shape.family), unet, tes, amp_dtype=dtype if shape.amp else None, lazy=lazy,
             fused_attention=shape.fused_attention, batch=shape.batch, height=shape.height, width=shape.width,
             device="meta", dtype=dtype, train_text_encoder=shape.train_text_encoder, clip_skip=shape.clip_skip,
         )
-        counted.params, counted.lora_shapes = param_table(unet, tes, network, DTYPE_BYTES[shape.weight_dtype])
+        counted.params, counted.lora_shapes = param_table(unet, tes, network, DTYPE_BYTES[shape.weight_dtype], lazy)
     with _lock:
         if len(_cache) > 32:
             _cache.clear()
