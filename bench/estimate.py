@@ -1,7 +1,7 @@
 """Estimated vs measured memory, for what this machine can run.
 
     python bench/estimate.py          # CPU: tiny SD1 / SDXL (saved activations, optimizer state), the
-                                      # time a first full-size SD1.5 / SDXL count takes (target < 1 s for
+                                      # time a first full-size SD1.5 / SDXL / SD3.5 / Flux count takes (target < 1 s for
                                       # SDXL) next to the plain count in the same process (every block run,
                                       # LoRA everywhere: the same figures); with CUDA also full-size runs
 
@@ -62,20 +62,22 @@ def cpu_tiny() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from test_estimate import _measure_saved, _real_model
 
-    print("tiny models, CPU fp32, 64², batch 2: saved activations, estimated vs measured (saved_tensors_hooks)")
-    for family in ("sd1", "sdxl"):
+    print("tiny models, CPU fp32, 64², batch 2 (Flux 1): saved activations, estimated vs measured (saved_tensors_hooks)")
+    for family in ("sd1", "sdxl", "flux"):
         folder = save_tiny_pipeline(Path(tempfile.mkdtemp()) / "m", family)
+        batch = 1 if family == "flux" else 2  # Flux's rotary tables are per resolution, not per sample
         for gc in (False, True):
-            shape = RunShape(family, str(folder), 64, 64, 1, "fp32", False, 4, 4.0, None, None, True, not gc)
+            shape = RunShape(family, str(folder), 64, 64, 1, "fp32", False, 4, 4.0, None, None, True, not gc,
+                             text_tokens=24)
             c = count_run(shape)
             unet, tes = _real_model(folder, family)
             net = attach_lora(shape, unet, tes)
             if gc:
                 net.enable_gradient_checkpointing()
             measured = _measure_saved(lambda: training_forward(
-                get_family(family), unet, tes, batch=2, height=64, width=64, device="cpu", dtype=torch.float32,
-                train_text_encoder=not gc), [unet, *tes])
-            est = 2 * (c.outside + c.unit_inputs if gc else c.saved)
+                get_family(family), unet, tes, batch=batch, height=64, width=64, device="cpu", dtype=torch.float32,
+                train_text_encoder=not gc, text_tokens=24), [unet, *tes])
+            est = batch * (c.outside + c.unit_inputs if gc else c.saved)
             print(f"  {family:<5} checkpointing {'on ' if gc else 'off'}  estimated {est:>10,} B  measured {measured:>10,} B"
                   f"  {'equal' if est == measured else f'{(est - measured) / measured:+.1%}'}")
 
@@ -95,10 +97,11 @@ def _plain_count(family: str, res: int, train_te: bool):
     t = time.perf_counter()
     unet, tes = build_meta(family, shape.config_dir)
     for m in (unet, *tes):
-        m.to(torch.bfloat16)
+        m._apply(lambda x: x.to(torch.bfloat16) if x.is_floating_point() else x)
     network = attach_lora(shape, unet, tes)
     c = count_forward(get_family(family), unet, tes, replay=False, amp_dtype=torch.bfloat16, batch=1, height=res,
-                      width=res, device="meta", dtype=torch.bfloat16, train_text_encoder=train_te)
+                      width=res, device="meta", dtype=torch.bfloat16, train_text_encoder=train_te,
+                      text_tokens=shape.text_tokens, flow_prediction=shape.flow_prediction)
     c.params, c.lora_shapes = param_table(unet, tes, network, 2)
     return c, time.perf_counter() - t
 
@@ -108,8 +111,8 @@ def cpu_full() -> None:
     from loratui.engine.estimate.cache import counted_for
 
     print("full-size counts on the meta device, bf16, gradient checkpointing, rank 16 (first time; then cached):")
-    for family, res in (("sd1", 512), ("sdxl", 1024)):
-        for train_te in (False, True):
+    for family, res in (("sd1", 512), ("sdxl", 1024), ("sd3", 1024), ("flux", 1024)):
+        for train_te in (False, True) if family in ("sd1", "sdxl") else (False,):
             profile = _profile(family, res, 1, True, train_te=train_te)
             est, took = _estimate(profile)
             info = SimpleNamespace(family=family, kind="config", path=None, prediction_type=None, size_bytes=None)

@@ -73,25 +73,54 @@ def _config_root(info, ms, fam) -> Path | None:
     return info.path  # a diffusers folder, or a Hub repo's cached snapshot (None when not cached)
 
 
-def build_meta_models(info, ms, fam):
-    """(denoiser, text encoders) of ``fam`` on the meta device, from its configs."""
+def config_subdir(fam, root, sub: str) -> Path:
+    """``root``'s ``sub`` folder; for SD3 / Flux the bundled one where ``root`` has none
+    (``model.model_config_dir`` may give only some parts, as the run's loader takes it)."""
+    own = Path(root) / sub
+    if own.is_dir() or not hasattr(fam, "header_transformer_config"):
+        return own
+    return fam.config_dir("epsilon") / sub
+
+
+def denoiser_overrides(info, ms, fam) -> dict:
+    """A SD3 / Flux single file's transformer shape (medium or large, dev or schnell), read
+    from its header, unless ``model.model_config_dir`` has a transformer config; the configs
+    give the rest. {} for everything else."""
+    if info.kind != "file" or info.path is None or not hasattr(fam, "header_transformer_config"):
+        return {}
+    if ms.model_config_dir and (Path(ms.model_config_dir).expanduser() / fam.denoiser_subfolder).is_dir():
+        return {}
+    return fam.header_transformer_config(info.path)
+
+
+def meta_models(fam, root: Path, overrides: dict | None = None):
+    """(denoiser, text encoders) of ``fam`` on the meta device, from the configs in ``root``
+    (``overrides``: items of the denoiser's config)."""
     import torch
 
     import diffusers
     import transformers
 
+    cls = getattr(diffusers, fam.denoiser_class)
+    sub = getattr(fam, "denoiser_subfolder", "unet")
+    config = dict(cls.load_config(str(config_subdir(fam, root, sub))))
+    config.update(overrides or {})
+    with torch.device("meta"):
+        denoiser = cls.from_config(config)
+        tes = []
+        for spec in fam.text_encoders:
+            cfg = transformers.AutoConfig.from_pretrained(str(config_subdir(fam, root, spec.subfolder)),
+                                                          local_files_only=True)
+            tes.append(getattr(transformers, spec.model_class)(cfg))
+    return denoiser, tes
+
+
+def build_meta_models(info, ms, fam):
+    """(denoiser, text encoders) of ``fam`` on the meta device, from its configs."""
     root = _config_root(info, ms, fam)
     if root is None:
         raise FileNotFoundError(f"{info.spec} is not in the local Hugging Face cache; its configs are needed")
-    cls = getattr(diffusers, fam.denoiser_class)
-    sub = getattr(fam, "denoiser_subfolder", "unet")
-    with torch.device("meta"):
-        denoiser = cls.from_config(cls.load_config(str(root / sub)))
-        tes = []
-        for spec in fam.text_encoders:
-            cfg = transformers.AutoConfig.from_pretrained(str(root / spec.subfolder), local_files_only=True)
-            tes.append(getattr(transformers, spec.model_class)(cfg))
-    return denoiser, tes
+    return meta_models(fam, root, denoiser_overrides(info, ms, fam))
 
 
 def plan_modules(profile) -> ModulePlan:

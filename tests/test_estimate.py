@@ -9,6 +9,8 @@ the count equals a real optimizer's state after one step.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 
@@ -18,14 +20,15 @@ def _cache_dir(tmp_path, monkeypatch):
 
 
 def _real_model(folder, family):
+    import diffusers
     import torch
     import transformers
-    from diffusers import UNet2DConditionModel
 
     from loratui.engine.families import get_family
 
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
-    tes = [getattr(transformers, s.model_class).from_pretrained(folder / s.subfolder) for s in get_family(family).text_encoders]
+    fam = get_family(family)
+    unet = getattr(diffusers, fam.denoiser_class).from_pretrained(folder / getattr(fam, "denoiser_subfolder", "unet"))
+    tes = [getattr(transformers, s.model_class).from_pretrained(folder / s.subfolder) for s in fam.text_encoders]
     for m in (unet, *tes):
         m.to(torch.float32)
     return unet, tes
@@ -61,18 +64,35 @@ def _shape(folder, family, **over):
     return RunShape(**kw)
 
 
-@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.fixture(scope="module")
+def tiny_flow_dirs(tmp_path_factory):
+    from loratui.engine.tiny import save_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("tiny-flow")
+    return {f: save_tiny_pipeline(root / f, f) for f in ("flux", "sd3")}
+
+
+def _folder(family, tiny_sd1_dir, tiny_sdxl_dir, tiny_flow_dirs):
+    return {"sd1": tiny_sd1_dir, "sdxl": tiny_sdxl_dir}.get(family) or tiny_flow_dirs[family]
+
+
+T5_TOKENS = 24  # the tiny flow models' T5 captions (the real ones: 256 / 512)
+
+
+# (not SD3: the CPU's flash-attention kernel copies the joint attention's concatenated q and k
+# into its own layout and saves the copies; the CUDA kernels, which the count follows, take them as they are)
+@pytest.mark.parametrize("family", ["sd1", "sdxl", "flux"])
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_activation_bytes_equal_a_real_cpu_forward(family, checkpointing, tiny_sd1_dir, tiny_sdxl_dir):
+def test_activation_bytes_equal_a_real_cpu_forward(family, checkpointing, tiny_sd1_dir, tiny_sdxl_dir, tiny_flow_dirs):
     import torch
 
     from loratui.engine.estimate.meta import training_forward
     from loratui.engine.estimate.model import attach_lora, count_run
     from loratui.engine.families import get_family
 
-    folder = tiny_sd1_dir if family == "sd1" else tiny_sdxl_dir
+    folder = _folder(family, tiny_sd1_dir, tiny_sdxl_dir, tiny_flow_dirs)
     train_te = not checkpointing  # the text encoder's own checkpointing is not counted (tiny at 77 tokens)
-    shape = _shape(folder, family, train_text_encoder=train_te)
+    shape = _shape(folder, family, train_text_encoder=train_te, text_tokens=T5_TOKENS)
     counted = count_run(shape)
 
     unet, tes = _real_model(folder, family)
@@ -80,10 +100,12 @@ def test_activation_bytes_equal_a_real_cpu_forward(family, checkpointing, tiny_s
     if checkpointing:
         network.enable_gradient_checkpointing()
     torch.manual_seed(0)
-    batch = 2
+    # the count is made at batch 1 and scaled; Flux's rotary tables are per resolution, not per
+    # sample (~5 MB of a full-size 1024² run's GBs), so its real forward is compared at batch 1
+    batch = 1 if family == "flux" else 2
     measured = _measure_saved(
         lambda: training_forward(get_family(family), unet, tes, batch=batch, height=64, width=64, device="cpu",
-                                 dtype=torch.float32, train_text_encoder=train_te),
+                                 dtype=torch.float32, train_text_encoder=train_te, text_tokens=T5_TOKENS),
         [unet, *tes],
     )
     # with checkpointing autograd keeps what is saved outside the blocks and the blocks' inputs
@@ -186,7 +208,7 @@ def _meta_count(folder, shape, *, lazy: bool, replay: bool):
     network = attach_lora(shape, unet, tes, deferred)
     counted = count_forward(get_family(shape.family), unet, tes, replay=replay, lazy=deferred, batch=1,
                             height=shape.height, width=shape.width, device="meta", dtype=torch.float32,
-                            train_text_encoder=shape.train_text_encoder)
+                            train_text_encoder=shape.train_text_encoder, text_tokens=shape.text_tokens)
     counted.params, counted.lora_shapes = param_table(unet, tes, network, 4, deferred)
     lora_layers = sorted(n for n, _ in unet.named_modules() if n.endswith(f".lora_A.{ADAPTER_NAME}"))
     return counted, deferred, lora_layers
@@ -197,15 +219,19 @@ def _figures(c):
             c.params, sorted(c.lora_shapes))
 
 
+@pytest.mark.parametrize("family", ["sdxl", "flux", "sd3"])
 @pytest.mark.parametrize("train_te", [False, True])
-def test_replayed_copies_count_as_if_every_block_ran(train_te, tiny_sdxl_dir):
+def test_replayed_copies_count_as_if_every_block_ran(family, train_te, tiny_sd1_dir, tiny_sdxl_dir, tiny_flow_dirs):
     """The fast count (copies of a block replayed, their LoRA never injected) gives
     the figures of the plain one (every block run, LoRA everywhere)."""
-    shape = _shape(tiny_sdxl_dir, "sdxl", train_text_encoder=train_te)
-    plain, _, all_layers = _meta_count(tiny_sdxl_dir, shape, lazy=False, replay=False)
-    fast, deferred, layers = _meta_count(tiny_sdxl_dir, shape, lazy=True, replay=True)
+    folder = _folder(family, tiny_sd1_dir, tiny_sdxl_dir, tiny_flow_dirs)
+    shape = _shape(folder, family, train_text_encoder=train_te, text_tokens=T5_TOKENS)
+    plain, _, all_layers = _meta_count(folder, shape, lazy=False, replay=False)
+    fast, deferred, layers = _meta_count(folder, shape, lazy=True, replay=True)
     assert plain.replayed == 0 and fast.replayed > 0
-    assert deferred.shapes and len(layers) < len(all_layers)  # some copies never got their LoRA
+    assert deferred.shapes
+    if family == "sdxl":  # the tiny SD3 / Flux have two blocks of a kind: the second one's first inputs differ
+        assert len(layers) < len(all_layers)  # some copies never got their LoRA
     assert _figures(fast) == _figures(plain)
 
 
@@ -217,3 +243,39 @@ def test_a_copy_that_runs_gets_its_lora_first(tiny_sdxl_dir):
     assert ran.replayed == 0 and not deferred.pending
     assert layers == all_layers
     assert _figures(ran) == _figures(plain)
+
+
+def test_flux_split_files_are_counted_from_the_transformer_file_header(tiny_flow_dirs, tmp_path, synthetic_dataset):
+    """Flux as kohya_ss users have it (transformer file + clip_l, t5xxl, ae; configs only for
+    the odd-sized parts): the transformer's shape comes from the file's header, the estimate
+    counts it, and fp8 base stores its weights in one byte."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from flow_files import write_flux_split_files
+    from tiny_runs import tiny_profile
+
+    from loratui.engine.estimate import estimate
+    from loratui.engine.estimate.devices import find_device
+
+    files = write_flux_split_files(tiny_flow_dirs["flux"], tmp_path / "files")
+    assert not (Path(files["model_config_dir"]) / "transformer").exists()
+    over = {f"model__{k}": v for k, v in files.items() if k != "base_model"}
+    profile = tiny_profile(files["base_model"], synthetic_dataset, tmp_path / "out", **over,
+                           dataset__cache_latents="memory", optimization__mixed_precision="bf16")
+    est = estimate(profile, find_device("RTX 4090"))
+    tiny = json.loads((tiny_flow_dirs["flux"] / "transformer" / "config.json").read_text())
+    shape = dict(est.shape.denoiser_config)
+    assert (shape["num_layers"], shape["num_single_layers"]) == (tiny["num_layers"], tiny["num_single_layers"])
+    with safe_open(files["base_model"], "pt") as f:
+        n = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    assert est.counted.params["unet"]["count"] == n  # every transformer weight of the file, none more
+    weights = est.vram.terms["transformer weights"]
+    assert weights == 2 * n  # bf16
+    fp8 = estimate(profile.model_copy(update={"model": profile.model.model_copy(update={"fp8_base": True})}),
+                   find_device("RTX 4090"))
+    assert fp8.vram.terms["transformer weights"] == n and fp8.vram.total < est.vram.total

@@ -156,6 +156,51 @@ def test_full_size_sd35_module_counts(folder, count, unet):
     assert ("lora_unet_joint_blocks_0_x_block_attn2_qkv" in names) == (folder == "sd35-medium")
 
 
+def _sparse_safetensors(path: Path, shapes: dict) -> Path:
+    """A .safetensors file of bf16 tensors of these shapes: a real header, the data a hole
+    (a sparse file: a full-size model's header in no disk space)."""
+    import json
+    import struct
+
+    header, at = {}, 0
+    for k, shape in shapes.items():
+        n = 2 * math.prod(shape)
+        header[k] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [at, at + n]}
+        at += n
+    blob = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        f.truncate(8 + len(blob) + at)
+    return path
+
+
+def test_a_sd35_medium_single_file_is_built_medium_from_its_header(tmp_path):
+    """The bundled SD3 configs are large's; a medium file's header gives its own shape, so
+    `check --modules` and the estimate list medium's 527 modules."""
+    from loratui.engine.configs import config_dir
+    from loratui.engine.lora_modules import denoiser_overrides, meta_models
+    from loratui.engine.models import inspect_model
+
+    shapes = {"context_embedder.weight": (1536, 4096), "x_embedder.proj.weight": (1536, 16, 2, 2),
+              "final_layer.linear.weight": (64, 1536), "y_embedder.mlp.0.weight": (1536, 2048),
+              "pos_embed": (1, 384 * 384, 1536)}
+    for i in range(24):
+        shapes[f"joint_blocks.{i}.x_block.attn.ln_q.weight"] = (64,)
+        shapes[f"joint_blocks.{i}.x_block.attn.qkv.weight"] = (3 * 1536, 1536)
+        if i <= 12:
+            shapes[f"joint_blocks.{i}.x_block.attn2.qkv.weight"] = (3 * 1536, 1536)
+    path = _sparse_safetensors(tmp_path / "sd3.5_medium.safetensors", shapes)
+    assert path.stat().st_blocks * 512 < 1 << 20  # ~10 GB declared, nothing written
+    ms = ModelSettings(base_model=str(path))
+    info = inspect_model(ms)
+    assert info.family == "sd3"
+    over = denoiser_overrides(info, ms, get_family("sd3"))
+    assert over["num_layers"] == 24 and over["dual_attention_layers"] == list(range(13))
+    tr, tes = meta_models(get_family("sd3"), config_dir("sd35-large"), over)
+    names = _saved_names("sd3", tr, tes)
+    assert len(names) == 527 and _by_part(names) == {"unet": 263, "te1": 72, "te2": 192}
+
+
 # --------------------------------------------------------------------------- detection
 
 

@@ -121,9 +121,10 @@ def run_shape(profile, model_info=None, device=None, *, batch: int = 1):
     on_gpu = device is not None
     wdt = {"fp16": "fp16", "bf16": "bf16"}.get(mp, "fp32") if on_gpu else "fp32"
     conv = net.network_type == "locon"
+    config_dir = config_dir_for(profile, model_info)
     return RunShape(
         family=normalize_family(family),
-        config_dir=str(config_dir_for(profile, model_info)),
+        config_dir=str(config_dir),
         height=int(ds.resolution_height or ds.resolution) // 8 * 8,
         width=int(ds.resolution) // 8 * 8,
         batch=batch,
@@ -136,7 +137,38 @@ def run_shape(profile, model_info=None, device=None, *, batch: int = 1):
         train_unet=bool(net.train_unet),
         train_text_encoder=bool(net.train_text_encoder),
         clip_skip=int(profile.model.clip_skip or 1),
+        **_flow_shape(profile, model_info, normalize_family(family), config_dir),
     )
+
+
+def _flow_shape(profile, model_info, family: str, config_dir: Path) -> dict:
+    """SD3 / Flux: the transformer's shape from a single file's header, T5's tokens and mask,
+    the LoRA's T5 and block choice, the prediction type (``RunShape``'s flow fields)."""
+    import json
+    from types import SimpleNamespace
+
+    from loratui.engine.families import get_family
+    from loratui.engine.lora_modules import config_subdir, denoiser_overrides
+
+    fam = get_family(family)
+    if not hasattr(fam, "sigmas"):
+        return {}
+    ms, net = profile.model, profile.network
+    over = denoiser_overrides(model_info, ms, fam) if model_info is not None else {}
+    try:
+        config = json.loads((config_subdir(fam, config_dir, fam.denoiser_subfolder) / "config.json").read_text(
+            encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    config.update(over)
+    return {
+        "denoiser_config": tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in over.items())),
+        "text_tokens": fam.t5_tokens(ms, SimpleNamespace(**config)),
+        "t5_mask": bool(getattr(ms, "apply_t5_attn_mask", False)),
+        "train_t5": bool(getattr(net, "train_t5xxl", False)),
+        "train_blocks": str(getattr(net, "train_blocks", "all") or "all"),
+        "flow_prediction": str(getattr(ms, "model_prediction_type", "sigma_scaled") or "sigma_scaled"),
+    }
 
 
 # --------------------------------------------------------------------------- estimate

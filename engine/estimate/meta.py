@@ -143,14 +143,15 @@ class SavedCounter:
             if self.unit is not None:  # nested: part of the outer block
                 return module(*args)
             _check_abort()
-            for a in args:
+            tensors = rp.flat_tensors(args)
+            for a in args:  # what checkpointing saves for the recompute (in a tuple: kept by its caller)
                 if isinstance(a, torch.Tensor):
                     st = a.untyped_storage()
                     if st._cdata not in self.ignore:
                         self.inputs[st._cdata] = st.nbytes()
                         self.keep.append(st)
             key = None
-            if replay and all(a.is_meta for a in args if isinstance(a, torch.Tensor)):
+            if replay and all(a.is_meta for a in tensors):
                 arg_sig = rp.args_signature(args)
                 if arg_sig is not None:
                     sig = signatures.get(id(module))
@@ -183,24 +184,23 @@ class SavedCounter:
     def _replay(self, rec, args, unit: bool = True):
         """Book a copy of a block from ``rec`` (``unit``: a checkpointed block) and
         return fresh outputs like the block's."""
-        from loratui.engine.estimate.replay import fresh_outputs
+        from loratui.engine.estimate.replay import flat_tensors, fresh_outputs
 
         if unit:
             self.unit = {}
         try:
+            flat = flat_tensors(args)
             for i in rec.from_args:
-                st = args[i].untyped_storage()
+                st = flat[i].untyped_storage()
                 self._book(st._cdata, st.nbytes(), st)
             made = 0
             for n in rec.made:
                 made += n
                 self.c.largest = max(self.c.largest, n)
             self.c.saved += made
-            outs = fresh_outputs(rec)
-            for o, (*_, saved) in zip(outs, rec.outputs):
-                if saved:
-                    st = o.untyped_storage()
-                    self._book(st._cdata, st.nbytes(), st)
+            outs, saved = fresh_outputs(rec, args)
+            for st in saved:
+                self._book(st._cdata, st.nbytes(), st)
             if unit:
                 self.c.max_unit = max(self.c.max_unit, sum(self.unit.values()) + made)
                 self.c.flops_units += rec.flops
@@ -261,8 +261,10 @@ def attention_mode(attn_flops: list[float]):
     class AttentionMode(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
-            if func is sdpa and kwargs.get("attn_mask") is None and len(args) == 3:
-                q, k, v = args
+            qkv = (*args, *(kwargs.get(n) for n in ("query", "key", "value")[len(args):]))[:3]
+            plain = kwargs.get("attn_mask") is None and not kwargs.get("enable_gqa") and len(args) <= 3
+            if func is sdpa and plain and all(isinstance(t, torch.Tensor) for t in qkv):
+                q, k, v = qkv
                 *batch, lq, d = q.shape
                 lk = k.shape[-2]
                 n = 1
@@ -305,12 +307,15 @@ def autocast_mode(dtype):
 
 
 def training_forward(family, unet, text_encoders, *, batch: int, height: int, width: int, device, dtype,
-                     train_text_encoder: bool, clip_skip: int = 1, seq_len: int = 77):
-    """One training forward as ``training.step.Objective.loss`` runs it; the loss."""
+                     train_text_encoder: bool, clip_skip: int = 1, seq_len: int = 77, text_tokens: int = 0,
+                     t5_mask: bool = False, flow_prediction: str = "sigma_scaled"):
+    """One training forward as ``training.step.Objective.loss`` runs it; the loss.
+    SD3 / Flux (``family.sigmas``): flow matching, T5 with ``text_tokens`` tokens."""
     import torch
 
+    flow = hasattr(family, "sigmas")
     lat_h, lat_w = height // 8, width // 8
-    channels = unet.config.in_channels
+    channels = family.latent_channels(unet.config)
 
     def make(shape, dt=dtype):
         if device == "meta" or str(device) == "meta":
@@ -320,8 +325,17 @@ def training_forward(family, unet, text_encoders, *, batch: int, height: int, wi
     latents = make((batch, channels, lat_h, lat_w))
     noise = make((batch, channels, lat_h, lat_w))
     noisy = make((batch, channels, lat_h, lat_w))
-    timesteps = torch.zeros((batch,), dtype=torch.long, device=device)
-    ids = [torch.zeros((batch, seq_len), dtype=torch.long, device=device) for _ in text_encoders]
+    if flow:
+        from loratui.engine.flow_matching import FlowSettings, FlowStep
+
+        timesteps = FlowStep(torch.rand((batch,), device=device), FlowSettings(model_prediction_type=flow_prediction))
+        tokens = [seq_len] * (len(text_encoders) - 1) + [text_tokens or family.default_t5_tokens]
+        ids = [torch.zeros((batch, n), dtype=torch.long, device=device) for n in tokens]
+        ids.append(torch.ones((batch, tokens[-1]), dtype=torch.long, device=device))  # T5's attention mask
+        text_encoders[-1].loratui_apply_attn_mask = t5_mask
+    else:
+        timesteps = torch.zeros((batch,), dtype=torch.long, device=device)
+        ids = [torch.zeros((batch, seq_len), dtype=torch.long, device=device) for _ in text_encoders]
     te_ctx = contextlib.nullcontext() if train_text_encoder else torch.no_grad()
     with te_ctx:
         hidden, pooled = family.encode_text(text_encoders, ids, clip_skip, device)
@@ -388,10 +402,10 @@ def layer_replay(layers, counter: SavedCounter, flops, signatures: dict[int, tup
         original = layer.forward
 
         def forward(*args, **kwargs):
-            flat = (*args, *(kwargs[k] for k in sorted(kwargs)))
+            flat = (*args, kwargs)
             arg_sig = None
-            if counter.unit is None and all(t.is_meta for t in flat if isinstance(t, torch.Tensor)):
-                arg_sig = rp.args_signature((*args, kwargs))
+            if counter.unit is None and all(t.is_meta for t in rp.flat_tensors(flat)):
+                arg_sig = rp.args_signature(flat)
             if arg_sig is None:
                 if before_run is not None:
                     before_run(layer)

@@ -34,6 +34,14 @@ class RunShape:
     train_text_encoder: bool
     fused_attention: bool = True
     clip_skip: int = 1
+    # SD3 / Flux: the transformer's shape read from a single file's header (sorted config items),
+    # T5 tokens, T5 attention mask, LoRA on T5, Flux's train_blocks, model_prediction_type
+    denoiser_config: tuple = ()
+    text_tokens: int = 0
+    t5_mask: bool = False
+    train_t5: bool = False
+    train_blocks: str = "all"
+    flow_prediction: str = "sigma_scaled"
 
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
@@ -45,51 +53,63 @@ def torch_dtype(name: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-def build_meta(family: str, config_dir: str | Path):
-    """(unet, [text encoders]) of ``family`` from the configs in ``config_dir``, on the meta device."""
-    import diffusers
-    import torch
-    import transformers
-    from transformers import CLIPTextConfig
-
+def build_meta(family: str, config_dir: str | Path, denoiser_config: tuple = ()):
+    """(denoiser, [text encoders]) of ``family`` from the configs in ``config_dir``, on the meta
+    device (``denoiser_config``: items that replace the denoiser config's, ``RunShape``)."""
     from loratui.engine.families import get_family
+    from loratui.engine.lora_modules import meta_models
 
-    fam = get_family(family)
-    cfg = Path(config_dir)
-    unet_cls = getattr(diffusers, fam.denoiser_class)
-    with torch.device("meta"):
-        unet = unet_cls.from_config(unet_cls.load_config(str(cfg / "unet")))
-        tes = []
-        for spec in fam.text_encoders:
-            te_cfg = CLIPTextConfig.from_pretrained(str(cfg / spec.subfolder), local_files_only=True)
-            tes.append(getattr(transformers, spec.model_class)(te_cfg))
-    return unet, tes
+    overrides = {k: list(v) if isinstance(v, tuple) else v for k, v in denoiser_config}
+    return meta_models(get_family(family), Path(config_dir), overrides)
 
 
-def vae_params(config_dir: str | Path) -> int:
-    """Parameters of the VAE of ``config_dir``, counted on the meta device."""
-    return _vae_params(str(config_dir))
+def part_dir(shape: RunShape, sub: str) -> Path:
+    """The config folder of one part (``vae``, ``transformer``...) of ``shape``'s model."""
+    from loratui.engine.families import get_family
+    from loratui.engine.lora_modules import config_subdir
+
+    return config_subdir(get_family(shape.family), shape.config_dir, sub)
+
+
+def vae_params(shape: RunShape) -> int:
+    """Parameters of the run's VAE, counted on the meta device."""
+    return _vae_params(str(part_dir(shape, "vae")))
 
 
 @functools.lru_cache(maxsize=8)
-def _vae_params(config_dir: str) -> int:
+def _vae_params(vae_dir: str) -> int:
     import torch
     from diffusers import AutoencoderKL
 
     with torch.device("meta"):
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(Path(config_dir) / "vae")))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(vae_dir))
     return sum(p.numel() for p in vae.parameters())
+
+
+def vae_config(shape: RunShape) -> dict:
+    """The run's VAE config ({} when it cannot be read)."""
+    import json
+
+    try:
+        return json.loads((part_dir(shape, "vae") / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def attach_lora(shape: RunShape, unet, tes, lazy=None):
     """The run's LoRA (``engine.lora.LoRANetwork.create``) on the meta models
     (``lazy``: an ``engine.estimate.lazy.LazyLoRA`` takes the copies of a block)."""
+    from types import SimpleNamespace
+
+    from loratui.engine.families import get_family
     from loratui.engine.lora import LoRANetwork
 
+    chosen = get_family(shape.family).lora_target_filter(SimpleNamespace(train_t5xxl=shape.train_t5,
+                                                                         train_blocks=shape.train_blocks))
     return LoRANetwork.create(
         unet, tes, shape.family, rank=shape.rank, alpha=shape.alpha, conv_rank=shape.conv_rank,
         conv_alpha=shape.conv_alpha, train_unet=shape.train_unet, train_text_encoder=shape.train_text_encoder,
-        defer=lazy.defer if lazy is not None else None,
+        target_filter=chosen, defer=lazy.defer if lazy is not None else None,
     )
 
 
@@ -118,16 +138,16 @@ _models: dict[tuple, tuple] = {}  # the last built (unet, tes, network), by what
 def _built(shape: RunShape):
     """The meta models with the run's LoRA (kept for the next count of another
     resolution or precision of the same model and LoRA)."""
-    key = (shape.family, shape.config_dir, shape.weight_dtype, shape.rank, shape.alpha, shape.conv_rank,
-           shape.conv_alpha, shape.train_unet, shape.train_text_encoder)
+    key = (shape.family, shape.config_dir, shape.denoiser_config, shape.weight_dtype, shape.rank, shape.alpha,
+           shape.conv_rank, shape.conv_alpha, shape.train_unet, shape.train_text_encoder, shape.train_t5,
+           shape.train_blocks)
     hit = _models.get(key)
     if hit is not None:
         return hit
-    unet, tes = build_meta(shape.family, shape.config_dir)
+    unet, tes = build_meta(shape.family, shape.config_dir, shape.denoiser_config)
     dtype = torch_dtype(shape.weight_dtype)
-    unet.to(dtype)
-    for te in tes:
-        te.to(dtype)
+    for m in (unet, *tes):  # Module._apply: diffusers' own .to() logs about fp32 modules
+        m._apply(lambda t: t.to(dtype) if t.is_floating_point() else t)
     from loratui.engine.estimate.lazy import LazyLoRA
 
     lazy = LazyLoRA(shape.train_unet, shape.train_text_encoder)
@@ -153,6 +173,7 @@ def count_run(shape: RunShape) -> Counted:
             get_family(shape.family), unet, tes, amp_dtype=dtype if shape.amp else None, lazy=lazy,
             fused_attention=shape.fused_attention, batch=shape.batch, height=shape.height, width=shape.width,
             device="meta", dtype=dtype, train_text_encoder=shape.train_text_encoder, clip_skip=shape.clip_skip,
+            text_tokens=shape.text_tokens, t5_mask=shape.t5_mask, flow_prediction=shape.flow_prediction,
         )
         counted.params, counted.lora_shapes = param_table(unet, tes, network, DTYPE_BYTES[shape.weight_dtype], lazy)
     with _lock:

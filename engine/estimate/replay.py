@@ -1,8 +1,9 @@
 """Replaying checkpointed blocks that are copies of one already counted.
 
 A full-size SDXL U-Net runs 86 checkpointed blocks in a training forward, and
-70 of them are transformer blocks of four shapes: counting every one on the
-meta device is most of an estimate's time. A block whose structure (modules,
+70 of them are transformer blocks of four shapes (Flux.1: 19 + 38 blocks of two
+shapes; SD3.5 large: 38 of two): counting every one on the meta device is most
+of an estimate's time. A block whose structure (modules,
 their settings, parameter shapes, dtypes, which parameters train) and inputs
 (shapes, dtypes, grads) equal a block counted before saves the same storages
 and costs the same FLOPs, so its count is replayed instead of run:
@@ -13,8 +14,9 @@ and costs the same FLOPs, so its count is replayed instead of run:
 - an output it saved is booked on the fresh output the replay returns;
 - a storage from elsewhere (seen before the block) is already booked.
 
-A block whose inputs or outputs are not plain tensors (or an output that is an
-input) is never replayed: it runs. (A storage from elsewhere that nothing saved
+A block whose inputs or outputs are not tensors (in tuples, lists, dicts) is
+never replayed: it runs. An output that is (a view of) an input is a view of the
+copy's own input. (A storage from elsewhere that nothing saved
 before would be booked as made, once per copy; the U-Net's blocks save none.)
 """
 
@@ -71,13 +73,35 @@ def args_signature(args) -> tuple | None:
     return None if any(s is _NO for s in sig) else sig
 
 
+def flat_tensors(args) -> list:
+    """The tensors of ``args``, in tuples, lists and dicts too, in ``args_signature``'s order."""
+    import torch
+
+    out: list = []
+
+    def walk(v):
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+        elif isinstance(v, (tuple, list)):
+            for i in v:
+                walk(i)
+        elif isinstance(v, dict):
+            for _, i in sorted(v.items(), key=lambda kv: str(kv[0])):
+                walk(i)
+
+    walk(args)
+    return out
+
+
 @dataclass
 class Record:
     """What one block saved and cost, in terms a copy of it can be booked by."""
 
-    from_args: list[int] = field(default_factory=list)  # positions of the inputs whose storage it saved
+    from_args: list[int] = field(default_factory=list)  # positions (flat_tensors) of the inputs whose storage it saved
     made: list[int] = field(default_factory=list)  # bytes of the storages it made and saved
-    outputs: list[tuple] = field(default_factory=list)  # (shape, dtype, device, requires_grad, saved bytes or 0)
+    storages: list[tuple] = field(default_factory=list)  # the outputs' storages: (bytes, dtype, device, grad, saved)
+    # (storage index, shape, stride, offset): views of them; index -1 - i: of the input flat_tensors(args)[i]
+    outputs: list[tuple] = field(default_factory=list)
     tuple_output: bool = False
     flops: float = 0.0
 
@@ -88,40 +112,51 @@ def record(args, out, touched: dict[int, int], seen_before, flops: float) -> Rec
     import torch
 
     arg_pos: dict[int, int] = {}
-    for i, a in enumerate(args):
-        if isinstance(a, torch.Tensor):
-            arg_pos.setdefault(a.untyped_storage()._cdata, i)
+    for i, a in enumerate(flat_tensors(args)):
+        arg_pos.setdefault(a.untyped_storage()._cdata, i)
     outs = out if isinstance(out, tuple) else (out,)
     if not outs or not all(isinstance(o, torch.Tensor) for o in outs):
         return None
-    out_keys = {}
-    for i, o in enumerate(outs):
-        k = o.untyped_storage()._cdata
-        if k in arg_pos or k in out_keys or not o.is_contiguous():
-            return None  # an output that is an input, or two outputs of one storage: run it
-        out_keys[k] = i
     rec = Record(tuple_output=isinstance(out, tuple), flops=flops)
-    saved_out = {}
+    index: dict[int, int] = {}  # storage key -> its position in rec.storages
+    for o in outs:
+        st = o.untyped_storage()
+        k = st._cdata
+        if k in arg_pos:  # an input passed on (T5's position bias): a view of the copy's own input
+            rec.outputs.append((-1 - arg_pos[k], tuple(o.shape), o.stride(), o.storage_offset()))
+            continue
+        if k not in index:
+            index[k] = len(rec.storages)
+            rec.storages.append([st.nbytes(), o.dtype, o.device, False, 0])
+        rec.storages[index[k]][3] |= bool(o.requires_grad)
+        rec.outputs.append((index[k], tuple(o.shape), o.stride(), o.storage_offset()))
     for key, n in touched.items():
         if key in arg_pos:
             rec.from_args.append(arg_pos[key])
-        elif key in out_keys:
-            saved_out[out_keys[key]] = n
+        elif key in index:
+            rec.storages[index[key]][4] = n
         elif key in seen_before:
             continue  # booked before the block, and so before any copy of it
         else:
             rec.made.append(n)
-    for i, o in enumerate(outs):
-        rec.outputs.append((tuple(o.shape), o.dtype, o.device, bool(o.requires_grad), saved_out.get(i, 0)))
+    rec.storages = [tuple(st) for st in rec.storages]
     return rec
 
 
-def fresh_outputs(rec: Record):
-    """Outputs like the recorded ones (new storages) and which of them the block saved."""
+def fresh_outputs(rec: Record, args):
+    """Outputs like the recorded ones (views of new storages of the same sizes, or of
+    the inputs it passed on) and the new storages that the block saved."""
     import torch
 
+    bases, saved = [], []
+    for nbytes, dtype, device, grad, was_saved in rec.storages:
+        base = torch.empty(nbytes // dtype.itemsize, dtype=dtype, device=device)
+        bases.append(base.requires_grad_() if grad else base)
+        if was_saved:
+            saved.append(base.untyped_storage())
     outs = []
-    for shape, dtype, device, grad, _ in rec.outputs:
-        t = torch.empty(shape, dtype=dtype, device=device)
-        outs.append(t.requires_grad_() if grad else t)
-    return outs
+    flat = flat_tensors(args) if any(i < 0 for i, *_ in rec.outputs) else []
+    for i, shape, stride, offset in rec.outputs:
+        base = bases[i] if i >= 0 else flat[-1 - i]
+        outs.append(base.as_strided(shape, stride, offset))
+    return outs, saved

@@ -14,7 +14,7 @@ from pathlib import Path
 from loratui.engine.estimate import (
     ALLOCATOR_SLACK, CUDA_CONTEXT, GB, LORA_FILE_OVERHEAD, PROCESS_RAM, Figure, setting,
 )
-from loratui.engine.estimate.model import DTYPE_BYTES, vae_params
+from loratui.engine.estimate.model import DTYPE_BYTES, vae_config, vae_params
 from loratui.engine.estimate.optimizers import state_bytes
 
 
@@ -26,13 +26,16 @@ def resident_components(profile, shape, counted) -> dict[str, int]:
     unet_bytes = DTYPE_BYTES["fp8"] if setting(profile, "fp8_base", False) else wbytes
     swap = int(setting(profile, "blocks_to_swap", 0) or 0)
     swapped = swap_fraction(shape.family, swap)
-    out["U-Net weights"] = int(unet * unet_bytes * (1 - swapped))
+    from loratui.engine.families import get_family
+
+    label = "U-Net weights" if get_family(shape.family).denoiser_class.startswith("UNet") else "transformer weights"
+    out[label] = int(unet * unet_bytes * (1 - swapped))
     te_cached = _te_cached(profile) and not shape.train_text_encoder
     if not te_cached:
         te = sum(v["count"] for k, v in counted.params.items() if k != "unet")
         out["text encoder weights"] = te * wbytes
     if profile.dataset.cache_latents == "off":
-        out["VAE weights"] = vae_params(shape.config_dir) * vae_bytes(profile, shape)
+        out["VAE weights"] = vae_params(shape) * vae_bytes(profile, shape)
     return out
 
 
@@ -97,12 +100,9 @@ def activation_terms(profile, shape, counted, *, area_scale: float = 1.0) -> dic
 def vae_encode_peak(profile, shape, batch: int) -> int:
     """The VAE encoder's working set (no grad) at the full resolution: about
     three full-resolution maps of its first width alive at once (rule of thumb)."""
-    import json
-
     try:
-        cfg = json.loads((Path(shape.config_dir) / "vae" / "config.json").read_text())
-        width = int(cfg.get("block_out_channels", [128])[0])
-    except (OSError, ValueError):
+        width = int(vae_config(shape).get("block_out_channels", [128])[0])
+    except (TypeError, ValueError, IndexError):
         width = 128
     return 3 * batch * width * shape.height * shape.width * vae_bytes(profile, shape)
 
@@ -128,7 +128,8 @@ def allocated(fig: Figure) -> int:
 
 
 def latent_bytes(shape, items: int, flip: bool) -> int:
-    lat = 4 * (shape.height // 8) * (shape.width // 8) * 4  # 4 channels, float32
+    channels = int(vae_config(shape).get("latent_channels", 4) or 4)  # SD3 / Flux: 16
+    lat = channels * (shape.height // 8) * (shape.width // 8) * 4  # float32
     return items * lat * (2 if flip else 1)
 
 
@@ -142,7 +143,7 @@ def ram_figure(profile, shape, counted, model_info, images: int) -> Figure:
     size = getattr(model_info, "size_bytes", None) or 0
     if getattr(model_info, "kind", "") == "file":
         terms["checkpoint read whole (loading)"] = int(size)
-    terms["models built in RAM (loading)"] = params * wbytes + vae_params(shape.config_dir) * 4
+    terms["models built in RAM (loading)"] = params * wbytes + vae_params(shape) * 4
     if profile.dataset.cache_latents == "memory":
         terms["latent cache"] = latent_bytes(shape, images, profile.dataset.flip_aug)
     return Figure(sum(terms.values()), _ram_total(), terms)

@@ -110,6 +110,26 @@ class FlowFamily(Family):
         """The diffusers config of a transformer single file, from its tensor shapes."""
         raise NotImplementedError
 
+    def header_transformer_config(self, path: Path) -> dict:
+        """``transformer_config`` of a .safetensors single file, from its header alone
+        (no weights read: the meta-device builds of ``check --modules`` and the estimate);
+        {} when the header does not have this family's layout."""
+        from loratui.engine.modelfiles import _read_safetensors_header
+
+        try:
+            hdr, _ = _read_safetensors_header(Path(path), Path(path).stat().st_size)
+        except OSError:
+            return {}
+        if hdr is None:
+            return {}
+        n = len(UNET_PREFIX)
+        prefixed = any(k.startswith(UNET_PREFIX) for k in hdr.keys)
+        shapes = {k[n:] if prefixed else k: v[1] for k, v in hdr.keys.items() if not prefixed or k.startswith(UNET_PREFIX)}
+        try:
+            return self.transformer_config(shapes, set(shapes))
+        except (KeyError, IndexError, ValueError):
+            return {}
+
     def convert_transformer(self, sd: dict, model) -> dict:
         """A transformer single file's tensors (prefix stripped) -> diffusers names."""
         raise NotImplementedError

@@ -215,6 +215,10 @@ class Family:
         """Extra conditioning the denoiser takes besides (noisy, t, hidden)."""
         return {}
 
+    def latent_channels(self, denoiser_config: Any) -> int:
+        """Channels of the VAE latents the denoiser takes (Flux packs 2×2 patches into its input)."""
+        return int(denoiser_config.in_channels)
+
     def predict(self, denoiser, noisy, timesteps, hidden, pooled, crops: list[tuple], device, dtype):
         """The denoiser's prediction for a noisy batch, with its conditioning."""
         return denoiser(noisy, timesteps, hidden.to(dtype), **self.unet_kwargs(pooled, crops, device, dtype)).sample

@@ -188,6 +188,9 @@ class Flux(FlowFamily):
 
         return flux_sigmas(settings, latents.shape[0], tuple(latents.shape[-2:]), generator, latents.device)
 
+    def latent_channels(self, denoiser_config: Any) -> int:
+        return int(denoiser_config.in_channels) // 4  # 2×2 patches of the 16-channel latents
+
     def predict(self, denoiser, noisy, timesteps, hidden, pooled, crops, device, dtype):
         import torch
 
