@@ -7,6 +7,8 @@ runs so that machine noise hits both.  The baseline is the loop the diffusers
 LoRA example would write, stripped of everything but the work.
 
     python bench/step_overhead.py [--steps 60] [--rounds 2] [--resolution 128]
+    python bench/step_overhead.py --family flux   # a flow model: tiny FLUX.1-shaped transformer,
+                                                  # text-encoder outputs cached, transformer-only LoRA
 
 Prints seconds per step for each and the ratio engine ÷ baseline
 (target ≤ 1.02).
@@ -24,23 +26,31 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def engine_run(model_dir: Path, data_dir: Path, out_dir: Path, steps: int, resolution: int, batch: int) -> list[float]:
+FLOW_T5_TOKENS = 64  # both loops: the T5 caption length (the transformer's text sequence)
+
+
+def engine_run(model_dir: Path, data_dir: Path, out_dir: Path, steps: int, resolution: int, batch: int,
+               family: str = "sd1") -> list[float]:
     from loratui.engine.events import StepEvent
     from loratui.engine.schema import profile_from_dict
     from loratui.engine.train import run_training
 
-    profile = profile_from_dict(
-        {
-            "model": {"base_model": str(model_dir)},
-            "dataset": {"train_data_dir": str(data_dir), "resolution": resolution, "enable_bucket": False,
-                        "min_bucket_reso": 64, "cache_latents": "memory"},
-            "network": {"network_dim": 8, "network_alpha": 8.0},
-            "optimization": {"optimizer": "AdamW", "learning_rate": 1e-4, "text_encoder_lr": 1e-4,
-                             "lr_scheduler": "constant", "max_train_epochs": 1000, "max_train_steps": steps,
-                             "train_batch_size": batch, "mixed_precision": "no", "max_grad_norm": 1.0},
-            "output": {"output_dir": str(out_dir), "output_name": "bench", "save_every_n_epochs": 0},
-        }
-    )
+    d = {
+        "model": {"base_model": str(model_dir)},
+        "dataset": {"train_data_dir": str(data_dir), "resolution": resolution, "enable_bucket": False,
+                    "min_bucket_reso": 64, "cache_latents": "memory"},
+        "network": {"network_dim": 8, "network_alpha": 8.0},
+        "optimization": {"optimizer": "AdamW", "learning_rate": 1e-4, "text_encoder_lr": 1e-4,
+                         "lr_scheduler": "constant", "max_train_epochs": 1000, "max_train_steps": steps,
+                         "train_batch_size": batch, "mixed_precision": "no", "max_grad_norm": 1.0},
+        "output": {"output_dir": str(out_dir), "output_name": "bench", "save_every_n_epochs": 0},
+    }
+    if family == "flux":  # as the guides train it: transformer only, text-encoder outputs cached
+        d["model"].update({"t5xxl_max_token_length": FLOW_T5_TOKENS, "weighting_scheme": "none",  # the baseline's math
+                           "timestep_sampling": "sigmoid", "model_prediction_type": "raw", "guidance_scale": 1.0})
+        d["dataset"]["cache_text_encoder_outputs"] = "memory"
+        d["network"]["train_text_encoder"] = False
+    profile = profile_from_dict(d)
     stamps: list[float] = []
 
     def on_event(ev):
@@ -118,6 +128,72 @@ def baseline_run(model_dir: Path, data_dir: Path, steps: int, resolution: int, b
     return stamps
 
 
+def flow_baseline_run(model_dir: Path, data_dir: Path, steps: int, resolution: int, batch: int) -> list[float]:
+    """The minimal FLUX.1 LoRA loop: diffusers + peft, cached latents and text-encoder
+    outputs, LoRA on every Linear of the transformer's blocks (sd-scripts' lora_flux
+    targets), flow matching with a logit-normal sigma, guidance 1.0."""
+    import random
+
+    import numpy as np
+    import torch
+    from diffusers import FluxPipeline
+    from peft import LoraConfig, inject_adapter_in_model
+    from PIL import Image
+
+    torch.manual_seed(0)
+    pipe = FluxPipeline.from_pretrained(model_dir)
+    tr, clip, t5, vae = pipe.transformer, pipe.text_encoder, pipe.text_encoder_2, pipe.vae
+    for m in (tr, clip, t5, vae):
+        m.requires_grad_(False)
+    targets = [n for n, m in tr.named_modules() if isinstance(m, torch.nn.Linear)
+               and n.startswith(("transformer_blocks.", "single_transformer_blocks."))]
+    inject_adapter_in_model(LoraConfig(r=8, lora_alpha=8, target_modules=targets), tr)
+    params = [p for n, p in tr.named_parameters() if "lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+    files = sorted(Path(data_dir).rglob("*.png"))
+    caps = [f.with_suffix(".txt").read_text().strip() for f in files]
+    with torch.no_grad():
+        pix = torch.stack([
+            torch.from_numpy(np.asarray(Image.open(f).convert("RGB").resize((resolution, resolution)), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
+            for f in files
+        ])
+        latents_all = (vae.encode(pix).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor
+        ids = pipe.tokenizer(caps, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
+                             return_tensors="pt").input_ids
+        ids2 = pipe.tokenizer_2(caps, padding="max_length", max_length=FLOW_T5_TOKENS, truncation=True,
+                                return_tensors="pt").input_ids
+        pooled_all, t5_all = clip(ids).pooler_output, t5(ids2).last_hidden_state
+    b, c, h, w = batch, *latents_all.shape[1:]
+    img_ids = torch.zeros(h // 2, w // 2, 3)
+    img_ids[..., 1] += torch.arange(h // 2)[:, None]
+    img_ids[..., 2] += torch.arange(w // 2)[None, :]
+    img_ids, txt_ids = img_ids.reshape(-1, 3), torch.zeros(FLOW_T5_TOKENS, 3)
+    rng = random.Random(0)
+    gen = torch.Generator().manual_seed(0)
+    stamps = []
+    for _ in range(steps):
+        idx = [rng.randrange(len(files)) for _ in range(batch)]
+        latents = latents_all[idx]
+        noise = torch.randn(latents.shape, generator=gen)
+        s = torch.sigmoid(torch.randn(b, generator=gen))
+        noisy = (1 - s.view(-1, 1, 1, 1)) * latents + s.view(-1, 1, 1, 1) * noise
+        packed = noisy.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+        guidance = torch.full((b,), 1.0) if tr.config.guidance_embeds else None
+        out = tr(hidden_states=packed, encoder_hidden_states=t5_all[idx], pooled_projections=pooled_all[idx],
+                 timestep=s, img_ids=img_ids, txt_ids=txt_ids, guidance=guidance, return_dict=False)[0]
+        pred = out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+        loss = torch.nn.functional.mse_loss(pred.float(), (noise - latents).float())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()
+        stamps.append(time.perf_counter())
+    return stamps
+
+
 def per_step(stamps: list[float], warmup: int) -> float:
     d = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:])]
     return statistics.median(d)
@@ -130,6 +206,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--resolution", type=int, default=128)
     ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--family", choices=("sd1", "flux"), default="sd1",
+                    help="sd1: a U-Net with LoRA on it and its text encoder; flux: a flow transformer")
     args = ap.parse_args()
 
     import torch
@@ -140,14 +218,17 @@ def main() -> int:
 
     quiet_libraries()
     tmp = Path(tempfile.mkdtemp(prefix="loratui-bench-"))
-    model = save_tiny_pipeline(tmp / "model", "sd1")
+    model = save_tiny_pipeline(tmp / "model", args.family)
     data = write_synthetic_dataset(tmp / "images", {"1_toy": 16}, size=(args.resolution, args.resolution))
+    shape = "SD1-shaped model" if args.family == "sd1" else f"FLUX.1-shaped transformer, T5 {FLOW_T5_TOKENS} tokens"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu, "
-          f"tiny SD1-shaped model, {args.resolution}px, batch {args.batch}, rank 8, {args.steps} steps × {args.rounds} rounds")
+          f"tiny {shape}, {args.resolution}px, batch {args.batch}, rank 8, {args.steps} steps × {args.rounds} rounds")
+    baseline = baseline_run if args.family == "sd1" else flow_baseline_run
     eng, base = [], []
     for r in range(args.rounds):
-        b = per_step(baseline_run(model, data, args.steps, args.resolution, args.batch), args.warmup)
-        e = per_step(engine_run(model, data, tmp / f"out{r}", args.steps, args.resolution, args.batch), args.warmup)
+        b = per_step(baseline(model, data, args.steps, args.resolution, args.batch), args.warmup)
+        e = per_step(engine_run(model, data, tmp / f"out{r}", args.steps, args.resolution, args.batch, args.family),
+                     args.warmup)
         base.append(b)
         eng.append(e)
         print(f"round {r + 1}: baseline {b * 1000:.1f} ms/step   engine {e * 1000:.1f} ms/step   ratio {e / b:.3f}")

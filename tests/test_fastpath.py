@@ -66,6 +66,7 @@ def count_host_reads(monkeypatch, window: range):
 @pytest.mark.parametrize("optimizer_args", ["", "fused=True"], ids=["foreach", "fused"])
 def test_steady_state_steps_read_nothing_from_the_device_but_the_last_steps_numbers(
         optimizer_args, monkeypatch, tiny_sd1_dir, data, tmp_path):
+    monkeypatch.setattr(fp, "HOST_DECIDES", ())  # the CUDA way on this CPU: nothing decided on the host
     counts, on_event = count_host_reads(monkeypatch, range(2, 7))
     profile = tiny_profile(tiny_sd1_dir, data, tmp_path / "out", optimization__max_train_steps=8,
                            optimization__max_train_epochs=10, output__save_every_n_epochs=0,
@@ -102,12 +103,13 @@ def _snapshot(params, opt):
     return [p.detach().clone() for p in params], state
 
 
+@pytest.mark.parametrize("on_host", [False, None])  # False: the CUDA way (put back on the device); None: the CPU's
 @pytest.mark.parametrize("kind", ["fused", "foreach", "sgd"])
-def test_a_non_finite_step_changes_neither_weights_nor_optimizer_state(kind):
+def test_a_non_finite_step_changes_neither_weights_nor_optimizer_state(kind, on_host):
     model, params, opt = _model_and_optimizer(kind)
     for _ in range(2):  # state exists: the steady state
         _backward(model)
-        fp.guarded_step(opt, fp.total_norm([p.grad for p in params]))
+        fp.guarded_step(opt, fp.total_norm([p.grad for p in params]), on_host)
         opt.zero_grad()
     w0, s0 = _snapshot(params, opt)
     loss = _backward(model, float("nan"))
@@ -115,10 +117,10 @@ def test_a_non_finite_step_changes_neither_weights_nor_optimizer_state(kind):
     fp.poison_if_not_finite(grads, loss.detach())
     norm = fp.total_norm(grads)
     assert not torch.isfinite(norm)
-    fp.guarded_step(opt, norm)
+    fp.guarded_step(opt, norm, on_host)
     w1, s1 = _snapshot(params, opt)
     assert all(torch.equal(a, b) for a, b in zip(w0, w1))
-    if kind != "foreach":  # foreach AdamW counts steps on the host (left as they are: no sync)
+    if kind != "foreach" or on_host is None:  # foreach AdamW counts steps on the host (left as they are: no sync)
         assert len(s0) == len(s1) and all(torch.equal(a, b) for a, b in zip(s0, s1))
     # and a finite one is applied exactly as a plain step would
     opt.zero_grad()
@@ -128,7 +130,7 @@ def test_a_non_finite_step_changes_neither_weights_nor_optimizer_state(kind):
     _backward(model)
     _backward(ref_model)
     fp.poison_if_not_finite([p.grad for p in params], torch.tensor(1.0))
-    fp.guarded_step(opt, fp.total_norm([p.grad for p in params]))
+    fp.guarded_step(opt, fp.total_norm([p.grad for p in params]), on_host)
     ref_opt.step()
     assert all(torch.equal(a, b) for a, b in zip(params, ref_params))
     assert not all(torch.equal(a, b) for a, b in zip(params, w0))

@@ -56,7 +56,11 @@ def supports_found_inf(optimizer) -> bool:
     return bool(getattr(inner_optimizer(optimizer), "_step_supports_amp_scaling", False))
 
 
-def guarded_step(optimizer, norm) -> None:
+# devices whose work is done when an op returns: reading a value back there is not a sync
+HOST_DECIDES = ("cpu",)
+
+
+def guarded_step(optimizer, norm, on_host: bool | None = None) -> None:
     """``optimizer.step()`` unless ``norm`` is not finite, decided on the device.
 
     Fused optimizers get ``found_inf`` (their kernel skips the update and the
@@ -64,7 +68,9 @@ def guarded_step(optimizer, norm) -> None:
     parameters' device is put back to its value before the step where
     ``found_inf`` is set (one ``torch.where`` per tensor; a LoRA's parameters and
     state are small). Optimizer state not yet created (the first step) cannot be
-    put back: that step reads ``found_inf`` on the host, once."""
+    put back: that step reads ``found_inf`` on the host, once. On the CPU
+    (``on_host`` None: decided by where ``norm`` lives, ``HOST_DECIDES``), reading
+    ``found_inf`` costs nothing and the copies would: it is read."""
     import torch
 
     if norm is None:
@@ -79,8 +85,10 @@ def guarded_step(optimizer, norm) -> None:
         finally:
             del inner.grad_scale, inner.found_inf
         return
+    if on_host is None:
+        on_host = found.device.type in HOST_DECIDES
     params = [p for g in inner.param_groups for p in g["params"] if p.grad is not None]
-    if not params or any(p not in inner.state or not inner.state[p] for p in params):
+    if on_host or not params or any(p not in inner.state or not inner.state[p] for p in params):
         if not bool(found):  # first step: no state to put back yet; the one host read of a run
             optimizer.step()
         return
