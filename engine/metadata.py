@@ -161,6 +161,7 @@ def build_metadata(
     output_name: str | None = None,
     num_processes: int = 1,
     v_pred: bool | None = None,
+    denoiser_config: Any = None,
 ) -> dict[str, str]:
     """The ``ss_*`` and ``modelspec.*`` metadata for a LoRA saved after ``steps``
     optimizer steps in (1-based) ``epoch``. ``family`` is the resolved family
@@ -266,7 +267,8 @@ def build_metadata(
         meta["ss_vae_name"] = os.path.basename(os.path.normpath(m.vae)) if os.path.exists(m.vae) else m.vae
 
     result = {k: _s(v) for k, v in meta.items()}
-    result.update(modelspec(profile, family=family, timestamp=finished, output_name=name, v_pred=v_param))
+    result.update(modelspec(profile, family=family, timestamp=finished, output_name=name, v_pred=v_param,
+                            denoiser_config=denoiser_config))
     return result
 
 
@@ -275,21 +277,25 @@ def _num(x: float) -> str:
 
 
 def modelspec(
-    profile: Profile, *, family: str, timestamp: float, output_name: str | None = None, v_pred: bool | None = None
+    profile: Profile, *, family: str, timestamp: float, output_name: str | None = None, v_pred: bool | None = None,
+    denoiser_config: Any = None,
 ) -> dict[str, str]:
-    """The ``modelspec.*`` keys (Stability AI's ModelSpec, as sd-scripts writes them)."""
+    """The ``modelspec.*`` keys (Stability AI's ModelSpec, as sd-scripts writes them;
+    ``denoiser_config``: the trained model's, which tells SD3.5 medium / large, Flux dev / schnell)."""
     m, d, out = profile.model, profile.dataset, profile.output
     name = output_name if output_name is not None else out.output_name
     v = m.v_parameterization if v_pred is None else bool(v_pred)
     spec = {
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
-        "modelspec.architecture": get_family(family).architecture(v),
+        "modelspec.architecture": get_family(family).architecture(v, denoiser_config),
         "modelspec.implementation": get_family(family).modelspec_implementation,
         "modelspec.title": out.metadata_title or name or f"LoRA@{timestamp}",
         "modelspec.resolution": f"{d.resolution}x{d.resolution_height or d.resolution}",
         "modelspec.prediction_type": "v" if v else "epsilon",
         "modelspec.date": datetime.datetime.fromtimestamp(int(timestamp)).isoformat(),
     }
+    if not get_family(family).modelspec_prediction:
+        del spec["modelspec.prediction_type"]
     if out.metadata_author:
         spec["modelspec.author"] = out.metadata_author
     if out.metadata_description:

@@ -62,6 +62,7 @@ class Family:
     modelspec_architecture: ClassVar[str]
     modelspec_architecture_v: ClassVar[str | None] = None
     modelspec_implementation: ClassVar[str] = "diffusers"
+    modelspec_prediction: ClassVar[bool] = True  # writes modelspec.prediction_type (sd-scripts: not for FLUX)
     # sd-scripts: the training script, and the boolean flags that select this family
     sd_scripts_script: ClassVar[str] = "train_network.py"
     sd_scripts_flags: ClassVar[tuple[str, ...]] = ()  # e.g. ("v2",) or ("sdxl",)
@@ -111,7 +112,9 @@ class Family:
     def base_model_version(self, v_pred: bool) -> str:
         return self.ss_base_model_version + ("_v" if v_pred and self.ss_v_suffix else "")
 
-    def architecture(self, v_pred: bool) -> str:
+    def architecture(self, v_pred: bool, denoiser_config: Any = None) -> str:
+        """modelspec.architecture of a LoRA of this family (``denoiser_config``: the trained
+        model's, where the variant shows only there: SD3.5 medium / large, Flux dev / schnell)."""
         arch = self.modelspec_architecture_v if v_pred and self.modelspec_architecture_v else self.modelspec_architecture
         return arch + "/lora"
 

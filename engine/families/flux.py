@@ -88,6 +88,13 @@ class Flux(FlowFamily):
                        "weighting_scheme", "logit_mean", "logit_std", "mode_scale")
     network_keys = ("train_blocks", "train_t5xxl")
 
+    modelspec_prediction = False
+
+    def architecture(self, v_pred: bool, denoiser_config: Any = None) -> str:
+        """sd-scripts: flux-1-schnell for a transformer without the guidance embedding, else flux-1-dev."""
+        schnell = denoiser_config is not None and not getattr(denoiser_config, "guidance_embeds", True)
+        return ("flux-1-schnell" if schnell else "flux-1-dev") + "/lora"
+
     def metadata_extra(self, profile: Any) -> dict[str, Any]:
         """What sd-scripts' flux_train_network.py adds (update_metadata), and its network_args."""
         m, n = profile.model, profile.network

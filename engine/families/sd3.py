@@ -65,6 +65,17 @@ class SD3(FlowFamily):
     sd_scripts_keys = ("clip_l", "clip_g", "t5xxl", "t5xxl_max_token_length", "apply_t5_attn_mask", "weighting_scheme",
                        "logit_mean", "logit_std", "mode_scale", "training_shift")
 
+    def architecture(self, v_pred: bool, denoiser_config: Any = None) -> str:
+        """sd-scripts' model types: stable-diffusion-3-medium (no q/k norm), -3-5-medium (MMDiT-X
+        self-attention blocks), -3-5-large; stable-diffusion-3 when the model is not known."""
+        if denoiser_config is None:
+            return "stable-diffusion-3/lora"
+        if not getattr(denoiser_config, "qk_norm", None):
+            kind = "medium"
+        else:
+            kind = "5-medium" if getattr(denoiser_config, "dual_attention_layers", None) else "5-large"
+        return f"stable-diffusion-3-{kind}/lora"
+
     def metadata_extra(self, profile: Any) -> dict[str, Any]:
         """What sd-scripts' sd3_train_network.py adds (update_metadata), and its network_args."""
         m, n = profile.model, profile.network

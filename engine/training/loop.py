@@ -191,6 +191,7 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
         family=comp.family, report=prepared.report, plan=plan, tag_frequency=scan.tag_frequency(),
         bucket_info=scan.bucket_info(), base_model_hashes=model_hashes(profile.model.base_model, full=False),
         v_pred=comp.prediction_type == "v_prediction", num_processes=plan.processes,
+        denoiser_config=comp.unet.config,
     )
     ckpt = Checkpointer(ctx, network, optimizer, lr_scheduler, accelerator, gen, source, metadata_inputs,
                         prepared.fingerprint, hint, s.save_dtype_for(profile), world=w)
