@@ -85,3 +85,70 @@ def write_flux_all_in_one(folder: Path, out: Path) -> Path:
     path = out / "flux1-tiny-aio.safetensors"
     save_file(sd, str(path))
     return path
+
+
+def sd3_to_sai(transformer) -> dict:
+    """A diffusers SD3Transformer2DModel's tensors in Stability AI's MMDiT names (fused qkv,
+    the last context block's and the final layer's modulation halves swapped)."""
+    sd = transformer.state_dict()
+    n = transformer.config.num_layers
+    out: dict = {}
+
+    def put(dst, *src, swap=False):
+        for suffix in ("weight", "bias"):
+            keys = [f"{s}.{suffix}" for s in src]
+            if not all(k in sd for k in keys):
+                continue
+            t = torch.cat([sd[k] for k in keys], dim=0)
+            if swap:
+                a, b = t.chunk(2, dim=0)
+                t = torch.cat([b, a], dim=0)
+            out[f"{dst}.{suffix}"] = t.contiguous()
+
+    out["pos_embed"] = sd["pos_embed.pos_embed"].contiguous()
+    put("x_embedder.proj", "pos_embed.proj")
+    put("t_embedder.mlp.0", "time_text_embed.timestep_embedder.linear_1")
+    put("t_embedder.mlp.2", "time_text_embed.timestep_embedder.linear_2")
+    put("y_embedder.mlp.0", "time_text_embed.text_embedder.linear_1")
+    put("y_embedder.mlp.2", "time_text_embed.text_embedder.linear_2")
+    put("context_embedder", "context_embedder")
+    for i in range(n):
+        d, s = f"transformer_blocks.{i}", f"joint_blocks.{i}"
+        last = i == n - 1
+        put(f"{s}.x_block.attn.qkv", f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v")
+        put(f"{s}.context_block.attn.qkv", f"{d}.attn.add_q_proj", f"{d}.attn.add_k_proj", f"{d}.attn.add_v_proj")
+        for dst, src in (("x_block.attn.ln_q", "attn.norm_q"), ("x_block.attn.ln_k", "attn.norm_k"),
+                         ("context_block.attn.ln_q", "attn.norm_added_q"), ("context_block.attn.ln_k", "attn.norm_added_k"),
+                         ("x_block.attn2.ln_q", "attn2.norm_q"), ("x_block.attn2.ln_k", "attn2.norm_k"),
+                         ("x_block.attn.proj", "attn.to_out.0"), ("x_block.attn2.proj", "attn2.to_out.0"),
+                         ("context_block.attn.proj", "attn.to_add_out"), ("x_block.adaLN_modulation.1", "norm1.linear"),
+                         ("x_block.mlp.fc1", "ff.net.0.proj"), ("x_block.mlp.fc2", "ff.net.2"),
+                         ("context_block.mlp.fc1", "ff_context.net.0.proj"), ("context_block.mlp.fc2", "ff_context.net.2")):
+            put(f"{s}.{dst}", f"{d}.{src}")
+        put(f"{s}.x_block.attn2.qkv", f"{d}.attn2.to_q", f"{d}.attn2.to_k", f"{d}.attn2.to_v")
+        put(f"{s}.context_block.adaLN_modulation.1", f"{d}.norm1_context.linear", swap=last)
+    put("final_layer.linear", "proj_out")
+    put("final_layer.adaLN_modulation.1", "norm_out.linear", swap=True)
+    return out
+
+
+def write_sd3_all_in_one(folder: Path, out: Path) -> Path:
+    """A ComfyUI-style SD3.5 file with everything in it (sd3.5_medium_incl_clips_t5xxlfp8scaled):
+    model.diffusion_model.*, text_encoders.{clip_l,clip_g,t5xxl}.transformer.*, first_stage_model.*."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection, T5EncoderModel
+
+    out.mkdir(parents=True, exist_ok=True)
+    tr = SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer")
+    sd = {f"model.diffusion_model.{k}": v for k, v in sd3_to_sai(tr).items()}
+    for sub, name in (("text_encoder", "clip_l"), ("text_encoder_2", "clip_g")):
+        te = CLIPTextModelWithProjection.from_pretrained(folder, subfolder=sub)
+        sd |= {f"text_encoders.{name}.transformer.{k}": v.contiguous() for k, v in te.state_dict().items()}
+    t5 = T5EncoderModel.from_pretrained(folder, subfolder="text_encoder_3")
+    sd |= {f"text_encoders.t5xxl.transformer.{k}": v.contiguous() for k, v in t5.state_dict().items()
+           if k != "encoder.embed_tokens.weight"}
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
+    sd |= {f"first_stage_model.{k}": v.contiguous() for k, v in vae_to_ldm(vae).items()}
+    path = out / "sd3.5-tiny-incl-clips-t5.safetensors"
+    save_file(sd, str(path))
+    return path

@@ -4,6 +4,7 @@ tiny models trained end to end from split single files and diffusers folders."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -201,6 +202,30 @@ def test_a_sd35_medium_single_file_is_built_medium_from_its_header(tmp_path):
     assert len(names) == 527 and _by_part(names) == {"unet": 263, "te1": 72, "te2": 192}
 
 
+@pytest.mark.parametrize("family, folder, over, arch", [
+    ("flux", "flux", {}, "flux-1-dev/lora"),
+    ("flux", "flux", {"guidance_embeds": False}, "flux-1-schnell/lora"),
+    ("sd3", "sd35-large", {}, "stable-diffusion-3-5-large/lora"),
+    ("sd3", "sd35-medium", {}, "stable-diffusion-3-5-medium/lora"),
+    ("sd3", "sd3-medium", {}, "stable-diffusion-3-medium/lora"),
+])
+def test_modelspec_architecture_names_the_variant_as_sd_scripts_does(family, folder, over, arch):
+    """sd-scripts' model types: SD3 medium (no q/k norm), SD3.5 medium (MMDiT-X blocks), SD3.5
+    large; Flux schnell (no guidance embedding) and dev. FLUX files carry no prediction type."""
+    import diffusers
+
+    from loratui.engine.configs import config_dir
+    from loratui.engine.metadata import modelspec
+    from loratui.engine.schema import Profile
+
+    fam = get_family(family)
+    cls = getattr(diffusers, fam.denoiser_class)
+    config = SimpleNamespace(**{**cls.load_config(str(config_dir(folder) / "transformer")), **over})
+    spec = modelspec(Profile(), family=family, timestamp=0.0, output_name="x", denoiser_config=config)
+    assert spec["modelspec.architecture"] == arch
+    assert ("modelspec.prediction_type" in spec) == (family == "sd3")
+
+
 # --------------------------------------------------------------------------- detection
 
 
@@ -320,6 +345,7 @@ def test_flux_from_split_files_trains_and_loads_in_diffusers(tiny_dirs, data, tm
     assert any(k.startswith("lora_te1_text_model_encoder_layers_0_self_attn_q_proj") for k in keys)
     assert md["ss_network_module"] == "networks.lora_flux" and md["ss_base_model_version"] == "flux1"
     assert md["modelspec.architecture"] == "flux-1-dev/lora" and md["ss_timestep_sampling"] == "shift"
+    assert "modelspec.prediction_type" not in md  # sd-scripts writes none for FLUX
     assert md["ss_model_prediction_type"] == "raw" and md["ss_network_args"] == '{"train_blocks": "double"}'
 
     ms = profile.model
@@ -364,6 +390,9 @@ def test_sd3_folder_trains_continues_and_says_so_in_metadata(tiny_dirs, data, tm
     assert not any(k.startswith("lora_te3_") for k in keys)
     assert md["ss_network_module"] == "networks.lora_sd3" and md["ss_base_model_version"] == "sd3"
     assert md["ss_weighting_scheme"] == "logit_normal"
+    tiny = json.loads((tiny_dirs["sd3"] / "transformer" / "config.json").read_text())
+    kind = "5-medium" if tiny.get("dual_attention_layers") else "5-large" if tiny.get("qk_norm") else "medium"
+    assert md["modelspec.architecture"] == f"stable-diffusion-3-{kind}/lora" and md["modelspec.prediction_type"] == "epsilon"
     again = _train(tiny_profile(tiny_dirs["sd3"], data, tmp_path / "b", optimization__max_train_epochs=1,
                                 model__t5xxl_max_token_length=8, network__network_weights=first.path, optimization__max_train_steps=1))
     with safe_open(again.path, "pt") as f:
@@ -528,3 +557,30 @@ def test_pipeline_renders_a_64px_image(tiny_dirs, family):
                generator=torch.Generator().manual_seed(0), **extra)
     image = out.images[0]
     assert image.shape == (64, 64, 3) and float(image.min()) >= 0.0 and float(image.max()) <= 1.0
+
+
+def test_sd3_all_in_one_file_loads_the_same_model_and_trains(tiny_dirs, data, tmp_path):
+    """A ComfyUI-style SD3.5 file (transformer in Stability AI's names, both CLIPs, T5, VAE):
+    its shape read from the file, the same model as the diffusers folder, and a run trains from it."""
+    from flow_files import write_sd3_all_in_one
+
+    from loratui.engine.loading import load_components
+    from loratui.engine.models import inspect_model
+
+    path = write_sd3_all_in_one(tiny_dirs["sd3"], tmp_path)
+    # the tiny text encoders / VAE are not the bundled shapes: their configs (and tokenizers) from the folder
+    ms = ModelSettings(base_model=str(path), model_config_dir=str(tiny_dirs["sd3"]))
+    info = inspect_model(ms)
+    assert info.ok and info.family == "sd3", info.problems
+    comp = load_components(ms)
+    ref = load_components(ModelSettings(base_model=str(tiny_dirs["sd3"])))
+    for a, b in ((comp.unet, ref.unet), (comp.vae, ref.vae), *zip(comp.text_encoders, ref.text_encoders)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert set(sa) <= set(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+    result = _train(tiny_profile(str(path), data, tmp_path / "out", optimization__max_train_epochs=1,
+                                 model__model_config_dir=str(tiny_dirs["sd3"]), model__t5xxl_max_token_length=8))
+    with safe_open(result.path, "pt") as f:
+        keys, md = set(f.keys()), f.metadata()
+    assert "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight" in keys
+    assert "lora_unet_joint_blocks_0_x_block_attn2_qkv.lora_up.weight" in keys  # the MMDiT-X block
+    assert md["modelspec.architecture"] == "stable-diffusion-3-5-medium/lora"
