@@ -369,13 +369,23 @@ class TrainingScreen(PlanChecks, Screen):
         set_text(title, text)
 
     def show_gpu_summary(self, text: str) -> None:
-        if self._ready:
-            set_text(self.query_one("#gpu", Label), text, layout=True)
+        label = self._label("#gpu")
+        if label is not None:
+            set_text(label, text, layout=True)
 
     def show_run_badge(self, text: str) -> None:
         """The top bar's note on the run ("▶ training 42% · d dashboard")."""
-        if self._ready:
-            set_text(self.query_one("#run-badge", Label), text)  # a fixed-width label: no relayout
+        label = self._label("#run-badge")
+        if label is not None:
+            set_text(label, text)  # a fixed-width label: no relayout
+
+    def _label(self, selector: str) -> Label | None:
+        """A top-bar label, or None before the screen is composed and once the app tears it down
+        (a GPU sample or run note may arrive then)."""
+        if not self._ready:
+            return None
+        found = self.query(selector)
+        return found.first(Label) if found else None
 
     def set_hint(self, text: str) -> None:
         self._hint = text
