@@ -118,14 +118,20 @@ def baseline_run(model_dir: Path, data_dir: Path, steps: int, resolution: int, b
         with autocast:
             hidden = te(ids).last_hidden_state
             pred = unet(noisy, t, hidden).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss.item()
-        stamps.append(time.perf_counter())
+        stamps.append(_update(torch.nn.functional.mse_loss(pred.float(), noise.float()), params, opt))
     return stamps
+
+
+def _update(loss, params, opt) -> float:
+    """The plain loop's optimizer step (clip to 1.0, as the engine's profile does); when it ended."""
+    import torch
+
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    loss.item()
+    return time.perf_counter()
 
 
 def flow_baseline_run(model_dir: Path, data_dir: Path, steps: int, resolution: int, batch: int) -> list[float]:
@@ -184,13 +190,7 @@ def flow_baseline_run(model_dir: Path, data_dir: Path, steps: int, resolution: i
         out = tr(hidden_states=packed, encoder_hidden_states=t5_all[idx], pooled_projections=pooled_all[idx],
                  timestep=s, img_ids=img_ids, txt_ids=txt_ids, guidance=guidance, return_dict=False)[0]
         pred = out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
-        loss = torch.nn.functional.mse_loss(pred.float(), (noise - latents).float())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss.item()
-        stamps.append(time.perf_counter())
+        stamps.append(_update(torch.nn.functional.mse_loss(pred.float(), (noise - latents).float()), params, opt))
     return stamps
 
 

@@ -21,15 +21,20 @@ def flux_to_bfl(transformer) -> dict:
     for src, targets, swapped in get_family("flux").weight_map(transformer.config):
         pairs = (("scale", "weight"),) if src.endswith("_norm") else (("weight", "weight"), ("bias", "bias"))
         for suffix, tsuffix in pairs:
-            keys = [f"{t}.{tsuffix}" for t in targets]
-            if not all(k in sd for k in keys):
-                continue
-            t = torch.cat([sd[k] for k in keys], dim=0)
-            if swapped:
-                a, b = t.chunk(2, dim=0)
-                t = torch.cat([b, a], dim=0)
-            out[f"{src}.{suffix}"] = t.contiguous()
+            _fuse(out, f"{src}.{suffix}", sd, [f"{t}.{tsuffix}" for t in targets], swapped)
     return out
+
+
+def _fuse(out: dict, name: str, sd: dict, keys: list[str], swap: bool) -> None:
+    """``out[name]``: the tensors ``keys`` of ``sd`` stacked along dim 0 (halves swapped: an
+    adaLN's shift / scale), when ``sd`` has them all."""
+    if not all(k in sd for k in keys):
+        return
+    t = torch.cat([sd[k] for k in keys], dim=0)
+    if swap:
+        a, b = t.chunk(2, dim=0)
+        t = torch.cat([b, a], dim=0)
+    out[name] = t.contiguous()
 
 
 def write_flux_split_files(folder: Path, out: Path, *, t5_dtype=torch.float8_e4m3fn, dtype=torch.bfloat16) -> dict:
@@ -96,14 +101,7 @@ def sd3_to_sai(transformer) -> dict:
 
     def put(dst, *src, swap=False):
         for suffix in ("weight", "bias"):
-            keys = [f"{s}.{suffix}" for s in src]
-            if not all(k in sd for k in keys):
-                continue
-            t = torch.cat([sd[k] for k in keys], dim=0)
-            if swap:
-                a, b = t.chunk(2, dim=0)
-                t = torch.cat([b, a], dim=0)
-            out[f"{dst}.{suffix}"] = t.contiguous()
+            _fuse(out, f"{dst}.{suffix}", sd, [f"{s}.{suffix}" for s in src], swap)
 
     out["pos_embed"] = sd["pos_embed.pos_embed"].contiguous()
     put("x_embedder.proj", "pos_embed.proj")
