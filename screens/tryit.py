@@ -1,7 +1,8 @@
 """Try a LoRA: the same prompt at several weights side by side, in the terminal
-(what the guides send users to a WebUI for). The prompt starts as the LoRA's
-trigger words; ``ctrl+r`` renders the contact sheet (``engine.samples.sheet``)
-in a worker thread and shows it."""
+(what the guides send users to a WebUI for), and, ticked, for each epoch's file
+of the run (one row each: pick the epoch and the strength at once). The prompt
+starts as the LoRA's trigger words; ``ctrl+r`` renders the contact sheet
+(``engine.samples.sheet``) in a worker thread and shows it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Input, Label
+from textual.widgets import Checkbox, Input, Label
 
 from loratui.tui.widgets.keybar import KeyBar
 from loratui.tui.widgets.sample_view import SampleView
@@ -31,6 +32,7 @@ class TryItScreen(Screen):
     TryItScreen .row { height: 1; }
     TryItScreen .row Label { width: 10; color: $text-muted; }
     TryItScreen .row Input { width: 1fr; height: 1; border: none; padding: 0; }
+    TryItScreen .row Checkbox { width: 1fr; height: 1; border: none; padding: 0; background: transparent; }
     TryItScreen #tryit-status { height: 1; padding: 0 1; }
     TryItScreen #tryit-box { height: 1fr; border: round $primary 50%; }
     """
@@ -58,10 +60,26 @@ class TryItScreen(Screen):
         with Horizontal(classes="row"):
             yield Label("weights")
             yield Input("0.4,0.6,0.8,1.0", id="tryit-weights")
+        files = self.epoch_files()
+        with Horizontal(classes="row"):
+            yield Label("epochs")
+            yield Checkbox(f"each epoch's file, one row each ({len(files)} in {Path(self.lora).parent.name or '.'})"
+                           if len(files) > 1 else "this file only (no other epoch's file of its name beside it)",
+                           False, id="tryit-epochs", disabled=len(files) < 2)
         yield Label(f" {Path(self.lora).name} on {self.base_model} ── ctrl+r renders", id="tryit-status", markup=False)
         with Vertical(id="tryit-box"):
             yield SampleView(id="tryit-sheet")
         yield KeyBar()
+
+    def epoch_files(self) -> list[Path]:
+        """This LoRA's file and those of the other epochs of its name beside it (``-000002``...)."""
+        from loratui.engine.samples.sheet import epoch_files
+
+        lora = Path(self.lora)
+        try:
+            return epoch_files(lora, lora.parent)
+        except OSError:
+            return [lora]
 
     def on_mount(self) -> None:
         self.query_one("#tryit-box").border_title = "try it ── the same prompt at each weight"
@@ -81,12 +99,13 @@ class TryItScreen(Screen):
         except (ValueError, PromptError) as exc:
             self._status(str(exc))
             return
+        loras = self.epoch_files() if self.query_one("#tryit-epochs", Checkbox).value else [Path(self.lora)]
         self.busy = True
-        self._status("rendering… (the base model loads once per sheet)")
-        self._render_sheet(prompt, weights)
+        self._status(f"rendering {len(loras)} × {len(weights)}… (the base model loads once per sheet)")
+        self._render_sheet(prompt, weights, loras)
 
     @work(thread=True, exclusive=True, group="tryit", exit_on_error=False)
-    def _render_sheet(self, prompt, weights) -> None:
+    def _render_sheet(self, prompt, weights, loras) -> None:
         from dataclasses import replace
 
         from loratui.engine.families import get_family
@@ -103,7 +122,7 @@ class TryItScreen(Screen):
                              seed=prompt.seed if prompt.seed is not None else 0, sampler=prompt.sampler or "euler_a")
             lora = Path(self.lora)
             out = lora.parent / "sample" / f"{lora.stem}_sheet_{time.strftime('%Y%m%d%H%M%S')}.png"
-            res = make_sheet(self.base_model, [lora], prompt, weights, out)
+            res = make_sheet(self.base_model, loras, prompt, weights, out)
             self.post_message(SheetDone(str(res.path), ""))
         except Exception as exc:  # noqa: BLE001 - shown on the screen, never a traceback
             self.post_message(SheetDone("", str(exc).splitlines()[0] if str(exc) else type(exc).__name__))

@@ -163,6 +163,8 @@ async def test_gallery_key_without_samples_says_how(fixed_env):
 async def test_try_it_screen_prefills_trigger_words_and_renders_a_sheet(tiny_sd1_dir, tmp_path, fixed_env):
     from test_samples import _lora_files
 
+    from PIL import Image
+
     from loratui.screens.tryit import TryItScreen
     from loratui.tui.widgets.sample_view import SampleView
 
@@ -190,3 +192,15 @@ async def test_try_it_screen_prefills_trigger_words_and_renders_a_sheet(tiny_sd1
         assert scr.sheet and Path(scr.sheet).is_file(), str(scr.query_one("#tryit-status").render())
         assert scr.query_one("#tryit-sheet", SampleView).path == scr.sheet
         assert Path(scr.sheet).parent == folder / "sample"
+        assert Image.open(scr.sheet).size == (160 + 2 * 68, 24 + 68)  # one row: this file
+        # every epoch's file of the run, one row each (toy-000001, then the final toy)
+        epochs = scr.query_one("#tryit-epochs")
+        assert not epochs.disabled and "2 in loras" in str(epochs.label)
+        epochs.value = True
+        first = scr.sheet
+        await pilot.press("ctrl+r")
+        for _ in range(3000):
+            await pilot.pause(0.05)
+            if not scr.busy:
+                break
+        assert scr.sheet != first and Image.open(scr.sheet).size == (160 + 2 * 68, 24 + 2 * 68)
