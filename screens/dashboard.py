@@ -211,7 +211,7 @@ class DashboardScreen(Screen):
         if not path or profile is None:
             self.notify("try it: when a run of this app has finished (or: loratui sample LORA --base MODEL)", timeout=4)
             return
-        self.app.push_screen(TryItScreen(path, profile.model.base_model))
+        self.app.push_screen(TryItScreen(path, profile.model))  # the run's model as it gave it (split parts too)
 
     def _draw_title(self, state: RunState) -> None:
         title = f" loratui  {state.profile_name}" + (f"  run {state.run_name}" if state.run_name else "")

@@ -6,7 +6,6 @@ starts as the LoRA's trigger words; ``ctrl+r`` renders the contact sheet
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from textual import work
@@ -41,9 +40,14 @@ class TryItScreen(Screen):
         Binding("escape", "app.pop_screen", "back", id="tryit.back"),
     ]
 
-    def __init__(self, lora: str, base_model: str) -> None:
+    def __init__(self, lora: str, base_model) -> None:
+        """``base_model``: a path or repo id, or the run's ``ModelSettings`` (SD3 / FLUX split files)."""
         super().__init__(id="tryit-screen")
-        self.lora, self.base_model = lora, base_model
+        from loratui.engine.schema import ModelSettings
+
+        self.lora = lora
+        self.model = base_model if isinstance(base_model, ModelSettings) else ModelSettings(base_model=str(base_model))
+        self.base_model = self.model.base_model
         self.sheet = ""
         self.busy = False
 
@@ -110,19 +114,18 @@ class TryItScreen(Screen):
 
         from loratui.engine.families import get_family
         from loratui.engine.models import inspect_model
-        from loratui.engine.samples.sheet import make_sheet
-        from loratui.engine.schema import ModelSettings
+        from loratui.engine.samples.sheet import make_sheet, sheet_path
 
         try:
-            info = inspect_model(ModelSettings(base_model=self.base_model))
+            info = inspect_model(self.model)
             if info.problems:
                 raise ValueError("; ".join(map(str, info.problems)))
             size = get_family(info.family).default_resolution if info.family else 512
             prompt = replace(prompt, width=prompt.width or size, height=prompt.height or size,
                              seed=prompt.seed if prompt.seed is not None else 0, sampler=prompt.sampler or "euler_a")
             lora = Path(self.lora)
-            out = lora.parent / "sample" / f"{lora.stem}_sheet_{time.strftime('%Y%m%d%H%M%S')}.png"
-            res = make_sheet(self.base_model, loras, prompt, weights, out)
+            out = sheet_path(lora)
+            res = make_sheet(self.model, loras, prompt, weights, out)
             self.post_message(SheetDone(str(res.path), ""))
         except Exception as exc:  # noqa: BLE001 - shown on the screen, never a traceback
             self.post_message(SheetDone("", str(exc).splitlines()[0] if str(exc) else type(exc).__name__))

@@ -363,6 +363,21 @@ def test_flux_from_split_files_trains_and_loads_in_diffusers(tiny_dirs, data, tm
     with torch.no_grad():
         assert torch.allclose(pipe.text_encoder(ids).pooler_output, ours.text_encoders[0](ids).pooler_output, atol=1e-5)
 
+    # try it headless on the model as the profile gives it (clip_l, t5xxl, ae beside the transformer file)
+    import numpy as np
+    from PIL import Image
+
+    from loratui.engine.cli import run_command
+    from loratui.engine.schema.files import save_profile
+
+    sheet = tmp_path / "sheet.png"
+    args = ["sample", str(result.path), "--weights", "0,1", "--cpu", "--out", str(sheet), "--prompt", "toy --s 2 --w 64 --h 64"]
+    assert run_command([*args, "--base", files["base_model"]]) == 2  # the transformer file alone lacks its parts
+    assert run_command([*args, "--profile", str(save_profile(profile, tmp_path / "flux.toml"))]) == 0
+    a = np.asarray(Image.open(sheet).convert("RGB")).astype(int)
+    assert a.shape == (24 + 68, 160 + 2 * 68, 3)
+    assert np.abs(a[24:88, 228:292] - a[24:88, 160:224]).max() > 0  # weight 1 differs from the base model
+
 
 def test_flux_folder_all_blocks_trains_and_continues(tiny_dirs, data, tmp_path):
     first = _train(tiny_profile(tiny_dirs["flux"], data, tmp_path / "a", optimization__max_train_epochs=1,

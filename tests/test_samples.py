@@ -266,6 +266,20 @@ def _lora_files(model_dir, folder: Path) -> Path:
     return folder / "toy.safetensors"
 
 
+def test_a_second_sheet_in_the_same_second_does_not_replace_the_first(tmp_path, monkeypatch):
+    import time
+
+    from loratui.engine.samples.sheet import sheet_path
+
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20261203120000")
+    lora = tmp_path / "toy.safetensors"
+    first = sheet_path(lora)
+    assert first == tmp_path / "sample" / "toy_sheet_20261203120000.png"
+    first.parent.mkdir()
+    first.write_bytes(b"png")
+    assert sheet_path(lora) == tmp_path / "sample" / "toy_sheet_20261203120000_2.png"
+
+
 def test_sample_command_writes_a_contact_sheet_of_weights_and_epochs(tiny_sd1_dir, tmp_path, capsys):
     import numpy as np
     from PIL import Image

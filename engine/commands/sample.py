@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 NAME = "sample"
@@ -15,7 +14,11 @@ HELP = "render a prompt with a LoRA at several weights (and epochs) into one con
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("lora", help="the LoRA .safetensors file")
-    p.add_argument("--base", required=True, help="base model: .safetensors file, diffusers folder or Hub repo id")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--base", help="base model: .safetensors file, diffusers folder or Hub repo id")
+    g.add_argument("--profile", metavar="PROFILE",
+                   help="the base model as this profile gives it: its [model] section (SD3 / FLUX split files: "
+                        "clip_l, clip_g, t5xxl, ae; model_config_dir; vae)")
     p.add_argument("--prompt", default=None,
                    help="prompt, with sd-scripts' options (--n, --w, --h, --d, --l, --s, --ss) inside the quotes; "
                         "default: the LoRA's trigger words")
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from loratui.engine.lora_file import LoRAWeightsError
     from loratui.engine.samples.prompts import PromptError, parse_line
     from loratui.engine.samples.samplers import canonical_sampler
-    from loratui.engine.samples.sheet import epoch_files, lora_metadata, make_sheet, trigger_words
+    from loratui.engine.samples.sheet import epoch_files, lora_metadata, make_sheet, sheet_path, trigger_words
 
     lora = Path(args.lora).expanduser()
     try:
@@ -66,7 +69,21 @@ def run(args: argparse.Namespace) -> int:
     from loratui.engine.models import inspect_model
     from loratui.engine.schema import ModelSettings
 
-    info = inspect_model(ModelSettings(base_model=args.base))
+    if args.profile:
+        from loratui.engine.schema import ProfileError, load_profile
+
+        try:
+            ms = load_profile(Path(args.profile).expanduser()).model
+        except ProfileError as exc:
+            for problem in exc.problems:
+                print(f"error    {problem}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"error    --profile {args.profile}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+    else:
+        ms = ModelSettings(base_model=args.base)
+    info = inspect_model(ms)
     if info.problems:
         for p in info.problems:
             print(f"error    {p}", file=sys.stderr)
@@ -74,11 +91,11 @@ def run(args: argparse.Namespace) -> int:
     size = get_family(info.family).default_resolution if info.family else 512
     prompt = replace(prompt, width=prompt.width or size, height=prompt.height or size,
                      seed=prompt.seed if prompt.seed is not None else 0, sampler=prompt.sampler or canonical_sampler(args.sampler))
-    out = Path(args.out).expanduser() if args.out else lora.parent / "sample" / f"{lora.stem}_sheet_{time.strftime('%Y%m%d%H%M%S')}.png"
+    out = Path(args.out).expanduser() if args.out else sheet_path(lora)
     print(f"prompt   {prompt.prompt}" + (f"  (negative: {prompt.negative_prompt})" if prompt.negative_prompt else ""))
     print(f"loras    {', '.join(p.name for p in loras)}\nweights  {', '.join(f'{w:g}' for w in weights)}")
     try:
-        res = make_sheet(args.base, loras, prompt, weights, out, device="cpu" if args.cpu else None,
+        res = make_sheet(ms, loras, prompt, weights, out, device="cpu" if args.cpu else None,
                          on_progress=lambda m: print(f"render   {m}", flush=True))
     except LoRAWeightsError as exc:
         print(f"error    {exc}", file=sys.stderr)

@@ -58,6 +58,19 @@ def trigger_words(metadata: dict[str, str]) -> str:
     return (metadata.get("ss_output_name") or "").strip()
 
 
+def sheet_path(lora: Path) -> Path:
+    """``<LoRA folder>/sample/<name>_sheet_<time>.png``, never one that exists (two sheets in
+    one second: ``…_2.png``)."""
+    import time
+
+    base = Path(lora).parent / "sample" / f"{Path(lora).stem}_sheet_{time.strftime('%Y%m%d%H%M%S')}"
+    out, n = base.with_name(base.name + ".png"), 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}_{n}.png")
+    return out
+
+
 def epoch_files(lora: Path, folder: Path | None) -> list[Path]:
     """``lora`` alone, or every ``<name>-NNNNNN.safetensors`` of its name in
     ``folder`` in epoch order, then the final file."""
@@ -82,10 +95,11 @@ def set_weight(layers: list, base: dict, weight: float) -> None:
             m.scaling[name] = s * weight
 
 
-def make_sheet(base_model: str, loras: list[Path], prompt: SamplePrompt, weights: list[float], out: Path, *,
+def make_sheet(base_model, loras: list[Path], prompt: SamplePrompt, weights: list[float], out: Path, *,
                device: str | None = None, on_progress=None) -> SheetResult:
     """Render ``prompt`` (resolved: size, seed, sampler set) for each LoRA file at
-    each weight and write the contact sheet to ``out``."""
+    each weight and write the contact sheet to ``out``. ``base_model``: a path or
+    repo id, or the run's ``ModelSettings`` (a split SD3 / FLUX model's parts)."""
     import torch
 
     from loratui.engine.lora import LoRANetwork
@@ -97,7 +111,8 @@ def make_sheet(base_model: str, loras: list[Path], prompt: SamplePrompt, weights
 
     device = device or pick_device()
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    comp = load_components(ModelSettings(base_model=base_model), device=device, dtype=dtype)
+    ms = base_model if isinstance(base_model, ModelSettings) else ModelSettings(base_model=str(base_model))
+    comp = load_components(ms, device=device, dtype=dtype)
     net = LoRANetwork.create(comp.unet, comp.text_encoders, comp.family, rank=4, alpha=4, weights=str(loras[0]))
     for p in net.parameters():
         p.data = p.data.to(device=device, dtype=dtype)
