@@ -150,3 +150,18 @@ def write_sd3_all_in_one(folder: Path, out: Path) -> Path:
     path = out / "sd3.5-tiny-incl-clips-t5.safetensors"
     save_file(sd, str(path))
     return path
+
+
+def write_sd3_split_files(folder: Path, out: Path) -> dict:
+    """SD3.5 as Stability AI ships it (sd3.5_medium.safetensors: the MMDiT and the VAE) with
+    the text encoders as separate files (clip_l, clip_g, t5xxl): the profile's model settings."""
+    from safetensors.torch import load_file
+
+    whole = load_file(str(write_sd3_all_in_one(folder, out / "aio")))
+    files = {"base_model": out / "sd3.5-tiny.safetensors", "clip_l": out / "clip_l.safetensors",
+             "clip_g": out / "clip_g.safetensors", "t5xxl": out / "t5xxl_fp16.safetensors"}
+    save_file({k: v for k, v in whole.items() if not k.startswith("text_encoders.")}, str(files["base_model"]))
+    for key, name in (("clip_l", "clip_l"), ("clip_g", "clip_g"), ("t5xxl", "t5xxl")):
+        prefix = f"text_encoders.{name}.transformer."
+        save_file({k[len(prefix):]: v for k, v in whole.items() if k.startswith(prefix)}, str(files[key]))
+    return {k: str(v) for k, v in files.items()}

@@ -599,3 +599,24 @@ def test_sd3_all_in_one_file_loads_the_same_model_and_trains(tiny_dirs, data, tm
     assert "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight" in keys
     assert "lora_unet_joint_blocks_0_x_block_attn2_qkv.lora_up.weight" in keys  # the MMDiT-X block
     assert md["modelspec.architecture"] == "stable-diffusion-3-5-medium/lora"
+
+
+def test_sd3_split_files_load_the_same_model(tiny_dirs, tmp_path):
+    """The MMDiT + VAE file with clip_l, clip_g and t5xxl as separate files (model.clip_l ...)."""
+    from flow_files import write_sd3_split_files
+
+    from loratui.engine.loading import load_components
+    from loratui.engine.models import inspect_model
+
+    files = write_sd3_split_files(tiny_dirs["sd3"], tmp_path)
+    alone = inspect_model(ModelSettings(base_model=files["base_model"]))
+    assert alone.family == "sd3" and not alone.ok
+    assert all(part in str(alone.problems[0]) for part in ("CLIP-L", "CLIP-G", "T5-XXL"))
+    ms = ModelSettings(**files, model_config_dir=str(tiny_dirs["sd3"]))
+    info = inspect_model(ms)
+    assert info.ok, info.problems
+    comp = load_components(ms)
+    ref = load_components(ModelSettings(base_model=str(tiny_dirs["sd3"])))
+    for a, b in ((comp.unet, ref.unet), (comp.vae, ref.vae), *zip(comp.text_encoders, ref.text_encoders)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert set(sa) <= set(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
