@@ -73,8 +73,7 @@ def candidates(profile, family: str) -> list[Change]:
     if n.network_dim > 8:
         out.append(Change("network.network_dim", max(8, n.network_dim // 2), "a smaller LoRA"))
     if setting(profile, "fp8_base", None) is False:
-        what = "U-Net" if get_family(family).denoiser_class.startswith("UNet") else "transformer"
-        out.append(Change(_key(profile, "fp8_base"), True, f"the {what}'s weights in 8 bits"))
+        out.append(Change(_key(profile, "fp8_base"), True, f"the {get_family(family).denoiser_label}'s weights in 8 bits"))
     blocks = getattr(get_family(family), "swap_block_count", 0)
     if setting(profile, "blocks_to_swap", None) == 0 and blocks >= 16:  # transformer families (sd-scripts' FLUX/SD3 guides)
         out.append(Change(_key(profile, "blocks_to_swap"), blocks // 2, "half the blocks in RAM"))

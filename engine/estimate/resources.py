@@ -28,8 +28,7 @@ def resident_components(profile, shape, counted) -> dict[str, int]:
     swapped = swap_fraction(shape.family, swap)
     from loratui.engine.families import get_family
 
-    label = "U-Net weights" if get_family(shape.family).denoiser_class.startswith("UNet") else "transformer weights"
-    out[label] = int(unet * unet_bytes * (1 - swapped))
+    out[f"{get_family(shape.family).denoiser_label} weights"] = int(unet * unet_bytes * (1 - swapped))
     te_cached = _te_cached(profile) and not shape.train_text_encoder
     if not te_cached:
         te = sum(v["count"] for k, v in counted.params.items() if k != "unet")

@@ -28,6 +28,7 @@ class FlowFamily(Family):
     t5_label: ClassVar[str] = "T5-XXL"
     default_t5_tokens: ClassVar[int] = 256
     denoiser_subfolder: ClassVar[str] = "transformer"  # where a diffusers folder keeps the denoiser
+    denoiser_label: ClassVar[str] = "transformer"
     # flux_train_network.py / sd3_train_network.py take these memory flags (sd-scripts)
     sd_scripts_memory_args: ClassVar[tuple[str, ...]] = (
         "cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk", "blocks_to_swap", "cpu_offload_checkpointing",

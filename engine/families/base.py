@@ -75,6 +75,7 @@ class Family:
     # ---- components and layouts
     text_encoders: ClassVar[tuple[TextEncoderSpec, ...]] = ()
     denoiser_class: ClassVar[str] = "UNet2DConditionModel"  # the diffusers class in unet/ (a transformer for SD3/Flux)
+    denoiser_label: ClassVar[str] = "U-Net"  # what people call it (estimates, suggestions)
     cross_attention_width: ClassVar[int | None] = None  # the U-Net's cross-attention width in full-size models
     text_encoder_act: ClassVar[str | None] = None  # hidden_act of the (first) text encoder in a diffusers config
     config_folder: ClassVar[str] = ""  # bundled diffusers configs in engine/configs
