@@ -77,7 +77,7 @@ def config_subdir(fam, root, sub: str) -> Path:
     """``root``'s ``sub`` folder; for SD3 / Flux the bundled one where ``root`` has none
     (``model.model_config_dir`` may give only some parts, as the run's loader takes it)."""
     own = Path(root) / sub
-    if own.is_dir() or not hasattr(fam, "header_transformer_config"):
+    if own.is_dir() or not fam.flow_matching:
         return own
     return fam.config_dir("epsilon") / sub
 
@@ -86,7 +86,7 @@ def denoiser_overrides(info, ms, fam) -> dict:
     """A SD3 / Flux single file's transformer shape (medium or large, dev or schnell), read
     from its header, unless ``model.model_config_dir`` has a transformer config; the configs
     give the rest. {} for everything else."""
-    if info.kind != "file" or info.path is None or not hasattr(fam, "header_transformer_config"):
+    if info.kind != "file" or info.path is None or not fam.flow_matching:
         return {}
     if ms.model_config_dir and (Path(ms.model_config_dir).expanduser() / fam.denoiser_subfolder).is_dir():
         return {}
@@ -102,8 +102,7 @@ def meta_models(fam, root: Path, overrides: dict | None = None):
     import transformers
 
     cls = getattr(diffusers, fam.denoiser_class)
-    sub = getattr(fam, "denoiser_subfolder", "unet")
-    config = dict(cls.load_config(str(config_subdir(fam, root, sub))))
+    config = dict(cls.load_config(str(config_subdir(fam, root, fam.denoiser_subfolder))))
     config.update(overrides or {})
     with torch.device("meta"):
         denoiser = cls.from_config(config)

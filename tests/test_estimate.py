@@ -27,7 +27,7 @@ def _real_model(folder, family):
     from loratui.engine.families import get_family
 
     fam = get_family(family)
-    unet = getattr(diffusers, fam.denoiser_class).from_pretrained(folder / getattr(fam, "denoiser_subfolder", "unet"))
+    unet = getattr(diffusers, fam.denoiser_class).from_pretrained(folder / fam.denoiser_subfolder)
     tes = [getattr(transformers, s.model_class).from_pretrained(folder / s.subfolder) for s in fam.text_encoders]
     for m in (unet, *tes):
         m.to(torch.float32)

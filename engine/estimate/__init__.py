@@ -151,7 +151,7 @@ def _flow_shape(profile, model_info, family: str, config_dir: Path) -> dict:
     from loratui.engine.lora_modules import config_subdir, denoiser_overrides
 
     fam = get_family(family)
-    if not hasattr(fam, "sigmas"):
+    if not fam.flow_matching:
         return {}
     ms, net = profile.model, profile.network
     over = denoiser_overrides(model_info, ms, fam) if model_info is not None else {}

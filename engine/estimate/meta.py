@@ -310,10 +310,9 @@ def training_forward(family, unet, text_encoders, *, batch: int, height: int, wi
                      train_text_encoder: bool, clip_skip: int = 1, seq_len: int = 77, text_tokens: int = 0,
                      t5_mask: bool = False, flow_prediction: str = "sigma_scaled"):
     """One training forward as ``training.step.Objective.loss`` runs it; the loss.
-    SD3 / Flux (``family.sigmas``): flow matching, T5 with ``text_tokens`` tokens."""
+    SD3 / Flux (``family.flow_matching``): T5 with ``text_tokens`` tokens."""
     import torch
 
-    flow = hasattr(family, "sigmas")
     lat_h, lat_w = height // 8, width // 8
     channels = family.latent_channels(unet.config)
 
@@ -325,7 +324,7 @@ def training_forward(family, unet, text_encoders, *, batch: int, height: int, wi
     latents = make((batch, channels, lat_h, lat_w))
     noise = make((batch, channels, lat_h, lat_w))
     noisy = make((batch, channels, lat_h, lat_w))
-    if flow:
+    if family.flow_matching:
         from loratui.engine.flow_matching import FlowSettings, FlowStep
 
         timesteps = FlowStep(torch.rand((batch,), device=device), FlowSettings(model_prediction_type=flow_prediction))

@@ -27,7 +27,8 @@ class FlowFamily(Family):
     part_settings: ClassVar[dict[str, str]] = {}
     t5_label: ClassVar[str] = "T5-XXL"
     default_t5_tokens: ClassVar[int] = 256
-    denoiser_subfolder: ClassVar[str] = "transformer"  # where a diffusers folder keeps the denoiser
+    denoiser_subfolder: ClassVar[str] = "transformer"
+    flow_matching: ClassVar[bool] = True
     denoiser_label: ClassVar[str] = "transformer"
     # flux_train_network.py / sd3_train_network.py take these memory flags (sd-scripts)
     sd_scripts_memory_args: ClassVar[tuple[str, ...]] = (

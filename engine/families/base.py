@@ -76,6 +76,8 @@ class Family:
     text_encoders: ClassVar[tuple[TextEncoderSpec, ...]] = ()
     denoiser_class: ClassVar[str] = "UNet2DConditionModel"  # the diffusers class in unet/ (a transformer for SD3/Flux)
     denoiser_label: ClassVar[str] = "U-Net"  # what people call it (estimates, suggestions)
+    denoiser_subfolder: ClassVar[str] = "unet"  # where a diffusers folder keeps the denoiser
+    flow_matching: ClassVar[bool] = False  # SD3 / FLUX: trained with flow matching, T5 last of the text encoders
     cross_attention_width: ClassVar[int | None] = None  # the U-Net's cross-attention width in full-size models
     text_encoder_act: ClassVar[str | None] = None  # hidden_act of the (first) text encoder in a diffusers config
     config_folder: ClassVar[str] = ""  # bundled diffusers configs in engine/configs
