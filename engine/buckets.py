@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from loratui.engine.problems import Problem, error
+from loratui.engine.problems import Problem, error, warning
 
 if TYPE_CHECKING:
     from loratui.engine.schema import DatasetSettings
@@ -126,6 +126,14 @@ class BucketManager:
                     "64 is usual",
                 )
             )
+        if not self.enable:
+            w, h = self.resolution
+            if w % 8 or h % 8:
+                cut = f"{w - w % 8}×{h - h % 8}"
+                key = "dataset.resolution" if w % 8 else "dataset.resolution_height"
+                out.append(warning(key, f"{w}×{h} is not made of 8-pixel blocks: images are trained at {cut} "
+                                        "(what the VAE keeps of them, as in sd-scripts)",
+                                   f"set the size to {cut} to say so, or turn on enable_bucket"))
         if self.enable and not self.no_upscale:
             big = max(self.resolution)
             if self.max_size < big:
@@ -140,12 +148,13 @@ class BucketManager:
 
     def select(self, width: int, height: int) -> BucketChoice:
         """The bucket for an image of ``width × height`` (after EXIF rotation). A step
-        below 8 (kohya_ss presets' 1) chooses as sd-scripts does with that step, then cuts
-        each side to the VAE's 8-pixel blocks (what sd-scripts' VAE keeps of it)."""
+        below 8 (kohya_ss presets' 1), or a fixed resolution such as 512×650, chooses as
+        sd-scripts does, then cuts each side to the VAE's 8-pixel blocks (what sd-scripts'
+        VAE keeps of it)."""
         choice = self._select(width, height)
-        if self.step >= 8:
-            return choice
         w, h = choice.bucket
+        if not (w % 8 or h % 8):
+            return choice
         bucket = (max(8, w - w % 8), max(8, h - h % 8))
         resized = (max(bucket[0], choice.resized[0]), max(bucket[1], choice.resized[1]))
         return BucketChoice(bucket=bucket, resized=resized, ar_error=bucket[0] / bucket[1] - width / height)

@@ -100,3 +100,38 @@ def test_from_settings_and_problems():
     ds3 = DatasetSettings(bucket_reso_steps=12, min_bucket_reso=252, max_bucket_reso=1020)
     (p,) = BucketManager.from_settings(ds3).problems()
     assert p.key == "dataset.bucket_reso_steps" and "multiple of 8" in p.message and p.is_error
+
+
+def test_a_fixed_size_off_the_8_pixel_grid_is_cut_to_it_with_a_warning():
+    # kohya_ss's "512,650" without buckets, as sd-scripts takes it: the VAE keeps 512×648
+    m = BucketManager.from_settings(DatasetSettings(resolution=512, resolution_height=650, enable_bucket=False))
+    choice = m.select(600, 800)
+    assert choice.bucket == (512, 648)
+    assert choice.resized[0] >= 512 and choice.resized[1] >= 648
+    assert abs(choice.resized[0] / choice.resized[1] - 600 / 800) < 0.01
+    (p,) = m.problems()
+    assert p.key == "dataset.resolution_height" and not p.is_error
+    assert "512×650" in p.message and "512×648" in p.message
+    # on the grid: nothing to say; with buckets the size is only the area (512·650), as in sd-scripts
+    assert BucketManager.from_settings(DatasetSettings(resolution=512, resolution_height=648,
+                                                       enable_bucket=False)).problems() == []
+    bucketed = BucketManager.from_settings(DatasetSettings(resolution=512, resolution_height=650))
+    assert bucketed.problems() == [] and max(w * h for w, h in bucketed.resos) <= 512 * 650
+    assert all(w % 64 == 0 and h % 64 == 0 for w, h in bucketed.resos)
+
+
+def test_flow_models_need_16_pixel_blocks():
+    from loratui.engine.schema import profile_from_dict
+    from loratui.engine.training.prepare import family_option_problems
+
+    def keys(family, **ds):
+        p = profile_from_dict({"dataset": ds})
+        return {x.key: x for x in family_option_problems(p, family) if x.is_error}
+
+    bad = keys("flux", bucket_reso_steps=8, min_bucket_reso=256, max_bucket_reso=1024)
+    assert "dataset.bucket_reso_steps" in bad and "16-pixel blocks" in bad["dataset.bucket_reso_steps"].message
+    assert "dataset.bucket_reso_steps" in keys("sd3", bucket_reso_steps=8, min_bucket_reso=256, max_bucket_reso=1024)
+    assert keys("flux", bucket_reso_steps=32) == {} and keys("sd1", bucket_reso_steps=8) == {}
+    fixed = keys("flux", enable_bucket=False, resolution=512, resolution_height=648)
+    assert list(fixed) == ["dataset.resolution_height"] and "e.g. 640" in fixed["dataset.resolution_height"].hint
+    assert keys("sd1", enable_bucket=False, resolution=512, resolution_height=648) == {}

@@ -90,8 +90,8 @@ def test_report_json(ds, capsys):
 def test_problems_give_exit_1_and_usage_errors_exit_2(tmp_path, capsys):
     code, out, _ = run(capsys, tmp_path / "missing")
     assert code == 1 and "does not exist" in out
-    code, _, err = run(capsys, tmp_path, "--resolution", 500)
-    assert code == 2 and "--resolution: 500 must be a multiple of 64" in err
+    code, _, err = run(capsys, tmp_path, "--resolution", 32)
+    assert code == 2 and "--resolution: 32 is out of range: must be ≥ 64" in err
     code, _, err = run(capsys, tmp_path, "--name", "x")
     assert code == 2 and "--name goes with --make-kohya" in err
     code, _, err = run(capsys, tmp_path, "--make-kohya", tmp_path)

@@ -189,8 +189,11 @@ def test_missing_folder_and_flat_folder_come_back_as_problems(tmp_path):
 
 
 def test_bad_resolution_is_refused_with_the_reason(tmp_path):
-    with pytest.raises(InspectError, match="multiple of 64"):
-        dataset_settings(tmp_path, 500)
+    with pytest.raises(InspectError, match="must be ≥ 64"):
+        dataset_settings(tmp_path, 32)
+    # any size from 64 up is an area for the buckets (as in sd-scripts); the largest bucket covers it
+    assert dataset_settings(tmp_path, 500).resolution == 500
+    assert dataset_settings(tmp_path, 1100).max_bucket_reso == 1152
     with pytest.raises(InspectError, match="caption_extension"):
         dataset_settings(tmp_path, 512, "txt")
 

@@ -243,22 +243,14 @@ def test_loha_resume_is_exact(tiny_sd1_dir, data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-LYCORIS_FIXTURES = ["sd15_ia3.json", "sd15_loha.json", "sd15_lokr.json"]
-
-
-@pytest.mark.parametrize("fixture", LYCORIS_FIXTURES + ["gui_sd15_lokr.json"])
-def test_kohya_lycoris_configs_import_and_train_one_step(fixture, tiny_sd1_dir, data, tmp_path):
-    from conftest import SHARED_FIXTURES
+def test_our_kohya_lycoris_gui_config_imports_and_trains_one_step(tiny_sd1_dir, data, tmp_path):
+    """(kohya_ss's own LyCORIS presets: tests/test_kohya_fixtures_train.py)"""
+    from pathlib import Path
 
     from loratui.engine.kohya import import_kohya
     from loratui.engine.schema import profile_from_dict
 
-    path = SHARED_FIXTURES / "kohya_ss" / fixture
-    if fixture.startswith("gui_"):
-        from pathlib import Path
-
-        path = Path(__file__).parent / "fixtures" / "kohya" / fixture
-    r = import_kohya(path)
+    r = import_kohya(Path(__file__).parent / "fixtures" / "kohya" / "gui_sd15_lokr.json")
     assert r.problems() == []
     d = r.profile_dict
     net_type = d["network"]["network_type"]

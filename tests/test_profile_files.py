@@ -82,14 +82,14 @@ def test_a_new_file_gets_the_header(tmp_path):
 
 def test_set_problems_name_the_set_item(tmp_path):
     path = tmp_path / "p.toml"
-    path.write_text("[network]\nnetwork_dim = 8\n[dataset]\nresolution = 500\n")
+    path.write_text("[network]\nnetwork_dim = 8\n[dataset]\nresolution = 32\n")
     with pytest.raises(ProfileError) as err:
         load_profile(path, ["network.network_dim=0", "network.rank=4"])
     lines = [str(p) for p in err.value.problems]
     assert "--set network.network_dim=0: 0 is out of range: must be ≥ 1" in lines
     assert any(line.startswith("--set network.rank=4: unknown setting") for line in lines)
     # the file's own problem still names the file
-    assert f"{path}:dataset.resolution: 500 must be a multiple of 64 (e.g. 448)" in lines
+    assert f"{path}:dataset.resolution: 32 is out of range: must be ≥ 64" in lines
     by_key = {p.key: p for p in err.value.problems}
     assert by_key["network.network_dim"].source == "--set network.network_dim=0"
     assert by_key["dataset.resolution"].source == str(path)

@@ -67,9 +67,10 @@ def test_all_problems_reported_at_once_with_file_and_key(tmp_path):
 
 def test_cross_field_rules_name_the_field():
     with pytest.raises(ProfileError) as err:
-        profile_from_dict({"dataset": {"resolution": 500, "min_bucket_reso": 1024, "max_bucket_reso": 512}}, "p.toml")
+        profile_from_dict({"dataset": {"caption_extension": "txt", "min_bucket_reso": 1024, "max_bucket_reso": 512}},
+                          "p.toml")
     text = "\n".join(str(p) for p in err.value.problems)
-    assert "p.toml:dataset.resolution: 500 must be a multiple of 64" in text
+    assert "p.toml:dataset.caption_extension: must start with a dot, e.g. '.txt'" in text
     assert "p.toml:dataset.min_bucket_reso: 1024 is larger than max_bucket_reso 512" in text
     with pytest.raises(ProfileError) as err:
         profile_from_dict({"network": {"train_unet": False, "train_text_encoder": False}}, "p.toml")

@@ -133,9 +133,9 @@ async def test_validation_in_place_and_start_refused(env, synthetic_dataset):
     app = app_for(make_profile(env, synthetic_dataset))
     async with app.run_test(size=(120, 40)) as pilot:
         form = app.form
-        res = await edit(pilot, form, "dataset.resolution", "1000")
-        assert "must be a multiple of 64" in res.error
-        assert res.query_one(".below", Static).display and "✗ 1000 must be a multiple of 64" in res.below_text
+        res = await edit(pilot, form, "dataset.resolution", "32")
+        assert "must be ≥ 64" in res.error
+        assert res.query_one(".below", Static).display and "✗ 32 is out of range: must be ≥ 64" in res.below_text
         assert "-invalid" in res.classes and form.valid is None and form.dirty
         assert "1 problem" in str(form.query_one("#problem-count").render())
         assert "Dataset [red]✗1" in form.query_one("#form").border_title
@@ -159,13 +159,13 @@ async def test_validation_in_place_and_start_refused(env, synthetic_dataset):
         assert app.focused is form.fields["network.conv_dim"].editor
 
         # Start is refused with the list of problems
-        await edit(pilot, form, "dataset.resolution", "100")
+        await edit(pilot, form, "dataset.resolution", "40")
         await edit(pilot, form, "optimization.train_batch_size", "0")
         await pilot.press("ctrl+r")
         await pilot.pause()
         assert isinstance(app.screen, ChoiceDialog)
         body = str(app.screen.query_one(".body", Static).render())
-        assert "dataset.resolution" in body and "multiple of 64" in body and "optimization.train_batch_size" in body
+        assert "dataset.resolution" in body and "must be ≥ 64" in body and "optimization.train_batch_size" in body
         assert app.run_state is None  # nothing started
         await pilot.press("g")  # go to the first problem
         await pilot.pause()

@@ -361,7 +361,8 @@ def scan_dataset(ds: "DatasetSettings", *, on_progress: Callable[[int], None] | 
     called with the number of images looked at so far."""
     report = DatasetReport(root=ds.train_data_dir)
     buckets = BucketManager.from_settings(ds)
-    report.problems.extend(buckets.problems())
+    for problem in buckets.problems():
+        (report.problems if problem.is_error else report.warnings).append(problem)
     scanner = _Scanner(ds, report, buckets, on_progress)
     train: list[_Concept] = []
     if not ds.train_data_dir:

@@ -29,6 +29,7 @@ class FlowFamily(Family):
     default_t5_tokens: ClassVar[int] = 256
     denoiser_subfolder: ClassVar[str] = "transformer"
     flow_matching: ClassVar[bool] = True
+    pixel_multiple: ClassVar[int] = 16  # latents are packed / patched 2×2
     denoiser_label: ClassVar[str] = "transformer"
     # flux_train_network.py / sd3_train_network.py take these memory flags (sd-scripts)
     sd_scripts_memory_args: ClassVar[tuple[str, ...]] = (

@@ -78,6 +78,8 @@ class Family:
     denoiser_label: ClassVar[str] = "U-Net"  # what people call it (estimates, suggestions)
     denoiser_subfolder: ClassVar[str] = "unet"  # where a diffusers folder keeps the denoiser
     flow_matching: ClassVar[bool] = False  # SD3 / FLUX: trained with flow matching, T5 last of the text encoders
+    # the pixel block a training size must be a multiple of: the VAE's 8 (× the transformer's 2×2 patches)
+    pixel_multiple: ClassVar[int] = 8
     cross_attention_width: ClassVar[int | None] = None  # the U-Net's cross-attention width in full-size models
     text_encoder_act: ClassVar[str | None] = None  # hidden_act of the (first) text encoder in a diffusers config
     config_folder: ClassVar[str] = ""  # bundled diffusers configs in engine/configs

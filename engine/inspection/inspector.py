@@ -35,6 +35,7 @@ def dataset_settings(
     from pydantic import ValidationError
 
     from loratui.engine.schema import DatasetSettings
+    from loratui.engine.schema.validation import describe_error
 
     try:
         res = int(resolution)
@@ -45,15 +46,17 @@ def dataset_settings(
             train_data_dir=str(root),
             resolution=res,
             caption_extension=caption_extension,
-            min_bucket_reso=min(256, res),
-            max_bucket_reso=max(1024, res),
+            min_bucket_reso=max(64, min(256, res)),
+            max_bucket_reso=max(1024, -(-res // 64) * 64),  # the schema's step 64
         )
     except ValidationError as exc:
         msgs = []
         for err in exc.errors():
             loc = ".".join(str(x) for x in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            msgs.extend(msg.splitlines() if not loc else [f"{loc}: {msg}"])
+            if err["type"] == "cross_field":
+                msgs += [f"{key}: {msg}" for key, msg in err["ctx"]["problems"]]
+            else:
+                msgs.append(f"{loc}: {describe_error(err)}")
         hint = "SD 1.x 512, SD 2.x 768, SDXL 1024" if any(m.startswith("resolution") for m in msgs) else ""
         raise InspectError("; ".join(msgs), hint) from None
 

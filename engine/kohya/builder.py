@@ -197,7 +197,7 @@ class Builder:
         )
 
     def _repair(self) -> None:
-        """Fix what the schema's cross-field rules refuse (multiples of 64, bucket sizes), then
+        """Fix what the schema's cross-field rules refuse (bucket sizes against their step), then
         fall back to defaults for anything else that still fails, except the values written
         as given on purpose (unsupported network type, optimizer, ...)."""
         d = self.values

@@ -33,16 +33,6 @@ def map_resolution(b: Builder, key: str, raw: Any) -> None:
         return
     w = parts[0]
     h = parts[1] if len(parts) == 2 else w
-    fixed = []
-    for side in (w, h):
-        if side % 64:
-            new = max(64, round(side / 64) * 64)
-            fixed.append((side, new))
-    if fixed:
-        msg = ", ".join(f"{a} is not a multiple of 64, imported as {c}" for a, c in fixed)
-        b.unsupported_(key, raw, msg)
-        w = max(64, round(w / 64) * 64)
-        h = max(64, round(h / 64) * 64)
     b.put("dataset.resolution", raw, key, w)
     if h != w:
         b.put("dataset.resolution_height", raw, key, h)

@@ -162,7 +162,8 @@ class DatasetSettings(_Section):
     )
     resolution: int = setting(
         512,
-        "Training resolution (width; square unless a height is set). SD 1.x 512, SD 2.x 768, SDXL 1024.",
+        "Training resolution (width; square unless a height is set). SD 1.x 512, SD 2.x 768, SDXL 1024. "
+        "With buckets it sets their largest area; without, images are cropped to it.",
         kohya="max_resolution",
         sd_scripts="resolution",
         sd_dataset=("dataset", "resolution"),
@@ -307,10 +308,6 @@ class DatasetSettings(_Section):
     def checks(self) -> list[tuple[str, str]]:
         out = []
         step = self.bucket_reso_steps
-        for key in ("resolution", "resolution_height"):
-            value = getattr(self, key)
-            if value and value % 64:
-                out.append((key, f"{value} must be a multiple of 64 (e.g. {max(64, value // 64 * 64)})"))
         if self.min_bucket_reso > self.max_bucket_reso:
             out.append(("min_bucket_reso", f"{self.min_bucket_reso} is larger than max_bucket_reso {self.max_bucket_reso}"))
         for key in ("min_bucket_reso", "max_bucket_reso"):

@@ -26,7 +26,7 @@ _SIGNS = {"greater_than_equal": "≥", "less_than_equal": "≤", "greater_than":
 _WANTS = {"int": "a whole number", "float": "a number", "bool": "true or false", "string": "a string (in quotes)", "model": "a table"}
 
 
-def _describe(err: dict[str, Any]) -> str:
+def describe_error(err: dict[str, Any]) -> str:
     kind = err["type"]
     value = err.get("input")
     ctx = err.get("ctx") or {}
@@ -61,7 +61,7 @@ def problems_from(exc: ValidationError, source: str) -> list[Problem]:
                 f"loratui trains LoRA, LoCon and the LyCORIS types; {err.get('input')!r} cannot be trained here yet."
                 " Set network.network_type to \"lora\" or \"locon\" (or a LyCORIS type) to train"
             )
-        out.append(error(loc, _describe(err), hint, source=source, value=err.get("input")))
+        out.append(error(loc, describe_error(err), hint, source=source, value=err.get("input")))
     return out
 
 

@@ -116,6 +116,7 @@ def family_option_problems(profile: Profile, family: str | None) -> list[Problem
               "use loss_type l2 or l1 for this model" if key == "loss_type" else "turn it off for this model")
         for key, used in _DDPM_ONLY.items() if used(o)
     ]
+    out += _pixel_block_problems(profile.dataset, fam)
     out += unused_setting_warnings(profile, family, skip={f"optimization.{k}" for k in _DDPM_ONLY}
                                    | {"optimization.min_snr_gamma", "model.clip_skip"})
     if o.min_snr_gamma:  # sd-scripts' flux/sd3 scripts ignore it too: every sample keeps weight 1
@@ -126,6 +127,21 @@ def family_option_problems(profile: Profile, family: str | None) -> list[Problem
             "set it to 0; to weight noise levels use model.weighting_scheme (e.g. logit_normal, with logit_mean / logit_std)",
         ))
     return out
+
+
+def _pixel_block_problems(ds, fam) -> list[Problem]:
+    """A flow transformer packs the latents 2×2: every training size must be a multiple of
+    16 pixels (sd-scripts asks bucket_reso_steps to be a multiple of 32 for these models)."""
+    n = fam.pixel_multiple
+    why = f"{fam.label} trains on {n}-pixel blocks (the VAE's 8 pixels × the transformer's 2×2 patches)"
+    if ds.enable_bucket:
+        if ds.bucket_reso_steps % n:
+            return [error("dataset.bucket_reso_steps", f"is {ds.bucket_reso_steps}, but {why}",
+                          f"use a multiple of {n} (64 is usual)")]
+        return []
+    sides = [("dataset.resolution", ds.resolution), ("dataset.resolution_height", ds.resolution_height)]
+    return [error(key, f"is {v}, but without buckets {why}", f"use a multiple of {n}, e.g. {max(n, v // n * n)}")
+            for key, v in sides if v % n]
 
 
 def unused_setting_warnings(profile: Profile, family: str | None, skip: set[str] = frozenset()) -> list[Problem]:
