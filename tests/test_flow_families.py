@@ -175,13 +175,8 @@ def _sparse_safetensors(path: Path, shapes: dict) -> Path:
     return path
 
 
-def test_a_sd35_medium_single_file_is_built_medium_from_its_header(tmp_path):
-    """The bundled SD3 configs are large's; a medium file's header gives its own shape, so
-    `check --modules` and the estimate list medium's 527 modules."""
-    from loratui.engine.configs import config_dir
-    from loratui.engine.lora_modules import denoiser_overrides, meta_models
-    from loratui.engine.models import inspect_model
-
+def _sd35_medium_file(path: Path) -> Path:
+    """A SD3.5 medium single file: its transformer's header, no data (a sparse file)."""
     shapes = {"context_embedder.weight": (1536, 4096), "x_embedder.proj.weight": (1536, 16, 2, 2),
               "final_layer.linear.weight": (64, 1536), "y_embedder.mlp.0.weight": (1536, 2048),
               "pos_embed": (1, 384 * 384, 1536)}
@@ -190,7 +185,17 @@ def test_a_sd35_medium_single_file_is_built_medium_from_its_header(tmp_path):
         shapes[f"joint_blocks.{i}.x_block.attn.qkv.weight"] = (3 * 1536, 1536)
         if i <= 12:
             shapes[f"joint_blocks.{i}.x_block.attn2.qkv.weight"] = (3 * 1536, 1536)
-    path = _sparse_safetensors(tmp_path / "sd3.5_medium.safetensors", shapes)
+    return _sparse_safetensors(path, shapes)
+
+
+def test_a_sd35_medium_single_file_is_built_medium_from_its_header(tmp_path):
+    """The bundled SD3 configs are large's; a medium file's header gives its own shape, so
+    `check --modules` and the estimate list medium's 527 modules."""
+    from loratui.engine.configs import config_dir
+    from loratui.engine.lora_modules import denoiser_overrides, meta_models
+    from loratui.engine.models import inspect_model
+
+    path = _sd35_medium_file(tmp_path / "sd3.5_medium.safetensors")
     assert path.stat().st_blocks * 512 < 1 << 20  # ~10 GB declared, nothing written
     ms = ModelSettings(base_model=str(path))
     info = inspect_model(ms)
@@ -536,9 +541,33 @@ def test_bundled_flow_profiles_load(name, family, batch):
     # the guides' memory settings: text-encoder outputs cached; fp8 base where they use it; block swap on 12 GB
     assert p.dataset.cache_text_encoder_outputs == "disk"
     assert p.model.fp8_base == (name in ("flux-dev-24gb", "flux-dev-12gb", "sd35-large-24gb"))
-    assert p.optimization.blocks_to_swap == (16 if name == "flux-dev-12gb" else 0)
+    assert p.optimization.blocks_to_swap == (20 if name == "flux-dev-12gb" else 0)
     if family == "flux":
         assert (p.model.timestep_sampling, p.model.model_prediction_type, p.model.guidance_scale) == ("shift", "raw", 1.0)
+
+
+@pytest.mark.parametrize("name, card_gb", [("flux-dev-24gb", 24), ("flux-dev-12gb", 12), ("sd35-medium-16gb", 16),
+                                            ("sd35-large-24gb", 24)])
+def test_bundled_flow_profiles_fit_the_card_they_are_named_for(name, card_gb, tmp_path):
+    """loratui's own estimate (the full-size model counted on the meta device) says each
+    bundled profile fits the card in its name: what a user of that card sees first."""
+    from loratui.engine.estimate import estimate
+    from loratui.engine.estimate.devices import vram_device
+    from loratui.engine.models import inspect_model
+    from loratui.engine.plan import plan_steps
+    from loratui.engine.schema.files import load_profile
+
+    p = load_profile(Path(__file__).resolve().parents[1] / "profiles" / f"{name}.toml")
+    if name == "sd35-medium-16gb":  # the bundled SD3 configs are large's: medium's shape comes from its header
+        path = _sd35_medium_file(tmp_path / "sd3.5_medium.safetensors")
+        info = inspect_model(ModelSettings(base_model=str(path)))
+        assert info.family == "sd3"
+    else:  # the bundled configs are FLUX.1-dev's and SD3.5 large's
+        info = SimpleNamespace(family=p.model.family, kind="config", path=None, prediction_type=None, size_bytes=None)
+    plan = plan_steps(200, batch_size=p.optimization.train_batch_size, grad_accum=1, epochs=1)
+    est = estimate(p, vram_device(card_gb), info, plan, 20)
+    assert est.vram.fits, (name, est.vram.total / 2**30)
+    assert est.vram.terms["transformer weights"] > 4 * 2**30  # the full-size model, not a tiny one
 
 
 def test_flux_all_in_one_file_loads_the_same_model(tiny_dirs, tmp_path):

@@ -371,6 +371,7 @@ async def test_auto_family_hides_what_the_detected_model_does_not_use(env, synth
         await until(pilot, lambda: form.checks_settled and form.query_one(PlanPanel).detected_family == "flux")
         await pilot.pause()
         assert form.form_family() == "flux" and form.valid.model.family == "auto"
+        assert "family      flux (auto)" in str(form.query_one(PlanPanel).render())  # the plan says what was found
         assert {"model.v_parameterization", "model.clip_skip"} <= form.hidden_for_family
         assert "model.t5xxl" not in form.hidden_for_family
         assert form.fields["model.family"].below_text.startswith("FLUX.1: ")

@@ -145,8 +145,11 @@ class PlanPanel(Static):
     def show(self, **changes) -> None:
         for k, v in changes.items():
             setattr(self, k, v)
+        family = self.family
+        if family in ("auto", "") and self.detected_family:
+            family = f"{self.detected_family} (auto)"  # what the checks found the base model to be
         text = render_plan(
-            family=self.family,
+            family=family,
             report=self.report,
             plan=self.plan,
             scanning=self.scanning,
