@@ -215,7 +215,8 @@ def _meta_count(folder, shape, *, lazy: bool, replay: bool):
 
 
 def _figures(c):
-    return (c.saved, c.outside, c.unit_inputs, c.max_unit, c.largest, c.flops_forward, c.flops_units, c.units,
+    return (c.saved, c.outside, c.unit_inputs, c.max_unit, c.largest, c.flops_forward, c.flops_units, c.flops_text,
+            c.units,
             c.params, sorted(c.lora_shapes))
 
 
@@ -279,3 +280,32 @@ def test_flux_split_files_are_counted_from_the_transformer_file_header(tiny_flow
     fp8 = estimate(profile.model_copy(update={"model": profile.model.model_copy(update={"fp8_base": True})}),
                    find_device("RTX 4090"))
     assert fp8.vram.terms["transformer weights"] == n and fp8.vram.total < est.vram.total
+
+
+@pytest.mark.parametrize("family", ["sd1", "flux"])
+def test_the_text_encoders_flops_count_once_frozen_and_not_at_all_when_cached(family, tiny_sd1_dir, tiny_flow_dirs):
+    """flops_text is what the text encoders alone cost (FlopCounterMode on them alone); a
+    step costs the denoiser's forward and backward plus the text encoders' forward when
+    frozen, forward and backward when trained, nothing when their outputs are cached."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from loratui.engine.estimate.model import build_meta
+    from loratui.engine.families import get_family
+
+    folder = _folder(family, tiny_sd1_dir, None, tiny_flow_dirs)
+    shape = _shape(folder, family, train_text_encoder=False, text_tokens=T5_TOKENS)
+    c, _, _ = _meta_count(folder, shape, lazy=False, replay=False)
+    fam = get_family(family)
+    _, tes = build_meta(family, folder)
+    tokens = [77] * (len(tes) - 1) + [T5_TOKENS if fam.flow_matching else 77]
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        for te, n in zip(tes, tokens):
+            te(torch.zeros((1, n), dtype=torch.long, device="meta"))
+    assert c.flops_text > 0
+    # (T5 computes its attention with plain matmuls, which the count's Linear hooks do not see: ~2 % of it)
+    assert abs(c.flops_text - fc.get_total_flops()) / fc.get_total_flops() < (0.03 if family == "flux" else 1e-9)
+    denoiser = c.flops_forward - c.flops_text
+    assert c.step_flops(False, "cached") == 2 * denoiser
+    assert c.step_flops(False, "frozen") == 2 * denoiser + c.flops_text
+    assert c.step_flops(True, "trained") == 2 * c.flops_forward + c.flops_units

@@ -198,13 +198,14 @@ def estimate(profile, device=None, model_info=None, plan=None, images: int | Non
 
 def figures(profile, device, shape, counted, model_info, plan, images: int) -> Estimate:
     """The estimate from a count (no counting here)."""
-    from loratui.engine.estimate.resources import disk_figure, ram_figure, vram_figure
+    from loratui.engine.estimate.resources import disk_figure, ram_figure, text_encoder_mode, vram_figure
 
     vram = vram_figure(profile, shape, counted, device)
     ram = ram_figure(profile, shape, counted, model_info, images)
     disk = disk_figure(profile, shape, counted, plan, images)
     o = profile.optimization
-    flops = counted.step_flops(bool(o.gradient_checkpointing)) * o.train_batch_size * o.gradient_accumulation_steps
+    flops = (counted.step_flops(bool(o.gradient_checkpointing), text_encoder_mode(profile, shape))
+             * o.train_batch_size * o.gradient_accumulation_steps)
     seconds = plan.total_steps * flops / device.flops_per_s(precision_for(profile, device)) if device is not None else None
     est = Estimate(vram, ram, disk, seconds, device, plan.total_steps, flops, counted, shape)
     est.context = (model_info, plan, images)

@@ -101,7 +101,8 @@ def reestimate(profile, est: Estimate) -> Estimate:
     if area != 1.0 or n.network_dim != shape.rank:
         c = dataclasses.replace(
             c, saved=int(c.saved * area), outside=int(c.outside * area), unit_inputs=int(c.unit_inputs * area),
-            max_unit=int(c.max_unit * area), largest=int(c.largest * area), flops_forward=c.flops_forward * area,
+            max_unit=int(c.max_unit * area), largest=int(c.largest * area),
+            flops_forward=(c.flops_forward - c.flops_text) * area + c.flops_text,  # the captions' cost stays
             flops_units=c.flops_units * area,
             lora_shapes=[(_rank_shape(s, shape.rank, n.network_dim), t, z) for s, t, z in c.lora_shapes],
         )

@@ -63,6 +63,7 @@ class Counted:
     largest: int = 0  # the largest single saved storage (a gradient of its size exists in backward)
     flops_forward: float = 0.0
     flops_units: float = 0.0  # forward FLOPs inside checkpointed blocks (done again with checkpointing)
+    flops_text: float = 0.0  # the part of flops_forward spent in the text encoders (run before the denoiser)
     units: int = 0
     replayed: int = 0  # blocks and frozen layers booked from the count of a copy (engine.estimate.replay)
     params: dict[str, dict[str, int]] = field(default_factory=dict)  # component -> {"count", "bytes"}
@@ -73,10 +74,14 @@ class Counted:
             return self.outside + self.unit_inputs + self.max_unit
         return self.saved
 
-    def step_flops(self, gradient_checkpointing: bool) -> float:
+    def step_flops(self, gradient_checkpointing: bool, text: str = "trained") -> float:
         """Forward + backward (input gradients of the frozen base cost about
-        one forward; LoRA weight gradients are negligible) + the recompute."""
-        return 2 * self.flops_forward + (self.flops_units if gradient_checkpointing else 0.0)
+        one forward; LoRA weight gradients are negligible) + the recompute. ``text``:
+        the text encoders are ``trained`` (forward + backward), ``frozen`` (forward
+        only, under no_grad) or ``cached`` (their outputs read from the cache: not run)."""
+        denoiser = self.flops_forward - self.flops_text
+        te = self.flops_text * {"trained": 2, "frozen": 1, "cached": 0}[text]
+        return 2 * denoiser + te + (self.flops_units if gradient_checkpointing else 0.0)
 
 
 class SavedCounter:
@@ -457,6 +462,8 @@ def count_forward(family, unet, text_encoders, *, amp_dtype=None, fused_attentio
         return matmul_flops[0] + sum(attn_flops) + counter.replayed_flops
 
     handles = _flop_hooks(models, matmul_flops)
+    text_done: list[float] = []  # flops() when the denoiser starts: the text encoders' share
+    handles.append(unet.register_forward_pre_hook(lambda *_: text_done.append(flops()) if not text_done else None))
     layers = stack_layers([te for te in text_encoders if te is not None]) if replay else []
     take = None
     if lazy is not None:
@@ -491,6 +498,7 @@ def count_forward(family, unet, text_encoders, *, amp_dtype=None, fused_attentio
             unet.disable_gradient_checkpointing()
     c = counter.c
     c.flops_forward = flops()
+    c.flops_text = text_done[0] if text_done else 0.0
     c.replayed = counter.replayed
     c.unit_inputs = sum(n for k, n in counter.inputs.items() if k not in counter.outside_keys)
     return c

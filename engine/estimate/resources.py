@@ -38,6 +38,13 @@ def resident_components(profile, shape, counted) -> dict[str, int]:
     return out
 
 
+def text_encoder_mode(profile, shape) -> str:
+    """How a step runs the text encoders (``Counted.step_flops``): trained, frozen or cached."""
+    if shape.train_text_encoder:
+        return "trained"
+    return "cached" if _te_cached(profile) else "frozen"
+
+
 def _te_cached(profile) -> bool:
     """Whether the run caches the text encoders' outputs (``auto`` does when nothing changes the captions)."""
     if setting(profile, "cache_text_encoder_outputs", None) is None:
