@@ -85,8 +85,9 @@ class PtyApp:
 
 
 def app_env(tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # bytecode cached, as installed
     return {
-        **os.environ,
+        **env,
         "TERM": "xterm-256color",
         "COLORTERM": "",
         "LORATUI_CONFIG_DIR": str(tmp / "cfg"),
