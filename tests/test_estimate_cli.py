@@ -62,6 +62,11 @@ def test_check_prints_the_estimate_for_a_card_and_fit_writes_a_profile_that_fits
     assert "est. VRAM  ~" in out and "of 24 GB fits ✓" in out
     assert "activations, batch 2" in out and "CUDA context" in out
     assert "est. time  ~" in out and "(RTX 4090)" in out
+    # the precision the run would use there: a T4 has no bf16; "no" is fp32
+    assert run_command(["check", str(path), "--gpu", "T4"]) == 0
+    assert "estimate for T4 (16 GB), fp16:" in capsys.readouterr().out
+    assert run_command(["check", str(path), "--gpu", "T4", "--set", "optimization.mixed_precision=no"]) == 0
+    assert "estimate for T4 (16 GB), fp32 (mixed precision no):" in capsys.readouterr().out
 
     # a card between the figures with and without checkpointing: that one change makes it fit
     from loratui.engine.estimate.fit import apply

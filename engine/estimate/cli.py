@@ -59,7 +59,10 @@ def print_estimate(prepared, device, out=None) -> bool | None:
         print(f"estimate — ({why})", file=out)
         return None
     where = f"{device.name} ({size(device.vram)})" if device is not None else "a GPU of unknown kind"
-    print(f"estimate for {where}, {prepared.profile.optimization.mixed_precision}:", file=out)
+    from loratui.engine.estimate import precision_for
+
+    mp = precision_for(prepared.profile, device)  # what the run uses there (bf16 → fp16 on a card without bf16)
+    print(f"estimate for {where}, {'fp32 (mixed precision no)' if mp == 'no' else mp}:", file=out)
     for label, value, _ in rows(est):
         print(f"{label:<10} {value}", file=out)
         if label == "est. VRAM":
