@@ -36,7 +36,7 @@ def command_modules(packages: Sequence[str] = ENGINE_COMMANDS) -> dict[str, Modu
 def build_parser(prog: str = "loratui", packages: Sequence[str] = ENGINE_COMMANDS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Train Stable Diffusion LoRAs. With no command (or a PROFILE.toml) the terminal UI opens.",
+        description="Train LoRAs for SD 1.x, SD 2.x, SDXL, SD3/3.5 and FLUX.1. With no command (or a PROFILE.toml) the terminal UI opens.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, mod in command_modules(packages).items():
