@@ -374,4 +374,8 @@ async def test_auto_family_hides_what_the_detected_model_does_not_use(env, synth
         assert "family      flux (auto)" in str(form.query_one(PlanPanel).render())  # the plan says what was found
         assert {"model.v_parameterization", "model.clip_skip"} <= form.hidden_for_family
         assert "model.t5xxl" not in form.hidden_for_family
+        # the files a transformer-only model needs are in sight (not folded), under their names
+        for key, label in (("model.clip_l", "CLIP-L"), ("model.t5xxl", "T5-XXL"), ("model.ae", "AE (FLUX VAE)")):
+            assert not form.fields[key].info.advanced and form.fields[key].display
+            assert str(form.fields[key].query_one(".label").render()) == label
         assert form.fields["model.family"].below_text.startswith("FLUX.1: ")

@@ -61,22 +61,23 @@ class ModelSettings(_Section):
         advanced=True,
         label="Model config dir",
     )
-    # -- flux: SD3/3.5 and FLUX.1 components and flow-matching settings (used by the sd3/flux families only)
+    # -- flux: SD3/3.5 and FLUX.1 components and flow-matching settings (used by the sd3/flux families only;
+    # the part files are in sight: a transformer-only file needs them, and other families hide them)
     clip_l: str = setting(
         "", "SD3/FLUX: a separate CLIP-L text encoder file (clip_l.safetensors) for a transformer-only model file.",
-        kohya="clip_l", special="export", kind="model", advanced=True, label="CLIP-L",
+        kohya="clip_l", special="export", kind="model", label="CLIP-L",
     )
     clip_g: str = setting(
         "", "SD3: a separate CLIP-G text encoder file (clip_g.safetensors) for a transformer-only model file.",
-        kohya="clip_g", special="export", kind="model", advanced=True, label="CLIP-G",
+        kohya="clip_g", special="export", kind="model", label="CLIP-G",
     )
     t5xxl: str = setting(
         "", "SD3/FLUX: a separate T5-XXL text encoder file (t5xxl_fp16.safetensors; fp8 files are read too).",
-        kohya="t5xxl", special="export", kind="model", advanced=True, label="T5-XXL",
+        kohya="t5xxl", special="export", kind="model", label="T5-XXL",
     )
     ae: str = setting(
         "", "FLUX: the autoencoder file (ae.safetensors) for a transformer-only model file. SD3: use model.vae.",
-        kohya="ae", special="export", kind="model", advanced=True, label="AE (FLUX VAE)",
+        kohya="ae", special="export", kind="model", label="AE (FLUX VAE)",
     )
     t5xxl_max_token_length: int = setting(
         0, "SD3/FLUX: T5-XXL tokens per caption. 0 = the family's default (FLUX dev 512, schnell 256, SD3 256).",

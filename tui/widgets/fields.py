@@ -86,6 +86,8 @@ def field_label(info: SettingInfo) -> str:
     """'network_dim' → 'Network rank', 'vae' → 'VAE', 'min_snr_gamma' → 'Min SNR gamma'."""
     if info.key in LABELS:
         return LABELS[info.key]
+    if info.label and info.label != info.key.replace("_", " ").capitalize():
+        return info.label  # the schema's own (setting(label=...)): 'CLIP-L', 'T5-XXL'
     words = [WORDS.get(w, w) for w in info.key.split("_")]
     words = [w for w in words if w]
     text = " ".join(words)
