@@ -108,7 +108,7 @@ def family_option_problems(profile: Profile, family: str | None) -> list[Problem
     fam = families().get(family or "")
     if fam is None:
         return []
-    if getattr(fam, "denoiser_class", "") == "UNet2DConditionModel":
+    if not fam.flow_matching:
         return unused_setting_warnings(profile, family, skip={"model.clip_skip"})  # the family says it at the start
     o = profile.optimization
     out = [
