@@ -107,6 +107,14 @@ def _scalar(value: float):
     return torch.tensor(float(value))
 
 
+def _unknown(source: str, name: str, family: str) -> LoRAWeightsError:
+    return LoRAWeightsError(
+        f"{source}: module {name} is none of the {family_label(family)} transformer-block layers convert knows "
+        "(those sd-scripts and loratui train by default; embedder modules from sd-scripts' emb_dims / in_dims "
+        "are not converted): nothing was written"
+    )
+
+
 def _denoiser_paths(fam, family: str, modules: Mapping[str, Any], source: str):
     """({internal name: diffusers path}, {fused saved name: [(internal part, rows), ...]})."""
     counts: dict[str, int] = {}
@@ -114,7 +122,7 @@ def _denoiser_paths(fam, family: str, modules: Mapping[str, Any], source: str):
         if name.startswith("lora_unet_"):
             hit = _BLOCK.match(name)
             if hit is None:
-                raise LoRAWeightsError(f"{source}: module {name} is not one sd-scripts writes for {family_label(family)}")
+                raise _unknown(source, name, family)
             counts[hit.group(1)] = max(counts.get(hit.group(1), 0), int(hit.group(2)) + 1)
     config = SimpleNamespace(num_layers=counts.get("joint_blocks", counts.get("double_blocks", 0)),
                              num_single_layers=counts.get("single_blocks", 0))
@@ -129,7 +137,7 @@ def _denoiser_paths(fam, family: str, modules: Mapping[str, Any], source: str):
             continue
         internal = by_base.get(name)
         if internal is None:
-            raise LoRAWeightsError(f"{source}: module {name} is not one sd-scripts writes for {family_label(family)}")
+            raise _unknown(source, name, family)
         rows, width = int(m.up.shape[0]), int(m.down.shape[1])
         if name.endswith("_context_block_adaLN_modulation_1"):
             # SD3's last block modulates its context with shift and scale only (2 × width rows),

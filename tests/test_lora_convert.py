@@ -173,6 +173,15 @@ def test_convert_says_what_is_wrong(tmp_path, capsys):
     assert run_command(["convert", str(peft), "--to", "diffusers"]) == 2
     assert "peft.safetensors: is in the diffusers (PEFT) format already" in capsys.readouterr().err
 
+    odd = tmp_path / "odd.safetensors"  # sd-scripts' emb_dims: an embedder module beside the blocks
+    save_file({"lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight": torch.zeros(2, 8),
+               "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_up.weight": torch.zeros(24, 2),
+               "lora_unet_context_embedder.lora_down.weight": torch.zeros(2, 8),
+               "lora_unet_context_embedder.lora_up.weight": torch.zeros(8, 2)}, str(odd))
+    assert run_command(["convert", str(odd), "--to", "diffusers"]) == 2
+    assert "odd.safetensors: module lora_unet_context_embedder is none of the SD3" in capsys.readouterr().err
+    assert not (tmp_path / "odd-diffusers.safetensors").exists()
+
     assert run_command(["convert", str(sd1), "--to", "diffusers", "-o", str(sd1)]) == 2
     assert "is the LoRA itself" in capsys.readouterr().err
     assert run_command(["convert", str(sd1), "--to", "diffusers", "-o", str(tmp_path / "x.pt")]) == 2
