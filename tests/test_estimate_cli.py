@@ -105,3 +105,15 @@ def test_fit_never_overwrites_its_input_and_names_unknown_cards(tmp_path, tiny_s
     out = tmp_path / "small.toml"
     assert run_command(["fit", str(path), "--vram", "0.1", "-o", str(out)]) == 1
     assert "nothing written" in capsys.readouterr().err and not out.exists()
+
+
+def test_fit_names_what_is_wrong_with_the_base_model(tmp_path, capsys):
+    """A bundled FLUX profile whose transformer file is not there: fit says which file, not just 'see above'."""
+    from loratui.engine.userdirs import bundled_profiles_dir
+
+    out, missing = tmp_path / "f8.toml", tmp_path / "flux1-dev.safetensors"
+    assert run_command(["fit", str(bundled_profiles_dir() / "flux-dev-24gb.toml"), "--vram", "8", "-o", str(out),
+                        "--set", f"model.base_model={missing}"]) == 1
+    err = capsys.readouterr().err
+    assert f"error    model.base_model: {missing} does not exist" in err
+    assert err.rstrip().endswith("no estimate: the base model has problems (see above)") and not out.exists()

@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     if profile is None:
         return 2
     prepared = prepare_run(profile, overwrite=True)
+    for problem in prepared.model.problems:  # what "the base model has problems" means (check prints them too)
+        print(f"error    {problem}", file=sys.stderr)
     est, why = estimate_for(prepared, device)
     if est is None:
         print(f"error    no estimate: {why}", file=sys.stderr)
