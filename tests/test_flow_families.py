@@ -144,6 +144,55 @@ def test_full_size_flux_dev_has_sd_scripts_376_modules():
     assert len(with_t5) == 376 + 24 * 7 and "lora_te2_encoder_block_0_layer_0_SelfAttention_q" in with_t5
 
 
+def test_blocks_to_swap_counts_as_sd_scripts_on_full_size_models():
+    """sd-scripts' FLUX: blocks_to_swap N = the last N // 2 double-stream and (N - N // 2) * 2
+    single-stream blocks, two of each kept (at most 35); SD3: the last N, all but two. The
+    estimate books the weights of exactly those blocks."""
+    from loratui.engine.estimate.resources import swap_fraction
+
+    fam = get_family("flux")
+    tr, _ = _meta_models("flux", "flux")
+    chosen = fam.blocks_swapped(tr, 16)
+    assert chosen == [*tr.transformer_blocks[-8:], *tr.single_transformer_blocks[-16:]]
+    assert fam.max_blocks_to_swap([19, 38]) == 35 and fam.blocks_swapped(tr, 36) is None
+    assert fam.blocks_swapped(tr, 35) == [*tr.transformer_blocks[-17:], *tr.single_transformer_blocks[-36:]]
+    params = lambda blocks: sum(p.numel() for b in blocks for p in b.parameters())  # noqa: E731
+    counted = SimpleNamespace(params={"unet": {"count": params([tr])}},
+                              swap_groups=[[params([b]) for b in g] for g in fam.swap_groups(tr)])
+    assert swap_fraction("flux", 16, counted) == pytest.approx(params(chosen) / params([tr]))
+    assert 0.40 < swap_fraction("flux", 16, counted) < 0.45  # 8 + 16 of 19 + 38 blocks' weights
+    assert swap_fraction("flux", 99, counted) == swap_fraction("flux", 35, counted)  # capped at what can swap
+
+    sd3 = get_family("sd3")
+    tr3, _ = _meta_models("sd3", "sd35-medium")
+    assert sd3.blocks_swapped(tr3, 4) == list(tr3.transformer_blocks[-4:])
+    assert sd3.max_blocks_to_swap([len(tr3.transformer_blocks)]) == len(tr3.transformer_blocks) - 2
+    assert get_family("sdxl").max_blocks_to_swap([9]) == 9  # a U-Net: its down, mid and up blocks, any of them
+
+
+@pytest.mark.parametrize("card_gb, swap_range", [(16, (1, 8)), (12, (12, 20)), (8, (24, 32))])
+def test_fit_makes_the_24gb_flux_profile_fit_smaller_cards_as_sd_scripts_table_does(card_gb, swap_range):
+    """sd-scripts' FLUX table (fp8 base): 16 GB batch 1 + block swap, 12 GB 16 swapped, 8 GB 28 —
+    never a lower resolution or rank; the fewest blocks that fit."""
+    from loratui.engine.estimate import estimate
+    from loratui.engine.estimate.devices import vram_device
+    from loratui.engine.estimate.fit import apply, reestimate, suggest
+    from loratui.engine.plan import plan_steps
+    from loratui.engine.schema.files import load_profile
+
+    p = load_profile(Path(__file__).resolve().parents[1] / "profiles" / "flux-dev-24gb.toml")
+    info = SimpleNamespace(family="flux", kind="config", path=None, prediction_type=None, size_bytes=None)
+    est = estimate(p, vram_device(card_gb), info, plan_steps(200, batch_size=2, grad_accum=1, epochs=1), 20)
+    changes = suggest(p, est)
+    assert [c.key for c in changes] == ["optimization.train_batch_size", "optimization.gradient_accumulation_steps",
+                                        "optimization.blocks_to_swap"]
+    n = changes[-1].value
+    assert swap_range[0] <= n <= swap_range[1], n
+    assert reestimate(apply(p, changes), est).fits
+    fewer = [*changes[:-1], ("optimization.blocks_to_swap", n - 1)]
+    assert n == 1 or not reestimate(apply(p, fewer), est).fits
+
+
 @pytest.mark.parametrize("folder, count, unet", [("sd35-large", 641, 377), ("sd35-medium", 527, 263)])
 def test_full_size_sd35_module_counts(folder, count, unet):
     tr, tes = _meta_models("sd3", folder)
@@ -541,7 +590,7 @@ def test_bundled_flow_profiles_load(name, family, batch):
     # the guides' memory settings: text-encoder outputs cached; fp8 base where they use it; block swap on 12 GB
     assert p.dataset.cache_text_encoder_outputs == "disk"
     assert p.model.fp8_base == (name in ("flux-dev-24gb", "flux-dev-12gb", "sd35-large-24gb"))
-    assert p.optimization.blocks_to_swap == (20 if name == "flux-dev-12gb" else 0)
+    assert p.optimization.blocks_to_swap == (16 if name == "flux-dev-12gb" else 0)  # sd-scripts guide: 16 on 12 GB
     if family == "flux":
         assert (p.model.timestep_sampling, p.model.model_prediction_type, p.model.guidance_scale) == ("shift", "raw", 1.0)
 

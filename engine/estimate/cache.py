@@ -15,7 +15,7 @@ from pathlib import Path
 
 from loratui.engine.estimate.meta import Counted
 
-VERSION = 3  # bump when the counting changes
+VERSION = 4  # bump when the counting changes
 _lock = threading.Lock()
 _memory: dict = {}
 

@@ -1,7 +1,8 @@
 """The smallest list of changes that makes a run fit its card, in the order
 the guides recommend them: gradient checkpointing, cached latents, cached
 text-encoder outputs, an 8-bit optimizer, batch 1 + accumulation, a lower
-resolution, a lower rank, an fp8 base, block swap.
+resolution, a lower rank, an fp8 base, block swap — for SD3/FLUX the fp8 base
+and block swap (the fewest blocks that fit) before resolution and rank.
 
 Each change is a ``Change`` (dotted key, new value, why); ``apply`` makes the
 changed profile. The figures after a change come from the same count:
@@ -45,12 +46,17 @@ def apply(profile, changes) -> Any:
     return profile.model_copy(update=update)
 
 
-def candidates(profile, family: str) -> list[Change]:
-    """Every change that lowers VRAM from this profile, in the guides' order."""
+def candidates(profile, family: str, counted=None) -> list[Change]:
+    """Every change that lowers VRAM from this profile, in the guides' order. A transformer
+    family's fp8 base and block swap (as many blocks as it can: ``suggest`` lowers the
+    count to the fewest that fit) come before a lower resolution or rank, as in
+    sd-scripts' FLUX table: they cost speed, not what the LoRA learns."""
     from loratui.engine.families import get_family
 
     o, d, n = profile.optimization, profile.dataset, profile.network
     out: list[Change] = []
+    fam = get_family(family)
+    swaps = getattr(fam, "swap_block_count", 0) >= 16  # transformer families (sd-scripts' FLUX/SD3 guides)
     if not o.gradient_checkpointing:
         out.append(Change("optimization.gradient_checkpointing", True, "much less VRAM, ~20 % slower"))
     if d.cache_latents == "off":
@@ -63,7 +69,9 @@ def candidates(profile, family: str) -> list[Change]:
         out.append(Change("optimization.train_batch_size", 1, "one image per step"))
         out.append(Change("optimization.gradient_accumulation_steps", o.gradient_accumulation_steps * o.train_batch_size,
                           "the same effective batch"))
-    base = get_family(family).default_resolution
+    if swaps:
+        out += _transformer_savers(profile, fam, counted)
+    base = fam.default_resolution
     res = max(d.resolution, d.resolution_height or 0)
     low = max(512, min(base, res) - 256) if res > 512 else None
     if low and low < res:
@@ -72,12 +80,24 @@ def candidates(profile, family: str) -> list[Change]:
             out.append(Change("dataset.resolution_height", 0, "square"))
     if n.network_dim > 8:
         out.append(Change("network.network_dim", max(8, n.network_dim // 2), "a smaller LoRA"))
-    if setting(profile, "fp8_base", None) is False:
-        out.append(Change(_key(profile, "fp8_base"), True, f"the {get_family(family).denoiser_label}'s weights in 8 bits"))
-    blocks = getattr(get_family(family), "swap_block_count", 0)
-    if setting(profile, "blocks_to_swap", None) == 0 and blocks >= 16:  # transformer families (sd-scripts' FLUX/SD3 guides)
-        out.append(Change(_key(profile, "blocks_to_swap"), blocks // 2, "half the blocks in RAM"))
+    if not swaps:
+        out += _transformer_savers(profile, fam, counted)
     return out
+
+
+def _transformer_savers(profile, fam, counted) -> list[Change]:
+    out = []
+    if setting(profile, "fp8_base", None) is False:
+        out.append(Change(_key(profile, "fp8_base"), True, f"the {fam.denoiser_label}'s weights in 8 bits"))
+    groups = getattr(counted, "swap_groups", None) or []
+    most = fam.max_blocks_to_swap([len(g) for g in groups]) if groups else getattr(fam, "swap_block_count", 0) // 2
+    if setting(profile, "blocks_to_swap", None) == 0 and most and getattr(fam, "swap_block_count", 0) >= 16:
+        out.append(Change(_key(profile, "blocks_to_swap"), most, _swap_why(most)))
+    return out
+
+
+def _swap_why(n: int) -> str:
+    return f"{n} blocks' weights wait in CPU memory (slower steps)"
 
 
 def _key(profile, name: str) -> str:
@@ -121,7 +141,7 @@ def suggest(profile, est: Estimate) -> list[Change]:
     if est.vram.have is None or est.fits:
         return []
 
-    pool = candidates(profile, est.shape.family)
+    pool = candidates(profile, est.shape.family, est.counted)
     chosen: list[Change] = []
     current = profile
     for c in pool:
@@ -129,6 +149,7 @@ def suggest(profile, est: Estimate) -> list[Change]:
         current = apply(profile, chosen)
         if reestimate(current, est).fits:
             break
+    chosen = _fewest_swapped(profile, est, chosen)
     # the smallest list: drop each earlier change that the rest do not need
     for c in list(chosen[:-1]):
         trial = [x for x in chosen if x is not c and not _paired(x, c)]
@@ -139,6 +160,26 @@ def suggest(profile, est: Estimate) -> list[Change]:
         so_far.append(c)
         out.append(Change(c.key, c.value, c.why, reestimate(apply(profile, so_far), est).vram.total))
     return out
+
+
+def _fewest_swapped(profile, est: Estimate, chosen: list[Change]) -> list[Change]:
+    """``chosen`` with its block-swap count lowered to the fewest blocks that still fit
+    (more blocks, less VRAM: a binary search); as it is when even the most do not fit."""
+    at = next((i for i, c in enumerate(chosen) if c.key.endswith(".blocks_to_swap")), None)
+    if at is None:
+        return chosen
+
+    def fits(n: int) -> bool:
+        trial = [*chosen[:at], Change(chosen[at].key, n, ""), *chosen[at + 1:]]
+        return reestimate(apply(profile, trial), est).fits
+
+    lo, hi = 1, int(chosen[at].value)
+    if not fits(hi):
+        return chosen
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid + 1, hi)
+    return [*chosen[:at], Change(chosen[at].key, hi, _swap_why(hi)), *chosen[at + 1:]]
 
 
 def _paired(x: Change, c: Change) -> bool:

@@ -68,6 +68,7 @@ class Counted:
     replayed: int = 0  # blocks and frozen layers booked from the count of a copy (engine.estimate.replay)
     params: dict[str, dict[str, int]] = field(default_factory=dict)  # component -> {"count", "bytes"}
     lora_shapes: list[tuple[tuple[int, ...], bool, bool]] = field(default_factory=list)  # (shape, trainable, zero-initialised)
+    swap_groups: list[list[int]] = field(default_factory=list)  # base parameters of each block block swap chooses from (Family.swap_groups)
 
     def activations(self, gradient_checkpointing: bool) -> int:
         if gradient_checkpointing:

@@ -124,9 +124,13 @@ def param_table(unet, tes, network, weight_bytes: int, lazy=None) -> tuple[dict[
     table = {}
     for name, model in [("unet", unet)] + [(f"text_encoder{i + 1 if len(tes) > 1 else ''}", te) for i, te in enumerate(tes)]:
         # every LoRA weight (injected up front or by a copy's first run) is peft's lora_A / lora_B
-        n = sum(p.numel() for pname, p in model.named_parameters() if ".lora_A." not in pname and ".lora_B." not in pname)
+        n = _base_params(model)
         table[name] = {"count": n, "bytes": n * weight_bytes}
     return table, shapes
+
+
+def _base_params(module) -> int:
+    return sum(p.numel() for n, p in module.named_parameters() if ".lora_A." not in n and ".lora_B." not in n)
 
 
 _lock = threading.Lock()
@@ -176,6 +180,7 @@ def count_run(shape: RunShape) -> Counted:
             text_tokens=shape.text_tokens, t5_mask=shape.t5_mask, flow_prediction=shape.flow_prediction,
         )
         counted.params, counted.lora_shapes = param_table(unet, tes, network, DTYPE_BYTES[shape.weight_dtype], lazy)
+        counted.swap_groups = [[_base_params(b) for b in g] for g in get_family(shape.family).swap_groups(unet)]
     with _lock:
         if len(_cache) > 32:
             _cache.clear()

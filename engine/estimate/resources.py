@@ -25,7 +25,7 @@ def resident_components(profile, shape, counted) -> dict[str, int]:
     unet = counted.params["unet"]["count"]
     unet_bytes = DTYPE_BYTES["fp8"] if setting(profile, "fp8_base", False) else wbytes
     swap = int(setting(profile, "blocks_to_swap", 0) or 0)
-    swapped = swap_fraction(shape.family, swap)
+    swapped = swap_fraction(shape.family, swap, counted)
     from loratui.engine.families import get_family
 
     out[f"{get_family(shape.family).denoiser_label} weights"] = int(unet * unet_bytes * (1 - swapped))
@@ -54,15 +54,23 @@ def _te_cached(profile) -> bool:
     return effective_mode(profile) != "off"
 
 
-def swap_fraction(family: str, blocks: int) -> float:
-    """Share of the denoiser's weights block swap keeps in RAM (a family's
-    ``swap_block_count``: how many blocks ``Family.swap_blocks`` gives)."""
+def swap_fraction(family: str, blocks: int, counted=None) -> float:
+    """Share of the denoiser's weights ``blocks_to_swap = blocks`` keeps in RAM: the counted
+    weights of the blocks it picks (``Family.swap_split``: FLUX's single-stream blocks are
+    about half a double-stream one), else blocks over the family's ``swap_block_count``."""
     from loratui.engine.families import get_family
 
-    total = getattr(get_family(family), "swap_block_count", 0)
-    if not blocks or not total:
+    if not blocks:
         return 0.0
-    return min(blocks, total) / total
+    fam = get_family(family)
+    groups = getattr(counted, "swap_groups", None) or []
+    unet = (getattr(counted, "params", None) or {}).get("unet", {}).get("count", 0)
+    if groups and unet:
+        sizes = [len(g) for g in groups]
+        split = fam.swap_split(min(blocks, fam.max_blocks_to_swap(sizes)), sizes) or [0] * len(groups)
+        return sum(sum(g[len(g) - k:]) for g, k in zip(groups, split) if k) / unet
+    total = getattr(fam, "swap_block_count", 0)
+    return min(blocks, total) / total if total else 0.0
 
 
 def vae_bytes(profile, shape) -> int:

@@ -42,6 +42,10 @@ class FlowFamily(Family):
 
     # ---- detection
 
+    def swap_split(self, n: int, sizes: list[int]) -> list[int] | None:
+        """sd-scripts' SD3 MMDiT: the last ``n`` joint blocks, at most all but two."""
+        return [n] if n <= sizes[0] - 2 else None
+
     def transformer_keys(self, keys) -> set[str]:
         """The transformer's keys of a single file, without the ``model.diffusion_model.`` prefix."""
         n = len(UNET_PREFIX)

@@ -287,6 +287,30 @@ class Family:
             blocks.append(denoiser.mid_block)
         return blocks + list(getattr(denoiser, "up_blocks", []) or [])
 
+    def swap_groups(self, denoiser) -> list[list]:
+        """The blocks ``blocks_to_swap`` takes from, as groups it splits its count across
+        (each in forward order): here one group, ``swap_blocks``."""
+        return [self.swap_blocks(denoiser)]
+
+    def swap_split(self, n: int, sizes: list[int]) -> list[int] | None:
+        """How many of the last blocks of each group ``blocks_to_swap = n`` keeps on the CPU
+        (``sizes``: the groups' lengths), as sd-scripts counts it; None: more than this denoiser allows."""
+        return [n] if n <= sizes[0] else None
+
+    def max_blocks_to_swap(self, sizes: list[int]) -> int:
+        n = 0
+        while n < 256 and self.swap_split(n + 1, sizes) is not None:
+            n += 1
+        return n
+
+    def blocks_swapped(self, denoiser, n: int) -> list | None:
+        """The blocks ``blocks_to_swap = n`` keeps on the CPU, in forward order (None: too many)."""
+        groups = self.swap_groups(denoiser)
+        split = self.swap_split(n, [len(g) for g in groups])
+        if split is None:
+            return None
+        return [b for g, k in zip(groups, split) for b in (g[len(g) - k:] if k else [])]
+
     # ------------------------------------------------------------------ images
 
     def pipeline(self, components, scheduler=None):

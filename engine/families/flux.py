@@ -157,6 +157,18 @@ class Flux(FlowFamily):
 
         return convert_by_map(sd, model, self.weight_map(model.config))
 
+    # ---- block swap as sd-scripts' FLUX counts it
+
+    def swap_groups(self, denoiser) -> list[list]:
+        return [list(getattr(denoiser, "transformer_blocks", [])), list(getattr(denoiser, "single_transformer_blocks", []))]
+
+    def swap_split(self, n: int, sizes: list[int]) -> list[int] | None:
+        """sd-scripts' ``blocks_to_swap = n``: the last n // 2 double-stream blocks and the last
+        (n - n // 2) × 2 single-stream ones (a single block is about half a double one), each
+        kind keeping two on the GPU: at most 35 on FLUX.1."""
+        double, single = n // 2, (n - n // 2) * 2
+        return [double, single] if double <= sizes[0] - 2 and single <= sizes[1] - 2 else None
+
     # ---- LoRA names as sd-scripts' networks/lora_flux.py writes them
 
     def lora_name_table(self, config: Any) -> dict[str, str]:

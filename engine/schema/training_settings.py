@@ -303,7 +303,9 @@ class OptimizationSettings(_Section):
         0,
         "Keep this many denoiser blocks in CPU memory and move each onto the GPU for its forward "
         "and backward pass (the next one's copy overlaps compute). Saves VRAM, costs speed. "
-        "0: off. Flux.1 on 12 GB: 16-20; SD 1.x/SDXL rarely need it. CUDA only (a no-op on the CPU).",
+        "0: off. Counted as sd-scripts does: SD3 its last N blocks; FLUX.1 the last N/2 double-stream and "
+        "N single-stream ones (at most 35). Flux.1 on 12 GB: 16; SD 1.x/SDXL rarely need it. CUDA only "
+        "(a no-op on the CPU).",
         kohya="blocks_to_swap",
         special="export",
         ge=0,

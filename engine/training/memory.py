@@ -93,18 +93,21 @@ def apply_memory_savers(profile: Profile, comp, network, device: str, weight_dty
     if o.blocks_to_swap:
         from loratui.engine.blockswap import BlockSwap
 
-        blocks = fam.swap_blocks(comp.unet)
-        if o.blocks_to_swap > len(blocks):
+        chosen = fam.blocks_swapped(comp.unet, o.blocks_to_swap)
+        total = sum(len(g) for g in fam.swap_groups(comp.unet))
+        if chosen is None:
+            most = fam.max_blocks_to_swap([len(g) for g in fam.swap_groups(comp.unet)])
             raise TrainingError(
-                f"optimization.blocks_to_swap: {o.blocks_to_swap} is more than the {len(blocks)} blocks of this "
-                f"{fam.label} denoiser", f"set it to at most {len(blocks)}",
+                f"optimization.blocks_to_swap: {o.blocks_to_swap} is more than this {fam.label} denoiser ({total} "
+                f"blocks) can swap", f"set it to at most {most}",
             )
         if not str(device).startswith("cuda"):
             ctx.warn(f"optimization.blocks_to_swap: the run is on {device}, where the blocks already are in "
                      "main memory; nothing is swapped")
         else:
-            swapper = BlockSwap(blocks[-o.blocks_to_swap:], device=device, offload="cpu")
-            ctx.emit(LogEvent(message=f"block swap: {o.blocks_to_swap} of {len(blocks)} denoiser blocks kept on the CPU"))
+            swapper = BlockSwap(chosen, device=device, offload="cpu")
+            ctx.emit(LogEvent(message=f"block swap {o.blocks_to_swap}: {len(chosen)} of {total} denoiser blocks "
+                                      "kept on the CPU"))
     if o.cpu_offload_checkpointing:
         from loratui.engine.blockswap import offload_checkpointing
 
