@@ -93,6 +93,19 @@ def denoiser_overrides(info, ms, fam) -> dict:
     return fam.header_transformer_config(info.path)
 
 
+def denoiser_config(info, ms, fam) -> dict | None:
+    """The denoiser's config as a run builds it (its folder's or the bundled one, with a
+    single file's own shape from its header); None where there is none to read yet."""
+    import json
+
+    root = _config_root(info, ms, fam)
+    if root is None:
+        return None
+    cfg = json.loads((config_subdir(fam, root, fam.denoiser_subfolder) / "config.json").read_text(encoding="utf-8"))
+    cfg.update(denoiser_overrides(info, ms, fam))
+    return cfg
+
+
 def meta_models(fam, root: Path, overrides: dict | None = None):
     """(denoiser, text encoders) of ``fam`` on the meta device, from the configs in ``root``
     (``overrides``: items of the denoiser's config)."""

@@ -170,6 +170,29 @@ def test_blocks_to_swap_counts_as_sd_scripts_on_full_size_models():
     assert get_family("sdxl").max_blocks_to_swap([9]) == 9  # a U-Net: its down, mid and up blocks, any of them
 
 
+def test_check_refuses_more_blocks_to_swap_than_the_model_has_before_loading(tiny_dirs, data, tmp_path):
+    """A FLUX.1-sized config (19 double, 38 single blocks): 35 swap, 36 is named before any weight loads."""
+    import shutil
+
+    from loratui.engine.training.prepare import prepare_run
+
+    folder = tmp_path / "flux-shaped"
+    shutil.copytree(tiny_dirs["flux"], folder)
+    cfg_path = folder / "transformer" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(num_layers=19, num_single_layers=38)
+    cfg_path.write_text(json.dumps(cfg))
+    for n, bad in ((35, False), (36, True)):
+        p = tiny_profile(folder, data, tmp_path / f"out{n}", optimization__blocks_to_swap=n)
+        found = [c for c in prepare_run(p).checks if c.key == "optimization.blocks_to_swap"]
+        assert bool(found) == bad, (n, found)
+    assert "is 36, more than this FLUX.1 denoiser (57 blocks) can swap" in found[0].message
+    assert found[0].hint == "set it to at most 35"
+    tiny = [c for c in prepare_run(tiny_profile(tiny_dirs["sd3"], data, tmp_path / "t", optimization__blocks_to_swap=1)).checks
+            if c.key == "optimization.blocks_to_swap"]
+    assert tiny and tiny[0].hint == "set it to 0 (off)"  # a 2-block SD3 keeps both on the GPU
+
+
 @pytest.mark.parametrize("card_gb, swap_range", [(16, (1, 8)), (12, (12, 20)), (8, (24, 32))])
 def test_fit_makes_the_24gb_flux_profile_fit_smaller_cards_as_sd_scripts_table_does(card_gb, swap_range):
     """sd-scripts' FLUX table (fp8 base): 16 GB batch 1 + block swap, 12 GB 16 swapped, 8 GB 28 —

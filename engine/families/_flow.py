@@ -42,6 +42,9 @@ class FlowFamily(Family):
 
     # ---- detection
 
+    def swap_group_sizes(self, config: Mapping) -> list[int]:
+        return [int(config.get("num_layers", 0))]
+
     def swap_split(self, n: int, sizes: list[int]) -> list[int] | None:
         """sd-scripts' SD3 MMDiT: the last ``n`` joint blocks, at most all but two."""
         return [n] if n <= sizes[0] - 2 else None

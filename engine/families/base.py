@@ -292,6 +292,11 @@ class Family:
         (each in forward order): here one group, ``swap_blocks``."""
         return [self.swap_blocks(denoiser)]
 
+    def swap_group_sizes(self, config: Mapping) -> list[int]:
+        """``swap_groups``' lengths, from the denoiser's config (a U-Net: down, mid and up blocks)."""
+        down, up = config.get("down_block_types") or [], config.get("up_block_types") or []
+        return [len(down) + len(up) + (1 if config.get("mid_block_type", "") is not None else 0)]
+
     def swap_split(self, n: int, sizes: list[int]) -> list[int] | None:
         """How many of the last blocks of each group ``blocks_to_swap = n`` keeps on the CPU
         (``sizes``: the groups' lengths), as sd-scripts counts it; None: more than this denoiser allows."""

@@ -162,6 +162,9 @@ class Flux(FlowFamily):
     def swap_groups(self, denoiser) -> list[list]:
         return [list(getattr(denoiser, "transformer_blocks", [])), list(getattr(denoiser, "single_transformer_blocks", []))]
 
+    def swap_group_sizes(self, config) -> list[int]:
+        return [int(config.get("num_layers", 0)), int(config.get("num_single_layers", 0))]
+
     def swap_split(self, n: int, sizes: list[int]) -> list[int] | None:
         """sd-scripts' ``blocks_to_swap = n``: the last n // 2 double-stream blocks and the last
         (n - n // 2) × 2 single-stream ones (a single block is about half a double one), each

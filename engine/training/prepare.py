@@ -80,6 +80,7 @@ def prepare_run(profile: Profile, resume: str | None = None, overwrite: bool = F
     said = profile.model.family if profile.model.family != "auto" else None  # when the model cannot be read
     family_options = family_option_problems(profile, model.family or said)
     checks += [p for p in family_options if p.is_error] + [p for p in samples if p.is_error]
+    checks += swap_problems(profile, model)
     plan = plan_for(profile, scan)
     fingerprint = dataset_fingerprint(scan.items, plan.total_steps, plan.processes)
     warnings = list(profile_warnings(profile)) + [p for p in family_options if not p.is_error]
@@ -127,6 +128,28 @@ def family_option_problems(profile: Profile, family: str | None) -> list[Problem
             "set it to 0; to weight noise levels use model.weighting_scheme (e.g. logit_normal, with logit_mean / logit_std)",
         ))
     return out
+
+
+def swap_problems(profile: Profile, model) -> list[Problem]:
+    """``blocks_to_swap`` beyond what the model's denoiser can swap, told from its config
+    before anything loads (the loader would stop there after minutes of loading)."""
+    n = profile.optimization.blocks_to_swap
+    if not n or model.problems or not model.family:
+        return []
+    from loratui.engine.families import get_family
+    from loratui.engine.lora_modules import denoiser_config
+
+    fam = get_family(model.family)
+    try:
+        cfg = denoiser_config(model, profile.model, fam)
+    except (OSError, ValueError, KeyError):
+        return []  # the loader names what it cannot read
+    sizes = fam.swap_group_sizes(cfg) if cfg else []
+    if not sizes or fam.swap_split(n, sizes) is not None:
+        return []
+    return [error("optimization.blocks_to_swap",
+                  f"is {n}, more than this {fam.label} denoiser ({sum(sizes)} blocks) can swap",
+                  f"set it to at most {most}" if (most := fam.max_blocks_to_swap(sizes)) else "set it to 0 (off)")]
 
 
 def _pixel_block_problems(ds, fam) -> list[Problem]:
