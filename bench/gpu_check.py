@@ -1,11 +1,11 @@
 """One GPU run, one table: every CUDA-only path once, MFU, peak VRAM of the
 low-VRAM settings, engine overhead against a minimal loop — with targets.
 
-Full-size SD 1.5 and SDXL are built with random weights on the GPU from the
-bundled configs (engine/configs): nothing is downloaded. Under 5 minutes on
+Full-size SD 1.5, SDXL and FLUX.1-dev are built with random weights on the GPU from
+the bundled configs (engine/configs): nothing is downloaded. Under 7 minutes on
 one H100/H200 (rows past ``--budget`` seconds are reported as skipped).
 
-    python bench/gpu_check.py [--budget 290] [--json out.json]
+    python bench/gpu_check.py [--budget 420] [--json out.json]
     python bench/gpu_check.py --dry-run     # the same code, tiny models, CPU, seconds
 
 On the GPU machines (no network), install the wheels bench/gpu_wheels.sh fetched:
@@ -65,6 +65,9 @@ ROWS = [
     ("estimated VRAM SD1.5 512² b1, low-VRAM profile", "—"),
     ("estimated VRAM SDXL 1024² b1, low-VRAM profile", "—"),
     ("engine ÷ minimal diffusers+peft loop, SD1.5 512² b1", "≤ 1.02"),
+    # sd-scripts' FLUX table (fp8 base): 24 GB fits batch 2, 12 GB needs 16 blocks swapped — aim for less
+    ("FLUX.1-dev 1024² b1 fp8 base: peak VRAM", "≤ 20 GB"),
+    ("FLUX.1-dev 1024² b1 fp8 base, blocks_to_swap 16: peak VRAM", "≤ 11 GB"),
     ("MFU SD1.5 512² batch 1, torch.compile", "≥ 15 %"),
     ("MFU SD1.5 512² batch 8, torch.compile", "≥ 40 %"),
     ("MFU SDXL 1024² batch 1, torch.compile", "≥ 40 %"),
@@ -79,6 +82,15 @@ PEAK_BF16_TFLOPS = [
     ("L4", 121.0), ("A10G", 70.0), ("A10", 125.0), ("RTX 6000 Ada", 364.0), ("RTX A6000", 155.0),
     ("RTX 5090", 209.0), ("RTX 4090", 165.0), ("RTX 4080", 97.0), ("RTX 3090", 71.0), ("RTX 3080", 59.0),
 ]
+
+FLUX_GUIDE = {  # profiles/flux-dev-12gb.toml's settings at batch 1 (the guide's: fp8 base, cached text encoders)
+    "model__fp8_base": True, "model__timestep_sampling": "shift", "model__model_prediction_type": "raw",
+    "model__guidance_scale": 1.0, "model__t5xxl_max_token_length": 512,
+    "dataset__cache_text_encoder_outputs": "memory", "network__train_text_encoder": False,
+    "network__network_dim": 16, "network__network_alpha": 16.0, "optimization__optimizer": "AdamW8bit",
+    "optimization__gradient_checkpointing": True, "optimization__learning_rate": 1e-4,
+    "optimization__max_bad_steps": 1000,  # random weights: the memory and speed are measured all the same
+}
 
 LOW_VRAM = {  # profiles/low-vram-8gb.toml's memory settings, at batch 1 (SDXL has no bundled low-VRAM profile)
     "optimization__optimizer": "AdamW8bit", "optimization__gradient_checkpointing": True,
@@ -157,7 +169,7 @@ class Check:
 
             d = self.tmp / f"model-{fam}"
             if self.dry:
-                save_tiny_pipeline(d, "sd1" if fam == "sd15" else "sdxl")
+                save_tiny_pipeline(d, {"sd15": "sd1"}.get(fam, fam))
             else:
                 make_config_folder(fam, d)
             self.models[fam] = d
@@ -242,11 +254,17 @@ def make_config_folder(fam: str, d: Path) -> None:
 
     from loratui.engine.configs import __file__ as configs_init
 
-    shutil.copytree(Path(configs_init).parent / fam, d)
+    configs = Path(configs_init).parent
+    shutil.copytree(configs / fam, d)
     for sub in d.iterdir():
-        if sub.is_dir() and sub.name.startswith(("unet", "vae", "text_encoder")):
+        if sub.is_dir() and sub.name.startswith(("unet", "transformer", "vae", "text_encoder")):
             name = "model.safetensors" if sub.name.startswith("text") else "diffusion_pytorch_model.safetensors"
             save_file({"placeholder": torch.zeros(1)}, str(sub / name))
+    if fam == "flux":  # FLUX.1's CLIP-L tokenizer is SD 1.5's; T5's does not ship (a tiny one: the ids are what count)
+        from loratui.engine.tiny_flow import tiny_t5_tokenizer
+
+        shutil.copytree(configs / "sd15" / "tokenizer", d / "tokenizer")
+        tiny_t5_tokenizer(512).save_pretrained(d / "tokenizer_2")
 
 
 @contextlib.contextmanager
@@ -258,6 +276,16 @@ def random_weights(fam: str, folder: Path, enabled: bool):
         return
     import loratui.engine.loading as loading
 
+    if fam == "flux":  # the family's own loader: its folder reader gives random parts
+        import loratui.engine.flow_loading as flow
+
+        real_parts = flow._load_pretrained
+        flow._load_pretrained = lambda _fam, _info, _ms, dtype, _progress: build_random_flux(folder, "cuda", dtype)
+        try:
+            yield
+        finally:
+            flow._load_pretrained = real_parts
+        return
     real = loading.load_components
 
     def load(ms, *, device="cpu", dtype=None, on_progress=None):
@@ -268,6 +296,29 @@ def random_weights(fam: str, folder: Path, enabled: bool):
         yield
     finally:
         loading.load_components = real
+
+
+def build_random_flux(folder: Path, device: str, dtype) -> dict:
+    """Full-size FLUX.1-dev parts with random weights, made on ``device`` in ``dtype``
+    (seconds; the loader casts, stores fp8 and moves them as it does a file's)."""
+    import torch
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or torch.float32)
+    try:
+        with torch.device(device):
+            tr = FluxTransformer2DModel.from_config(FluxTransformer2DModel.load_config(folder / "transformer"))
+            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+            tes = [CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder")),
+                   T5EncoderModel(T5Config.from_pretrained(folder / "text_encoder_2"))]
+    finally:
+        torch.set_default_dtype(default)
+    toks = [CLIPTokenizer.from_pretrained(folder / "tokenizer"), T5Tokenizer.from_pretrained(folder / "tokenizer_2")]
+    sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    return {"family": "flux", "unet": tr, "vae": vae, "text_encoders": tes, "tokenizers": toks, "scheduler_config": sched}
 
 
 def build_random(fam: str, folder: Path, device: str, dtype):
@@ -516,6 +567,26 @@ def overhead_row(c: Check, eng_times: dict):
     return fn
 
 
+def flux_row(c: Check, swap: int):
+    def fn():
+        over = dict(FLUX_GUIDE)
+        if c.dry:  # the tiny FLUX: its text fits 16 tokens, its 3 blocks swap none; 8-bit AdamW needs CUDA
+            over.update(model__t5xxl_max_token_length=16, optimization__optimizer="AdamW")
+        else:
+            over["optimization__blocks_to_swap"] = swap
+        r = c.train("flux", 1024, 1, c.warmup + c.steps, **over)
+        if not r.finished:
+            return r.message[:60], False, r.message.splitlines()[0][:120]
+        st = r.step_time(c.warmup)
+        name = next(n for n, _ in ROWS if n.startswith("FLUX.1-dev") and ("blocks_to_swap" in n) == bool(swap))
+        note = f"{st:.2f} s/it, max_memory_allocated while training" + (f"; {swap} blocks swapped" if swap else "")
+        if not c.cuda:
+            return "—", "n/a", f"{st * 1000:.0f} ms/step on the tiny FLUX (dry run)"
+        gb = r.peak_bytes / 1e9
+        return f"{gb:.2f} GB", _meets(gb, TARGETS[name]), note
+    return fn
+
+
 def run_all(c: Check) -> list[Row]:
     times: dict = {}
     peaks: dict = {}
@@ -537,6 +608,8 @@ def run_all(c: Check) -> list[Row]:
     for fam, res in (("sd15", 512), ("sdxl", 1024)):
         c.row(f"estimated VRAM {label(fam)} {res}² b1, low-VRAM profile", estimate_row(c, fam, res, peaks))
     c.row("engine ÷ minimal diffusers+peft loop, SD1.5 512² b1", overhead_row(c, times))
+    c.row("FLUX.1-dev 1024² b1 fp8 base: peak VRAM", flux_row(c, 0))
+    c.row("FLUX.1-dev 1024² b1 fp8 base, blocks_to_swap 16: peak VRAM", flux_row(c, 16), cuda_only=True)
     for fam, res, batch in (("sd15", 512, 1), ("sd15", 512, 8), ("sdxl", 1024, 1), ("sdxl", 1024, 4)):
         # inductor on a CPU takes minutes: the dry run leaves these out (tests/test_fastpath.py compiles on the CPU)
         c.row(f"MFU {label(fam)} {res}² batch {batch}, torch.compile", mfu_row(c, fam, res, batch, True, times),
@@ -558,7 +631,7 @@ def table(rows: list[Row], header: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry-run", action="store_true", help="tiny models on the CPU: proves the script runs")
-    ap.add_argument("--budget", type=float, default=290.0, help="seconds; rows after it are skipped")
+    ap.add_argument("--budget", type=float, default=420.0, help="seconds; rows after it are skipped")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per speed row (after 3 warm-up steps)")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args(argv)

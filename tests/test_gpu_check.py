@@ -30,8 +30,10 @@ def test_the_dry_run_prints_every_row_and_runs_what_a_cpu_can(tmp_path, capsys):
         assert "TFLOP/step" in by[name]["note"] and "ms/step" in by[name]["note"]
     assert float(by["engine ÷ minimal diffusers+peft loop, SD1.5 512² b1"]["value"]) > 0
     assert by["WD14 tagger on onnxruntime CUDA"]["value"].startswith("CPUExecutionProvider")
+    flux = by["FLUX.1-dev 1024² b1 fp8 base: peak VRAM"]  # the guide's FLUX settings train the tiny FLUX
+    assert flux["result"] == "n/a" and flux["note"].endswith("ms/step on the tiny FLUX (dry run)"), flux
     for name in ("fp16 + grad scaler", "AdamW8bit", "peak VRAM SDXL 1024² b1, low-VRAM profile",
-                 "MFU SDXL 1024² batch 4, torch.compile"):
+                 "MFU SDXL 1024² batch 4, torch.compile", "FLUX.1-dev 1024² b1 fp8 base, blocks_to_swap 16: peak VRAM"):
         assert by[name]["result"] == "n/a" and "needs CUDA" in by[name]["note"]
 
 
