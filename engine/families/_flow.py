@@ -40,7 +40,7 @@ class FlowFamily(Family):
         """The transformer's blocks in the order its forward runs them (FLUX: double-stream, then single-stream)."""
         return [*getattr(denoiser, "transformer_blocks", []), *getattr(denoiser, "single_transformer_blocks", [])]
 
-    # ---- detection
+    # ---- block swap, counted as sd-scripts does
 
     def swap_group_sizes(self, config: Mapping) -> list[int]:
         return [int(config.get("num_layers", 0))]
@@ -48,6 +48,8 @@ class FlowFamily(Family):
     def swap_split(self, n: int, sizes: list[int]) -> list[int] | None:
         """sd-scripts' SD3 MMDiT: the last ``n`` joint blocks, at most all but two."""
         return [n] if n <= sizes[0] - 2 else None
+
+    # ---- detection
 
     def transformer_keys(self, keys) -> set[str]:
         """The transformer's keys of a single file, without the ``model.diffusion_model.`` prefix."""

@@ -99,7 +99,7 @@ def apply_memory_savers(profile: Profile, comp, network, device: str, weight_dty
             most = fam.max_blocks_to_swap([len(g) for g in fam.swap_groups(comp.unet)])
             raise TrainingError(
                 f"optimization.blocks_to_swap: {o.blocks_to_swap} is more than this {fam.label} denoiser ({total} "
-                f"blocks) can swap", f"set it to at most {most}",
+                f"blocks) can swap", f"set it to at most {most}" if most else "set it to 0 (off)",
             )
         if not str(device).startswith("cuda"):
             ctx.warn(f"optimization.blocks_to_swap: the run is on {device}, where the blocks already are in "
