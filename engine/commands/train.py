@@ -72,6 +72,7 @@ def _finish(result) -> int:
 
     if isinstance(result, Finished):
         if result.path:
+            _diffusers_note(result.path)
             print(result.path)
             return 0
         last = result.summary.get("last_saved", "")
@@ -174,3 +175,17 @@ def run_launched(profile, args: argparse.Namespace) -> int:
         bad = launched.failure() or ("the run ended without a word", f"see {launched.log_path}")
         printer(Failed(message=bad[0], hint=bad[1]))
     return _finish(result)
+
+
+def _diffusers_note(path: str) -> None:
+    """An SD3 LoRA: say how diffusers gets to load it (it cannot read sd-scripts' SD3 names)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            version = str((f.metadata() or {}).get("ss_base_model_version", ""))
+    except (OSError, ValueError, RuntimeError):  # a note only: never what decides the exit code
+        return
+    if version.startswith("sd3"):
+        print(f"note: AUTOMATIC1111/Forge and ComfyUI load it as it is; for diffusers' load_lora_weights, "
+              f"`loratui convert {path} --to diffusers` writes a copy it reads", file=sys.stderr)
