@@ -243,18 +243,25 @@ def test_full_size_files_convert_onto_the_diffusers_models_layers(family, folder
             assert tuple(f.get_slice(key).get_shape()) == shape, key
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux"])
-def test_train_says_how_diffusers_loads_an_sd3_lora(tiny_dirs, family, tmp_path, capsys):
+def test_train_says_how_diffusers_loads_an_sd3_lora(tiny_dirs, tmp_path, capsys):
+    from loratui.engine.commands.train import _diffusers_note
     from loratui.engine.schema.files import save_profile
     from loratui.engine.synthetic import write_synthetic_dataset
     from tiny_runs import tiny_profile
 
     data = write_synthetic_dataset(tmp_path / "images", {"1_toy": 2}, size=(64, 64))
-    profile = tiny_profile(tiny_dirs[family], data, tmp_path / "out", optimization__max_train_steps=1,
+    profile = tiny_profile(tiny_dirs["sd3"], data, tmp_path / "out", optimization__max_train_steps=1,
                            model__t5xxl_max_token_length=8)
     assert run_command(["train", str(save_profile(profile, tmp_path / "p.toml"))]) == 0
     out, err = capsys.readouterr()
     final = str(tmp_path / "out" / "tiny.safetensors")
     assert out.rstrip().splitlines()[-1] == final  # the path stays the last line
-    note = f"`loratui convert {final} --to diffusers` writes a copy it reads"
-    assert (note in err) == (family == "sd3"), err[-400:]  # diffusers reads FLUX files as they are
+    assert f"`loratui convert {final} --to diffusers` writes a copy it reads" in err, err[-400:]
+    flux = tmp_path / "flux.safetensors"  # diffusers reads FLUX files as they are: no note
+    save_file({"lora_unet_double_blocks_0_img_attn_qkv.alpha": torch.tensor(1.0)}, str(flux),
+              metadata={"ss_base_model_version": "flux1"})
+    _diffusers_note(str(flux))
+    _diffusers_note(str(tmp_path / "gone.safetensors"))  # missing or unreadable: no note, no error
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    _diffusers_note(str(tmp_path / "bad.safetensors"))
+    assert capsys.readouterr().err == ""

@@ -179,12 +179,12 @@ def run_launched(profile, args: argparse.Namespace) -> int:
 
 def _diffusers_note(path: str) -> None:
     """An SD3 LoRA: say how diffusers gets to load it (it cannot read sd-scripts' SD3 names)."""
-    try:
-        from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
+    try:
         with safe_open(path, framework="pt") as f:
             version = str((f.metadata() or {}).get("ss_base_model_version", ""))
-    except (OSError, ValueError, RuntimeError):  # a note only: never what decides the exit code
+    except (OSError, ValueError, RuntimeError, SafetensorError):  # a note only: never what decides the exit code
         return
     if version.startswith("sd3"):
         print(f"note: AUTOMATIC1111/Forge and ComfyUI load it as it is; for diffusers' load_lora_weights, "
