@@ -76,7 +76,6 @@ def to_diffusers(sd: Mapping[str, Any], metadata: Mapping[str, str], source: str
     notes: list[str] = []
     t5_left = 0
     te_paths = _text_encoder_paths(fam, modules, source)
-    count = 0
     for key in parts:
         if not key.endswith(".lora_down.weight"):
             continue
@@ -92,13 +91,12 @@ def to_diffusers(sd: Mapping[str, Any], metadata: Mapping[str, str], source: str
         scale = float(parts[f"{internal}.alpha"]) / down.shape[0]
         out[f"{target}.lora_A.weight"] = down.contiguous()
         out[f"{target}.lora_B.weight"] = (up.float() * scale).to(up.dtype).contiguous()
-        count += 1
     if t5_left:
         notes.append(f"{t5_left} T5-XXL modules (trained with train_t5xxl) were left out: diffusers does not load "
                      "LoRA into T5; the kohya-format file keeps them (ComfyUI, Forge)")
     if not out:
         raise LoRAWeightsError(f"{source}: holds no module diffusers can load")
-    return Converted(out, family, count, len(modules), notes)
+    return Converted(out, family, len(out) // 2, len(modules), notes)
 
 
 def _scalar(value: float):

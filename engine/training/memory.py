@@ -94,9 +94,10 @@ def apply_memory_savers(profile: Profile, comp, network, device: str, weight_dty
         from loratui.engine.blockswap import BlockSwap
 
         chosen = fam.blocks_swapped(comp.unet, o.blocks_to_swap)
-        total = sum(len(g) for g in fam.swap_groups(comp.unet))
+        sizes = [len(g) for g in fam.swap_groups(comp.unet)]
+        total = sum(sizes)
         if chosen is None:
-            most = fam.max_blocks_to_swap([len(g) for g in fam.swap_groups(comp.unet)])
+            most = fam.max_blocks_to_swap(sizes)
             raise TrainingError(
                 f"optimization.blocks_to_swap: {o.blocks_to_swap} is more than this {fam.label} denoiser ({total} "
                 f"blocks) can swap", f"set it to at most {most}" if most else "set it to 0 (off)",
