@@ -31,6 +31,7 @@ from loratui.engine.schema import (
     profile_warnings,
     settings,
 )
+from loratui.tui.startup import resume_gc
 from loratui.tui.widgets import set_text
 from loratui.tui.widgets.fields import SettingField
 from loratui.tui.widgets.keybar import KeyBar
@@ -87,6 +88,7 @@ class TrainingScreen(PlanChecks, Screen):
         self.show_advanced = False
         self._hint = ""
         self._ready = False
+        self._resumed = False
         self.section = next(iter(SECTION_TITLES))
         self._section_errors: dict[str, int] = {}
 
@@ -106,9 +108,14 @@ class TrainingScreen(PlanChecks, Screen):
             yield Label("", id="run-badge", markup=False)
             yield Label("", id="gpu", markup=False)
         yield Static("", id="hint", markup=False)
+        from loratui.engine.families import settings_unused_by
+
         initial = self.lt_app.session.profile
+        unused = settings_unused_by(None if initial.model.family == "auto" else initial.model.family)
         for info in self.infos:
-            self.fields[info.dotted] = SettingField(info, initial.get(info.dotted))
+            f = self.fields[info.dotted] = SettingField(info, initial.get(info.dotted))
+            # folded from the start (as _show_family_fields will have it): no restyle once mounted
+            f.set_class(self._folds_for_family(f, unused), "-unused", update=False)
         with Horizontal(id="body"):
             with Vertical(id="form"):
                 # One section at a time (ctrl+n / ctrl+b): a short form lays out fast on
@@ -151,7 +158,9 @@ class TrainingScreen(PlanChecks, Screen):
 
     def _after_first_frame(self) -> None:
         """What the first frame need not wait for: the first section's folded
-        fields, the dataset scan (a worker thread: it holds the interpreter lock too)."""
+        fields, the dataset scan (a worker thread: it holds the interpreter lock too);
+        and the garbage collector, paused by the console script until this first frame."""
+        resume_gc()
         self._mount_section(next(iter(SECTION_TITLES)))
         self._request_scan(immediate=True)
 
@@ -179,7 +188,13 @@ class TrainingScreen(PlanChecks, Screen):
         self.set_class(narrow, "-narrow")
         self.query_one(PlanPanel).show(compact=narrow or height < 30)
 
-    def on_screen_resume(self) -> None:
+    def on_screen_resume(self, event) -> None:
+        if not self._resumed:
+            # Its widgets were styled as they were mounted, a moment ago: Textual's
+            # restyle of the whole screen on its first resume would redo that (a tenth
+            # of the time to the first frame).  Later resumes restyle (focus, hover...).
+            self._resumed = True
+            event.refresh_styles = False
         self.refresh_title()
         self.lt_app.refresh_run_badge()
         self.query_one(KeyBar).refresh_keys()
@@ -236,7 +251,7 @@ class TrainingScreen(PlanChecks, Screen):
         self._field_errors, self._field_warnings = errors, warnings
         self._mark_fields()
         for dotted, f in self.fields.items():
-            f.set_class(f.info.advanced and dotted in errors, "-forced")
+            f.set_class(f.info.advanced and dotted in errors, "-forced", update=f.is_attached)
         self.problems = [f"{d}: {m}" for d, m in errors.items()] + general
         counts: dict[str, int] = {}
         for dotted in errors:
@@ -274,13 +289,8 @@ class TrainingScreen(PlanChecks, Screen):
         unused = settings_unused_by(family)
         hidden = 0
         for dotted, f in self.fields.items():
-            hide = dotted in unused and not f.error and not f.warning and not f.has_focus_within
-            if hide:
-                try:
-                    hide = f.parsed() == f.info.default
-                except ValueError:
-                    hide = False
-            f.set_class(hide, "-unused")
+            hide = self._folds_for_family(f, unused)
+            f.set_class(hide, "-unused", update=f.is_attached)  # (a field not mounted is styled when it is)
             hidden += hide
         note = ""
         if family and hidden:
@@ -292,6 +302,16 @@ class TrainingScreen(PlanChecks, Screen):
         fam_field = self.fields.get("model.family")
         if fam_field is not None and not fam_field.error:
             fam_field.set_note(note)
+
+    @staticmethod
+    def _folds_for_family(f: SettingField, unused: frozenset[str]) -> bool:
+        """Whether ``f`` is out of sight for a family that does not use the settings ``unused``."""
+        if f.info.dotted not in unused or f.error or f.warning or (f.is_attached and f.has_focus_within):
+            return False
+        try:
+            return f.parsed() == f.info.default
+        except ValueError:
+            return False
 
     @property
     def hidden_for_family(self) -> set[str]:

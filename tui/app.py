@@ -133,8 +133,8 @@ class LoraTuiApp(ProfileActions, RunControl, WatchRun, SignalHandling, App):
         # background work (it imports NVML, the dataset scanner...) waits for the
         # first frame: a thread importing modules holds the interpreter lock too
         self.call_after_refresh(self.start_gpu_polling)
-        self.call_after_refresh(resume_gc)  # paused by the console script until the first frame
         if self.watch_path is not None:
+            self.call_after_refresh(resume_gc)  # paused by the console script until the first frame
             self.watch_run(self.watch_path)
             return
         from loratui.screens.training import TrainingScreen

@@ -315,7 +315,7 @@ class SettingField(Vertical):
         if (error, warning) == (self._error, self._warning):
             return
         self._error, self._warning = error, warning
-        self.set_class(bool(error), "-invalid")
+        self.set_class(bool(error), "-invalid", update=self.is_attached)
         self._draw_below()
 
     def set_note(self, text: str) -> None:
