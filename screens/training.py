@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 SCAN_KEYS = {"dataset.train_data_dir", "dataset.reg_data_dir", "dataset.caption_extension"}
 FORM_SOURCE = "form"
+NOT_FOUND = "not found on this machine"
 REPO_ID_RE = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
@@ -265,7 +266,6 @@ class TrainingScreen(PlanChecks, Screen):
         if profile is not None:
             self._last_good = profile
         self._update_status_line()
-        self._update_notes()
         self._show_family_fields()
         return profile
 
@@ -334,6 +334,7 @@ class TrainingScreen(PlanChecks, Screen):
                 run_err, run_warn = found[dotted]
                 err, warn = run_err, warn or run_warn
             f.set_problem(err, warn)
+        self._update_notes()  # a note that says what the field's problem says goes
 
     def dataset_problems(self) -> list[str]:
         """What the last scan of the dataset folder found that stops training."""
@@ -459,15 +460,14 @@ class TrainingScreen(PlanChecks, Screen):
     def _update_notes(self) -> None:
         f = self.fields.get("model.base_model")
         if f is not None:
-            f.set_note(model_note(str(f.raw)))
+            note = model_note(str(f.raw))
+            f.set_note("" if f.error and note == NOT_FOUND else note)  # the error says so already
         for key in ("network.network_weights", "output.resume", "model.vae"):
             g = self.fields.get(key)
-            if g is not None and not g.error:
+            if g is not None:
                 value = os.path.expanduser(str(g.raw).strip())
-                if value and (os.sep in value or value.startswith(".")) and not os.path.exists(value):
-                    g.set_note("not found")
-                else:
-                    g.set_note("")
+                missing = value and (os.sep in value or value.startswith(".")) and not os.path.exists(value)
+                g.set_note("not found" if missing and not g.error else "")
 
     # ------------------------------------------------------------------ navigation
     def action_toggle_advanced(self) -> None:
@@ -549,7 +549,7 @@ def model_note(value: str) -> str:
         kind = "diffusers folder" if (path / "model_index.json").exists() else "folder (no model_index.json: not a diffusers folder?)"
         return kind
     if looks_like_path:
-        return "not found on this machine"
+        return NOT_FOUND
     if REPO_ID_RE.match(value):
         return "Hugging Face repo id (downloaded on first use)"
     return ""

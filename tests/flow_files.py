@@ -4,6 +4,7 @@ Hugging Face cache holding a tiny T5 tokenizer."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -165,3 +166,34 @@ def write_sd3_split_files(folder: Path, out: Path) -> dict:
         prefix = f"text_encoders.{name}.transformer."
         save_file({k[len(prefix):]: v for k, v in whole.items() if k.startswith(prefix)}, str(files[key]))
     return {k: str(v) for k, v in files.items()}
+
+
+def sparse_safetensors(path: Path, shapes: dict) -> Path:
+    """A .safetensors file of bf16 tensors of these shapes: a real header, the data a hole
+    (a sparse file: a full-size model's header in no disk space)."""
+    import json
+    import struct
+
+    header, at = {}, 0
+    for k, shape in shapes.items():
+        n = 2 * math.prod(shape)
+        header[k] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [at, at + n]}
+        at += n
+    blob = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        f.truncate(8 + len(blob) + at)
+    return path
+
+
+def sd35_medium_header_file(path: Path) -> Path:
+    """A SD3.5 medium single file: its transformer's header, no data (a sparse file)."""
+    shapes = {"context_embedder.weight": (1536, 4096), "x_embedder.proj.weight": (1536, 16, 2, 2),
+              "final_layer.linear.weight": (64, 1536), "y_embedder.mlp.0.weight": (1536, 2048),
+              "pos_embed": (1, 384 * 384, 1536)}
+    for i in range(24):
+        shapes[f"joint_blocks.{i}.x_block.attn.ln_q.weight"] = (64,)
+        shapes[f"joint_blocks.{i}.x_block.attn.qkv.weight"] = (3 * 1536, 1536)
+        if i <= 12:
+            shapes[f"joint_blocks.{i}.x_block.attn2.qkv.weight"] = (3 * 1536, 1536)
+    return sparse_safetensors(path, shapes)

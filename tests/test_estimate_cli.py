@@ -108,12 +108,59 @@ def test_fit_never_overwrites_its_input_and_names_unknown_cards(tmp_path, tiny_s
 
 
 def test_fit_names_what_is_wrong_with_the_base_model(tmp_path, capsys):
-    """A bundled FLUX profile whose transformer file is not there: fit says which file, not just 'see above'."""
+    """A bundled FLUX profile whose transformer file is not there yet: fit says which file, and
+    fits the profile as FLUX.1-dev's shape (model.family says what it is); with the family left
+    to auto-detection there is nothing to count."""
     from loratui.engine.userdirs import bundled_profiles_dir
 
     out, missing = tmp_path / "f8.toml", tmp_path / "flux1-dev.safetensors"
-    assert run_command(["fit", str(bundled_profiles_dir() / "flux-dev-24gb.toml"), "--vram", "8", "-o", str(out),
-                        "--set", f"model.base_model={missing}"]) == 1
+    args = ["fit", str(bundled_profiles_dir() / "flux-dev-24gb.toml"), "--vram", "8", "-o", str(out),
+            "--set", f"model.base_model={missing}"]
+    assert run_command(args) == 0
+    cap = capsys.readouterr()
+    assert f"error    model.base_model: {missing} does not exist" in cap.err
+    assert f"note     {missing} is not here yet: counted as FLUX.1-dev" in cap.out
+    assert "change   optimization.blocks_to_swap" in cap.out and out.exists()
+    out.unlink()
+    assert run_command([*args, "--set", "model.family=auto"]) == 1
     err = capsys.readouterr().err
     assert f"error    model.base_model: {missing} does not exist" in err
     assert err.rstrip().endswith("no estimate: the base model has problems (see above)") and not out.exists()
+
+
+@pytest.mark.parametrize("name, shape, other", [("sd35-medium-16gb", "SD3.5 medium", "sd3.5_large.safetensors"),
+                                               ("flux-dev-12gb", "FLUX.1-dev", None)])
+def test_check_counts_a_model_not_downloaded_yet_as_its_familys_shape(name, shape, other, tmp_path, capsys):
+    """`check` on a bundled profile before its model is downloaded: the estimate is counted as
+    the shape the family's bundled configs (for SD3: the one the file name says) give — the same
+    figures as the file itself once it is there (SD3.5 medium: its header)."""
+    from loratui.engine.estimate import estimate
+    from loratui.engine.models import inspect_model
+    from loratui.engine.schema import load_profile
+    from loratui.engine.training.prepare import prepare_run
+    from loratui.engine.estimate.cli import estimate_for
+    from loratui.engine.estimate.devices import vram_device
+    from loratui.engine.userdirs import bundled_profiles_dir
+
+    src = bundled_profiles_dir() / f"{name}.toml"
+    assert run_command(["check", str(src), "--vram", "24"]) == 1  # (its folders are not here either)
+    out = capsys.readouterr().out
+    base = load_profile(src).model.base_model
+    assert f"estimate for 24 GB card (24 GB), bf16:\n  note: {base} is not here yet: counted as {shape}, " in out
+    assert "est. VRAM  ~" in out and "estimate —" not in out
+    prepared = prepare_run(load_profile(src), overwrite=True)
+    est, why = estimate_for(prepared, vram_device(24))
+    assert why is None and est.notes
+    if name.startswith("sd35-medium"):
+        from flow_files import sd35_medium_header_file
+
+        from loratui.engine.schema.model_settings import ModelSettings
+
+        real = sd35_medium_header_file(tmp_path / "sd3.5_medium.safetensors")
+        info = inspect_model(ModelSettings(base_model=str(real), family="sd3"))
+        there = estimate(load_profile(src), vram_device(24), info, prepared.plan, 0)
+        assert est.vram.total == there.vram.total  # the name gave the shape the header gives
+        # another name of the same family counts as what it says (large here): larger
+        p_large = load_profile(src, [f"model.base_model=/models/{other}"])
+        large, _ = estimate_for(prepare_run(p_large, overwrite=True), vram_device(24))
+        assert large.vram.terms["transformer weights"] > 2 * est.vram.terms["transformer weights"]

@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flow_files import write_flux_split_files, write_hub_t5_tokenizer  # noqa: E402
+from flow_files import sd35_medium_header_file, write_flux_split_files, write_hub_t5_tokenizer  # noqa: E402
 from tiny_runs import tiny_profile  # noqa: E402
 
 from loratui.engine import flow_matching as fm  # noqa: E402
@@ -229,37 +229,6 @@ def test_full_size_sd35_module_counts(folder, count, unet):
     assert ("lora_unet_joint_blocks_0_x_block_attn2_qkv" in names) == (folder == "sd35-medium")
 
 
-def _sparse_safetensors(path: Path, shapes: dict) -> Path:
-    """A .safetensors file of bf16 tensors of these shapes: a real header, the data a hole
-    (a sparse file: a full-size model's header in no disk space)."""
-    import json
-    import struct
-
-    header, at = {}, 0
-    for k, shape in shapes.items():
-        n = 2 * math.prod(shape)
-        header[k] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [at, at + n]}
-        at += n
-    blob = json.dumps(header).encode()
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)) + blob)
-        f.truncate(8 + len(blob) + at)
-    return path
-
-
-def _sd35_medium_file(path: Path) -> Path:
-    """A SD3.5 medium single file: its transformer's header, no data (a sparse file)."""
-    shapes = {"context_embedder.weight": (1536, 4096), "x_embedder.proj.weight": (1536, 16, 2, 2),
-              "final_layer.linear.weight": (64, 1536), "y_embedder.mlp.0.weight": (1536, 2048),
-              "pos_embed": (1, 384 * 384, 1536)}
-    for i in range(24):
-        shapes[f"joint_blocks.{i}.x_block.attn.ln_q.weight"] = (64,)
-        shapes[f"joint_blocks.{i}.x_block.attn.qkv.weight"] = (3 * 1536, 1536)
-        if i <= 12:
-            shapes[f"joint_blocks.{i}.x_block.attn2.qkv.weight"] = (3 * 1536, 1536)
-    return _sparse_safetensors(path, shapes)
-
-
 def test_a_sd35_medium_single_file_is_built_medium_from_its_header(tmp_path):
     """The bundled SD3 configs are large's; a medium file's header gives its own shape, so
     `check --modules` and the estimate list medium's 527 modules."""
@@ -267,7 +236,7 @@ def test_a_sd35_medium_single_file_is_built_medium_from_its_header(tmp_path):
     from loratui.engine.lora_modules import denoiser_overrides, meta_models
     from loratui.engine.models import inspect_model
 
-    path = _sd35_medium_file(tmp_path / "sd3.5_medium.safetensors")
+    path = sd35_medium_header_file(tmp_path / "sd3.5_medium.safetensors")
     assert path.stat().st_blocks * 512 < 1 << 20  # ~10 GB declared, nothing written
     ms = ModelSettings(base_model=str(path))
     info = inspect_model(ms)
@@ -631,7 +600,7 @@ def test_bundled_flow_profiles_fit_the_card_they_are_named_for(name, card_gb, tm
 
     p = load_profile(Path(__file__).resolve().parents[1] / "profiles" / f"{name}.toml")
     if name == "sd35-medium-16gb":  # the bundled SD3 configs are large's: medium's shape comes from its header
-        path = _sd35_medium_file(tmp_path / "sd3.5_medium.safetensors")
+        path = sd35_medium_header_file(tmp_path / "sd3.5_medium.safetensors")
         info = inspect_model(ModelSettings(base_model=str(path)))
         assert info.family == "sd3"
     else:  # the bundled configs are FLUX.1-dev's and SD3.5 large's

@@ -81,3 +81,21 @@ async def test_the_panel_shows_the_estimate_and_ctrl_f_makes_it_fit(env, tiny_sd
         assert "fits ✓" in str(panel.render()).split("est. VRAM")[1].splitlines()[0]
         assert not panel.estimate.changes
         assert form.valid.optimization.gradient_checkpointing is True
+
+
+async def test_a_model_not_downloaded_yet_is_estimated_as_its_familys_shape(env, synthetic_dataset):
+    """A FLUX profile made before the 24 GB download: the panel counts FLUX.1-dev's shape and
+    says so; the model's problem stays listed (a run is still refused)."""
+    from loratui.engine.userdirs import bundled_profiles_dir
+
+    path = env / "flux.toml"
+    text = (bundled_profiles_dir() / "flux-dev-24gb.toml").read_text()
+    path.write_text(text.replace('"/data/mychar/images"', f'"{synthetic_dataset}"'))
+    app = LoraTuiApp(path, gpu=GpuMonitor(nvml=OneGpu(24 * GB)), check_live_runs=False)
+    async with app.run_test(size=(120, 50)) as pilot:
+        panel = app.form.query_one(PlanPanel)
+        await until(pilot, lambda: panel.estimate is not None and panel.estimate.rows, "the estimate", 60)
+        shown = str(panel.render())
+        assert panel.estimate.assumed == "FLUX.1-dev" and "counted as FLUX.1-dev: the model is not here yet" in shown
+        assert "est. VRAM" in shown and "(RTX 4090)" in shown
+        assert any(p.startswith("model.base_model") for p in panel.problems)

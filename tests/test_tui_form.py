@@ -220,6 +220,11 @@ async def test_the_plan_panel_shows_what_train_would_refuse(env, synthetic_datas
         # the status line follows on the panel's Checked message, one message later
         await until(pilot, lambda: "stop a run" in str(form.query_one("#problem-count").render()))
         assert f"✗ {n} problems stop a run" in str(form.query_one("#problem-count").render())
+        # each path field says it once: the problem at the field, no "not found" note under it as well
+        base, weights = form.fields["model.base_model"], form.fields["network.network_weights"]
+        await until(pilot, lambda: base.error and weights.error)
+        assert "does not exist" in base.below_text and "not found on this machine" not in base.below_text
+        assert "gone.safetensors" in weights.below_text and not weights.below_text.endswith("not found")
         # Start is refused with the same list, before anything loads
         await pilot.press("ctrl+r")
         await pilot.pause()

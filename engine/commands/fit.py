@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if est is None:
         print(f"error    no estimate: {why}", file=sys.stderr)
         return 1
+    for note in est.notes:  # e.g. the model is not here yet: counted as its family's bundled shape
+        print(f"note     {note}")
     changes = suggest(profile, est)
     if est.fits:
         print(f"{src} already fits {device.name}: ~{size(est.vram.total)} of {size(device.vram)}; written unchanged")

@@ -105,6 +105,12 @@ def config_dir_for(profile, model_info) -> Path:
     if model_info is not None and model_info.kind == "hub" and model_info.path is not None:
         return Path(model_info.path)
     fam = get_family(model_info.family if model_info is not None and model_info.family else ms.family)
+    if model_info is not None and (model_info.kind == "missing" or model_info.kind == "hub" and model_info.path is None):
+        named = fam.config_folder_named(model_info.spec)  # not here to read: its name says which shape
+        if named:
+            from loratui.engine.configs import config_dir
+
+            return config_dir(named)
     pred = "v_prediction" if ms.v_parameterization or (model_info and model_info.prediction_type == "v_prediction") else "epsilon"
     return fam.config_dir(pred)
 

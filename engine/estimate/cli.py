@@ -34,14 +34,42 @@ def device_from_args(args: argparse.Namespace):
     return local_device()
 
 
+# the shape a family's bundled configs give, as the notes name it
+CONFIG_SHAPES = {"sd15": "SD 1.5", "sd2": "SD 2.x", "sd2-v": "SD 2.x (v)", "sdxl": "SDXL base",
+                 "sd35-large": "SD3.5 large", "sd35-medium": "SD3.5 medium", "sd3-medium": "SD3 medium", "flux": "FLUX.1-dev"}
+
+
+def shape_assumed(prepared) -> str | None:
+    """The model shape an estimate is counted as when the base model is not on this machine
+    yet (a rented box, before the download) and ``model.family`` says what it is: the
+    family's bundled configs (``"FLUX.1-dev"``). None: the model is read as it is (or, with
+    other problems, there is no estimate)."""
+    from loratui.engine.estimate import config_dir_for
+    from loratui.engine.families import families, normalize_family
+
+    info, ms = prepared.model, prepared.profile.model
+    if info.kind != "missing" or not ms.family or ms.family == "auto" or normalize_family(ms.family) not in families():
+        return None
+    if any(p.key not in ("model.base_model", "model.vae") for p in info.problems):
+        return None  # e.g. model.model_config_dir: the shape itself is in doubt
+    folder = config_dir_for(prepared.profile, info)
+    return CONFIG_SHAPES.get(folder.name, folder.name)
+
+
 def estimate_for(prepared, device):
     """(Estimate, None) or (None, why not)."""
     from loratui.engine.estimate import EstimateError, from_prepared
 
-    if prepared.model.problems:
+    assumed = shape_assumed(prepared)
+    if prepared.model.problems and assumed is None:
         return None, "the base model has problems (see above)"
     try:
-        return from_prepared(prepared, device), None
+        est = from_prepared(prepared, device)
+        if assumed:
+            ms = prepared.profile.model
+            est.notes.append(f"{ms.base_model} is not here yet: counted as {assumed}, "
+                             f"from the configs loratui bundles for model.family = {ms.family}")
+        return est, None
     except EstimateError as exc:
         return None, str(exc)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:  # configs that cannot be built
@@ -63,6 +91,8 @@ def print_estimate(prepared, device, out=None) -> bool | None:
 
     mp = precision_for(prepared.profile, device)  # what the run uses there (bf16 → fp16 on a card without bf16)
     print(f"estimate for {where}, {'fp32 (mixed precision no)' if mp == 'no' else mp}:", file=out)
+    for note in est.notes:
+        print(f"  note: {note}", file=out)
     for label, value, _ in rows(est):
         print(f"{label:<10} {value}", file=out)
         if label == "est. VRAM":

@@ -181,6 +181,11 @@ class Family:
             return config_dir(self.config_folder_v)
         return config_dir(self.config_folder)
 
+    def config_folder_named(self, spec: str) -> str | None:
+        """The bundled configs a model that is not here to read (a missing file, a repo not
+        downloaded) is counted with, told by its name; None: ``config_folder``."""
+        return None
+
     def normalize_checkpoint(self, sd: dict) -> dict:
         """A single file's state dict in the layout the converters expect."""
         return sd

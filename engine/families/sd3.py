@@ -4,6 +4,7 @@ VAE, flow matching with sd-scripts' SD3 objective (preconditioned output, target
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from loratui.engine.families._flow import FlowFamily
@@ -75,6 +76,14 @@ class SD3(FlowFamily):
         else:
             kind = "5-medium" if getattr(denoiser_config, "dual_attention_layers", None) else "5-large"
         return f"stable-diffusion-3-{kind}/lora"
+
+    def config_folder_named(self, spec: str) -> str | None:
+        """``sd3.5_medium.safetensors`` / ``stabilityai/stable-diffusion-3.5-medium`` → SD3.5
+        medium, ``sd3_medium…`` → SD3 medium; anything else counts as large."""
+        base = str(spec).lower().replace("\\", "/").rsplit("/", 1)[-1]
+        if "medium" not in base:
+            return None
+        return "sd35-medium" if re.search(r"3[._-]?5", base) else "sd3-medium"
 
     def metadata_extra(self, profile: Any) -> dict[str, Any]:
         """What sd-scripts' sd3_train_network.py adds (update_metadata), and its network_args."""

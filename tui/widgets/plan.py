@@ -186,7 +186,7 @@ class PlanPanel(Static):
         warned = [p for p in prepared.profile_warnings if not p.is_error and p.key]
         self.app.call_from_thread(self._checked, profile, found, prepared.model.family, warned)
         view = None
-        if not prepared.model.problems and profile is self._checking_estimate:
+        if profile is self._checking_estimate:  # (compute says why not, e.g. the model has problems)
             from loratui.tui.widgets.plan_estimate import compute
 
             busy = lambda: bool(getattr(self.app, "run_active", False))  # noqa: E731 - a run wants the CPU

@@ -19,6 +19,7 @@ class EstimateView:
     lines: list[str] = field(default_factory=list)  # the changes as text
     why: str = ""  # no estimate: why (the rows stay "—")
     short_fail: bool = False  # even all the changes are not enough
+    assumed: str = ""  # the model is not here yet: the shape it was counted as ("FLUX.1-dev")
 
 
 def compute(prepared, monitor, busy=lambda: False) -> EstimateView:
@@ -34,7 +35,7 @@ def compute(prepared, monitor, busy=lambda: False) -> EstimateView:
 
 
 def _compute(prepared, monitor) -> EstimateView:
-    from loratui.engine.estimate.cli import estimate_for
+    from loratui.engine.estimate.cli import estimate_for, shape_assumed
     from loratui.engine.estimate.devices import local_device
     from loratui.engine.estimate.fit import suggest
     from loratui.engine.estimate.report import change_lines, rows
@@ -52,7 +53,8 @@ def _compute(prepared, monitor) -> EstimateView:
         return EstimateView(rows(est), why=f"no suggestions: {exc}")
     lines = change_lines(prepared.profile, changes)
     fail = bool(changes) and est.vram.have is not None and changes[-1].vram > est.vram.have
-    return EstimateView(rows(est), changes, lines, short_fail=fail)
+    assumed = shape_assumed(prepared) if est.notes else None
+    return EstimateView(rows(est), changes, lines, short_fail=fail, assumed=assumed or "")
 
 
 def add_rows(t, row, view: EstimateView | None, width: int) -> None:
@@ -66,6 +68,8 @@ def add_rows(t, row, view: EstimateView | None, width: int) -> None:
         if label in by:
             value, fits = by[label]
             row(label, value, style="green" if fits else "red" if fits is False else "")
+    if view.assumed:
+        t.append(f"counted as {view.assumed}: the model is not here yet\n", style="dim italic")
     if view.changes:
         t.append("to fit (ctrl+f applies the first):\n", style="yellow")
         for line in view.lines[:6]:
