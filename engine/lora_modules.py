@@ -40,6 +40,7 @@ class ModulePlan:
     family: str = ""
     modules: list[PlannedModule] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    assumed: str = ""  # the model is not here yet: the shape its modules are listed for ("FLUX.1-dev")
 
     def by_component(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -60,6 +61,35 @@ class ModulePlan:
             algo = f"{m.algo:<{algo_width}}  " if algos else ""
             out.append(f"  {m.name:<{width}}  {algo}{m.kind:<7} {m.shape():<16} rank {m.rank:<4} alpha {m.alpha:g}")
         return out
+
+
+# the shapes the bundled configs (engine/configs) are, as notes name them
+CONFIG_SHAPES = {"sd15": "SD 1.5", "sd2": "SD 2.x", "sd2-v": "SD 2.x (v)", "sdxl": "SDXL base",
+                 "sd35-large": "SD3.5 large", "sd35-medium": "SD3.5 medium", "sd3-medium": "SD3 medium", "flux": "FLUX.1-dev"}
+
+
+def assumed_config(info, ms) -> Path | None:
+    """The configs a base model that is not on this machine yet (a rented box, before the
+    download) is counted with: ``model.model_config_dir``, else the bundled ones of
+    ``model.family`` (SD3: the shape its name says). None: the model is read as it is, or
+    there is nothing to count (family auto, or problems other than the missing file's)."""
+    from loratui.engine.configs import config_dir
+    from loratui.engine.families import families, get_family, normalize_family
+
+    if info.kind != "missing" or not ms.family or ms.family == "auto" or normalize_family(ms.family) not in families():
+        return None
+    if any(p.key not in ("model.base_model", "model.vae") for p in info.problems):
+        return None  # e.g. model.model_config_dir: the shape itself is in doubt
+    if ms.model_config_dir:
+        return Path(ms.model_config_dir).expanduser()
+    fam = get_family(normalize_family(ms.family))
+    named = fam.config_folder_named(info.spec)
+    return config_dir(named) if named else fam.config_dir("v_prediction" if ms.v_parameterization else "epsilon")
+
+
+def shape_name(root: Path) -> str:
+    """``FLUX.1-dev`` for the bundled ``flux`` configs; a folder of the user's: its name."""
+    return CONFIG_SHAPES.get(Path(root).name, Path(root).name)
 
 
 def _config_root(info, ms, fam) -> Path | None:
@@ -143,16 +173,20 @@ def plan_modules(profile) -> ModulePlan:
     from loratui.engine.lora_file import LoRAWeightsError
     from loratui.engine.models import inspect_model
 
+    from loratui.engine.families import normalize_family
+
     plan = ModulePlan()
     ms, net = profile.model, profile.network
     info = inspect_model(ms)
-    if info.problems or not info.family:
+    assumed = assumed_config(info, ms) if info.problems else None
+    if assumed is None and (info.problems or not info.family):
         plan.problems = list(info.problems) or [error("model.base_model", "the model family cannot be told", "set model.family")]
         return plan
-    fam = get_family(info.family)
+    fam = get_family(normalize_family(ms.family) if assumed is not None else info.family)
     plan.family = fam.name
+    plan.assumed = shape_name(assumed) if assumed is not None else ""
     try:
-        denoiser, tes = build_meta_models(info, ms, fam)
+        denoiser, tes = meta_models(fam, assumed, {}) if assumed is not None else build_meta_models(info, ms, fam)
     except (OSError, ValueError, KeyError) as exc:
         plan.problems.append(error("model.model_config_dir" if ms.model_config_dir else "model.base_model",
                                    f"cannot build the {fam.label} model from its configs ({exc})",
@@ -173,14 +207,20 @@ def plan_modules(profile) -> ModulePlan:
     except (LoRAWeightsError, ValueError) as exc:
         plan.problems.append(error("network.network_weights" if net.network_weights else "network", str(exc)))
         return plan
+    from loratui.engine.lora_fused import base_name
+
+    parts: dict[str, list] = {}  # the parts of a fused layer (FLUX/SD3 qkv, linear1) are one module in the file
     for m in network.modules:
-        base = m.layer.base_layer
-        linear = m.kind == "linear"
+        parts.setdefault(base_name(m.name), []).append(m)
+    for name, ms_ in parts.items():
+        first, base = ms_[0], ms_[0].layer.base_layer
+        linear = first.kind == "linear"
+        rank = sum(m.rank for m in ms_)  # down stacked, up block-diagonal (lora_fused)
         plan.modules.append(PlannedModule(
-            m.name, m.component, m.kind,
+            name, first.component, first.kind,
             base.in_features if linear else base.in_channels,
-            base.out_features if linear else base.out_channels,
-            () if linear else tuple(base.kernel_size), m.rank, m.alpha,
+            sum(m.layer.base_layer.out_features if linear else m.layer.base_layer.out_channels for m in ms_),
+            () if linear else tuple(base.kernel_size), rank, first.alpha / first.rank * rank,
         ))
     return plan
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -92,3 +93,25 @@ def test_a_lycoris_network_lists_its_modules_with_their_algorithm(tmp_path, tiny
     assert [m.name for m in plan.modules] == real.module_names  # the run's modules, by their saved names
     conv = next(m for m in plan.modules if m.kind == "conv")
     assert conv.rank == 4 and conv.alpha == 1.0
+
+
+@pytest.mark.parametrize("name, counts", [
+    ("flux-dev-24gb", "376 LoRA modules (lora_unet 304, lora_te1 72)"),
+    ("sd35-medium-16gb", "527 LoRA modules (lora_unet 263, lora_te1 72, lora_te2 192)"),
+    ("sd35-large-24gb", "641 LoRA modules (lora_unet 377, lora_te1 72, lora_te2 192)"),
+])
+def test_a_model_not_downloaded_yet_lists_its_familys_full_size_modules(name, counts, capsys):
+    """The bundled profiles before the download (their model files are not here): the modules
+    of the shape model.family's bundled configs give (SD3: the one the file name says), as
+    sd-scripts saves them (fused qkv / linear1 one module each) — sd-scripts' own counts."""
+    from loratui.engine.userdirs import bundled_profiles_dir
+
+    prof = str(bundled_profiles_dir() / f"{name}.toml")
+    assert run_command(["check", prof, "--modules", "--set", "network.train_text_encoder=true"]) == 1
+    out = capsys.readouterr().out
+    assert "is not here yet)\n" in out and f"modules  {counts}\n" in out
+    assert "#" not in out.split("modules  ", 1)[1]  # no in-memory part names
+    # family auto: nothing says which model it is
+    assert run_command(["check", prof, "--modules", "--set", "model.family=auto"]) == 1
+    out = capsys.readouterr().out
+    assert "modules  — (the base model has problems (see above))" in out and "LoRA modules" not in out

@@ -393,6 +393,17 @@ def test_flux_from_split_files_trains_and_loads_in_diffusers(tiny_dirs, data, tm
     assert md["modelspec.architecture"] == "flux-1-dev/lora" and md["ss_timestep_sampling"] == "shift"
     assert "modelspec.prediction_type" not in md  # sd-scripts writes none for FLUX
     assert md["ss_model_prediction_type"] == "raw" and md["ss_network_args"] == '{"train_blocks": "double"}'
+    # `check --modules` lists exactly the file's modules: fused ones as one, with the saved shape, rank and alpha
+    from loratui.engine.lora_modules import plan_modules
+
+    listed = {m.name: m for m in plan_modules(profile).modules}
+    assert set(listed) == {k.rsplit(".", 2)[0] for k in keys}
+    with safe_open(result.path, "pt") as f:
+        for name, m in listed.items():
+            down, up = f.get_slice(f"{name}.lora_down.weight").get_shape(), f.get_slice(f"{name}.lora_up.weight").get_shape()
+            assert (m.rank, m.in_dim, m.out_dim) == (down[0], down[1], up[0]), name
+            assert m.alpha == pytest.approx(f.get_tensor(f"{name}.alpha").item()), name
+    assert listed["lora_unet_double_blocks_0_img_attn_qkv"].rank == 3 * 4  # q, k, v apart in memory: one module saved
 
     ms = profile.model
     base = _transformer_out(load_components(ms).unet, "flux")

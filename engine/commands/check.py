@@ -66,14 +66,19 @@ def run(args: argparse.Namespace) -> int:
     if not prepared.problems and prepared.plan.total_steps <= 0:
         print("error    nothing to train: the plan has 0 steps — add images or raise epochs/repeats")
     ok = prepared.ok
-    if getattr(args, "modules", False) and not info.problems:
+    if getattr(args, "modules", False):
         from loratui.engine.lora_modules import plan_modules
 
         plan = plan_modules(profile)
+        if plan.assumed:
+            print(f"modules  (listed for {plan.assumed}: {profile.model.base_model} is not here yet)")
         for line in plan.lines():
             print(line)
-        for p in plan.problems:
-            print(f"error    {p}")
+        if plan.problems and info.problems:
+            print("modules  — (the base model has problems (see above))")
+        else:
+            for p in plan.problems:
+                print(f"error    {p}")
         ok = ok and not plan.problems
     print("ready to train" if ok else "not ready: fix the errors above")
     return 0 if ok else 1

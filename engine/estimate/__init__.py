@@ -106,7 +106,7 @@ def config_dir_for(profile, model_info) -> Path:
         return Path(model_info.path)
     fam = get_family(model_info.family if model_info is not None and model_info.family else ms.family)
     if model_info is not None and (model_info.kind == "missing" or model_info.kind == "hub" and model_info.path is None):
-        named = fam.config_folder_named(model_info.spec)  # not here to read: its name says which shape
+        named = fam.config_folder_named(model_info.spec)  # not here to read: its name says which shape (as assumed_config)
         if named:
             from loratui.engine.configs import config_dir
 

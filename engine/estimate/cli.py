@@ -34,26 +34,14 @@ def device_from_args(args: argparse.Namespace):
     return local_device()
 
 
-# the shape a family's bundled configs give, as the notes name it
-CONFIG_SHAPES = {"sd15": "SD 1.5", "sd2": "SD 2.x", "sd2-v": "SD 2.x (v)", "sdxl": "SDXL base",
-                 "sd35-large": "SD3.5 large", "sd35-medium": "SD3.5 medium", "sd3-medium": "SD3 medium", "flux": "FLUX.1-dev"}
-
-
 def shape_assumed(prepared) -> str | None:
     """The model shape an estimate is counted as when the base model is not on this machine
-    yet (a rented box, before the download) and ``model.family`` says what it is: the
-    family's bundled configs (``"FLUX.1-dev"``). None: the model is read as it is (or, with
-    other problems, there is no estimate)."""
-    from loratui.engine.estimate import config_dir_for
-    from loratui.engine.families import families, normalize_family
+    yet and ``model.family`` says what it is (``"FLUX.1-dev"``: ``lora_modules.assumed_config``).
+    None: the model is read as it is (or, with other problems, there is no estimate)."""
+    from loratui.engine.lora_modules import assumed_config, shape_name
 
-    info, ms = prepared.model, prepared.profile.model
-    if info.kind != "missing" or not ms.family or ms.family == "auto" or normalize_family(ms.family) not in families():
-        return None
-    if any(p.key not in ("model.base_model", "model.vae") for p in info.problems):
-        return None  # e.g. model.model_config_dir: the shape itself is in doubt
-    folder = config_dir_for(prepared.profile, info)
-    return CONFIG_SHAPES.get(folder.name, folder.name)
+    root = assumed_config(prepared.model, prepared.profile.model)
+    return shape_name(root) if root is not None else None
 
 
 def estimate_for(prepared, device):
