@@ -14,6 +14,7 @@ Prints seconds per step for each and the ratio engine ÷ baseline
 (target ≤ 1.02). By default the two loops alternate step by step (one baseline step runs
 inside each engine step's event, its time left out of the engine's), which a shared,
 noisy machine disturbs far less than whole runs one after the other (``--mode rounds``).
+``--mode pieces`` prints where a step's time goes (rest / backward / update), engine and baseline.
 """
 
 from __future__ import annotations
@@ -252,6 +253,70 @@ def interleaved(args, model: Path, data: Path, tmp: Path) -> int:
     return 0
 
 
+def pieces(args, model: Path, data: Path, tmp: Path) -> int:
+    """Where a step's time goes, engine and baseline side by side (medians, ms): the backward
+    pass, the optimizer update (clip, step, zero_grad; the engine's non-finite guard and
+    stats included) and the rest (batch, forward, loss, the loop). Runs one after the other:
+    compare the pieces, not the totals, on a noisy machine."""
+    import torch
+
+    from loratui.engine.training import step as st
+
+    eng: dict[str, list[float]] = {"loss": [], "add": [], "apply": []}
+    saved = {n: getattr(c, n) for c, n in ((st.Objective, "loss"), (st.Accumulator, "add"), (st.OptimizerStep, "apply"))}
+
+    def timed(name):
+        fn = saved[name]
+
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            out = fn(*a, **k)
+            eng[name].append(time.perf_counter() - t)
+            return out
+        return wrapper
+
+    st.Objective.loss, st.Accumulator.add, st.OptimizerStep.apply = timed("loss"), timed("add"), timed("apply")
+    try:
+        stamps = engine_run(model, data, tmp / "pieces", args.steps, args.resolution, args.batch, args.family)
+    finally:
+        st.Objective.loss, st.Accumulator.add, st.OptimizerStep.apply = saved["loss"], saved["add"], saved["apply"]
+    w = args.warmup
+    e_step = per_step(stamps, w)
+    e_bwd = statistics.median(a - b for a, b in zip(eng["add"][w:], eng["loss"][w:]))
+    e_upd = statistics.median(eng["apply"][w:])
+
+    base: dict[str, list[float]] = {"bwd": [], "upd": []}
+    plain = globals()["_update"]
+
+    def timed_update(loss, params, opt) -> float:
+        t0 = time.perf_counter()
+        loss.backward()
+        t1 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()
+        t2 = time.perf_counter()
+        base["bwd"].append(t1 - t0)
+        base["upd"].append(t2 - t1)
+        return t2
+
+    globals()["_update"] = timed_update
+    try:
+        run = baseline_run if args.family == "sd1" else flow_baseline_run
+        b_stamps = run(model, data, args.steps, args.resolution, args.batch)
+    finally:
+        globals()["_update"] = plain
+    b_step = per_step(b_stamps, w)
+    b_bwd, b_upd = statistics.median(base["bwd"][w:]), statistics.median(base["upd"][w:])
+    print(f"{'median ms/step':<44}{'engine':>8}{'baseline':>10}")
+    for label, e, b in (("batch, forward, loss, the loop (the rest)", e_step - e_bwd - e_upd, b_step - b_bwd - b_upd),
+                        ("backward", e_bwd, b_bwd), ("optimizer update (clip, step, zero_grad)", e_upd, b_upd),
+                        ("step", e_step, b_step)):
+        print(f"{label:<44}{e * 1000:>8.2f}{b * 1000:>10.2f}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=60)
@@ -259,10 +324,10 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--resolution", type=int, default=128)
     ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--mode", choices=("interleaved", "rounds"), default="interleaved",
+    ap.add_argument("--mode", choices=("interleaved", "rounds", "pieces"), default="interleaved",
                     help="interleaved (default): one baseline step inside each engine step's event, so both "
                          "see the machine as it is at that moment, ratios taken step by step; rounds: whole "
-                         "runs one after the other")
+                         "runs one after the other; pieces: where a step's time goes, engine and baseline")
     ap.add_argument("--family", choices=("sd1", "flux"), default="sd1",
                     help="sd1: a U-Net with LoRA on it and its text encoder; flux: a flow transformer")
     args = ap.parse_args()
@@ -282,6 +347,8 @@ def main() -> int:
           f"tiny {shape}, {args.resolution}px, batch {args.batch}, rank 8, {args.steps} steps × {args.rounds} rounds")
     if args.mode == "interleaved":
         return interleaved(args, model, data, tmp)
+    if args.mode == "pieces":
+        return pieces(args, model, data, tmp)
     baseline = baseline_run if args.family == "sd1" else flow_baseline_run
     eng, base = [], []
     for r in range(args.rounds):
