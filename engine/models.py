@@ -124,6 +124,11 @@ def _names_or() -> str:
     return ", ".join(names[:-1]) + " or " + names[-1]
 
 
+def _labels() -> str:
+    """``SD 1.x, SD 2.x, SDXL, SD3/3.5, FLUX.1``: the families, as users name them."""
+    return ", ".join(f.label for f in families().values())
+
+
 def _family_label(name: str | None) -> str:
     return get_family(name).label if name in families() else "unknown family"
 
@@ -157,8 +162,9 @@ def detect_family_from_keys(
                 "(with model_index.json) or a full single-file checkpoint."
             )
         if _any_prefix(keys, "model.diffusion_model", "diffusion_model.", "double_blocks.", "joint_blocks.", "transformer_blocks."):
-            return None, "is not an SD 1.x / SD 2.x / SDXL checkpoint (unsupported architecture)."
-        return None, "holds no Stable Diffusion U-Net weights (model.diffusion_model.*): it is not an SD 1.x, SD 2.x or SDXL checkpoint."
+            return None, f"is not a checkpoint of a family loratui trains ({_labels()}): unsupported architecture."
+        return None, (f"holds no U-Net or transformer weights loratui knows (model.diffusion_model.*, double_blocks.*, "
+                      f"joint_blocks.*): it is not a checkpoint of a family loratui trains ({_labels()}).")
     if _IN_CONV in shapes and len(shapes[_IN_CONV]) == 4 and shapes[_IN_CONV][1] != 4:
         return None, (
             f"is an inpainting/instruct model ({shapes[_IN_CONV][1]} input channels). "

@@ -283,6 +283,11 @@ def test_detected_from_headers_and_folders(tiny_dirs, tmp_path):
     assert detect_family_from_keys(aio) == ("flux", None)
     assert detect_family_from_keys({"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight"}) == ("sd3", None)
     assert detect_family_from_keys({"joint_blocks.0.x_block.attn.qkv.weight"}) == ("sd3", None)
+    # what no family matches is named as such, with every family loratui trains (SD3 and FLUX among them)
+    for keys in ({"transformer_blocks.0.attn.to_q.weight"}, {"some.other.model.weight"}):
+        family, why = detect_family_from_keys(keys)
+        assert family is None and "is not a checkpoint of a family loratui trains" in why
+        assert "(SD 1.x, SD 2.x, SDXL, SD3/3.5, FLUX.1)" in why
     for fam, folder in tiny_dirs.items():
         info = inspect_model(ModelSettings(base_model=str(folder)))
         assert info.ok and info.family == fam, info.problems

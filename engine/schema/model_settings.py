@@ -31,7 +31,8 @@ class ModelSettings(_Section):
     )
     family: choice(FAMILY_CHOICES) = setting(  # type: ignore[valid-type]
         "auto",
-        "Model family. auto: detected from the weights (SD 1.x, SD 2.x or SDXL).",
+        "Model family. auto: detected from the weights or the folder (SD 1.x, SD 2.x, SDXL, SD3/3.5, FLUX.1); "
+        "set it to choose the family's settings before the model is here.",
         kohya="sdxl/v2",
         sd_scripts=None,
         special=True,
