@@ -73,9 +73,27 @@ def run_figures(profile: "Profile") -> str:
         f"latents cached: {d.cache_latents}",
         f"optimizer {o.optimizer}",
         f"precision {o.mixed_precision}",
-        "text encoder trained" if n.train_text_encoder else "U-Net only",
+        "text encoder trained" if n.train_text_encoder else f"{_denoiser_word(profile)} only",
     ]
+    if o.blocks_to_swap:
+        parts.append(f"{o.blocks_to_swap} blocks swapped")
     return ", ".join(parts)
+
+
+def _flow_family(profile: "Profile"):
+    """The profile's family when it is set and trained with flow matching (SD3, FLUX), else None."""
+    from loratui.engine.families import families, get_family, normalize_family
+
+    try:
+        name = normalize_family(profile.model.family) if profile.model.family not in ("", "auto") else ""
+    except (KeyError, ValueError):
+        return None
+    fam = get_family(name) if name in families() else None
+    return fam if fam is not None and fam.flow_matching else None
+
+
+def _denoiser_word(profile: "Profile") -> str:
+    return "transformer" if _flow_family(profile) is not None else "U-Net"
 
 
 def _gpu_figures() -> str:
@@ -111,13 +129,18 @@ def oom_hint(profile: "Profile") -> str:
         tips.append(f"network.network_dim {n.network_dim} → 16")
     if n.network_type == "locon" and n.conv_dim > 8:
         tips.append(f"network.conv_dim {n.conv_dim} → 8")
+    word = _denoiser_word(profile)
     if n.train_text_encoder:
-        tips.append("network.train_text_encoder true → false (U-Net only)")
+        tips.append(f"network.train_text_encoder true → false ({word} only)")
     if o.mixed_precision == "no":
         tips.append("optimization.mixed_precision no → fp16 or bf16")
     # -- memory
     if not profile.model.fp8_base:
-        tips.append("model.fp8_base false → true (the frozen U-Net in fp8: about half its VRAM)")
+        tips.append(f"model.fp8_base false → true (the frozen {word} in fp8: about half its VRAM)")
+    if _flow_family(profile) is not None:  # sd-scripts' FLUX table: 16 blocks on 12 GB, 28 on 8 GB
+        more = 16 if not o.blocks_to_swap else o.blocks_to_swap + 8
+        tips.append(f"optimization.blocks_to_swap {o.blocks_to_swap} → {more} (blocks wait in RAM, each moved in "
+                    "for its turn; slower)")
     if d.cache_text_encoder_outputs == "off" and not n.train_text_encoder:
         tips.append("dataset.cache_text_encoder_outputs off → auto (the text encoders leave the GPU)")
     head = "lower one of: " + "; ".join(tips) if tips else "this model does not fit this GPU even with the lightest settings"

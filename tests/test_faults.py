@@ -401,3 +401,25 @@ def test_leftovers_of_a_live_run_in_the_same_folder_are_left_alone(tiny_sd1_dir,
     result, events = train(make_profile(tiny_sd1_dir, data, out, optimization__max_train_steps=1), overwrite=True)
     assert isinstance(result, Finished) and not live.exists()
     assert any(isinstance(e, WarningEvent) and "removed 1 leftover(s)" in e.message for e in events)
+
+
+def test_oom_hint_for_a_flux_run_names_block_swap_and_what_fit_would_change(tmp_path, monkeypatch):
+    """FLUX on a 12 GB card, batch 2: the tips speak of the transformer and block swap, and the
+    message quotes the estimate with the changes `loratui fit` would make for this card."""
+    from loratui.engine.errors import explain_exception
+    from loratui.engine.estimate.devices import vram_device
+    from loratui.engine.schema import load_profile
+    from loratui.engine.userdirs import bundled_profiles_dir
+
+    monkeypatch.setenv("LORATUI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("loratui.engine.estimate.devices.local_device", lambda *a, **k: vram_device(12))
+    p = load_profile(bundled_profiles_dir() / "flux-dev-24gb.toml", ["network.train_text_encoder=true"])
+    hint = explain_exception(torch.cuda.OutOfMemoryError("CUDA out of memory."), p, where="at step 1 of 400").hint
+    tips = hint.split(". This run")[0]
+    assert "optimization.blocks_to_swap 0 → 16 (blocks wait in RAM" in tips
+    assert "network.train_text_encoder true → false (transformer only)" in tips and "U-Net" not in tips
+    assert "model.fp8_base" not in tips  # already on
+    assert "This run: batch 2, resolution 1024×1024" in hint and "text encoder trained" in hint
+    quote = hint.split("Estimated before the run: ~", 1)[1]
+    assert "of the card's 12 GB" in quote and "to fit it, change: " in quote and "`loratui fit PROFILE" in quote
+    assert "optimization.blocks_to_swap 0 →" in quote.split("to fit it, change: ", 1)[1]

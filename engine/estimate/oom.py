@@ -18,7 +18,19 @@ def oom_quote(profile) -> str:
         est = estimate(profile, device, plan=plan, images=0)
         acts = sum(v for k, v in est.vram.terms.items() if k.startswith("activations"))
         card = f" of the card's {size(device.vram)}" if device is not None else ""
-        return (f" Estimated before the run: ~{size(est.vram.total)}{card} (activations ~{size(acts)}; "
-                "`loratui check PROFILE` lists what to change).")
+        quote = f" Estimated before the run: ~{size(est.vram.total)}{card} (activations ~{size(acts)}; "
+        try:
+            from loratui.engine.estimate.fit import suggest
+            from loratui.engine.estimate.report import change_lines
+
+            changes = suggest(profile, est) if device is not None else []
+            lines = change_lines(profile, changes)
+            if changes and changes[-1].vram > device.vram:
+                lines.append(f"even then ~{size(changes[-1].vram)}: too big for this card")
+        except Exception:  # noqa: BLE001 - the figure stands without the changes
+            lines = []
+        if lines:  # what `loratui fit` would change, in its order (the first is what ctrl+f applies)
+            return quote + "to fit it, change: " + "; ".join(lines) + " — `loratui fit PROFILE --vram GB -o NEW.toml`)."
+        return quote + "`loratui check PROFILE` lists what to change)."
     except Exception:  # noqa: BLE001 - the OOM message stands without it
         return ""
