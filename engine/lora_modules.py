@@ -73,7 +73,6 @@ def assumed_config(info, ms) -> Path | None:
     download) is counted with: ``model.model_config_dir``, else the bundled ones of
     ``model.family`` (SD3: the shape its name says). None: the model is read as it is, or
     there is nothing to count (family auto, or problems other than the missing file's)."""
-    from loratui.engine.configs import config_dir
     from loratui.engine.families import families, get_family, normalize_family
 
     if info.kind != "missing" or not ms.family or ms.family == "auto" or normalize_family(ms.family) not in families():
@@ -82,9 +81,16 @@ def assumed_config(info, ms) -> Path | None:
         return None  # e.g. model.model_config_dir: the shape itself is in doubt
     if ms.model_config_dir:
         return Path(ms.model_config_dir).expanduser()
-    fam = get_family(normalize_family(ms.family))
-    named = fam.config_folder_named(info.spec)
-    return config_dir(named) if named else fam.config_dir("v_prediction" if ms.v_parameterization else "epsilon")
+    return bundled_configs(get_family(normalize_family(ms.family)), info.spec, bool(ms.v_parameterization))
+
+
+def bundled_configs(fam, spec: str, v_prediction: bool = False) -> Path:
+    """``fam``'s bundled configs for a model named ``spec`` that is not here to read (a missing
+    file, a Hub repo not downloaded): SD3 the shape its name says (``config_folder_named``)."""
+    from loratui.engine.configs import config_dir
+
+    named = fam.config_folder_named(spec)
+    return config_dir(named) if named else fam.config_dir("v_prediction" if v_prediction else "epsilon")
 
 
 def shape_name(root: Path) -> str:

@@ -105,13 +105,11 @@ def config_dir_for(profile, model_info) -> Path:
     if model_info is not None and model_info.kind == "hub" and model_info.path is not None:
         return Path(model_info.path)
     fam = get_family(model_info.family if model_info is not None and model_info.family else ms.family)
-    if model_info is not None and (model_info.kind == "missing" or model_info.kind == "hub" and model_info.path is None):
-        named = fam.config_folder_named(model_info.spec)  # not here to read: its name says which shape (as assumed_config)
-        if named:
-            from loratui.engine.configs import config_dir
-
-            return config_dir(named)
     pred = "v_prediction" if ms.v_parameterization or (model_info and model_info.prediction_type == "v_prediction") else "epsilon"
+    if model_info is not None and (model_info.kind == "missing" or model_info.kind == "hub" and model_info.path is None):
+        from loratui.engine.lora_modules import bundled_configs
+
+        return bundled_configs(fam, model_info.spec, pred == "v_prediction")  # not here to read: named by its name
     return fam.config_dir(pred)
 
 
