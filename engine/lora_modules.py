@@ -174,12 +174,10 @@ def build_meta_models(info, ms, fam):
 def plan_modules(profile) -> ModulePlan:
     """The modules ``loratui train`` would put a LoRA on (and train or keep from
     ``network_weights``); ``problems`` say why there is no list."""
-    from loratui.engine.families import get_family
+    from loratui.engine.families import get_family, normalize_family
     from loratui.engine.lora import LoRANetwork
     from loratui.engine.lora_file import LoRAWeightsError
     from loratui.engine.models import inspect_model
-
-    from loratui.engine.families import normalize_family
 
     plan = ModulePlan()
     ms, net = profile.model, profile.network
@@ -218,14 +216,14 @@ def plan_modules(profile) -> ModulePlan:
     parts: dict[str, list] = {}  # the parts of a fused layer (FLUX/SD3 qkv, linear1) are one module in the file
     for m in network.modules:
         parts.setdefault(base_name(m.name), []).append(m)
-    for name, ms_ in parts.items():
-        first, base = ms_[0], ms_[0].layer.base_layer
+    for name, group in parts.items():
+        first, base = group[0], group[0].layer.base_layer
         linear = first.kind == "linear"
-        rank = sum(m.rank for m in ms_)  # down stacked, up block-diagonal (lora_fused)
+        rank = sum(m.rank for m in group)  # down stacked, up block-diagonal (lora_fused)
         plan.modules.append(PlannedModule(
             name, first.component, first.kind,
             base.in_features if linear else base.in_channels,
-            sum(m.layer.base_layer.out_features if linear else m.layer.base_layer.out_channels for m in ms_),
+            sum(m.layer.base_layer.out_features if linear else m.layer.base_layer.out_channels for m in group),
             () if linear else tuple(base.kernel_size), rank, first.alpha / first.rank * rank,
         ))
     return plan
