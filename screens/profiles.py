@@ -37,6 +37,35 @@ if TYPE_CHECKING:
     from loratui.tui.app import LoraTuiApp
 
 
+def _description(path: Path) -> str:
+    """The first line of the comment a profile starts with (the bundled ones say what they are
+    for: ``FLUX.1-dev LoRA on a 12 GB GPU (RTX 3060 12 GB, 4070).``); "" when there is none."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            first = fh.readline().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return first.lstrip("#").strip() if first.startswith("#") else ""
+
+
+def _memory_line(profile) -> str:
+    """What decides the run's memory, beside rank and batch: ``1024×1024, bf16, checkpointing,
+    latents cached (disk), fp8 base, 16 blocks swapped``."""
+    d, o = profile.dataset, profile.optimization
+    parts = [f"{d.resolution}×{d.resolution_height or d.resolution}", o.mixed_precision if o.mixed_precision != "no" else "fp32"]
+    if o.gradient_checkpointing:
+        parts.append("checkpointing")
+    if d.cache_latents != "off":
+        parts.append(f"latents cached ({d.cache_latents})")
+    if d.cache_text_encoder_outputs in ("memory", "disk"):
+        parts.append(f"text-encoder outputs cached ({d.cache_text_encoder_outputs})")
+    if profile.model.fp8_base:
+        parts.append("fp8 base")
+    if o.blocks_to_swap:
+        parts.append(f"{o.blocks_to_swap} blocks swapped")
+    return ", ".join(parts)
+
+
 def fmt(v) -> str:
     if v is None:
         return "(unset)"
@@ -160,6 +189,9 @@ class ProfilesScreen(Screen):
                 t.append(f"  {line}\n", style="red")
             box.update(t)
             return
+        desc = _description(e.path)
+        if desc:
+            t.append(desc + "\n", style="italic")
         m, o = profile.model, profile.output
         t.append(f"model    {m.base_model or '(not set)'}  [{m.family}]\n")
         t.append(f"dataset  {profile.dataset.train_data_dir or '(not set)'}\n")
@@ -168,6 +200,7 @@ class ProfilesScreen(Screen):
             f"{profile.optimization.optimizer} lr {profile.optimization.learning_rate:g}   "
             f"{profile.optimization.max_train_epochs} epochs × batch {profile.optimization.train_batch_size}\n"
         )
+        t.append(f"memory   {_memory_line(profile)}\n")
         t.append(f"output   {o.output_dir or '(not set)'}/{o.output_name or '?'}.safetensors\n\n")
         session = self.lt_app.session
         if session.path is not None and e.path.resolve() == session.path.resolve():

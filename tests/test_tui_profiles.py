@@ -270,3 +270,20 @@ async def test_import_a_kohya_config_from_the_profiles_screen(env):
         assert saved.is_file()
         assert load_profile(saved).network.network_type == "locon"
         assert isinstance(app.screen, ChoiceDialog)  # the import report
+
+
+async def test_a_bundled_profiles_details_say_what_it_is_for_and_its_memory_settings(env):
+    """Picking among the bundled profiles: each shows its first comment line (the card it is
+    made for) and the settings that decide its memory."""
+    app = LoraTuiApp(find_profile("bundled/sd15-character").path, gpu=False, check_live_runs=False)
+    async with app.run_test(size=(130, 40)) as pilot:
+        await pilot.press("p")
+        await pilot.pause()
+        ol = app.screen.query_one(OptionList)
+        flux = str(find_profile("bundled/flux-dev-12gb").path)
+        ol.highlighted = next(i for i in range(ol.option_count) if ol.get_option_at_index(i).id == flux)
+        await pilot.pause()
+        details = " ".join(str(app.screen.query_one("#details").render()).split())  # (wrapped lines joined)
+        assert "FLUX.1-dev LoRA on a 12 GB GPU (RTX 3060 12 GB, 4070)." in details
+        assert ("memory 1024×1024, bf16, checkpointing, latents cached (disk), text-encoder outputs cached (disk), "
+                "fp8 base, 16 blocks swapped") in details
