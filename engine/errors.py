@@ -73,7 +73,7 @@ def run_figures(profile: "Profile") -> str:
         f"latents cached: {d.cache_latents}",
         f"optimizer {o.optimizer}",
         f"precision {o.mixed_precision}",
-        "text encoder trained" if n.train_text_encoder else f"{_denoiser_word(profile)} only",
+        "text encoder trained" if n.train_text_encoder else f"{_denoiser_word(_flow_family(profile))} only",
     ]
     if o.blocks_to_swap:
         parts.append(f"{o.blocks_to_swap} blocks swapped")
@@ -92,8 +92,8 @@ def _flow_family(profile: "Profile"):
     return fam if fam is not None and fam.flow_matching else None
 
 
-def _denoiser_word(profile: "Profile") -> str:
-    return "transformer" if _flow_family(profile) is not None else "U-Net"
+def _denoiser_word(flow_family) -> str:
+    return "transformer" if flow_family is not None else "U-Net"
 
 
 def _gpu_figures() -> str:
@@ -129,7 +129,8 @@ def oom_hint(profile: "Profile") -> str:
         tips.append(f"network.network_dim {n.network_dim} → 16")
     if n.network_type == "locon" and n.conv_dim > 8:
         tips.append(f"network.conv_dim {n.conv_dim} → 8")
-    word = _denoiser_word(profile)
+    flow = _flow_family(profile)
+    word = _denoiser_word(flow)
     if n.train_text_encoder:
         tips.append(f"network.train_text_encoder true → false ({word} only)")
     if o.mixed_precision == "no":
@@ -137,7 +138,7 @@ def oom_hint(profile: "Profile") -> str:
     # -- memory
     if not profile.model.fp8_base:
         tips.append(f"model.fp8_base false → true (the frozen {word} in fp8: about half its VRAM)")
-    if _flow_family(profile) is not None:  # sd-scripts' FLUX table: 16 blocks on 12 GB, 28 on 8 GB
+    if flow is not None:  # sd-scripts' FLUX table: 16 blocks on 12 GB, 28 on 8 GB
         more = 16 if not o.blocks_to_swap else o.blocks_to_swap + 8
         tips.append(f"optimization.blocks_to_swap {o.blocks_to_swap} → {more} (blocks wait in RAM, each moved in "
                     "for its turn; slower)")

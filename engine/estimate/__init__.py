@@ -69,6 +69,7 @@ class Estimate:
     counted: Any = field(repr=False, default=None)  # engine.estimate.meta.Counted at batch 1
     shape: Any = field(repr=False, default=None)  # engine.estimate.model.RunShape
     notes: list[str] = field(default_factory=list)
+    assumed: str = ""  # the model is not here yet: the shape it was counted as ("FLUX.1-dev"), else ""
     context: tuple = field(repr=False, default=())  # (model_info, plan, images) it was made with
 
     @property

@@ -54,6 +54,7 @@ def estimate_for(prepared, device):
     try:
         est = from_prepared(prepared, device)
         if assumed:
+            est.assumed = assumed
             ms = prepared.profile.model
             est.notes.append(f"{ms.base_model} is not here yet: counted as {assumed}, "
                              f"from the configs loratui bundles for model.family = {ms.family}")

@@ -35,7 +35,7 @@ def compute(prepared, monitor, busy=lambda: False) -> EstimateView:
 
 
 def _compute(prepared, monitor) -> EstimateView:
-    from loratui.engine.estimate.cli import estimate_for, shape_assumed
+    from loratui.engine.estimate.cli import estimate_for
     from loratui.engine.estimate.devices import local_device
     from loratui.engine.estimate.fit import suggest
     from loratui.engine.estimate.report import change_lines, rows
@@ -53,8 +53,7 @@ def _compute(prepared, monitor) -> EstimateView:
         return EstimateView(rows(est), why=f"no suggestions: {exc}")
     lines = change_lines(prepared.profile, changes)
     fail = bool(changes) and est.vram.have is not None and changes[-1].vram > est.vram.have
-    assumed = shape_assumed(prepared) if est.notes else None
-    return EstimateView(rows(est), changes, lines, short_fail=fail, assumed=assumed or "")
+    return EstimateView(rows(est), changes, lines, short_fail=fail, assumed=est.assumed)
 
 
 def add_rows(t, row, view: EstimateView | None, width: int) -> None:
