@@ -117,6 +117,7 @@ class RunOut:
     step_times: list[float] = field(default_factory=list)  # seconds between steps
     losses: list[float] = field(default_factory=list)
     peak_bytes: int = 0  # max_memory_allocated during the training phase (CUDA)
+    setup_peak_bytes: int = 0  # ... from the model in main memory to the training phase: caches, moving in
     logs: list[str] = field(default_factory=list)
     syncs: int = 0
 
@@ -218,6 +219,15 @@ class Check:
         def on_event(ev):
             if isinstance(ev, PhaseChanged) and ev.phase == "training" and self.cuda:
                 torch.cuda.synchronize()
+                out.setup_peak_bytes = torch.cuda.max_memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+            elif isinstance(ev, PhaseChanged) and self.cuda and not state.get("loaded") and (
+                    ev.phase == "caching_latents" or str(ev.detail).startswith("Moving the model")):
+                # the model is in main memory now (the random weights were made on the GPU): from here on the
+                # GPU holds what the run puts there -- the caches' encoders, then the denoiser
+                state["loaded"] = True
+                torch.cuda.synchronize()
+                torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             elif isinstance(ev, StepEvent):
                 stamps.append(time.perf_counter())
@@ -289,7 +299,12 @@ def random_weights(fam: str, folder: Path, enabled: bool):
     real = loading.load_components
 
     def load(ms, *, device="cpu", dtype=None, on_progress=None):
-        return build_random(fam, folder, device, dtype)
+        import torch
+
+        comp = build_random(fam, folder, "cuda", dtype)  # made on the GPU (fast), then where the run loads it
+        for m in (comp.unet, comp.vae, *comp.text_encoders):
+            torch.nn.Module.to(m, device=device)
+        return comp
 
     loading.load_components = load
     try:
@@ -579,11 +594,14 @@ def flux_row(c: Check, swap: int):
             return r.message[:60], False, r.message.splitlines()[0][:120]
         st = r.step_time(c.warmup)
         name = next(n for n, _ in ROWS if n.startswith("FLUX.1-dev") and ("blocks_to_swap" in n) == bool(swap))
-        note = f"{st:.2f} s/it, max_memory_allocated while training" + (f"; {swap} blocks swapped" if swap else "")
+        note = f"{st:.2f} s/it, max_memory_allocated" + (f"; {swap} blocks swapped" if swap else "")
         if not c.cuda:
             return "—", "n/a", f"{st * 1000:.0f} ms/step on the tiny FLUX (dry run)"
-        gb = r.peak_bytes / 1e9
-        return f"{gb:.2f} GB", _meets(gb, TARGETS[name]), note
+        # the row is the run's peak once its model is in main memory: the caches' text encoders, moving the
+        # denoiser in, training -- a card that holds the training step must hold those too
+        peak = max(r.peak_bytes, r.setup_peak_bytes) / 1e9
+        note += f"; training {r.peak_bytes / 1e9:.2f} GB, before it {r.setup_peak_bytes / 1e9:.2f} GB (caches, moving in)"
+        return f"{peak:.2f} GB", _meets(peak, TARGETS[name]), note
     return fn
 
 

@@ -38,7 +38,7 @@ class BlockSwap:
             frozen = [p for p in block.parameters() if not p.requires_grad]
             self.params.append(frozen)
             for p in frozen:
-                host = p.data.detach().to(offload, copy=True)
+                host = p.data.detach().to(offload)  # no copy while the model is still in main memory
                 self.host[id(p)] = host.pin_memory() if self.cuda else host
                 self.owner[id(p)] = i
                 self.by_id[id(p)] = p

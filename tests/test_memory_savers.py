@@ -176,3 +176,53 @@ def test_block_swap_on_cpu_run_is_a_clear_no_op_and_too_many_refused(tiny_sd1_di
     p = tiny_profile(tiny_sd1_dir, data, tmp_path / "out2", optimization__blocks_to_swap=50)
     result = run_training(p, [].append)
     assert "blocks_to_swap" in str(result) and "at most 5" in str(result)
+
+
+def test_setup_brings_parts_onto_the_device_in_turn_the_denoiser_last(tiny_sd1_dir, tmp_path):
+    """An fp8, cached run: fp8 is set up in main memory, the VAE and the text encoder
+    visit the device for their caches, and only then does the denoiser move there --
+    so a card never holds the whole unconverted denoiser, nor it beside T5-XXL."""
+    from loratui.engine.events import Phase, PhaseChanged
+    from loratui.engine.synthetic import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "images", {"2_toy": 4}, size=(64, 64))
+    p = tiny_profile(tiny_sd1_dir, data, tmp_path / "out", model__fp8_base=True, dataset__cache_latents="memory",
+                     dataset__cache_text_encoder_outputs="memory", network__train_text_encoder=False,
+                     optimization__max_train_epochs=1)
+    events: list = []
+    result = run_training(p, events.append)
+    assert isinstance(result, Finished), result
+
+    def first(pred) -> int:
+        return next(i for i, e in enumerate(events) if pred(e))
+
+    fp8 = first(lambda e: isinstance(e, LogEvent) and e.message.startswith("fp8 base:"))
+    latents = first(lambda e: isinstance(e, PhaseChanged) and e.phase == Phase.CACHING_LATENTS and not e.detail)
+    texts = first(lambda e: isinstance(e, LogEvent) and e.message.startswith("text-encoder outputs cached"))
+    moved = first(lambda e: isinstance(e, PhaseChanged) and e.phase == Phase.LOADING_MODEL
+                  and e.detail == "Moving the model to cpu")
+    training = first(lambda e: isinstance(e, PhaseChanged) and e.phase == Phase.TRAINING)
+    assert fp8 < latents < texts < moved < training
+
+
+@pytest.mark.parametrize("network_type", ["lora", "loha"])
+def test_place_for_training_moves_the_denoiser_and_its_network_not_the_cached_parts(tiny_sd1_dir, network_type):
+    from loratui.engine.loading import load_components
+    from loratui.engine.training.memory import place_for_training
+    from loratui.engine.training.setup import build_network
+
+    p = tiny_profile(tiny_sd1_dir, tiny_sd1_dir, "/nonexistent", network__network_type=network_type,
+                     network__train_text_encoder=False)  # (a cached text encoder is never trained)
+    comp = load_components(p.model)
+    network = build_network(p, comp, lambda e: None, lambda w: None)
+    # "meta" stands for the training device: whatever is moved there is visibly there
+    place_for_training(comp, network, "meta", text_cached=True, latents_cached=True)
+    assert all(t.is_meta for t in comp.unet.parameters())
+    assert network.parameters() and all(t.is_meta for t in network.parameters())
+    assert not any(t.is_meta for te in comp.text_encoders for t in te.parameters())
+    assert not any(t.is_meta for t in comp.vae.parameters())
+
+    comp = load_components(p.model)
+    network = build_network(p, comp, lambda e: None, lambda w: None)
+    place_for_training(comp, network, "meta", text_cached=False, latents_cached=False)  # used at every step
+    assert all(t.is_meta for m in (comp.unet, comp.vae, *comp.text_encoders) for t in m.parameters())

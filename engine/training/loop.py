@@ -150,7 +150,7 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
     from loratui.engine.training import setup as s
     from loratui.engine.training.batches import BatchSource
     from loratui.engine.training.checkpoint import Checkpointer
-    from loratui.engine.training.memory import apply_memory_savers, cache_text_outputs
+    from loratui.engine.training.memory import apply_memory_savers, cache_text_outputs, place_for_training
     from loratui.engine.training.compile import compile_denoiser
     from loratui.engine.training.fastpath import speed_up
     from loratui.engine.training.optim import make_optimizer, make_scheduler, param_groups
@@ -161,27 +161,30 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
     quiet_libraries()
     mp = s.resolve_precision(profile, device, ctx.warn)
     weight_dtype = s.weight_dtype_for(mp)
-    comp = s.load_model(profile, ctx.emit, device, weight_dtype, ctx.warn)
+    # into main memory; its parts go onto the device in turn (memory.place_for_training)
+    comp = s.load_model(profile, ctx.emit, "cpu", weight_dtype, ctx.warn)
     ctx.check_abort()
     network = s.build_network(profile, comp, ctx.emit, ctx.warn)
     apply_memory_savers(profile, comp, network, device, weight_dtype, ctx)
     full_precision(profile, network, mp, ctx.warn)
-    speed_up(comp, device, lambda msg: ctx.emit(LogEvent(message=msg)))  # TF32, channels-last, SDPA
     s.check_disk_space(profile, plan, network.num_parameters(), ctx.warn)
     w = ctx.world
     store = main_first(ctx, profile.dataset.cache_latents == "disk", "the latent cache",
                        lambda: s.cache_latents(profile, scan, comp, ctx, device, weight_dtype))
-    groups = param_groups(profile, network)
-    optimizer = make_optimizer(profile, groups)
-    lr_scheduler = make_scheduler(profile, optimizer, plan.total_steps)
     from accelerate import Accelerator
 
     accelerator = Accelerator(mixed_precision=mp, cpu=device == "cpu")
-    optimizer = accelerator.prepare_optimizer(optimizer)
     from loratui.engine import text_cache as tc
 
     text_cache = main_first(ctx, tc.effective_mode(profile) == "disk", "the text-encoder cache",
                             lambda: cache_text_outputs(profile, scan, comp, ctx, device, accelerator, weight_dtype))
+    ctx.emit(PhaseChanged(phase=Phase.LOADING_MODEL, detail=f"Moving the model to {device}"))
+    place_for_training(comp, network, device, text_cached=text_cache is not None, latents_cached=store is not None)
+    speed_up(comp, device, lambda msg: ctx.emit(LogEvent(message=msg)))  # TF32, channels-last, SDPA
+    groups = param_groups(profile, network)
+    optimizer = make_optimizer(profile, groups)
+    lr_scheduler = make_scheduler(profile, optimizer, plan.total_steps)
+    optimizer = accelerator.prepare_optimizer(optimizer)
     allow_fp16_gradients(profile, accelerator)
     gen = torch.Generator(device=device).manual_seed(profile.optimization.seed)
     source = BatchSource(profile, scan.items, store=store, vae=comp.vae, device=device, weight_dtype=weight_dtype,

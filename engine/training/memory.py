@@ -33,6 +33,8 @@ def cache_text_outputs(profile: Profile, scan, comp, ctx, device: str, accelerat
     emit, control = ctx.emit, ctx.control
     detail = "text-encoder outputs"
     emit(PhaseChanged(phase=Phase.CACHING_LATENTS, detail=detail, current=0, total=len(scan.items)))
+    for te in comp.text_encoders:  # on the device for the caching only (the denoiser is not there yet)
+        to_device(te, device)
     cache = text_cache.build_cache(
         scan.items,
         get_family(comp.family),
@@ -56,6 +58,35 @@ def cache_text_outputs(profile: Profile, scan, comp, ctx, device: str, accelerat
     emit(LogEvent(message=f"text-encoder outputs cached ({mode}): {cache.encoded} caption(s) encoded{reused}{remade}; "
                           f"text encoders moved off {device}"))
     return cache
+
+
+def to_device(module, device: str) -> None:
+    import torch
+
+    torch.nn.Module.to(module, device=device)
+
+
+def place_for_training(comp, network, device: str, *, text_cached: bool, latents_cached: bool) -> None:
+    """The denoiser with its LoRA onto the training device, once the caches are built.
+
+    A run loads its model into main memory and brings its parts onto the device in turn:
+    the VAE while it caches latents, the text encoders while they cache their outputs,
+    then the denoiser -- after fp8 and block swap were set up in main memory. So a card
+    never holds the whole bf16 transformer of an fp8 run, nor the transformer beside
+    T5-XXL, nor the swapped blocks: its peak is the training step's (the estimate's
+    figure). Uncached text encoders and an uncached VAE (used at every step) go too.
+    """
+    import torch
+
+    to_device(comp.unet, device)  # swapped blocks hold empty placeholders there already
+    own = getattr(network, "net", None)  # LyCORIS keeps its modules outside the model (peft's are inside)
+    if isinstance(own, torch.nn.Module):
+        to_device(own, device)
+    if not text_cached:
+        for te in comp.text_encoders:
+            to_device(te, device)
+    if not latents_cached:
+        to_device(comp.vae, device)
 
 
 def release_text_encoders(text_encoders: list, device: str) -> None:

@@ -141,6 +141,7 @@ def cache_latents(profile: Profile, scan, comp, ctx, device: str, weight_dtype):
     if ds.cache_latents == "off":
         return None
     emit(PhaseChanged(phase=Phase.CACHING_LATENTS, current=0, total=len(scan.items)))
+    torch.nn.Module.to(comp.vae, device=device)  # on the device for the caching only
     store = build_cache(
         scan.items,
         comp.vae,
