@@ -34,6 +34,8 @@ class BlockSwap:
         self.by_id: dict[int, Any] = {}  # id(param) -> param
         self.resident: dict[int, Any] = {}  # block index -> CUDA event of its copy (None on the CPU)
         self.loads = 0  # copies made onto the device (tests and the log read it)
+        self._handles: list = []
+        self._own_forward: list = []  # a block's forward set on the instance before (else None)
         for i, block in enumerate(self.blocks):
             frozen = [p for p in block.parameters() if not p.requires_grad]
             self.params.append(frozen)
@@ -43,12 +45,33 @@ class BlockSwap:
                 self.owner[id(p)] = i
                 self.by_id[id(p)] = p
             self._evict(i, force=True)
+            self._own_forward.append(vars(block).get("forward"))
             block.forward = self._wrap(i, block.forward)
             # every layer holding swapped weights makes sure they are in when it runs — also when
             # gradient checkpointing recomputes it during the backward pass
             for module in block.modules():
                 if any(not p.requires_grad for p in module.parameters(recurse=False)):
-                    module.register_forward_pre_hook(lambda m, args, i=i: self.use(i, i - 1 if _in_backward() else i + 1))
+                    self._handles.append(module.register_forward_pre_hook(
+                        lambda m, args, i=i: self.use(i, i - 1 if _in_backward() else i + 1)))
+
+    def restore(self) -> None:
+        """Undo: every swapped weight back in its block, in main memory (its host copy); the hooks gone."""
+        import torch
+
+        if self.cuda:
+            torch.cuda.current_stream(self.device).synchronize()
+        for i, block in enumerate(self.blocks):
+            for p in self.params[i]:
+                p.data = self.host[id(p)]
+            own = self._own_forward[i]
+            if own is None:
+                vars(block).pop("forward", None)
+            else:
+                block.forward = own
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self.resident.clear()
 
     # -- moving
 

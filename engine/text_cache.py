@@ -43,6 +43,8 @@ from loratui.engine.problems import Problem, error
 CACHE_VERSION = 1
 OFFLOAD_DEVICE = "cpu"  # where cached text encoders go (tests set "meta": freed)
 SETTING = "dataset.cache_text_encoder_outputs"
+# beside the text encoders' weights while they cache: a batch of 16 captions through T5-XXL (512 tokens)
+ENCODE_MARGIN = int(1.5 * 2**30)
 
 
 # --------------------------------------------------------------------------- the decision (no torch)
@@ -234,10 +236,13 @@ def build_cache(
     max_tokens: int = 75,
     on_progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    bring: Callable[[], None] | None = None,
 ) -> TextOutputCache | None:
     """Encode the captions of ``items`` (``ImageItem``: ``.path``, ``.caption``) the
     way a training step does (``family.tokenize`` / ``family.encode_text`` under
-    ``autocast()``, no gradients). None when stopped."""
+    ``autocast()``, no gradients). None when stopped. ``bring`` is called once before
+    the first caption is encoded (the encoders go onto the device only when there is
+    something to encode, and after their fingerprint is taken)."""
     import torch
 
     from loratui.engine.training import chunked
@@ -264,6 +269,8 @@ def build_cache(
                 cache.by_caption.setdefault(caption, found)
     todo = [c for c in by_caption if c not in cache.by_caption]
     done = len(by_caption) - len(todo)
+    if todo and bring is not None:
+        bring()
     for start in range(0, len(todo), batch_size):
         if should_stop and should_stop():
             return None

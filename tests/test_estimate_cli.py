@@ -164,3 +164,28 @@ def test_check_counts_a_model_not_downloaded_yet_as_its_familys_shape(name, shap
         p_large = load_profile(src, [f"model.base_model=/models/{other}"])
         large, _ = estimate_for(prepare_run(p_large, overwrite=True), vram_device(24))
         assert large.vram.terms["transformer weights"] > 2 * est.vram.terms["transformer weights"]
+
+
+def test_text_encoders_caching_first_is_the_peak_where_they_fit_the_card_whole():
+    """SD3.5 medium caches T5-XXL + CLIP-G + CLIP-L (~11 GB in bf16) before its 4 GB transformer
+    comes: on a 16 GB card that is the run's peak; on 12 GB they do not fit whole, their layers
+    visit the card in turn (training.memory.encoders_onto) and the step is the peak."""
+    from loratui.engine.estimate.cli import estimate_for
+    from loratui.engine.estimate.devices import vram_device
+    from loratui.engine.estimate.resources import te_caching_peak
+    from loratui.engine.schema import load_profile
+    from loratui.engine.training.prepare import prepare_run
+    from loratui.engine.userdirs import bundled_profiles_dir
+
+    prepared = prepare_run(load_profile(bundled_profiles_dir() / "sd35-medium-16gb.toml"), overwrite=True)
+    on16, _ = estimate_for(prepared, vram_device(16))
+    on12, _ = estimate_for(prepared, vram_device(12))
+    term = "text encoders caching (first)"
+    peak = te_caching_peak(prepared.profile, on16.shape, on16.counted)
+    assert 11e9 < peak < 14e9
+    assert on16.vram.total == peak and on16.vram.terms[term] > 4e9
+    assert term not in on12.vram.terms and on12.vram.total < 8e9 and on12.vram.fits
+    trained = prepare_run(load_profile(bundled_profiles_dir() / "sd35-medium-16gb.toml",
+                                       ["network.train_text_encoder=true"]), overwrite=True)
+    est, _ = estimate_for(trained, vram_device(16))
+    assert term not in est.vram.terms  # no cache: the encoders are beside the transformer, counted as such

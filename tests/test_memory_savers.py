@@ -226,3 +226,21 @@ def test_place_for_training_moves_the_denoiser_and_its_network_not_the_cached_pa
     network = build_network(p, comp, lambda e: None, lambda w: None)
     place_for_training(comp, network, "meta", text_cached=False, latents_cached=False)  # used at every step
     assert all(t.is_meta for m in (comp.unet, comp.vae, *comp.text_encoders) for t in m.parameters())
+
+
+def test_block_swap_restore_puts_every_weight_back_and_removes_its_hooks(base_unet):
+    unet, net = _lora_unet(base_unet)
+    ref_out, ref_grads = _step(unet, net)
+    blocks = get_family("sd1").swap_blocks(unet)[1:]
+    before = {id(p): p.detach().clone() for b in blocks for p in b.parameters()}
+    swap = BlockSwap(blocks, device="cpu")
+    _step(unet, net)
+    swap.restore()
+    for b in blocks:
+        assert "forward" not in vars(b) and not any(m._forward_pre_hooks for m in b.modules())
+        for p in b.parameters():
+            assert torch.equal(p.detach(), before[id(p)])
+    loads = swap.loads
+    out, grads = _step(unet, net)
+    assert swap.loads == loads  # nothing is swapped any more
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=0)

@@ -136,3 +136,28 @@ def test_sdxl_cache_keeps_pooled_output(tiny_sdxl_dir, data, tmp_path, encode_ca
     _, steps, logs = _run(tiny_sdxl_dir, data, tmp_path / "x", optimization__max_train_epochs=1)
     assert encode_calls == [4] and len(steps) == 4
     assert all(torch.isfinite(torch.tensor(s.loss)) for s in steps)
+
+
+def test_text_encoders_too_big_for_the_card_cache_with_their_layers_visiting_it(tiny_sd1_dir, data, tmp_path,
+                                                                               monkeypatch):
+    """On a card whose free memory cannot hold the text encoders (T5-XXL on 8 GB), their layers
+    visit it in turn while they cache: the same outputs, the same run, said in the log; after
+    it every layer has its weights and no hooks."""
+    _, whole, _ = _run(tiny_sd1_dir, data, tmp_path / "whole", optimization__max_train_epochs=1)
+    monkeypatch.setattr(memory, "free_memory", lambda device: 1024)  # "1 KB free"
+    released: list = []
+    original_release = memory.release_text_encoders
+    monkeypatch.setattr(memory, "release_text_encoders", lambda tes, dev: (released.extend(tes), original_release(tes, dev)))
+    _, visited, logs = _run(tiny_sd1_dir, data, tmp_path / "visited", optimization__max_train_epochs=1)
+    said = [m for m in logs if m.startswith("text encoders cached with")]
+    assert said and "text encoder's 3 layers visiting cpu in turn" in said[0] and said[0].endswith("1 kB is free"), logs
+    assert [s.loss for s in visited] == [s.loss for s in whole]
+    (te,) = released
+    layers = [m for m in te.modules() if type(m).__name__ == "CLIPEncoderLayer"]
+    assert len(layers) == 3
+    for layer in layers:
+        assert "forward" not in vars(layer) and not any(m._forward_pre_hooks for m in layer.modules())
+        assert all(p.numel() > 0 for p in layer.parameters())
+    ids = torch.zeros(1, 77, dtype=torch.long)
+    with torch.no_grad():  # it still encodes as it did
+        assert torch.isfinite(te(ids).last_hidden_state).all()

@@ -133,7 +133,23 @@ def vram_figure(profile, shape, counted, device, *, area_scale: float = 1.0, ran
     allocated = sum(terms.values())
     terms["allocator slack (10 %)"] = int(allocated * ALLOCATOR_SLACK)
     terms["CUDA context"] = CUDA_CONTEXT
+    caching = te_caching_peak(profile, shape, counted)
+    if caching and (device is None or caching <= device.vram) and caching > sum(terms.values()):
+        # the text encoders cache their outputs on the card before the denoiser comes (training.memory); where
+        # that needs more than the step, it is the run's peak -- on a card too small for them their layers
+        # visit it in turn (training.memory.encoders_onto) and they need little
+        terms["text encoders caching (first)"] = caching - sum(terms.values())
     return Figure(sum(terms.values()), device.vram if device is not None else None, terms)
+
+
+def te_caching_peak(profile, shape, counted) -> int:
+    """VRAM while the text encoders cache their outputs, whole on the card (0: no cache)."""
+    if not _te_cached(profile) or shape.train_text_encoder:
+        return 0
+    from loratui.engine.text_cache import ENCODE_MARGIN
+
+    te = sum(v["count"] for k, v in counted.params.items() if k != "unet") * DTYPE_BYTES[shape.weight_dtype]
+    return te + ENCODE_MARGIN + CUDA_CONTEXT
 
 
 def allocated(fig: Figure) -> int:
