@@ -6,7 +6,8 @@ Sources: a transformer-only single file (BFL / SAI key names, with or without
 ComfyUI "all in one" file (``text_encoders.clip_l.transformer.*``, ``vae.*`` /
 ``first_stage_model.*``); a diffusers folder; a Hub id. Single files are built on the
 bundled configs with the transformer's shape read from its tensors, entirely offline;
-bf16, fp16 and fp8 (e4m3fn) tensors are upcast to the compute dtype while filling.
+bf16, fp16 and fp8 (e4m3fn) tensors are upcast to the compute dtype while filling (an fp8
+transformer read for an fp8 base stays fp8); ComfyUI's scaled fp8 files are descaled.
 
 The T5 tokenizer (a SentencePiece model) cannot ship: it is read from the model's
 diffusers folder, ``model.model_config_dir``, or the Hugging Face cache
@@ -52,6 +53,35 @@ def convert_by_map(sd: dict, model, weight_map: list[tuple[str, list[str], bool]
     return out
 
 
+SCALE_SUFFIXES = (".scale_weight", ".weight_scale")  # ComfyUI's scaled fp8 (older, newer)
+SCALE_EXTRAS = (".scale_input", ".input_scale")
+SCALE_MARKERS = ("scaled_fp8",)
+
+
+def descale(sd: dict, dtype) -> dict:
+    """A "scaled fp8" file's weights as their real values: ComfyUI's ``*_fp8_scaled`` files
+    (SD3.5's own ``sd3.5_large_fp8_scaled``, ``t5xxl_fp8_e4m3fn_scaled``) store each weight
+    as fp8 divided by a per-tensor (or per-row) scale kept beside it. Each such weight is
+    multiplied back, in ``dtype`` (the run's; bf16 when None): a plain fp8 read would train on
+    weights off by that scale. Input scales (for fp8 matmuls) and markers are dropped."""
+    import torch
+
+    scales = {k: v for k, v in sd.items() if k.endswith(SCALE_SUFFIXES)}
+    if not scales:
+        return sd
+    out = {k: v for k, v in sd.items() if k not in scales and not k.endswith(SCALE_EXTRAS)
+           and k.rsplit(".", 1)[-1] not in SCALE_MARKERS and k not in SCALE_MARKERS}
+    target = dtype or torch.bfloat16
+    for k, s in scales.items():
+        w = k[: -len(".scale_weight")] + ".weight"
+        if w in out:
+            scale = s.float()
+            if scale.ndim == 1 and out[w].ndim > 1:
+                scale = scale.reshape(-1, *([1] * (out[w].ndim - 1)))
+            out[w] = (out[w].float() * scale).to(target)
+    return out
+
+
 def load_flow_parts(fam, info, ms, dtype, on_progress) -> dict:
     if info.kind == "file":
         parts = _load_single(fam, info, ms, dtype, on_progress)
@@ -88,7 +118,7 @@ def _load_single(fam, info, ms, dtype, on_progress) -> dict:
     cfg = _Configs(fam, ms)
     hint = (f"Is it a {fam.label} model? For a model of another shape set model.model_config_dir to a diffusers "
             f"folder of the same architecture.")
-    sd = load_state_dict_file(path, on_progress)
+    sd = descale(load_state_dict_file(path, on_progress), dtype)
     prefixed = any(k.startswith(UNET_PREFIX) for k in sd)
     n = len(UNET_PREFIX)
     tsd = {k[n:]: v for k, v in sd.items() if k.startswith(UNET_PREFIX)} if prefixed else {
@@ -103,7 +133,9 @@ def _load_single(fam, info, ms, dtype, on_progress) -> dict:
         converted = fam.convert_transformer(dict(tsd), transformer)
     except (KeyError, IndexError, RuntimeError) as exc:
         raise ModelLoadError(f"{path}: the transformer weights do not have the {fam.label} layout ({exc}). {hint}") from None
-    _fill_model(transformer, converted, dtype, what="transformer", path=path, hint=hint)
+    # an fp8 file read for an fp8 base stays fp8 (half the RAM of upcasting it first)
+    _fill_model(transformer, converted, dtype, what="transformer", path=path, hint=hint,
+                keep_fp8=bool(getattr(ms, "fp8_base", False)))
     del converted, tsd
 
     _progress(on_progress, "Building VAE")
@@ -124,7 +156,7 @@ def _load_single(fam, info, ms, dtype, on_progress) -> dict:
         separate = str(getattr(ms, key, "") or "").strip() if key else ""
         if separate:
             src = Path(separate).expanduser()
-            part_sd = _strip(load_state_dict_file(src, on_progress), spec.ldm_prefixes[0])
+            part_sd = _strip(descale(load_state_dict_file(src, on_progress), dtype), spec.ldm_prefixes[0])
         else:
             src, part_sd = path, _strip(sd, spec.ldm_prefixes[0], only=True)
         tes.append(_text_encoder(spec, cfg, part_sd, dtype, src, f"model.{key}" if separate else "model.base_model"))

@@ -529,6 +529,25 @@ def _inject(model, specs: list[tuple[str, int, float]]) -> None:
     # SDXL's 722 modules inject ~0.5 s faster, and no weight of a meta model has a value anyway
     on_meta = next(model.parameters()).is_meta
     inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME, low_cpu_mem_usage=on_meta)
+    if not on_meta:
+        _float32_adapters(model)
+
+
+def _float32_adapters(model) -> None:
+    """peft gives an adapter its base layer's dtype and upcasts only fp16/bf16 ones back: on a
+    float8 base layer (an fp8 file read for an fp8 base) the LoRA would train in fp8. Such
+    adapters become float32 and are initialised again there (kaiming down, zero up), so their
+    start is not an fp8-rounded one."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    for m in model.modules():
+        if not isinstance(m, LoraLayer) or ADAPTER_NAME not in m.lora_A:
+            continue
+        if m.lora_A[ADAPTER_NAME].weight.dtype.itemsize == 1:
+            m.lora_A[ADAPTER_NAME].to(torch.float32)
+            m.lora_B[ADAPTER_NAME].to(torch.float32)
+            m.reset_lora_parameters(ADAPTER_NAME, True)
 
 
 

@@ -706,3 +706,69 @@ def test_sd3_split_files_load_the_same_model(tiny_dirs, tmp_path):
     for a, b in ((comp.unet, ref.unet), (comp.vae, ref.vae), *zip(comp.text_encoders, ref.text_encoders)):
         sa, sb = a.state_dict(), b.state_dict()
         assert set(sa) <= set(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _scaled_fp8(sd: dict) -> dict:
+    """ComfyUI's scaled fp8 layout: each 2-D weight stored as fp8(w / s) beside ``.scale_weight`` s."""
+    out = {"scaled_fp8": torch.zeros(2, dtype=torch.float8_e4m3fn)}
+    for k, v in sd.items():
+        if k.endswith(".weight") and v.ndim == 2 and v.abs().max() > 0:
+            s = v.float().abs().max() / 448
+            out[k] = (v.float() / s).to(torch.float8_e4m3fn)
+            out[k[: -len(".weight")] + ".scale_weight"] = s.reshape(())
+        else:
+            out[k] = v.contiguous()
+    return out
+
+
+def _relative_error(model, ref) -> float:
+    sa, sb = model.state_dict(), ref.state_dict()
+    return max(float((sa[k].float() - sb[k].float()).norm() / sb[k].float().norm()) for k in sa
+               if k.endswith(".weight") and sb[k].ndim == 2 and sb[k].float().norm() > 0)
+
+
+def test_fp8_and_scaled_fp8_files(tiny_dirs, tmp_path, monkeypatch):
+    """An fp8 transformer read for an fp8 base stays fp8 (not upcast on the way in) and its LoRA
+    trains in float32; ComfyUI's scaled fp8 files (sd3.5_large_fp8_scaled, t5xxl_fp8_e4m3fn_scaled)
+    load as their real weights, the scale multiplied back."""
+    from safetensors.torch import load_file, save_file
+
+    from loratui.engine.loading import load_components
+    from loratui.engine.lora import LoRANetwork
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(write_hub_t5_tokenizer(tmp_path / "hub")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ref = load_components(ModelSettings(base_model=str(tiny_dirs["flux"])))
+    files = write_flux_split_files(tiny_dirs["flux"], tmp_path / "fp8", dtype=torch.float8_e4m3fn)
+    parts = {k: v for k, v in files.items() if k != "base_model"}
+    comp = load_components(ModelSettings(base_model=files["base_model"], fp8_base=True, **parts))
+    linears = [m for m in comp.unet.modules() if type(m) is torch.nn.Linear]
+    assert len(linears) > 20 and all(m.weight.dtype == torch.float8_e4m3fn for m in linears)
+    assert _relative_error(comp.unet, ref.unet) < 0.1
+    net = LoRANetwork.create(comp.unet, comp.text_encoders, "flux", rank=4, alpha=4.0, train_text_encoder=False)
+    assert net.parameters() and all(p.dtype == torch.float32 for p in net.parameters())
+    downs = [m.down.weight for m in net.modules]
+    assert all(d.abs().sum() > 0 for d in downs)  # initialised (kaiming) in float32, not fp8-rounded
+    assert any(not torch.equal(d, d.to(torch.float8_e4m3fn).float()) for d in downs)
+    from loratui.engine.synthetic import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "images", {"2_toy": 2}, size=(64, 64))
+    model = {f"model__{k}": v for k, v in parts.items()}
+    result = _train(tiny_profile(files["base_model"], data, tmp_path / "out", optimization__max_train_epochs=1,
+                                 model__t5xxl_max_token_length=8, model__fp8_base=True,
+                                 network__train_blocks="double", **model))
+    lora = load_file(result.path)
+    assert any(k.endswith("lora_up.weight") and v.abs().sum() > 0 for k, v in lora.items())  # it learned
+
+    files = write_flux_split_files(tiny_dirs["flux"], tmp_path / "scaled", t5_dtype=torch.float32)
+    for key in ("base_model", "t5xxl"):
+        save_file(_scaled_fp8(load_file(files[key])), files[key])
+    parts = {k: v for k, v in files.items() if k != "base_model"}
+    comp = load_components(ModelSettings(base_model=files["base_model"], **parts))
+    assert _relative_error(comp.unet, ref.unet) < 0.1
+    assert _relative_error(comp.text_encoders[1], ref.text_encoders[1]) < 0.1
+    # what a plain fp8 read would have trained on: the weights over their scales
+    plain = {k: v for k, v in load_file(files["base_model"]).items() if not k.endswith(".scale_weight")}
+    save_file(plain, files["base_model"])
+    wrong = load_components(ModelSettings(base_model=files["base_model"], **parts))
+    assert _relative_error(wrong.unet, ref.unet) > 10
