@@ -300,7 +300,10 @@ def _fill_model(model, state: dict, dtype, *, what: str, path: Path, hint: str, 
         kept = keep_fp8 and is_fp8(v) and keeps_fp8(model, k)
         if v.is_floating_point() and dtype is not None and not kept:
             v = v.to(dtype)
-        set_module_tensor_to_device(model, k, "cpu", value=v, **({"dtype": v.dtype} if kept else {}))
+        # the dtype said: accelerate otherwise casts to the meta model's (float32) -- a copy of twice the
+        # file in RAM; as is, a tensor already in the run's dtype stays a view of the mapped file
+        as_is = kept or (dtype is not None and v.is_floating_point())
+        set_module_tensor_to_device(model, k, "cpu", value=v, **({"dtype": v.dtype} if as_is else {}))
     return model
 
 

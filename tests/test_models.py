@@ -608,3 +608,23 @@ def test_single_file_sd2_openclip_layout(tiny_sd2_dir, tmp_path):
     comps = load_components(ms)
     assert comps.prediction_type == "epsilon" and comps.warnings
     _assert_same_weights(comps, ref)
+
+
+def test_a_weight_in_the_runs_dtype_is_filled_as_is_not_copied():
+    """A mapped .safetensors tensor already in the run's dtype becomes the weight itself (a view of
+    the file: no RAM of its own); accelerate would otherwise copy it to the meta model's float32
+    -- twice a bf16 FLUX file in RAM (bench/load_ram.py: 2.01 of the file before, 0.015 now)."""
+    from pathlib import Path
+
+    import torch
+    from accelerate import init_empty_weights
+
+    from loratui.engine.loading import _fill_model
+
+    with init_empty_weights():
+        layer = torch.nn.Linear(4, 4)
+    state = {"weight": torch.randn(4, 4).to(torch.bfloat16), "bias": torch.randn(4).to(torch.float16)}
+    _fill_model(layer, state, torch.bfloat16, what="test", path=Path("x.safetensors"), hint="")
+    assert layer.weight.dtype == layer.bias.dtype == torch.bfloat16
+    assert layer.weight.data_ptr() == state["weight"].data_ptr()  # the same memory
+    assert torch.equal(layer.bias, state["bias"].to(torch.bfloat16))  # another dtype: converted
