@@ -189,3 +189,33 @@ def test_text_encoders_caching_first_is_the_peak_where_they_fit_the_card_whole()
                                        ["network.train_text_encoder=true"]), overwrite=True)
     est, _ = estimate_for(trained, vram_device(16))
     assert term not in est.vram.terms  # no cache: the encoders are beside the transformer, counted as such
+
+
+def test_ram_counts_what_a_run_converts_not_the_mapped_file():
+    """A .safetensors file is mapped, not read (bench/load_ram.py: loading a bf16 FLUX
+    transformer costs 0.014 of the file): RAM counts only what the run converts."""
+    from types import SimpleNamespace
+
+    from loratui.engine.estimate.cli import estimate_for
+    from loratui.engine.estimate.devices import vram_device
+    from loratui.engine.estimate.resources import ram_figure
+    from loratui.engine.schema import load_profile
+    from loratui.engine.training.prepare import prepare_run
+    from loratui.engine.userdirs import bundled_profiles_dir
+
+    src = bundled_profiles_dir() / "flux-dev-12gb.toml"
+    est, _ = estimate_for(prepare_run(load_profile(src), overwrite=True), vram_device(12))
+    params = est.counted.params["unet"]["count"]
+    den = "transformer weights (converted, or swapped blocks)"
+
+    def ram(dtype, fmt="safetensors", **settings):
+        p = load_profile(src, [f"{k.replace('__', '.')}={v}" for k, v in settings.items()])
+        return ram_figure(p, est.shape, est.counted, SimpleNamespace(format=fmt, dtype=dtype, size_bytes=24e9), 0).terms
+
+    assert ram("bf16")[den] == params  # fp8 base from a bf16 file: its fp8 copy (1 byte a weight)
+    assert 0.3 * params < ram("fp8")[den] < 0.5 * params  # an fp8 file read as fp8: views; the 16 swapped blocks pinned
+    assert ram("fp8", optimization__blocks_to_swap=0)[den] == 0
+    plain = ram("bf16", model__fp8_base="false", optimization__blocks_to_swap=0)
+    assert plain[den] == 0 and "checkpoint read whole (loading)" not in plain  # the run's dtype: the file's views
+    assert ram("bf16", fmt="ckpt")["checkpoint read whole (loading)"] == 24e9
+    assert plain["text encoder weights (converted)"] > 9e9  # split files (t5xxl_fp16): converted to bf16

@@ -244,3 +244,19 @@ def test_block_swap_restore_puts_every_weight_back_and_removes_its_hooks(base_un
     out, grads = _step(unet, net)
     assert swap.loads == loads  # nothing is swapped any more
     torch.testing.assert_close(out, ref_out, rtol=0, atol=0)
+
+
+def test_text_encoders_come_back_to_their_own_main_memory_tensors_after_a_visit(tiny_sd1_dir):
+    """After caching, the text encoders get back the very tensors they had in main memory (views
+    of the mapped file): no copy of T5-XXL's 9.5 GB comes back from the GPU."""
+    from loratui.engine.loading import load_components
+    from loratui.engine.schema import ModelSettings
+    from loratui.engine.training.memory import Kept, to_device
+
+    te = load_components(ModelSettings(base_model=str(tiny_sd1_dir))).text_encoders[0]
+    before = {n: t.data_ptr() for n, t in te.state_dict().items()}  # weights and buffers
+    kept = Kept([te])
+    to_device(te, "meta")  # "meta" stands for the device
+    assert all(t.is_meta for t in te.state_dict().values())
+    kept.back()
+    assert {n: t.data_ptr() for n, t in te.state_dict().items()} == before

@@ -164,16 +164,32 @@ def latent_bytes(shape, items: int, flip: bool) -> int:
 
 
 def ram_figure(profile, shape, counted, model_info, images: int) -> Figure:
-    """Peak system RAM: loading (a single file is read whole, then the models
-    are filled at the run's dtype before they move to the GPU) and the latent
-    cache held in memory; block swap keeps its blocks in RAM."""
+    """Peak main memory that can run out (anonymous memory). A .safetensors file is mapped,
+    not read: weights kept in the file's dtype stay views of it (page cache, which the kernel
+    drops as it needs), also the text encoders after they cached (``training.memory.Kept``).
+    What a run converts has memory of its own: the denoiser's fp8 weights (fp8 base from a
+    wider file), weights of another dtype than the run's, block swap's pinned blocks, the VAE
+    (float32); a .ckpt is read whole. Measured by ``bench/load_ram.py``."""
     terms = {"process (Python, torch, CUDA libraries)": PROCESS_RAM}
     wbytes = DTYPE_BYTES[shape.weight_dtype]
-    params = sum(v["count"] for v in counted.params.values())
-    size = getattr(model_info, "size_bytes", None) or 0
-    if getattr(model_info, "kind", "") == "file":
-        terms["checkpoint read whole (loading)"] = int(size)
-    terms["models built in RAM (loading)"] = params * wbytes + vae_params(shape) * 4
+    unet = counted.params["unet"]["count"]
+    te = sum(v["count"] for k, v in counted.params.items() if k != "unet")
+    mapped = getattr(model_info, "format", None) != "ckpt"
+    file_dtype = getattr(model_info, "dtype", None)  # a single file's (None: a folder, not known)
+    fp8 = bool(setting(profile, "fp8_base", False))
+    if not mapped:
+        terms["checkpoint read whole (loading)"] = int(getattr(model_info, "size_bytes", None) or 0)
+    den = unet * (DTYPE_BYTES["fp8"] if fp8 else wbytes)
+    converted = not mapped or file_dtype != ("fp8" if fp8 else shape.weight_dtype)
+    pinned = int(den * swap_fraction(shape.family, int(setting(profile, "blocks_to_swap", 0) or 0), counted))
+    from loratui.engine.families import get_family
+
+    fam = get_family(shape.family)
+    terms[f"{fam.denoiser_label} weights (converted, or swapped blocks)"] = max(den if converted else 0, pinned)
+    split = any(str(getattr(profile.model, key, "") or "").strip() for key in getattr(fam, "part_settings", {}).values())
+    if not mapped or split or file_dtype != shape.weight_dtype:  # split text-encoder files: their dtype is not read
+        terms["text encoder weights (converted)"] = te * wbytes
+    terms["VAE (float32)"] = vae_params(shape) * 4
     if profile.dataset.cache_latents == "memory":
         terms["latent cache"] = latent_bytes(shape, images, profile.dataset.flip_aug)
     return Figure(sum(terms.values()), _ram_total(), terms)
