@@ -178,7 +178,8 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
 
     text_cache = main_first(ctx, tc.effective_mode(profile) == "disk", "the text-encoder cache",
                             lambda: cache_text_outputs(profile, scan, comp, ctx, device, accelerator, weight_dtype))
-    ctx.emit(PhaseChanged(phase=Phase.LOADING_MODEL, detail=f"Moving the model to {device}"))
+    if device != "cpu":  # (on a CPU it is there already)
+        ctx.emit(PhaseChanged(phase=Phase.LOADING_MODEL, detail=f"Moving the model to {device}"))
     place_for_training(comp, network, device, text_cached=text_cache is not None, latents_cached=store is not None)
     speed_up(comp, device, lambda msg: ctx.emit(LogEvent(message=msg)))  # TF32, channels-last, SDPA
     groups = param_groups(profile, network)
