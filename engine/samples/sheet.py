@@ -109,13 +109,29 @@ def make_sheet(base_model, loras: list[Path], prompt: SamplePrompt, weights: lis
     from loratui.engine.schema import ModelSettings
     from loratui.engine.training.setup import pick_device
 
+    from loratui.engine.text_cache import ENCODE_MARGIN
+    from loratui.engine.training.memory import free_memory, to_device
+
     device = device or pick_device()
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    # bf16 where the card has it: SD3 / FLUX overflow in fp16 (black or NaN images)
+    dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if device.startswith("cuda") else torch.float32
     ms = base_model if isinstance(base_model, ModelSettings) else ModelSettings(base_model=str(base_model))
-    comp = load_components(ms, device=device, dtype=dtype)
+    comp = load_components(ms, device="cpu", dtype=dtype)  # into main memory, then onto the card what fits
     net = LoRANetwork.create(comp.unet, comp.text_encoders, comp.family, rank=4, alpha=4, weights=str(loras[0]))
     for p in net.parameters():
-        p.data = p.data.to(device=device, dtype=dtype)
+        p.data = p.data.to(dtype=dtype)  # they move with their layers (peft's are inside the model)
+    if ms.fp8_base and device.startswith("cuda"):  # the profile's fp8 base: FLUX's transformer in 12 GB
+        from loratui.engine.fp8 import apply_fp8, fp8_unsupported
+
+        if fp8_unsupported() is None:
+            apply_fp8(comp.unet, dtype)
+    to_device(comp.unet, device)
+    to_device(comp.vae, device)
+    free = free_memory(device)
+    need = sum(t.numel() * t.element_size() for te in comp.text_encoders for t in te.parameters())
+    if free is None or need + ENCODE_MARGIN <= free:  # else they encode the prompt where they are (T5-XXL
+        for te in comp.text_encoders:  # beside a FLUX transformer on a 24 GB card: in main memory)
+            to_device(te, device)
     layers = _lora_layers(comp)
     base = {id(m): dict(m.scaling) for m in layers}
     images: list[list[Any]] = []
