@@ -45,6 +45,7 @@ class Components:
     source: str  # short description for the UI
     warnings: list[str] = field(default_factory=list)
     info: ModelInfo | None = None
+    text_memo: Any = None  # the sample prompts' encoder outputs (engine.samples.text_memo), once cached
 
 
 

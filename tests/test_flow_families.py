@@ -772,3 +772,40 @@ def test_fp8_and_scaled_fp8_files(tiny_dirs, tmp_path, monkeypatch):
     save_file(plain, files["base_model"])
     wrong = load_components(ModelSettings(base_model=files["base_model"], **parts))
     assert _relative_error(wrong.unet, ref.unet) > 10
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_sample_prompts_are_encoded_with_the_cache_and_samples_reuse_them(tiny_dirs, data, tmp_path, family,
+                                                                          monkeypatch):
+    """With the text-encoder cache the encoders leave the GPU; the sample prompts were encoded
+    while they were on it, and the samples replay those outputs: no encoder runs while they
+    render, and the image is the one the encoders would have given."""
+    import numpy as np
+    from PIL import Image
+
+    from loratui.engine.events import SampleSaved
+    from loratui.engine.samples import text_memo
+    from loratui.engine.train import run_training
+
+    def run(out, **over):
+        profile = tiny_profile(tiny_dirs[family], data, tmp_path / out, optimization__max_train_epochs=1,
+                               optimization__max_train_steps=1, model__t5xxl_max_token_length=8,
+                               network__train_text_encoder=False, output__sample_every_n_epochs=1,
+                               output__sample_prompts="a toy --n blue --s 2 --w 64 --h 64 --l 2 --d 3", **over)
+        events = []
+        assert isinstance(run_training(profile, events.append), Finished)
+        (saved,) = [e for e in events if isinstance(e, SampleSaved)]
+        logs = [e.message for e in events if type(e).__name__ == "LogEvent"]
+        return np.asarray(Image.open(saved.path).convert("RGB")), logs
+
+    memos: list = []
+    real = text_memo.record_sample_prompts
+    monkeypatch.setattr(text_memo, "record_sample_prompts", lambda *a, **k: memos.append(real(*a, **k)) or memos[-1])
+    reused, logs = run("cached", dataset__cache_text_encoder_outputs="memory")
+    (memo,) = memos
+    assert any(m.startswith("sample prompts encoded with the text encoders (1 prompt(s)") for m in logs), logs
+    # prompt and negative prompt through each encoder: every output replayed, no encoder ran for the sample
+    assert len(memo) >= 2 * len(memo.outputs) and memo.hits >= len(memo) and memo.misses == 0
+    encoded, _ = run("encoded", dataset__cache_text_encoder_outputs="off")
+    assert len(memos) == 1  # no cache, no memo: the encoders are there for the samples
+    np.testing.assert_array_equal(reused, encoded)

@@ -37,6 +37,14 @@ def _prompt_problems(profile) -> list:
     return []
 
 
+def wanted_prompts(profile, enabled: bool = True) -> list[SamplePrompt]:
+    """The prompts a run samples ([] when it samples none; ``enabled``: False on data-parallel
+    ranks > 0). Raises PromptError."""
+    o = profile.output
+    wanted = enabled and (o.sample_every_n_epochs or o.sample_every_n_steps or o.sample_at_first)
+    return prompts_for(profile) if wanted else []
+
+
 class TrainingSamples:
     """Called by the loop: :meth:`at_first`, :meth:`after_step`, :meth:`after_epoch`."""
 
@@ -46,9 +54,8 @@ class TrainingSamples:
         o = self.profile.output
         self.every_epochs, self.every_steps, self.first = o.sample_every_n_epochs, o.sample_every_n_steps, o.sample_at_first
         self.last_step: int | None = None
-        wanted = enabled and (self.every_epochs or self.every_steps or self.first)  # enabled: False on data-parallel ranks > 0
         try:
-            self.prompts = prompts_for(self.profile) if wanted else []
+            self.prompts = wanted_prompts(self.profile, enabled)
         except PromptError as exc:  # checked before the run; the file may have changed since
             ctx.warn(f"output.sample_prompts: {exc}; no samples this run")
             self.prompts = []

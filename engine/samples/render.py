@@ -138,8 +138,10 @@ def render(comp, prompts: list[SamplePrompt], *, device: str, clip_skip: int = 1
     # autocast and in fp32 where it overflows in fp16 (SDXL); other families decode themselves
     own_decode = family.denoiser_class == "UNet2DConditionModel"
     out: list[Rendered] = []
+    memo = getattr(comp, "text_memo", None)  # the sample prompts encoded while the encoders were on the GPU
     with training_untouched([comp.unet, *comp.text_encoders], comp.vae, device), \
-            encoders_where_they_are(comp.text_encoders, device):
+            encoders_where_they_are(comp.text_encoders, device), \
+            (memo.replaying(comp.text_encoders) if memo is not None else contextlib.nullcontext()):
         for p in prompts:
             if family.fixed_sampler:  # SD3/FLUX: flow-matching Euler, whatever the prompt asks
                 p = replace(p, sampler=family.fixed_sampler)

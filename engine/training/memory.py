@@ -57,6 +57,9 @@ def cache_text_outputs(profile: Profile, scan, comp, ctx, device: str, accelerat
         should_stop=lambda: control.aborted,
         bring=bring,
     )
+    if cache is not None:  # the sample prompts too, with the encoders on the device
+        comp.text_memo = sample_prompts_memo(profile, comp, ctx, device, accelerator.autocast,
+                                             bring=lambda: None if kept else bring())
     for swap in swaps:
         swap.restore()
     for k in kept:
@@ -70,6 +73,29 @@ def cache_text_outputs(profile: Profile, scan, comp, ctx, device: str, accelerat
     emit(LogEvent(message=f"text-encoder outputs cached ({mode}): {cache.encoded} caption(s) encoded{reused}{remade}; "
                           f"text encoders moved off {device}"))
     return cache
+
+
+def sample_prompts_memo(profile: Profile, comp, ctx, device: str, autocast, bring):
+    """The sample prompts' encoder outputs, recorded now (engine.samples.text_memo); None
+    when the run samples nothing or the recording fails (samples then encode as before).
+    ``bring`` puts the encoders on the device (where a disk cache left them off)."""
+    from loratui.engine.samples.during import wanted_prompts
+    from loratui.engine.samples.render import resolved
+    from loratui.engine.samples.text_memo import record_sample_prompts
+
+    try:
+        prompts = [resolved(p, profile, profile.output.sample_sampler) for p in wanted_prompts(profile, ctx.world.is_main)]
+        if not prompts:
+            return None
+        bring()
+        memo = record_sample_prompts(comp, prompts, device=device, clip_skip=profile.model.clip_skip, autocast=autocast)
+    except Exception as exc:  # noqa: BLE001 - samples are never the run's end (TrainingSamples says why)
+        ctx.emit(LogEvent(message=f"sample prompts not encoded ahead ({type(exc).__name__}: {str(exc)[:80]}); "
+                                  "samples encode them where the text encoders are"))
+        return None
+    ctx.emit(LogEvent(message=f"sample prompts encoded with the text encoders ({len(prompts)} prompt(s), "
+                              f"{len(memo)} encoder output(s)): samples reuse them"))
+    return memo
 
 
 def free_memory(device: str) -> int | None:
