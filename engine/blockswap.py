@@ -21,7 +21,7 @@ from typing import Any
 
 
 class BlockSwap:
-    def __init__(self, blocks: list, *, device, offload: str = "cpu"):
+    def __init__(self, blocks: list, *, device, offload: str = "cpu", pin: bool = True):
         import torch
 
         self.device = torch.device(device)
@@ -41,7 +41,9 @@ class BlockSwap:
             self.params.append(frozen)
             for p in frozen:
                 host = p.data.detach().to(offload)  # no copy while the model is still in main memory
-                self.host[id(p)] = host.pin_memory() if self.cuda else host
+                # pinned: copies that overlap compute (a pinned copy of the weights, in RAM); not pinned:
+                # the weights as they are (a mapped file's views: no RAM of their own), copied in step
+                self.host[id(p)] = host.pin_memory() if self.cuda and pin else host
                 self.owner[id(p)] = i
                 self.by_id[id(p)] = p
             self._evict(i, force=True)

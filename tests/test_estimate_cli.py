@@ -148,6 +148,7 @@ def test_check_counts_a_model_not_downloaded_yet_as_its_familys_shape(name, shap
     base = load_profile(src).model.base_model
     assert f"estimate for 24 GB card (24 GB), bf16:\n  note: {base} is not here yet: counted as {shape}, " in out
     assert "est. VRAM  ~" in out and "estimate —" not in out
+    assert "\n  transformer weights (in RAM)  " in out.split("est. RAM")[1]  # what the RAM figure holds
     prepared = prepare_run(load_profile(src), overwrite=True)
     est, why = estimate_for(prepared, vram_device(24))
     assert why is None and est.notes
@@ -206,7 +207,7 @@ def test_ram_counts_what_a_run_converts_not_the_mapped_file():
     src = bundled_profiles_dir() / "flux-dev-12gb.toml"
     est, _ = estimate_for(prepare_run(load_profile(src), overwrite=True), vram_device(12))
     params = est.counted.params["unet"]["count"]
-    den = "transformer weights (converted, or swapped blocks)"
+    den = "transformer weights (in RAM)"
 
     def ram(dtype, fmt="safetensors", **settings):
         p = load_profile(src, [f"{k.replace('__', '.')}={v}" for k, v in settings.items()])
@@ -218,4 +219,4 @@ def test_ram_counts_what_a_run_converts_not_the_mapped_file():
     plain = ram("bf16", model__fp8_base="false", optimization__blocks_to_swap=0)
     assert plain[den] == 0 and "checkpoint read whole (loading)" not in plain  # the run's dtype: the file's views
     assert ram("bf16", fmt="ckpt")["checkpoint read whole (loading)"] == 24e9
-    assert plain["text encoder weights (converted)"] > 9e9  # split files (t5xxl_fp16): converted to bf16
+    assert plain["text encoder weights (in RAM)"] > 9e9  # split files (t5xxl_fp16): converted to bf16

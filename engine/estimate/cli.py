@@ -84,8 +84,8 @@ def print_estimate(prepared, device, out=None) -> bool | None:
         print(f"  note: {note}", file=out)
     for label, value, _ in rows(est):
         print(f"{label:<10} {value}", file=out)
-        if label == "est. VRAM":
-            for line in term_lines(est.vram):
+        if label in ("est. VRAM", "est. RAM"):
+            for line in term_lines(est.vram if label == "est. VRAM" else est.ram):
                 print(line, file=out)
     changes = suggest(prepared.profile, est)
     if changes:

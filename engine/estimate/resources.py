@@ -170,7 +170,7 @@ def ram_figure(profile, shape, counted, model_info, images: int) -> Figure:
     What a run converts has memory of its own: the denoiser's fp8 weights (fp8 base from a
     wider file), weights of another dtype than the run's, block swap's pinned blocks, the VAE
     (float32); a .ckpt is read whole. Measured by ``bench/load_ram.py``."""
-    terms = {"process (Python, torch, CUDA libraries)": PROCESS_RAM}
+    terms = {"process (Python, torch, CUDA)": PROCESS_RAM}
     wbytes = DTYPE_BYTES[shape.weight_dtype]
     unet = counted.params["unet"]["count"]
     te = sum(v["count"] for k, v in counted.params.items() if k != "unet")
@@ -185,10 +185,10 @@ def ram_figure(profile, shape, counted, model_info, images: int) -> Figure:
     from loratui.engine.families import get_family
 
     fam = get_family(shape.family)
-    terms[f"{fam.denoiser_label} weights (converted, or swapped blocks)"] = max(den if converted else 0, pinned)
+    terms[f"{fam.denoiser_label} weights (in RAM)"] = max(den if converted else 0, pinned)
     split = any(str(getattr(profile.model, key, "") or "").strip() for key in getattr(fam, "part_settings", {}).values())
     if not mapped or split or file_dtype != shape.weight_dtype:  # split text-encoder files: their dtype is not read
-        terms["text encoder weights (converted)"] = te * wbytes
+        terms["text encoder weights (in RAM)"] = te * wbytes
     terms["VAE (float32)"] = vae_params(shape) * 4
     if profile.dataset.cache_latents == "memory":
         terms["latent cache"] = latent_bytes(shape, images, profile.dataset.flip_aug)

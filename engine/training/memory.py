@@ -141,7 +141,7 @@ def encoders_onto(text_encoders: list, labels: list[str], device: str, log) -> l
         blocks = _blocks(text_encoders[i])
         if not blocks:
             continue
-        swaps.append(BlockSwap(blocks, device=device))
+        swaps.append(BlockSwap(blocks, device=device, pin=False))  # (for a few batches: no pinned copy in RAM)
         swapped.append(f"{labels[i] if i < len(labels) else 'text encoder'}'s {len(blocks)} layers")
         need -= sum(map(_bytes, blocks)) - 2 * max(map(_bytes, blocks))  # two on the device at a time
     for te in text_encoders:
