@@ -124,7 +124,7 @@ def _blocks(module) -> list:
 def encoders_onto(text_encoders: list, labels: list[str], device: str, log) -> list:
     """The text encoders onto ``device`` to cache their outputs. Where they do not all
     fit its free memory, the largest one's layers stay in main memory and visit in
-    turn (``engine.blockswap``, the next one's copy overlapping), then every one's:
+    turn (``engine.blockswap``, unpinned: no copy of them in RAM), then every one's:
     T5-XXL (9.5 GB in bf16) caches on an 8 GB card, not much slower (each batch
     of captions copies its layers in once). Returns the swaps (``restore`` them after)."""
     from loratui.engine.blockswap import BlockSwap
