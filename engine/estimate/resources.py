@@ -31,11 +31,15 @@ def resident_components(profile, shape, counted) -> dict[str, int]:
     out[f"{get_family(shape.family).denoiser_label} weights"] = int(unet * unet_bytes * (1 - swapped))
     te_cached = _te_cached(profile) and not shape.train_text_encoder
     if not te_cached:
-        te = sum(v["count"] for k, v in counted.params.items() if k != "unet")
-        out["text encoder weights"] = te * wbytes
+        out["text encoder weights"] = text_encoder_params(counted) * wbytes
     if profile.dataset.cache_latents == "off":
         out["VAE weights"] = vae_params(shape) * vae_bytes(profile, shape)
     return out
+
+
+def text_encoder_params(counted) -> int:
+    """Weights of the base model's text encoders (every counted part but the denoiser)."""
+    return sum(v["count"] for k, v in counted.params.items() if k != "unet")
 
 
 def text_encoder_mode(profile, shape) -> str:
@@ -148,8 +152,7 @@ def te_caching_peak(profile, shape, counted) -> int:
         return 0
     from loratui.engine.text_cache import ENCODE_MARGIN
 
-    te = sum(v["count"] for k, v in counted.params.items() if k != "unet") * DTYPE_BYTES[shape.weight_dtype]
-    return te + ENCODE_MARGIN + CUDA_CONTEXT
+    return text_encoder_params(counted) * DTYPE_BYTES[shape.weight_dtype] + ENCODE_MARGIN + CUDA_CONTEXT
 
 
 def allocated(fig: Figure) -> int:
@@ -173,7 +176,7 @@ def ram_figure(profile, shape, counted, model_info, images: int) -> Figure:
     terms = {"process (Python, torch, CUDA)": PROCESS_RAM}
     wbytes = DTYPE_BYTES[shape.weight_dtype]
     unet = counted.params["unet"]["count"]
-    te = sum(v["count"] for k, v in counted.params.items() if k != "unet")
+    te = text_encoder_params(counted)
     mapped = getattr(model_info, "format", None) != "ckpt"
     file_dtype = getattr(model_info, "dtype", None)  # a single file's (None: a folder, not known)
     fp8 = bool(setting(profile, "fp8_base", False))

@@ -110,7 +110,7 @@ def make_sheet(base_model, loras: list[Path], prompt: SamplePrompt, weights: lis
     from loratui.engine.training.setup import pick_device
 
     from loratui.engine.text_cache import ENCODE_MARGIN
-    from loratui.engine.training.memory import free_memory, to_device
+    from loratui.engine.training.memory import free_memory, module_bytes, to_device
 
     device = device or pick_device()
     # bf16 where the card has it: SD3 / FLUX overflow in fp16 (black or NaN images)
@@ -128,7 +128,7 @@ def make_sheet(base_model, loras: list[Path], prompt: SamplePrompt, weights: lis
     to_device(comp.unet, device)
     to_device(comp.vae, device)
     free = free_memory(device)
-    need = sum(t.numel() * t.element_size() for te in comp.text_encoders for t in te.parameters())
+    need = sum(map(module_bytes, comp.text_encoders))
     if free is None or need + ENCODE_MARGIN <= free:  # else they encode the prompt where they are (T5-XXL
         for te in comp.text_encoders:  # beside a FLUX transformer on a 24 GB card: in main memory)
             to_device(te, device)

@@ -109,7 +109,8 @@ def free_memory(device: str) -> int | None:
     return int(free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev))
 
 
-def _bytes(module) -> int:
+def module_bytes(module) -> int:
+    """Bytes of a module's weights."""
     return sum(t.numel() * t.element_size() for t in module.parameters())
 
 
@@ -118,7 +119,7 @@ def _blocks(module) -> list:
     import torch
 
     lists = [m for m in module.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 1]
-    return list(max(lists, key=_bytes)) if lists else []
+    return list(max(lists, key=module_bytes)) if lists else []
 
 
 def encoders_onto(text_encoders: list, labels: list[str], device: str, log) -> list:
@@ -132,7 +133,7 @@ def encoders_onto(text_encoders: list, labels: list[str], device: str, log) -> l
     from loratui.engine.text_cache import ENCODE_MARGIN
 
     free = free_memory(device)
-    sizes = [_bytes(te) for te in text_encoders]
+    sizes = [module_bytes(te) for te in text_encoders]
     need = sum(sizes) + ENCODE_MARGIN
     swaps, swapped = [], []
     for i in sorted(range(len(text_encoders)), key=lambda i: -sizes[i]):
@@ -143,7 +144,7 @@ def encoders_onto(text_encoders: list, labels: list[str], device: str, log) -> l
             continue
         swaps.append(BlockSwap(blocks, device=device, pin=False))  # (for a few batches: no pinned copy in RAM)
         swapped.append(f"{labels[i] if i < len(labels) else 'text encoder'}'s {len(blocks)} layers")
-        need -= sum(map(_bytes, blocks)) - 2 * max(map(_bytes, blocks))  # two on the device at a time
+        need -= sum(map(module_bytes, blocks)) - 2 * max(map(module_bytes, blocks))  # two on the device at a time
     for te in text_encoders:
         to_device(te, device)  # swapped layers hold empty placeholders there already
     if swapped:
