@@ -193,7 +193,9 @@ def _text_encoder(spec, cfg, sd: dict, dtype, src: Path, setting: str):
     if not state:
         raise ModelLoadError(f"{src} has no {spec.label} weights: set {setting} to the {spec.label} file (or use an all-in-one file).")
     hint = f"Is {src.name} the {spec.label} text encoder? ({setting})"
-    _fill_model(model, state, dtype, what=spec.label, path=src, hint=hint)
+    # an fp8 file's Linear weights stay fp8 (t5xxl_fp8_e4m3fn: 4.9 GB, not 9.5), computed in the run's dtype
+    # (engine.loading applies engine.fp8): an exact upcast either way, so the same outputs
+    _fill_model(model, state, dtype, what=spec.label, path=src, hint=hint, keep_fp8=True)
     return model
 
 

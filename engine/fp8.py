@@ -105,9 +105,10 @@ def _conv_forward(self, x):
                              self.dilation, self.groups)
 
 
-def apply_fp8(model, compute_dtype) -> int:
+def apply_fp8(model, compute_dtype, convert: bool = True) -> int:
     """Store every frozen Linear/Conv2d weight of ``model`` as float8 e4m3fn and
-    compute it in ``compute_dtype``. Returns the number of layers converted."""
+    compute it in ``compute_dtype``. Returns the number of layers converted.
+    ``convert=False``: only the layers whose weights are float8 already (read so)."""
     import torch
 
     fp8 = fp8_dtype()
@@ -120,6 +121,8 @@ def apply_fp8(model, compute_dtype) -> int:
         else:
             continue
         if module.weight.requires_grad or getattr(module, "loratui_compute_dtype", None) is not None:
+            continue
+        if not convert and module.weight.dtype != fp8:
             continue
         with torch.no_grad():
             if module.weight.dtype != fp8:
@@ -139,6 +142,9 @@ def keeps_fp8(model, key: str) -> bool:
 
     owner, _, leaf = key.rpartition(".")
     if leaf != "weight":
+        return False
+    # a model's own keep-in-fp32 layers (T5's ``wo``: it casts its input to that weight's dtype -- to fp8)
+    if set(owner.split(".")) & set(getattr(model, "_keep_in_fp32_modules", None) or ()):
         return False
     try:
         module = model.get_submodule(owner)

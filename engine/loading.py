@@ -118,10 +118,12 @@ def load_components(ms, *, device="cpu", dtype=None, on_progress: Callable[[str]
     _progress(on_progress, f"Moving model to {device}")
     unet = _cast(parts["unet"], device, dtype, keep_fp8=bool(getattr(ms, "fp8_base", False)))
     vae = _cast(vae, device, vae_dtype)
-    tes = [_cast(te, device, dtype) for te in parts["text_encoders"]]
+    tes = [_cast(te, device, dtype, keep_fp8=True) for te in parts["text_encoders"]]
     for m in (unet, vae, *tes):
         m.eval()
         m.requires_grad_(False)
+    for te in tes:  # fp8 weights read as such (a SD3/FLUX fp8 text-encoder file): computed in the run's dtype
+        _compute_fp8(te, dtype)
 
     label = get_family(family).label + (" v-pred" if prediction_type == "v_prediction" else "")
     where = {"file": "single file", "folder": "diffusers folder", "hub": f"Hub {info.spec}"}[info.kind]
@@ -141,6 +143,15 @@ def load_components(ms, *, device="cpu", dtype=None, on_progress: Callable[[str]
         warnings=warnings,
         info=info,
     )
+
+
+def _compute_fp8(module, dtype) -> None:
+    import torch
+
+    from loratui.engine.fp8 import apply_fp8, is_fp8
+
+    if any(is_fp8(p) for p in module.parameters()):
+        apply_fp8(module, dtype or torch.float32, convert=False)
 
 
 def _cast(module, device, dtype, keep_fp8: bool = False):

@@ -745,6 +745,20 @@ def test_fp8_and_scaled_fp8_files(tiny_dirs, tmp_path, monkeypatch):
     linears = [m for m in comp.unet.modules() if type(m) is torch.nn.Linear]
     assert len(linears) > 20 and all(m.weight.dtype == torch.float8_e4m3fn for m in linears)
     assert _relative_error(comp.unet, ref.unet) < 0.1
+    # the fp8 T5 file (t5xxl_fp8_e4m3fn) stays fp8 too, computed in the run's dtype: the same outputs as upcast
+    import copy
+
+    t5 = comp.text_encoders[1]
+    t5_linears = {n: m for n, m in t5.named_modules() if type(m) is torch.nn.Linear}
+    assert t5_linears and all((m.weight.dtype == torch.float8_e4m3fn) == (not n.endswith(".wo"))
+                              for n, m in t5_linears.items())  # (T5's wo casts its input to its weight's dtype)
+    upcast = copy.deepcopy(t5)
+    for m in (m for m in upcast.modules() if type(m) is torch.nn.Linear):
+        m.weight.data = m.weight.data.float()
+        vars(m).pop("forward", None)
+    ids = torch.randint(0, 32, (2, 8))
+    with torch.no_grad():
+        assert torch.equal(t5(ids).last_hidden_state, upcast(ids).last_hidden_state)
     net = LoRANetwork.create(comp.unet, comp.text_encoders, "flux", rank=4, alpha=4.0, train_text_encoder=False)
     assert net.parameters() and all(p.dtype == torch.float32 for p in net.parameters())
     downs = [m.down.weight for m in net.modules]
