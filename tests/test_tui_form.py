@@ -325,7 +325,7 @@ async def test_settings_of_other_families_are_hidden(env, synthetic_dataset):
         assert "model.base_model" not in form.hidden_for_family and "optimization.learning_rate" not in form.hidden_for_family
 
         form.fields["model.family"].editor.value = "flux"
-        await pilot.pause()
+        await until(pilot, lambda: "model.clip_skip" in form.hidden_for_family, "the flux fields")
         assert set(unet_only) <= form.hidden_for_family and not set(flux_only) & form.hidden_for_family
         assert "model.clip_g" in form.hidden_for_family and "model.training_shift" in form.hidden_for_family
         assert not form.fields["model.clip_skip"].display and form.fields["model.t5xxl"].display
@@ -334,7 +334,7 @@ async def test_settings_of_other_families_are_hidden(env, synthetic_dataset):
         assert form.fields["network.train_blocks"].display and not form.fields["network.train_unet"].has_class("-unused")
 
         form.fields["model.family"].editor.value = "sd3"
-        await pilot.pause()
+        await until(pilot, lambda: "model.clip_g" not in form.hidden_for_family, "the sd3 fields")
         assert "network.train_blocks" not in form.hidden_for_family  # the field being edited never vanishes
         await pilot.press("escape")  # left: it folds
         await pilot.pause()
@@ -342,7 +342,7 @@ async def test_settings_of_other_families_are_hidden(env, synthetic_dataset):
         assert not {"model.clip_g", "model.training_shift", "model.weighting_scheme"} & form.hidden_for_family
 
         form.fields["model.family"].editor.value = "auto"  # nothing known about the model: everything shown
-        await pilot.pause()
+        await until(pilot, lambda: not form.hidden_for_family, "every field shown")
         assert not form.hidden_for_family and form.fields["model.family"].below_text == ""
 
 

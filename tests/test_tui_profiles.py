@@ -112,8 +112,9 @@ async def test_switching_with_unsaved_changes_asks_save_discard_cancel(env):
         rank = form.fields["network.network_dim"]
         await form.focus_field("network.network_dim")
         rank.editor.value = "16"
-        await pilot.pause()
-        assert form.dirty and "alpha *" in str(form.query_one("#title").render())
+        # the edit travels Input -> field -> form as messages: wait for it, not for a quiet spell
+        await until(pilot, lambda: form.dirty, "the form to see the edit")
+        assert "alpha *" in str(form.query_one("#title").render())
 
         async def pick_beta():
             await pilot.press("escape", "p")
@@ -144,7 +145,7 @@ async def test_switching_with_unsaved_changes_asks_save_discard_cancel(env):
 
         await form.focus_field("network.network_dim")
         rank.editor.value = "64"
-        await pilot.pause()
+        await until(pilot, lambda: form.dirty, "the form to see the edit")
         await pilot.press("escape", "p")
         await pilot.pause()
         ol = app.screen.query_one(OptionList)
@@ -167,7 +168,7 @@ async def test_save_a_bundled_profile_as_your_own_and_see_the_diff(env):
         epochs = form.fields["optimization.max_train_epochs"]
         await form.focus_field("optimization.max_train_epochs")
         epochs.editor.value = "12"
-        await pilot.pause()
+        await until(pilot, lambda: form.dirty, "the form to see the edit")
         await pilot.press("ctrl+s")
         await pilot.pause()
         assert isinstance(app.screen, NameDialog)
