@@ -168,16 +168,17 @@ def write_sd3_split_files(folder: Path, out: Path) -> dict:
     return {k: str(v) for k, v in files.items()}
 
 
-def sparse_safetensors(path: Path, shapes: dict) -> Path:
-    """A .safetensors file of bf16 tensors of these shapes: a real header, the data a hole
-    (a sparse file: a full-size model's header in no disk space)."""
+def sparse_safetensors(path: Path, shapes: dict, dtype: str = "BF16") -> Path:
+    """A .safetensors file of tensors of these shapes (``dtype``: safetensors' name): a real
+    header, the data a hole (a sparse file: a full-size model's header in no disk space)."""
     import json
     import struct
 
+    size = {"F32": 4, "F8_E4M3": 1}.get(dtype, 2)
     header, at = {}, 0
     for k, shape in shapes.items():
-        n = 2 * math.prod(shape)
-        header[k] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [at, at + n]}
+        n = size * math.prod(shape)
+        header[k] = {"dtype": dtype, "shape": list(shape), "data_offsets": [at, at + n]}
         at += n
     blob = json.dumps(header).encode()
     with open(path, "wb") as f:
@@ -197,3 +198,20 @@ def sd35_medium_header_file(path: Path) -> Path:
         if i <= 12:
             shapes[f"joint_blocks.{i}.x_block.attn2.qkv.weight"] = (3 * 1536, 1536)
     return sparse_safetensors(path, shapes)
+
+
+def t5xxl_shapes() -> dict:
+    """T5-XXL's encoder as t5xxl_fp16.safetensors holds it (4.76 B weights)."""
+    d, ff = 4096, 10240
+    shapes = {"shared.weight": (32128, d), "encoder.final_layer_norm.weight": (d,),
+              "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": (32, 64)}
+    for i in range(24):
+        b = f"encoder.block.{i}.layer."
+        for m in "qkvo":
+            shapes[f"{b}0.SelfAttention.{m}.weight"] = (d, d)
+        shapes[f"{b}0.layer_norm.weight"] = (d,)
+        shapes[f"{b}1.DenseReluDense.wi_0.weight"] = (ff, d)
+        shapes[f"{b}1.DenseReluDense.wi_1.weight"] = (ff, d)
+        shapes[f"{b}1.DenseReluDense.wo.weight"] = (d, ff)
+        shapes[f"{b}1.layer_norm.weight"] = (d,)
+    return shapes

@@ -220,3 +220,38 @@ def test_ram_counts_what_a_run_converts_not_the_mapped_file():
     assert plain[den] == 0 and "checkpoint read whole (loading)" not in plain  # the run's dtype: the file's views
     assert ram("bf16", fmt="ckpt")["checkpoint read whole (loading)"] == 24e9
     assert plain["text encoder weights (in RAM)"] > 9e9  # split files (t5xxl_fp16): converted to bf16
+
+
+def test_ram_counts_a_separate_text_encoder_file_by_its_own_dtype(tmp_path):
+    """model.t5xxl read from its header: a bf16 file stays mapped in a bf16 run, an fp16 one is
+    converted whole, an fp8 one (t5xxl_fp8_e4m3fn) keeps its Linear weights as views and
+    converts the embedding and T5's keep-in-fp32 wo."""
+    import math
+    from types import SimpleNamespace
+
+    from flow_files import sparse_safetensors, t5xxl_shapes
+    from loratui.engine.estimate.cli import estimate_for
+    from loratui.engine.estimate.devices import vram_device
+    from loratui.engine.estimate.resources import ram_figure
+    from loratui.engine.schema import load_profile
+    from loratui.engine.training.prepare import prepare_run
+    from loratui.engine.userdirs import bundled_profiles_dir
+
+    src = bundled_profiles_dir() / "flux-dev-12gb.toml"
+    est, _ = estimate_for(prepare_run(load_profile(src), overwrite=True), vram_device(12))
+    shapes = t5xxl_shapes()
+    clip_l = sparse_safetensors(tmp_path / "clip_l.safetensors", {"text_model.embeddings.token_embedding.weight": (49408, 768)})
+    main = SimpleNamespace(format="safetensors", dtype="bf16", size_bytes=24e9)
+
+    def te_ram(dtype):
+        t5 = sparse_safetensors(tmp_path / f"t5xxl_{dtype}.safetensors", shapes, dtype)
+        p = load_profile(src, [f"model.t5xxl={t5}", f"model.clip_l={clip_l}"])
+        return ram_figure(p, est.shape, est.counted, main, 0).terms.get("text encoder weights (in RAM)", 0)
+
+    everything = 2 * sum(math.prod(s) for s in shapes.values())
+    assert everything > 9e9
+    assert te_ram("BF16") == 0  # the run's dtype, CLIP-L's bf16 file too: views of the files
+    assert te_ram("F16") == everything  # converted to bf16 whole
+    kept = 2 * sum(math.prod(s) for k, s in shapes.items() if len(s) == 1 or "shared" in k or ".wo." in k
+                   or "relative_attention_bias" in k)
+    assert abs(te_ram("F8_E4M3") - kept) < 1e6 and 2e9 < kept < 2.6e9  # embedding + wo: ~2.3 GB, not 9.5

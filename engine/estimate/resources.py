@@ -7,6 +7,7 @@ in ``resident_components``.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
@@ -189,13 +190,54 @@ def ram_figure(profile, shape, counted, model_info, images: int) -> Figure:
 
     fam = get_family(shape.family)
     terms[f"{fam.denoiser_label} weights (in RAM)"] = max(den if converted else 0, pinned)
-    split = any(str(getattr(profile.model, key, "") or "").strip() for key in getattr(fam, "part_settings", {}).values())
-    if not mapped or split or file_dtype != shape.weight_dtype:  # split text-encoder files: their dtype is not read
-        terms["text encoder weights (in RAM)"] = te * wbytes
+    in_main = not mapped or file_dtype != shape.weight_dtype
+    te_ram = te * wbytes if in_main else 0
+    if getattr(fam, "part_settings", None):
+        te_ram = _text_encoders_ram(profile, fam, counted, shape.weight_dtype, in_main)
+    if te_ram:
+        terms["text encoder weights (in RAM)"] = te_ram
     terms["VAE (float32)"] = vae_params(shape) * 4
     if profile.dataset.cache_latents == "memory":
         terms["latent cache"] = latent_bytes(shape, images, profile.dataset.flip_aug)
     return Figure(sum(terms.values()), _ram_total(), terms)
+
+
+_RUN_DTYPE_CODES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
+
+
+def _text_encoders_ram(profile, fam, counted, run_dtype: str, in_main: bool) -> int:
+    """The SD3/FLUX text encoders' converted weights: a separate file (``model.t5xxl`` …) by
+    its own header -- tensors in the run's dtype stay views of it, so do an fp8 file's Linear
+    weights (``engine.flow_loading``); an encoder inside the main file is converted where that
+    file's weights are (``in_main``); a file not here yet counts as converted."""
+    from loratui.engine.modelfiles import _read_safetensors_header
+
+    wbytes = DTYPE_BYTES[run_dtype]
+    total = 0
+    for i, spec in enumerate(fam.text_encoders):
+        name = f"text_encoder{i + 1 if len(fam.text_encoders) > 1 else ''}"
+        count = counted.params.get(name, {}).get("count", 0)
+        value = str(getattr(profile.model, fam.part_settings.get(spec.label, ""), "") or "").strip()
+        if not value:
+            total += count * wbytes if in_main else 0
+            continue
+        path = Path(value).expanduser()
+        hdr = None
+        if path.is_file():
+            hdr, _problem = _read_safetensors_header(path, path.stat().st_size)
+        if hdr is None:
+            total += count * wbytes
+            continue
+        import transformers
+
+        fp32_kept = set(getattr(getattr(transformers, spec.model_class), "_keep_in_fp32_modules", None) or ())
+        for key, (dtype, dims, _offsets) in hdr.keys.items():
+            kept_fp8 = (dtype.startswith("F8") and len(dims) == 2 and key.endswith(".weight")  # Linear weights
+                        and "embed" not in key and not key.endswith("shared.weight")  # embeddings: converted
+                        and not set(key.split(".")) & fp32_kept)  # T5's wo: converted (engine.fp8.keeps_fp8)
+            if dtype != _RUN_DTYPE_CODES.get(run_dtype) and not kept_fp8:
+                total += math.prod(dims) * wbytes
+    return total
 
 
 def _ram_total() -> int | None:
