@@ -185,25 +185,32 @@ class TextOutputCache:
     reused: int = 0  # images whose disk file was used
     remade: int = 0  # disk files that were there but not usable (other key, damaged)
     warnings: list[str] = field(default_factory=list)
+    _layout: tuple | None = field(default=None, init=False, repr=False)  # the rows' keys, as get returns them
 
     def __len__(self) -> int:
         return len(self.by_caption)
 
     def get(self, captions: list[str], device) -> tuple:
         """The batch of ``captions``: the tuple ``encode_text`` returns, each tensor
-        stacked and on ``device`` (None where it returned None)."""
+        stacked and on ``device`` (None where it returned None), copied from pinned memory
+        without blocking on CUDA (a plain ``.to`` would wait for the GPU's queue every step)."""
         import torch
 
+        from loratui.engine.training.fastpath import to_device
+
         rows = [self.by_caption[c] for c in captions]
-        n = int(rows[0]["_n"].item()) if "_n" in rows[0] else 2
+        if self._layout is None:  # every row has the same layout: read its lengths once
+            first = rows[0]
+            n = int(first["_n"].item()) if "_n" in first else 2
+            self._layout = tuple(
+                tuple(f"{k}.{j}" for j in range(int(first[f"_n{k}"].item()))) if f"_n{k}" in first else str(k)
+                for k in range(n)
+            )
 
         def stack(key: str):
-            return torch.stack([r[key] for r in rows]).to(device) if key in rows[0] else None
+            return to_device(torch.stack([r[key] for r in rows]), device) if key in rows[0] else None
 
-        return tuple(
-            tuple(stack(f"{k}.{j}") for j in range(int(rows[0][f"_n{k}"].item()))) if f"_n{k}" in rows[0] else stack(str(k))
-            for k in range(n)
-        )
+        return tuple(tuple(stack(k) for k in part) if isinstance(part, tuple) else stack(part) for part in self._layout)
 
 
 def _row(outs: tuple, i: int) -> dict:

@@ -45,6 +45,14 @@ def tiny_sdxl_dir(tmp_path_factory) -> Path:
     return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-sdxl") / "model", "sdxl")
 
 
+@pytest.fixture(scope="session")
+def tiny_flux_dir(tmp_path_factory) -> Path:
+    """A tiny FLUX.1-shaped diffusers folder (random weights), built once."""
+    from loratui.engine.tiny import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-flux") / "model", "flux")
+
+
 @pytest.fixture
 def synthetic_dataset(tmp_path) -> Path:
     """images/4_shapes with 6 captioned 64×64 PNGs."""

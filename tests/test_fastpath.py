@@ -82,6 +82,25 @@ def test_steady_state_steps_read_nothing_from_the_device_but_the_last_steps_numb
     assert all(math.isfinite(e.loss) and e.loss > 0 for e in steps)
 
 
+def test_a_flux_step_with_cached_text_outputs_reads_nothing_either(monkeypatch, tiny_flux_dir, data, tmp_path):
+    """The cached T5/CLIP outputs come to the device like the latents: pinned, without
+    blocking (a plain .to from pageable memory waits for the GPU's queue), their layout read once."""
+    monkeypatch.setattr(fp, "HOST_DECIDES", ())
+    counts, on_event = count_host_reads(monkeypatch, range(2, 7))
+    copies = collections.Counter()
+    real_to_device = fp.to_device
+    monkeypatch.setattr(fp, "to_device", lambda t, *a, **k: (copies.update([tuple(t.shape[1:])]), real_to_device(t, *a, **k))[1])
+    profile = tiny_profile(tiny_flux_dir, data, tmp_path / "out", optimization__max_train_steps=8,
+                           optimization__max_train_epochs=10, output__save_every_n_epochs=0,
+                           network__train_text_encoder=False, dataset__cache_text_encoder_outputs="memory",
+                           model__t5xxl_max_token_length=16)
+    result = run_training(profile, on_event, Control())
+    assert isinstance(result, Finished) and result.steps == 8, result
+    assert dict(counts) == {"tolist": 5}, counts
+    # each of the 8 steps: the latents, the T5 states (16 tokens) and CLIP's pooled output (FLUX's encode_text)
+    assert len(copies) == 3 and set(copies.values()) == {8} and any(s[:1] == (16,) and len(s) == 2 for s in copies), copies
+
+
 def _model_and_optimizer(kind: str):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)

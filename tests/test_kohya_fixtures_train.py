@@ -29,13 +29,6 @@ def data(tmp_path_factory):
     return write_synthetic_dataset(tmp_path_factory.mktemp("kohya-fixtures") / "images", {"1_toy": 2}, size=(64, 96))
 
 
-@pytest.fixture(scope="module")
-def tiny_flux_dir(tmp_path_factory):
-    from loratui.engine.tiny import save_tiny_pipeline
-
-    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-flux") / "model", "flux")
-
-
 def test_the_fixtures_are_here():
     # CI has ../shared; without it the parametrized test below would silently be empty
     assert len(FIXTURES) >= 8, SHARED_FIXTURES
