@@ -81,9 +81,12 @@ def load_mask(item: Any, dataset: Any, flip: bool):
 
 
 def batch_masks(profile: Any, items: list, flips: list[bool], device):
-    """(N, 1, H, W) masks of one batch on ``device``, or None when masked loss is off."""
+    """(N, 1, H, W) masks of one batch on ``device`` (pinned, non-blocking on CUDA, like the
+    latents), or None when masked loss is off."""
     import torch
+
+    from loratui.engine.training.fastpath import to_device
 
     if not profile.optimization.masked_loss:
         return None
-    return torch.stack([load_mask(it, profile.dataset, f) for it, f in zip(items, flips)]).unsqueeze(1).to(device)
+    return to_device(torch.stack([load_mask(it, profile.dataset, f) for it, f in zip(items, flips)]).unsqueeze(1), device)
