@@ -255,3 +255,13 @@ def test_ram_counts_a_separate_text_encoder_file_by_its_own_dtype(tmp_path):
     kept = 2 * sum(math.prod(s) for k, s in shapes.items() if len(s) == 1 or "shared" in k or ".wo." in k
                    or "relative_attention_bias" in k)
     assert abs(te_ram("F8_E4M3") - kept) < 1e6 and 2e9 < kept < 2.6e9  # embedding + wo: ~2.3 GB, not 9.5
+
+    # an all-in-one fp8 file (ComfyUI's flux1-dev-fp8): its text encoders by the same rule, from its header
+    t5_in = {f"text_encoders.t5xxl.transformer.{k}": v for k, v in shapes.items()}
+    whole = sparse_safetensors(tmp_path / "flux1-dev-fp8.safetensors", {
+        **t5_in, "text_encoders.clip_l.transformer.text_model.embeddings.token_embedding.weight": (49408, 768),
+        "double_blocks.0.img_attn.qkv.weight": (9216, 3072)}, "F8_E4M3")
+    p = load_profile(src, ["model.t5xxl=", "model.clip_l="])
+    aio = SimpleNamespace(format="safetensors", kind="file", path=whole, dtype="fp8", size_bytes=whole.stat().st_size)
+    in_ram = ram_figure(p, est.shape, est.counted, aio, 0).terms["text encoder weights (in RAM)"]
+    assert abs(in_ram - kept - 2 * 49408 * 768) < 1e6

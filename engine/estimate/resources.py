@@ -190,10 +190,9 @@ def ram_figure(profile, shape, counted, model_info, images: int) -> Figure:
 
     fam = get_family(shape.family)
     terms[f"{fam.denoiser_label} weights (in RAM)"] = max(den if converted else 0, pinned)
-    in_main = not mapped or file_dtype != shape.weight_dtype
-    te_ram = te * wbytes if in_main else 0
+    te_ram = te * wbytes if not mapped or file_dtype != shape.weight_dtype else 0
     if getattr(fam, "part_settings", None):
-        te_ram = _text_encoders_ram(profile, fam, counted, shape.weight_dtype, in_main)
+        te_ram = _text_encoders_ram(profile, fam, counted, shape.weight_dtype, model_info)
     if te_ram:
         terms["text encoder weights (in RAM)"] = te_ram
     terms["VAE (float32)"] = vae_params(shape) * 4
@@ -205,38 +204,53 @@ def ram_figure(profile, shape, counted, model_info, images: int) -> Figure:
 _RUN_DTYPE_CODES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
 
 
-def _text_encoders_ram(profile, fam, counted, run_dtype: str, in_main: bool) -> int:
-    """The SD3/FLUX text encoders' converted weights: a separate file (``model.t5xxl`` …) by
-    its own header -- tensors in the run's dtype stay views of it, so do an fp8 file's Linear
-    weights (``engine.flow_loading``); an encoder inside the main file is converted where that
-    file's weights are (``in_main``); a file not here yet counts as converted."""
+def _text_encoders_ram(profile, fam, counted, run_dtype: str, model_info) -> int:
+    """The SD3/FLUX text encoders' converted weights, by the headers of the files they come
+    from (a separate ``model.t5xxl`` … file, else the all-in-one base file): tensors in the
+    run's dtype stay views of the file, so do an fp8 file's Linear weights
+    (``engine.flow_loading``); the rest is converted. Where no header tells (a file not here
+    yet, a folder), an encoder counts as converted unless the base file is in the run's dtype."""
     from loratui.engine.modelfiles import _read_safetensors_header
 
+    def header(path) -> dict | None:
+        path = Path(path).expanduser() if path else None
+        if path is None or not path.is_file():
+            return None
+        hdr, _problem = _read_safetensors_header(path, path.stat().st_size)
+        return hdr.keys if hdr is not None else None
+
     wbytes = DTYPE_BYTES[run_dtype]
+    in_main = getattr(model_info, "format", None) == "ckpt" or getattr(model_info, "dtype", None) != run_dtype
+    main = None
+    if getattr(model_info, "format", None) == "safetensors" and getattr(model_info, "kind", "file") == "file":
+        main = header(getattr(model_info, "path", None))
     total = 0
     for i, spec in enumerate(fam.text_encoders):
         name = f"text_encoder{i + 1 if len(fam.text_encoders) > 1 else ''}"
         count = counted.params.get(name, {}).get("count", 0)
         value = str(getattr(profile.model, fam.part_settings.get(spec.label, ""), "") or "").strip()
-        if not value:
-            total += count * wbytes if in_main else 0
-            continue
-        path = Path(value).expanduser()
-        hdr = None
-        if path.is_file():
-            hdr, _problem = _read_safetensors_header(path, path.stat().st_size)
-        if hdr is None:
-            total += count * wbytes
-            continue
-        import transformers
+        if value:
+            tensors, fallback = header(value), count * wbytes
+        else:
+            tensors = {k: v for k, v in (main or {}).items() if k.startswith(tuple(spec.ldm_prefixes))} or None
+            fallback = count * wbytes if in_main else 0
+        total += fallback if tensors is None else _converted_bytes(tensors, spec, run_dtype)
+    return total
 
-        fp32_kept = set(getattr(getattr(transformers, spec.model_class), "_keep_in_fp32_modules", None) or ())
-        for key, (dtype, dims, _offsets) in hdr.keys.items():
-            kept_fp8 = (dtype.startswith("F8") and len(dims) == 2 and key.endswith(".weight")  # Linear weights
-                        and "embed" not in key and not key.endswith("shared.weight")  # embeddings: converted
-                        and not set(key.split(".")) & fp32_kept)  # T5's wo: converted (engine.fp8.keeps_fp8)
-            if dtype != _RUN_DTYPE_CODES.get(run_dtype) and not kept_fp8:
-                total += math.prod(dims) * wbytes
+
+def _converted_bytes(tensors: dict, spec, run_dtype: str) -> int:
+    """Bytes a text encoder's tensors (a header's name -> (dtype, shape, offsets)) take once
+    loaded for a run in ``run_dtype``, beyond the mapped file."""
+    import transformers
+
+    fp32_kept = set(getattr(getattr(transformers, spec.model_class), "_keep_in_fp32_modules", None) or ())
+    total = 0
+    for key, (dtype, dims, _offsets) in tensors.items():
+        kept_fp8 = (dtype.startswith("F8") and len(dims) == 2 and key.endswith(".weight")  # Linear weights
+                    and "embed" not in key and not key.endswith("shared.weight")  # embeddings: converted
+                    and not set(key.split(".")) & fp32_kept)  # T5's wo: converted (engine.fp8.keeps_fp8)
+        if dtype != _RUN_DTYPE_CODES.get(run_dtype) and not kept_fp8:
+            total += math.prod(dims) * DTYPE_BYTES[run_dtype]
     return total
 
 
