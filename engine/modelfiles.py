@@ -324,6 +324,10 @@ def _tensor_names_from_strings(strings: list[str]) -> set[str]:
     return {s for s in strings if ("." in s or s in ("v_pred", "ztsnr")) and " " not in s and len(s) < 300}
 
 
+# a safetensors header's dtype -> loratui's name for it
+SAFETENSORS_DTYPE_NAMES = {"F16": "fp16", "BF16": "bf16", "F32": "fp32", "F64": "fp64", "F8_E4M3": "fp8", "F8_E5M2": "fp8"}
+
+
 def _predominant_dtype(hdr: _Header) -> str | None:
     total: dict[str, int] = {}
     for dtype, _shape, (a, b) in hdr.keys.values():
@@ -331,7 +335,7 @@ def _predominant_dtype(hdr: _Header) -> str | None:
     if not total:
         return None
     top = max(total, key=total.__getitem__)
-    return {"F16": "fp16", "BF16": "bf16", "F32": "fp32", "F64": "fp64", "F8_E4M3": "fp8", "F8_E5M2": "fp8"}.get(top, top.lower())
+    return SAFETENSORS_DTYPE_NAMES.get(top, top.lower())
 
 
 

@@ -201,9 +201,6 @@ def ram_figure(profile, shape, counted, model_info, images: int) -> Figure:
     return Figure(sum(terms.values()), _ram_total(), terms)
 
 
-_RUN_DTYPE_CODES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
-
-
 def _text_encoders_ram(profile, fam, counted, run_dtype: str, model_info) -> int:
     """The SD3/FLUX text encoders' converted weights, by the headers of the files they come
     from (a separate ``model.t5xxl`` … file, else the all-in-one base file): tensors in the
@@ -243,13 +240,15 @@ def _converted_bytes(tensors: dict, spec, run_dtype: str) -> int:
     loaded for a run in ``run_dtype``, beyond the mapped file."""
     import transformers
 
+    from loratui.engine.modelfiles import SAFETENSORS_DTYPE_NAMES
+
     fp32_kept = set(getattr(getattr(transformers, spec.model_class), "_keep_in_fp32_modules", None) or ())
     total = 0
     for key, (dtype, dims, _offsets) in tensors.items():
         kept_fp8 = (dtype.startswith("F8") and len(dims) == 2 and key.endswith(".weight")  # Linear weights
                     and "embed" not in key and not key.endswith("shared.weight")  # embeddings: converted
                     and not set(key.split(".")) & fp32_kept)  # T5's wo: converted (engine.fp8.keeps_fp8)
-        if dtype != _RUN_DTYPE_CODES.get(run_dtype) and not kept_fp8:
+        if SAFETENSORS_DTYPE_NAMES.get(dtype) != run_dtype and not kept_fp8:
             total += math.prod(dims) * DTYPE_BYTES[run_dtype]
     return total
 
