@@ -133,7 +133,7 @@ def test_a_non_finite_step_changes_neither_weights_nor_optimizer_state(kind, on_
     w0, s0 = _snapshot(params, opt)
     loss = _backward(model, float("nan"))
     grads = [p.grad for p in params]
-    fp.poison_if_not_finite(grads, loss.detach())
+    fp.poison_if_not_finite(grads, loss.detach(), on_host)
     norm = fp.total_norm(grads)
     assert not torch.isfinite(norm)
     fp.guarded_step(opt, norm, on_host)
@@ -148,7 +148,7 @@ def test_a_non_finite_step_changes_neither_weights_nor_optimizer_state(kind, on_
     ref_opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # not sharing the state tensors
     _backward(model)
     _backward(ref_model)
-    fp.poison_if_not_finite([p.grad for p in params], torch.tensor(1.0))
+    fp.poison_if_not_finite([p.grad for p in params], torch.tensor(1.0), on_host)
     fp.guarded_step(opt, fp.total_norm([p.grad for p in params]), on_host)
     ref_opt.step()
     assert all(torch.equal(a, b) for a, b in zip(params, ref_params))
@@ -163,12 +163,13 @@ def test_the_first_step_without_optimizer_state_is_decided_on_the_host():
     assert all(torch.equal(a, b) for a, b in zip(w0, params)) and not opt.state
 
 
-def test_a_finite_loss_leaves_the_gradients_bit_for_bit():
+@pytest.mark.parametrize("on_host", [False, None])  # False: the CUDA way (no read of the loss); None: the CPU's
+def test_a_finite_loss_leaves_the_gradients_bit_for_bit(on_host):
     g = torch.randn(5, 3)
     before = g.clone()
-    fp.poison_if_not_finite([g], torch.tensor(0.25))
+    fp.poison_if_not_finite([g], torch.tensor(0.25), on_host)
     assert torch.equal(g, before)
-    fp.poison_if_not_finite([g], torch.tensor(float("nan")))
+    fp.poison_if_not_finite([g], torch.tensor(float("nan")), on_host)
     assert not torch.isfinite(g).any()
 
 
@@ -260,3 +261,64 @@ def test_a_compiled_unet_trains_exactly_as_the_eager_one(tiny_sd1_dir, data, tmp
             assert not [e for e in events if isinstance(e, WarningEvent) and "recompiles" in e.message]
     assert results[True].keys() == results[False].keys()
     assert all(torch.equal(results[True][k], results[False][k]) for k in results[True])
+
+
+def _grads_after(backward_and_clip):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    loss = model(torch.full((2, 4), 3.0)).pow(2).mean()
+    norm = backward_and_clip(loss, list(model.parameters()), opt)
+    return norm, [p.grad.clone() for p in model.parameters()]
+
+
+def test_the_engines_backward_and_clipping_do_what_accelerates_do():
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=True)
+
+    def theirs(loss, params, opt):
+        acc.backward(loss)
+        return acc.clip_grad_norm_(params, 0.5)
+
+    def ours(loss, params, opt):
+        fp.backward(acc, loss)
+        return fp.clip_grad_norm(acc, params, 0.5)
+
+    (n1, g1), (n2, g2) = _grads_after(theirs), _grads_after(ours)
+    assert n1.item() > 0.5  # clipping did something
+    assert torch.allclose(n1, n2) and all(torch.allclose(a, b) for a, b in zip(g1, g2))
+
+
+def test_with_a_grad_scaler_the_gradients_are_scaled_then_unscaled_before_the_norm():
+    class Amp:  # the part of accelerate's Accelerator an fp16 run uses
+        def __init__(self):
+            self.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+            self.opt = None
+
+        def unscale_gradients(self):
+            self.scaler.unscale_(self.opt)
+
+    amp = Amp()
+
+    def scaled(loss, params, opt):
+        amp.opt = opt
+        fp.backward(amp, loss)
+        scaled.raw = [p.grad.clone() for p in params]
+        return fp.clip_grad_norm(amp, params, 1e9)  # no clipping: the unscaled gradients
+
+    def plain(loss, params, opt):
+        loss.backward()
+        return torch.nn.utils.clip_grad_norm_(params, 1e9)
+
+    (n1, g1), (n2, g2) = _grads_after(scaled), _grads_after(plain)
+    assert all(torch.allclose(r, 1024.0 * g) for r, g in zip(scaled.raw, g2))
+    assert torch.allclose(n1, n2) and all(torch.allclose(a, b) for a, b in zip(g1, g2))
+
+
+def test_the_total_norm_without_torch_2_6s_get_total_norm(monkeypatch):
+    grads = [torch.randn(5, 3), torch.randn(7)]
+    expected = torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))
+    assert torch.allclose(fp.total_norm(grads), expected)
+    monkeypatch.delattr(torch.nn.utils, "get_total_norm")  # torch 2.4 / 2.5 (pyproject allows them)
+    assert torch.allclose(fp.total_norm(grads), expected)

@@ -83,6 +83,7 @@ def _warm_up(objective, source, shape, unet) -> None:
     """One forward and backward of the training loss at ``shape``, on zero latents."""
     import torch
 
+    from loratui.engine.training import fastpath as fp
     from loratui.engine.training.batches import Batch
 
     n, h, w = shape
@@ -90,7 +91,7 @@ def _warm_up(objective, source, shape, unet) -> None:
     latents = torch.zeros((n, unet.config.in_channels, h, w), device=objective.device, dtype=objective.weight_dtype)
     crops = [((h * 8, w * 8), (0, 0), (h * 8, w * 8))] * n
     loss = objective.loss(Batch(items, latents, crops, [""] * n))
-    objective.accelerator.backward(loss)
+    fp.backward(objective.accelerator, loss)
 
 
 def _raise_recompile_limit(n: int) -> None:

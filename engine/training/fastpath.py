@@ -14,17 +14,26 @@ synchronisation, and the per-run speed settings.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 
-def poison_if_not_finite(grads: list, loss) -> None:
+def poison_if_not_finite(grads: list, loss, on_host: bool | None = None) -> None:
     """Add +inf to one gradient element when ``loss`` is not finite (0 otherwise,
     which changes nothing), so that the gradient check that follows skips the
-    step — on the device, without reading the loss."""
+    step — on the device, without reading the loss. On the CPU (``on_host`` None:
+    decided by where ``loss`` lives, ``HOST_DECIDES``) the loss is read instead:
+    one read costs less there than the ops that avoid it."""
     import torch
 
     if loss is None or not grads:
+        return
+    if on_host is None:
+        on_host = loss.device.type in HOST_DECIDES
+    if on_host:
+        if not math.isfinite(loss.item()):
+            grads[0].add_(float("inf"))
         return
     bad = torch.where(torch.isfinite(loss), loss.new_zeros(()), loss.new_full((), float("inf")))
     grads[0].add_(bad.to(grads[0].dtype))  # x + 0 == x: a finite step is unchanged
@@ -36,7 +45,31 @@ def total_norm(grads: list):
 
     if not grads:
         return None
-    return torch.nn.utils.get_total_norm(grads)
+    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+    if get_total_norm is not None:
+        return get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def clip_grad_norm(accelerator, params: list, max_norm: float):
+    """The gradients' global L2 norm before clipping (a 0-dim tensor, no sync),
+    clipped to ``max_norm``; fp16's gradients are unscaled first. What
+    ``Accelerator.clip_grad_norm_`` does for a single-process or data-parallel
+    run (the engine's own all-reduce), without its per-parameter DTensor
+    grouping and the second norm, over the groups, that it adds."""
+    import torch
+
+    if accelerator.scaler is not None:
+        accelerator.unscale_gradients()
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+def backward(accelerator, loss) -> None:
+    """``loss.backward()``, scaled by the run's fp16 grad scaler where it has one:
+    ``Accelerator.backward`` for the engine's runs (it accumulates gradients itself:
+    no division by accelerate's own accumulation steps, which are 1)."""
+    scaler = accelerator.scaler
+    (loss if scaler is None else scaler.scale(loss)).backward()
 
 
 def found_inf_of(norm):
@@ -76,6 +109,12 @@ def guarded_step(optimizer, norm, on_host: bool | None = None) -> None:
     if norm is None:
         optimizer.step()
         return
+    if on_host is None:
+        on_host = norm.device.type in HOST_DECIDES
+    if on_host:
+        if math.isfinite(norm.item()):
+            optimizer.step()
+        return
     found = found_inf_of(norm)
     inner = inner_optimizer(optimizer)
     if supports_found_inf(inner):
@@ -85,10 +124,8 @@ def guarded_step(optimizer, norm, on_host: bool | None = None) -> None:
         finally:
             del inner.grad_scale, inner.found_inf
         return
-    if on_host is None:
-        on_host = found.device.type in HOST_DECIDES
     params = [p for g in inner.param_groups for p in g["params"] if p.grad is not None]
-    if on_host or not params or any(p not in inner.state or not inner.state[p] for p in params):
+    if not params or any(p not in inner.state or not inner.state[p] for p in params):
         if not bool(found):  # first step: no state to put back yet; the one host read of a run
             optimizer.step()
         return

@@ -20,6 +20,7 @@ from typing import Any
 
 from loratui.engine.schema import Profile
 from loratui.engine.training import chunked, losses
+from loratui.engine.training import fastpath as fp
 from loratui.engine.training import noise as noise_options
 from loratui.engine.training.fastpath import fast_copies
 from loratui.engine.training.paths import TrainingError
@@ -132,8 +133,10 @@ class Accumulator:
         loss = objective.loss(batch)
         if batch.global_n:  # a data-parallel shard: its share of the global batch's mean (summed across processes)
             loss = loss * batch.weight
-        objective.accelerator.backward(loss / ga)
-        part = loss.detach().float() / ga
+        if ga > 1:
+            loss = loss / ga
+        fp.backward(objective.accelerator, loss)
+        part = loss.detach().float()
         self.loss = part if self.loss is None else self.loss + part
         del loss
         self.micro += 1
@@ -179,21 +182,20 @@ class OptimizerStep:
     def apply(self, acc: Accumulator, step: int, epoch: int, last_saved: str) -> list[StepResult]:
         """Queue the update of step ``step + 1`` from the accumulated gradients;
         return the results of the earlier steps now known."""
-        from loratui.engine.training import fastpath as fp
-
         opt, scaler = self.profile.optimization, self.accelerator.scaler
         if self.world is not None and self.world.enabled:  # data-parallel: every process's share, summed
             acc.loss = self.world.reduce_gradients(self.params, acc.loss)
         grads = [p.grad for p in self.params if p.grad is not None]
         fp.poison_if_not_finite(grads, acc.loss)  # a non-finite loss makes non-finite gradients: never applied
         if opt.max_grad_norm:
-            norm = self.accelerator.clip_grad_norm_(self.params, opt.max_grad_norm)
+            norm = fp.clip_grad_norm(self.accelerator, self.params, opt.max_grad_norm)
         elif scaler is None:
             norm = fp.total_norm(grads)
         else:
             norm = None  # the scaler finds inf gradients itself
+        inner = fp.inner_optimizer(self.optimizer)  # accelerate's wrapper adds per-step package lookups, nothing we use
         if scaler is None:
-            fp.guarded_step(self.optimizer, norm)  # skipped on the device when the norm is not finite
+            fp.guarded_step(inner, norm)  # skipped on the device when the norm is not finite
         else:  # fp16: inf gradients are normal; the scaler skips the step and lowers its scale
             self.optimizer.step()
         if self.profile.network.scale_weight_norms and self.network is not None:
@@ -201,7 +203,7 @@ class OptimizerStep:
 
             self.norms = apply_max_norm(self.network, self.profile.network.scale_weight_norms)
         self.lr_scheduler.step()  # the schedule stays on the plan, skipped step or not
-        self.optimizer.zero_grad(set_to_none=True)
+        inner.zero_grad(set_to_none=True)
         self.pending.append(fp.PendingStats.record(step + 1, epoch, acc.loss, norm, self.lr_scheduler.get_last_lr()[0]))
         acc.loss = None
         # CUDA: step k's numbers are read once step k+1 is queued (the GPU never waits for the host);
