@@ -322,3 +322,30 @@ def test_the_total_norm_without_torch_2_6s_get_total_norm(monkeypatch):
     assert torch.allclose(fp.total_norm(grads), expected)
     monkeypatch.delattr(torch.nn.utils, "get_total_norm")  # torch 2.4 / 2.5 (pyproject allows them)
     assert torch.allclose(fp.total_norm(grads), expected)
+
+
+def test_masked_loss_masks_come_to_the_device_like_the_latents(monkeypatch, tiny_sd1_dir, tmp_path):
+    """Each step's masks go through to_device (pinned, non-blocking on CUDA), and a masked
+    step reads nothing more from the device than a plain one."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "img" / "2_toy"
+    folder.mkdir(parents=True)
+    for i in range(4):
+        arr = np.random.default_rng(i).integers(0, 255, (64, 64, 4), dtype=np.uint8)
+        arr[:, 32:, 3] = 0  # the right half masked out
+        Image.fromarray(arr, "RGBA").save(folder / f"img{i}.png")
+        (folder / f"img{i}.txt").write_text("toy")
+    monkeypatch.setattr(fp, "HOST_DECIDES", ())
+    counts, on_event = count_host_reads(monkeypatch, range(2, 7))
+    copies = collections.Counter()
+    real_to_device = fp.to_device
+    monkeypatch.setattr(fp, "to_device", lambda t, *a, **k: (copies.update([tuple(t.shape[1:])]), real_to_device(t, *a, **k))[1])
+    profile = tiny_profile(tiny_sd1_dir, tmp_path / "img", tmp_path / "out", optimization__max_train_steps=8,
+                           optimization__max_train_epochs=10, output__save_every_n_epochs=0,
+                           optimization__masked_loss=True, dataset__alpha_mask=True)
+    result = run_training(profile, on_event, Control())
+    assert isinstance(result, Finished) and result.steps == 8, result
+    assert dict(counts) == {"tolist": 5}, counts
+    assert copies[(1, 64, 64)] == 8, copies  # one (N, 1, H, W) mask batch per step
