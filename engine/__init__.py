@@ -1,6 +1,11 @@
 """loratui's training engine: a library with no UI (never imports textual or rich)."""
 
 import logging as _logging
+import os as _os
+
+# CUDA numbers GPUs fastest first by default; nvidia-smi, NVML and the users' gpu_ids
+# (compute.gpu_ids, CUDA_VISIBLE_DEVICES) by PCI bus. Set before CUDA starts, so the two agree.
+_os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
 
 # bitsandbytes warns at import time on CPUs about an optional Hub kernel it
 # cannot fetch; that is noise to our users (we never use its 4-bit CPU path).

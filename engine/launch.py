@@ -182,6 +182,7 @@ def launch(profile: Profile, *, resume: str | None = None, overwrite: bool = Fal
     log_path = folder / "launch.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{WORKER_ENV: str(folder)})
     env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")  # a dead peer ends NCCL collectives instead of hanging
+    env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # compute.gpu_ids as nvidia-smi numbers them (engine/__init__.py)
     cmd = launch_command(profile, profile_path, resume=resume, overwrite=overwrite, port=port_for(profile))
     with open(log_path, "ab") as log:
         log.write(f"--- {time.ctime()} {' '.join(cmd)}\n".encode())

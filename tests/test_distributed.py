@@ -308,3 +308,46 @@ def test_more_processes_or_gpu_ids_than_the_machine_has_gpus_stop_the_run_with_t
     (p,) = compute_problems(ids, gpu_count=2)
     assert p.key == "compute.gpu_ids" and "names GPU 3, but this machine has 2 (0 to 1)" in str(p)
     assert compute_problems(ids, gpu_count=4) == []
+
+
+def test_cuda_visible_devices_counts_as_the_gpus_a_run_may_use(monkeypatch):
+    from loratui.engine.schema import profile_from_dict
+    from loratui.engine.training.prepare import compute_problems
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # 8 GPUs, 2 left to this shell
+    four = profile_from_dict({"compute": {"processes": 4}})
+    (p,) = compute_problems(four, gpu_count=8)
+    assert p.key == "compute.processes" and "CUDA_VISIBLE_DEVICES=0,1 leaves 2 GPU(s)" in str(p), str(p)
+    # named GPUs: the launcher gives them to the processes itself
+    assert compute_problems(profile_from_dict({"compute": {"processes": 4, "gpu_ids": "2,3,4,5"}}), gpu_count=8) == []
+    one = profile_from_dict({"compute": {"gpu_ids": "5"}})
+    (p,) = compute_problems(one, gpu_count=8)
+    assert p.key == "compute.gpu_ids" and "GPU 5 is hidden from this process (CUDA_VISIBLE_DEVICES=0,1)" in str(p), str(p)
+    assert compute_problems(profile_from_dict({"compute": {"gpu_ids": "1"}}), gpu_count=8) == []
+
+
+def test_a_one_process_run_trains_on_the_gpu_its_gpu_ids_names(monkeypatch):
+    """pick_device makes that GPU the thread's current one ("cuda" then means it), counted
+    within CUDA_VISIBLE_DEVICES where that is set; the engine numbers GPUs as nvidia-smi does."""
+    import os
+
+    import torch
+
+    from loratui.engine.schema import profile_from_dict
+    from loratui.engine.training.paths import TrainingError
+    from loratui.engine.training.setup import pick_device
+
+    assert os.environ["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # set by importing the engine (unless the user set it)
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    one = profile_from_dict({"compute": {"gpu_ids": "3"}})
+    assert pick_device(one) == "cuda" and chosen == [3]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert pick_device(one) == "cuda" and chosen == [3, 1]
+    assert pick_device(profile_from_dict({})) == "cuda" and chosen == [3, 1]  # no gpu_ids: the current device
+    assert pick_device(profile_from_dict({"compute": {"processes": 2, "gpu_ids": "2,3"}})) == "cuda"  # the launcher's
+    assert chosen == [3, 1]
+    with pytest.raises(TrainingError, match=r"GPU 5 is hidden from this process \(CUDA_VISIBLE_DEVICES=2,3\)"):
+        pick_device(profile_from_dict({"compute": {"gpu_ids": "5"}}))

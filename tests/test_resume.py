@@ -362,3 +362,33 @@ def test_a_state_a_kill_left_moved_aside_is_put_back_and_resumed(stopped, tiny_s
     assert any(f"removed 1 leftover(s) of an interrupted save in {stopped} ({half.name})" in w for w in warnings)
     assert steps_of(events) == [4, 5, 6, 7, 8]
     assert not aside.exists() and not half.exists()
+
+
+def test_a_state_saved_on_a_gpu_resumes_on_the_cpu_with_a_warning(stopped, tiny_sd1_dir, data):
+    """A CUDA generator's state (16 bytes: Philox seed and offset) does not fit the CPU's
+    (5056 bytes): the run goes on, its draws from the seed, and says so."""
+    state = stopped / "tiny-state-step00000003"
+    tr = torch.load(state / "training.pt", weights_only=True)
+    tr["gen"] = torch.zeros(16, dtype=torch.uint8)
+    torch.save(tr, state / "training.pt")
+    result, events = train(make_profile(tiny_sd1_dir, data, stopped), resume=str(state))
+    assert isinstance(result, Finished) and not result.stopped_early, result
+    assert steps_of(events) == [4, 5, 6, 7, 8]
+    warned = [e.message for e in events if isinstance(e, WarningEvent)]
+    assert any("tiny-state-step00000003 was saved on another kind of device" in m for m in warned), warned
+
+
+def test_the_cuda_rng_is_restored_for_this_processs_device_only(monkeypatch):
+    """States keep this device's CUDA RNG; older ones kept one per GPU then visible, and a
+    resume may see fewer (4 GPUs saved, 1 now): the current device's entry, or none."""
+    from loratui.engine.training.checkpoint import restore_cuda_rng
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device="cuda": restored.append(int(s[0])))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    restore_cuda_rng(torch.tensor([7], dtype=torch.uint8))
+    restore_cuda_rng([torch.tensor([i], dtype=torch.uint8) for i in range(4)])  # saved by 4 GPUs: this one's
+    restore_cuda_rng([torch.tensor([0], dtype=torch.uint8)])  # saved by one GPU: none for device 1
+    restore_cuda_rng(None)
+    assert restored == [7, 1]

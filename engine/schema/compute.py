@@ -37,7 +37,7 @@ class ComputeSettings(_Section):
         kohya="main_process_port", sd_scripts=None, ge=0, le=65535, advanced=True, label="Main process port",
     )
     gpu_ids: str = setting(
-        "", "The GPUs to use, e.g. 0,1 (CUDA numbering). Empty: the first `processes` GPUs.",
+        "", "The GPUs to use, e.g. 0,1, numbered as nvidia-smi lists them. Empty: the first `processes` GPUs.",
         kohya="gpu_ids", sd_scripts=None, advanced=True, label="GPU ids",
     )
     timeout_minutes: int = setting(

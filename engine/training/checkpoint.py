@@ -129,7 +129,8 @@ class Checkpointer:
             "scheduler": self.lr_scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            # this process's device only: a resume may see fewer GPUs, or another one
+            "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
             "gen": self.generator.get_state(),
             "caption_rng": self.source.rng_state(),
         }
@@ -157,10 +158,13 @@ class Checkpointer:
         if tr.get("scaler") is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(tr["scaler"])
         torch.set_rng_state(tr["torch_rng"])
-        self.generator.set_state(tr["gen"])
+        if tr["gen"].numel() == self.generator.get_state().numel():
+            self.generator.set_state(tr["gen"])
+        else:  # saved on a GPU, resumed on the CPU or the other way round: their generators differ
+            self.ctx.warn(f"{state.folder.name} was saved on another kind of device: the noise and timesteps "
+                          f"go on from the seed ({self.profile.optimization.seed}), not from where the run was")
         self.source.restore_rng(tr["caption_rng"])
-        if tr.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(tr["cuda_rng"])
+        restore_cuda_rng(tr.get("cuda_rng"))
         self.ctx.last_saved = str(state.extra.get("last_saved") or "")
         self.ctx.last_state = str(state.folder)
         self.ctx.emit(
@@ -228,3 +232,18 @@ class Checkpointer:
                     "make the folder writable again: the files saved before are intact" + self.resume_hint(),
                 ) from None
             raise
+
+
+def restore_cuda_rng(saved) -> None:
+    """The CUDA RNG of this process's device, as saved (one state; older states kept
+    a list, one per GPU then visible: the current device's entry, where it has one)."""
+    import torch
+
+    if saved is None or not torch.cuda.is_available():
+        return
+    if isinstance(saved, (list, tuple)):
+        i = torch.cuda.current_device()
+        if i >= len(saved):
+            return
+        saved = saved[i]
+    torch.cuda.set_rng_state(saved)

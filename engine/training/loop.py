@@ -94,7 +94,7 @@ def start(ctx: RunContext, *, overwrite: bool, resume: str | None):
     for w in prepared.warnings:
         ctx.warn(w)
     ctx.emit(LogEvent(message="importing torch"))
-    device = pick_device()
+    device = pick_device(ctx.profile)  # compute.gpu_ids of a one-process run: that GPU
     ctx.emit(RunPlanned(report=prepared.report, plan=prepared.plan, output_dir=o.output_dir, output_name=o.output_name,
                         device=describe_device(device), gpus=run_gpus(ctx.profile, device)))
     if prepared.problems:

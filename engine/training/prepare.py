@@ -295,11 +295,22 @@ def compute_problems(profile: Profile, gpu_count: int | None = None) -> list[Pro
         gpu_count = len(mon.sample()) if mon.available else 0
     if not gpu_count:
         return []
+    from loratui.engine.training.setup import visible_gpus
+
     out = []
+    visible = visible_gpus()  # CUDA_VISIBLE_DEVICES: what this process may use
     ids = c.gpu_list() if c.gpu_ids.replace(" ", "").replace(",", "").isdigit() else []
     if ids and max(ids) >= gpu_count:
         out.append(error("compute.gpu_ids", f"{c.gpu_ids!r} names GPU {max(ids)}, but this machine has {gpu_count} (0 to {gpu_count - 1})",
                          "name GPUs this machine has (nvidia-smi lists them)"))
+    elif ids and c.world_size == 1 and visible is not None and ids[0] not in visible:
+        shown = ",".join(map(str, visible))
+        out.append(error("compute.gpu_ids", f"{c.gpu_ids!r}: GPU {ids[0]} is hidden from this process (CUDA_VISIBLE_DEVICES={shown})",
+                         "name a GPU CUDA_VISIBLE_DEVICES lists, or unset CUDA_VISIBLE_DEVICES"))
+    elif not ids and visible is not None and c.processes > len(visible):
+        shown = ",".join(map(str, visible))
+        out.append(error("compute.processes", f"{c.processes} processes, but CUDA_VISIBLE_DEVICES={shown} leaves {len(visible)} GPU(s)",
+                         f"use at most {len(visible)}, name the GPUs in compute.gpu_ids, or unset CUDA_VISIBLE_DEVICES"))
     elif c.processes > gpu_count:
         out.append(error("compute.processes", f"{c.processes} processes, but this machine has {gpu_count} GPU(s)",
                          f"use at most {gpu_count} (one process per GPU)"))

@@ -13,12 +13,39 @@ from loratui.engine.training.paths import TrainingError
 # --------------------------------------------------------------------------- device / precision
 
 
-def pick_device() -> str:
+def pick_device(profile: Profile | None = None) -> str:
+    """"cuda" where there is a GPU, else "cpu". A one-process run with
+    ``compute.gpu_ids`` trains on the GPU it names (nvidia-smi's numbering):
+    made this thread's current device, which "cuda" means from then on."""
     import torch
 
-    if torch.cuda.is_available():
-        return "cuda"
-    return "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    ids = profile.compute.gpu_list() if profile is not None and profile.compute.world_size == 1 else []
+    if ids:
+        torch.cuda.set_device(cuda_index(ids[0]))
+    return "cuda"
+
+
+def visible_gpus() -> list[int] | None:
+    """The GPUs ``CUDA_VISIBLE_DEVICES`` leaves to this process, by number (None: not set, all)."""
+    import os
+
+    raw = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if raw is None or not raw.strip():
+        return None
+    return [int(v) for v in raw.split(",") if v.strip().isdigit()]
+
+
+def cuda_index(gpu: int) -> int:
+    """The CUDA index, in this process, of GPU number ``gpu`` (its number in nvidia-smi)."""
+    visible = visible_gpus()
+    if visible is None:
+        return gpu
+    if gpu not in visible:
+        raise TrainingError(f"compute.gpu_ids: GPU {gpu} is hidden from this process (CUDA_VISIBLE_DEVICES={','.join(map(str, visible))})",
+                            "name a GPU CUDA_VISIBLE_DEVICES lists, or unset CUDA_VISIBLE_DEVICES")
+    return visible.index(gpu)
 
 
 def describe_device(device: str) -> str:
