@@ -133,27 +133,57 @@ class BlockSwap:
     def _wrap(self, i: int, forward):
         import torch
 
-        def pack(t):
-            j = self.owner.get(id(t))
-            return ("loratui-swapped", j, t) if j is not None and self.by_id[id(t)] is t else t
-
-        def unpack(obj):
-            if isinstance(obj, tuple) and len(obj) == 3 and obj[0] == "loratui-swapped":
-                _, j, p = obj
-                self.use(j, j - 1)
-                return p
-            return obj
-
         def swapped_forward(*args, **kwargs):
-            self.use(i, i + 1)
+            self.use(i, i - 1 if _in_backward() else i + 1)
             try:
-                with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+                if _saved_tensors_hooked():  # a checkpoint around the block: it keeps nothing, recomputes
+                    return forward(*args, **kwargs)
+                with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
                     return forward(*args, **kwargs)
             finally:
                 if not _in_backward():  # out until the backward pass asks for it (a recompute keeps it)
                     self._evict(i)
 
         return swapped_forward
+
+    def _pack(self, t):
+        """A saved swapped weight, or a view of one (``F.linear`` saves ``weight.t()``), as
+        which weight and where in it: the backward pass brings the block back for it."""
+        base = t if t._base is None else t._base
+        j = self.owner.get(id(base))
+        if j is None or self.by_id[id(base)] is not base:
+            return t
+        if base is t:
+            return (_SWAPPED, j, base, None)
+        return (_SWAPPED, j, base, (t.size(), t.stride(), t.storage_offset() - base.storage_offset()))
+
+    def _unpack(self, obj):
+        if not (isinstance(obj, tuple) and len(obj) == 4 and obj[0] is _SWAPPED):
+            return obj
+        _, j, p, view = obj
+        self.use(j, j - 1)
+        if view is None:
+            return p
+        size, stride, offset = view
+        return p.as_strided(size, stride, p.storage_offset() + offset)
+
+
+_SWAPPED = object()  # marks what _pack kept instead of a swapped weight
+
+
+def _saved_tensors_hooked() -> bool:
+    """Whether saved-tensor hooks are already on: a (non-reentrant) checkpoint around the block
+    keeps no tensor of it and recomputes it in the backward pass; hooks of ours inside would
+    hide its own, and it would keep every activation."""
+    import torch
+
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    if top is None:
+        return False
+    try:
+        return top(True) is not None  # ignore_is_tracing
+    except TypeError:
+        return top() is not None
 
 
 def _in_backward() -> bool:
