@@ -215,11 +215,15 @@ def _offloaded(forward):
         devices = [t.device if isinstance(t, torch.Tensor) else None for t in leaves]
         on_cpu = [t.to("cpu") if isinstance(t, torch.Tensor) else t for t in leaves]
 
-        def inner(*flat):
+        def inner(_anchor, *flat):
             back = [t.to(d, non_blocking=True) if d is not None else t for t, d in zip(flat, devices)]
             a, kw = tree_unflatten(back, spec)
             return forward(*a, **kw)
 
-        return checkpoint(inner, *on_cpu, use_reentrant=False)
+        # checkpoint keeps the RNG state of the devices its arguments are on: an empty tensor on the
+        # block's device, so a recompute draws the same dropout masks there as the forward did
+        on_device = next((t for t in leaves if isinstance(t, torch.Tensor) and t.device.type != "cpu"), None)
+        anchor = on_device.new_empty(0) if on_device is not None else None
+        return checkpoint(inner, anchor, *on_cpu, use_reentrant=False)
 
     return run

@@ -33,6 +33,8 @@ def is_oom(exc: BaseException) -> bool:
     if type(exc).__name__ == "OutOfMemoryError":
         return True
     text = str(exc).lower()
+    if "cublas_status_alloc_failed" in text:  # a full card at the first matmul (cuBLAS's own workspace)
+        return True
     return "out of memory" in text and ("cuda" in text or "gpu" in text or "mps" in text or "hip" in text)
 
 
@@ -101,8 +103,9 @@ def _gpu_figures() -> str:
     try:
         if torch is None or not torch.cuda.is_available():
             return ""
-        total = torch.cuda.get_device_properties(0).total_memory
-        peak = torch.cuda.max_memory_allocated()
+        d = torch.cuda.current_device()  # this process's card (a data-parallel rank's own)
+        total = torch.cuda.get_device_properties(d).total_memory
+        peak = torch.cuda.max_memory_allocated(d)
         return f" GPU: {peak / 2**30:.1f} GB used at the peak of {total / 2**30:.1f} GB."
     except Exception:  # noqa: BLE001
         return ""

@@ -91,7 +91,7 @@ def load_components(ms, *, device="cpu", dtype=None, on_progress: Callable[[str]
             if info.vae is not None:
                 _progress(on_progress, f"Loading VAE {info.vae.spec}")
                 vae = _load_separate_vae(info.vae, vae, on_progress)
-    except (ModelLoadError, torch.OutOfMemoryError):
+    except (ModelLoadError, torch.cuda.OutOfMemoryError):  # (torch.OutOfMemoryError: torch >= 2.5)
         raise
     except MemoryError:
         raise ModelLoadError(

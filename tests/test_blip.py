@@ -97,3 +97,18 @@ def test_blip_from_the_hub_cache_offline(blip_dir, images, tmp_path, monkeypatch
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     s = run_captioner(_settings("loratui-test/tiny-blip", max_length=6), images)
     assert not s.error and s.written == 3
+
+
+def test_a_card_too_full_for_the_captioner_is_said_as_such(blip_dir, images, monkeypatch):
+    import torch
+    from transformers import BlipForConditionalGeneration
+
+    def full(self, *a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    monkeypatch.setattr(BlipForConditionalGeneration, "to", full)
+    events = []
+    s = run_captioner(_settings(blip_dir), images, on_event=events.append)
+    assert isinstance(events[-1], Failed) and s.error and not list(images.glob("*.txt"))
+    assert "not enough GPU memory to load it" in events[-1].message, events[-1].message
+    assert "set device to cpu" in events[-1].hint and "bug" not in events[-1].hint

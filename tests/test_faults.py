@@ -423,3 +423,11 @@ def test_oom_hint_for_a_flux_run_names_block_swap_and_what_fit_would_change(tmp_
     quote = hint.split("Estimated before the run: ~", 1)[1]
     assert "of the card's 12 GB" in quote and "to fit it, change: " in quote and "`loratui fit PROFILE" in quote
     assert "optimization.blocks_to_swap 0 →" in quote.split("to fit it, change: ", 1)[1]
+
+
+def test_cublas_failing_to_allocate_its_workspace_counts_as_out_of_gpu_memory():
+    from loratui.engine.errors import is_oom
+
+    assert is_oom(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
+    assert is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not is_oom(RuntimeError("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasSgemm( handle`"))

@@ -161,3 +161,25 @@ def test_text_encoders_too_big_for_the_card_cache_with_their_layers_visiting_it(
     ids = torch.zeros(1, 77, dtype=torch.long)
     with torch.no_grad():  # it still encodes as it did
         assert torch.isfinite(te(ids).last_hidden_state).all()
+
+
+def test_only_as_many_text_encoders_visit_the_card_in_turn_as_its_free_memory_needs(monkeypatch):
+    """T5 swapped layer by layer makes room enough: CLIP goes onto the card whole."""
+    from loratui.engine.text_cache import ENCODE_MARGIN
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, width, n):
+            super().__init__()
+            self.layers = torch.nn.ModuleList(torch.nn.Linear(width, width) for _ in range(n))
+
+    t5, clip = Encoder(256, 4).requires_grad_(False), Encoder(64, 2).requires_grad_(False)  # frozen, as they cache
+    sizes = [memory.module_bytes(t5), memory.module_bytes(clip)]
+    layer = memory.module_bytes(t5.layers[0])
+    free = sum(sizes) + ENCODE_MARGIN - layer  # one T5 layer too many for the card
+    monkeypatch.setattr(memory, "free_memory", lambda device: free)
+    logs: list = []
+    swaps = memory.encoders_onto([clip, t5], ["CLIP-L", "T5-XXL"], "cpu", logs.append)
+    assert len(swaps) == 1 and swaps[0].blocks == list(t5.layers), logs
+    assert logs and "T5-XXL's 4 layers visiting cpu in turn" in logs[0] and "CLIP" not in logs[0]
+    assert all(p.numel() > 0 for p in clip.parameters())
+    swaps[0].restore()

@@ -82,5 +82,9 @@ def test_precision_on_cuda_drops_to_8bit_when_fp16_does_not_fit(tmp_path):
     assert choose_precision("auto", "cuda", tmp_path, 2_000) == "8bit"
     assert choose_precision("none", "cuda", tmp_path, 100) == "fp16"
     assert choose_precision("8bit", "cuda", tmp_path, 10**9) == "8bit"
+    # the same weights as .bin beside them, and a trainer's training_args.bin: not counted twice
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\0" * 4000)
+    (tmp_path / "training_args.bin").write_bytes(b"\0" * 4000)
+    assert choose_precision("auto", "cuda", tmp_path, 3_000) == "fp16"
     assert CaptionSettings(tagger="blip2").model_id() == "Salesforce/blip2-opt-2.7b"
     assert CaptionSettings(tagger="git").model_id() == "microsoft/git-large-coco"

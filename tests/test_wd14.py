@@ -356,3 +356,22 @@ def test_cuda_request_falls_back_to_cpu_with_a_warning(tagger_dir, capfd):
         out = capfd.readouterr()
         assert "onnxruntime" not in out.err and "Failed to load" not in out.out  # no raw library noise
     assert tagger.caption([Image.new("RGB", (32, 32), RED)])[0][0] == "red theme"
+
+
+@pytest.mark.parametrize(("paths", "present"), [
+    ({"/proc/driver/nvidia/version", "/dev/nvidia0"}, True),
+    ({"/dev/nvidia1"}, True),  # a container given the second GPU only
+    ({"/dev/dxg"}, True),  # WSL2
+    ({"/dev/nvidiactl"}, False),
+    (set(), False),
+])
+def test_device_auto_finds_an_nvidia_driver_where_it_shows(paths, present, monkeypatch):
+    import fnmatch
+    import glob
+    import os
+
+    from loratui.engine.captioners import wd14
+
+    monkeypatch.setattr(os.path, "exists", lambda p: p in paths)
+    monkeypatch.setattr(glob, "glob", lambda pattern: [p for p in paths if fnmatch.fnmatch(p, pattern)])
+    assert wd14._nvidia_present() is present

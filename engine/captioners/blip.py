@@ -65,6 +65,21 @@ def pick_device(setting: str) -> str:
     return "cpu"
 
 
+def onto_device(model, device: str, what: str):
+    """``model.to(device)``; a card too full for it is said as such, not as a bug."""
+    try:
+        return model.to(device)
+    except Exception as exc:
+        from loratui.engine.errors import is_oom
+
+        if is_oom(exc):
+            raise CaptionError(f"{what}: not enough GPU memory to load it on {device}", hint=OOM_HINT) from None
+        raise
+
+
+OOM_HINT = "free the GPU (a training run?), set device to cpu, or for BLIP-2 / GIT set quantize to 8bit"
+
+
 @dataclass
 class BlipCaptioner:
     model: Any
@@ -106,7 +121,7 @@ class BlipCaptioner:
             hf_logging.set_verbosity(verbosity)
             if bars:
                 hf_logging.enable_progress_bar()
-        model.to(device).eval()
+        onto_device(model, device, f"BLIP captioner {model_id}").eval()
         if getattr(model.config, "model_type", "") != "blip":
             kind = model.config.model_type
             on_event(WarningEvent(f"{model_id} is a {kind!r} model, not BLIP; captions may be wrong"))

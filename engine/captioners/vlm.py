@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loratui.engine.captioners.blip import OPTIONAL_FILES, pick_device
+from loratui.engine.captioners.blip import OOM_HINT, OPTIONAL_FILES, onto_device, pick_device
 from loratui.engine.captioners.common import CaptionError, CaptionSettings
 from loratui.engine.captioners.hub import download, looks_like_repo_id
 from loratui.engine.events import Control, LogEvent, WarningEvent
@@ -53,9 +53,10 @@ def resolve_model(model: str, label: str, *, on_event: Callable[[object], None],
 
 
 def weights_bytes(folder: Path) -> tuple[int, int]:
-    """(bytes of the weight files, bytes per parameter in them)."""
+    """(bytes of the weight files, bytes per parameter in them): the .safetensors where the
+    folder has them, else the pytorch_model*.bin (a folder may hold both, or training_args.bin)."""
     total, per = 0, 4
-    for f in list(folder.glob("*.safetensors")) + list(folder.glob("*.bin")):
+    for f in list(folder.glob("*.safetensors")) or list(folder.glob("pytorch_model*.bin")):
         total += f.stat().st_size
         if f.suffix == ".safetensors" and per == 4:
             from loratui.engine.modelfiles import _predominant_dtype, _read_safetensors_header
@@ -134,6 +135,11 @@ class VlmCaptioner:
             processor = transformers.AutoProcessor.from_pretrained(str(folder))
             model = getattr(transformers, class_name).from_pretrained(str(folder), **kwargs)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            from loratui.engine.errors import is_oom
+
+            if is_oom(exc):  # (an 8-bit load goes onto the card as it loads)
+                raise CaptionError(f"{label} captioner {model_id}: not enough GPU memory to load it ({precision})",
+                                   hint=OOM_HINT) from None
             first = str(exc).splitlines()[0] if str(exc) else repr(exc)
             raise CaptionError(f"cannot load a {label} captioner from {model_id}: {first}",
                                hint=f"the folder must hold a {class_name} model and its processor files") from None
@@ -142,7 +148,7 @@ class VlmCaptioner:
             if bars:
                 hf_logging.enable_progress_bar()
         if precision != "8bit":
-            model.to(device)
+            onto_device(model, device, f"{label} captioner {model_id}")
         model.eval()
         if getattr(model.config, "model_type", "") != model_type:
             on_event(WarningEvent(f"{model_id} is a {model.config.model_type!r} model, not {label}; captions may be wrong"))

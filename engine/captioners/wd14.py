@@ -141,7 +141,12 @@ def resolve_model(
 
 
 def _nvidia_present() -> bool:
-    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
+    """An NVIDIA driver here: its /proc entry, any /dev/nvidiaN (a container given GPU 1 only
+    has /dev/nvidia1), or WSL2's GPU device (/dev/dxg, no /dev/nvidia*)."""
+    import glob
+
+    return (os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/dxg")
+            or bool(glob.glob("/dev/nvidia[0-9]*")))
 
 
 def open_session(onnx_path: Path, device: str = "auto") -> tuple[object, list[str]]:

@@ -48,7 +48,8 @@ def training_untouched(modules: list, vae, device: str):
     modes = [(m, m.training) for top in modules if top is not None for m in top.modules()]
     vae_at = (next(vae.parameters()).device, next(vae.parameters()).dtype) if vae is not None else None
     py_state, np_state = random.getstate(), np.random.get_state()
-    devices = [torch.device(device).index or 0] if str(device).startswith("cuda") else []
+    dev = torch.device(device)
+    devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             for top in modules:

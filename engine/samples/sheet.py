@@ -114,7 +114,7 @@ def make_sheet(base_model, loras: list[Path], prompt: SamplePrompt, weights: lis
 
     device = device or pick_device()
     # bf16 where the card has it: SD3 / FLUX overflow in fp16 (black or NaN images)
-    dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if device.startswith("cuda") else torch.float32
+    dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16) if device.startswith("cuda") else torch.float32
     ms = base_model if isinstance(base_model, ModelSettings) else ModelSettings(base_model=str(base_model))
     comp = load_components(ms, device="cpu", dtype=dtype)  # into main memory, then onto the card what fits
     net = LoRANetwork.create(comp.unet, comp.text_encoders, comp.family, rank=4, alpha=4, weights=str(loras[0]))

@@ -154,8 +154,10 @@ class PendingStats:
     def record(cls, step: int, epoch: int, loss, norm, lr: float) -> PendingStats:
         import torch
 
-        parts = [loss if loss is not None else torch.zeros(()), norm if norm is not None else torch.zeros(())]
-        device = parts[0].device
+        known = next((t for t in (loss, norm) if t is not None), None)
+        device = known.device if known is not None else torch.device("cpu")
+        # a missing one made where the other is (a CPU zero copied to the GPU would make the host wait)
+        parts = [t if t is not None else torch.zeros((), device=device) for t in (loss, norm)]
         stats = torch.stack([t.detach().to(device, torch.float32).reshape(()) for t in parts])
         if device.type != "cuda":
             return cls(step, epoch, lr, stats)  # computed synchronously anyway: nothing to wait for

@@ -105,7 +105,7 @@ def free_memory(device: str) -> int | None:
     if not str(device).startswith("cuda"):
         return None
     dev = torch.device(device)
-    free, _ = torch.cuda.mem_get_info(dev)
+    free, _ = torch.cuda.mem_get_info(dev.index if dev.index is not None else torch.cuda.current_device())  # (torch 2.4: an index)
     return int(free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev))
 
 
@@ -142,9 +142,10 @@ def encoders_onto(text_encoders: list, labels: list[str], device: str, log) -> l
         blocks = _blocks(text_encoders[i])
         if not blocks:
             continue
+        layer_bytes = [module_bytes(b) for b in blocks]  # (counted before the swap empties them)
         swaps.append(BlockSwap(blocks, device=device, pin=False))  # (for a few batches: no pinned copy in RAM)
         swapped.append(f"{labels[i] if i < len(labels) else 'text encoder'}'s {len(blocks)} layers")
-        need -= sum(map(module_bytes, blocks)) - 2 * max(map(module_bytes, blocks))  # two on the device at a time
+        need -= sum(layer_bytes) - 2 * max(layer_bytes)  # two on the device at a time
     for te in text_encoders:
         to_device(te, device)  # swapped layers hold empty placeholders there already
     if swapped:
