@@ -17,6 +17,7 @@ block's inputs — what checkpointing keeps for the backward pass — in CPU mem
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 
@@ -36,14 +37,18 @@ class BlockSwap:
         self.loads = 0  # copies made onto the device (tests and the log read it)
         self._handles: list = []
         self._own_forward: list = []  # a block's forward set on the instance before (else None)
+        self.buffers: list = []  # one page-locked buffer per block (pinned copies)
+        self.unpinned = ""  # why the copies could not be page-locked ("": they are, or were not asked to be)
         for i, block in enumerate(self.blocks):
             frozen = [p for p in block.parameters() if not p.requires_grad]
             self.params.append(frozen)
-            for p in frozen:
-                host = p.data.detach().to(offload)  # no copy while the model is still in main memory
-                # pinned: copies that overlap compute (a pinned copy of the weights, in RAM); not pinned:
-                # the weights as they are (a mapped file's views: no RAM of their own), copied in step
-                self.host[id(p)] = host.pin_memory() if self.cuda and pin else host
+            hosts = [p.data.detach().to(offload) for p in frozen]  # no copy while the model is in main memory
+            # pinned: copies that overlap compute (a copy of the weights in page-locked RAM); not pinned:
+            # the weights as they are (a mapped file's views: no RAM of their own), copied in step
+            if self.cuda and pin:
+                hosts = self._pinned(hosts)
+            for p, host in zip(frozen, hosts):
+                self.host[id(p)] = host
                 self.owner[id(p)] = i
                 self.by_id[id(p)] = p
             self._evict(i, force=True)
@@ -55,6 +60,20 @@ class BlockSwap:
                 if any(not p.requires_grad for p in module.parameters(recurse=False)):
                     self._handles.append(module.register_forward_pre_hook(
                         lambda m, args, i=i: self.use(i, i - 1 if _in_backward() else i + 1)))
+
+    def _pinned(self, tensors: list) -> list:
+        """Copies of ``tensors`` in one buffer of exactly their size, page-locked with
+        ``cudaHostRegister`` (``pin_memory()`` per tensor would round each up to a power of
+        two: ~1.7× the RAM for FLUX's weights). Unpinned where the driver refuses (the copies
+        then block: slower, still right; ``unpinned`` says why)."""
+        buf, views = flat_copies(tensors)
+        if buf is not None and not self.unpinned:
+            self.unpinned = _register(buf)
+            if not self.unpinned:
+                if not self.buffers:
+                    weakref.finalize(self, _unregister, self.buffers)
+                self.buffers.append(buf)
+        return views
 
     def restore(self) -> None:
         """Undo: every swapped weight back in its block, in main memory (its host copy); the hooks gone."""
@@ -184,6 +203,52 @@ def _saved_tensors_hooked() -> bool:
         return top(True) is not None  # ignore_is_tracing
     except TypeError:
         return top() is not None
+
+
+_ALIGN = 512  # bytes: every copy starts where any dtype (and a DMA engine) can read it
+
+
+def flat_copies(tensors: list):
+    """(buffer, copies): contiguous copies of ``tensors`` laid out in one uint8 buffer of
+    their total size (each aligned), or (None, []) for none."""
+    import torch
+
+    sizes = [t.numel() * t.element_size() for t in tensors]
+    offsets, total = [], 0
+    for n in sizes:
+        total = -(-total // _ALIGN) * _ALIGN
+        offsets.append(total)
+        total += n
+    if not tensors:
+        return None, []
+    buf = torch.empty(total, dtype=torch.uint8)
+    views = []
+    for t, off, n in zip(tensors, offsets, sizes):
+        v = buf[off : off + n].view(t.dtype).view(t.shape)
+        v.copy_(t)
+        views.append(v)
+    return buf, views
+
+
+def _register(buf) -> str:
+    """Page-lock ``buf`` (CUDA); "" when done, else why not."""
+    import torch
+
+    try:
+        err = torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), buf.numel() * buf.element_size(), 0)
+    except Exception as exc:  # noqa: BLE001 - no such call in this torch: copies from pageable memory
+        return f"{type(exc).__name__}: {exc}"
+    return "" if int(err) == 0 else f"cudaHostRegister failed ({err})"
+
+
+def _unregister(buffers: list) -> None:
+    import torch
+
+    for buf in buffers:
+        try:
+            torch.cuda.cudart().cudaHostUnregister(buf.data_ptr())
+        except Exception:  # noqa: BLE001 - at exit the runtime may be gone already
+            pass
 
 
 def _in_backward() -> bool:

@@ -334,3 +334,23 @@ def test_block_swap_in_a_transformer_that_checkpoints_whole_blocks(tiny_flux_dir
     torch.testing.assert_close(grad, ref_grad)  # (the copies' alignment may change a summation order: 1e-9)
     kept, resident = alive  # after the forward pass: no copy held but the blocks still on the device
     assert kept <= resident and len(resident) <= 2 and swap.loads >= 2 * n_blocks, (alive, swap.loads)
+
+
+def test_pinned_copies_are_laid_out_in_one_buffer_of_their_exact_size():
+    """Block swap page-locks one buffer per block (cudaHostRegister) instead of pinning each
+    weight (torch rounds every pinned allocation up to a power of two: ~1.7× FLUX's RAM)."""
+    from loratui.engine.blockswap import flat_copies
+
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(3072, 33, generator=g).to(torch.bfloat16), torch.randn(7, generator=g),
+               torch.randn(5, 3, 3, 3, generator=g).to(FP8), torch.randn((), generator=g),
+               torch.randn(64, 64, generator=g).t()]  # not contiguous: copied contiguous
+    buf, copies = flat_copies(tensors)
+    exact = sum(t.numel() * t.element_size() for t in tensors)
+    assert exact <= buf.numel() < exact + 512 * len(tensors)
+    for t, c in zip(tensors, copies):
+        assert c.dtype == t.dtype and c.shape == t.shape and c.is_contiguous()
+        assert c.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr()
+        assert (c.data_ptr() - buf.data_ptr()) % 512 == 0
+        assert torch.equal(c.reshape(-1).view(torch.uint8), t.contiguous().reshape(-1).view(torch.uint8))
+    assert flat_copies([]) == (None, [])
