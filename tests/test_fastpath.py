@@ -263,6 +263,22 @@ def test_a_compiled_unet_trains_exactly_as_the_eager_one(tiny_sd1_dir, data, tmp
     assert all(torch.equal(results[True][k], results[False][k]) for k in results[True])
 
 
+def test_torch_compile_stands_aside_for_block_swap_on_a_gpu():
+    """Block swap changes the weights' tensors every step: a compiled graph would recompile
+    for each; the run trains uncompiled and says so."""
+    from types import SimpleNamespace
+
+    from loratui.engine.schema import profile_from_dict
+    from loratui.engine.training.compile import compile_denoiser
+
+    warned = []
+    profile = profile_from_dict({"optimization": {"torch_compile": True, "blocks_to_swap": 8}})
+    ctx = SimpleNamespace(profile=profile, warn=warned.append)
+    objective = SimpleNamespace(device="cuda", comp=None)  # nothing of it is touched
+    assert compile_denoiser(ctx, objective, source=None, params=[]) is None
+    assert warned and warned[0].startswith("optimization.torch_compile: off for this run: block swap"), warned
+
+
 def _grads_after(backward_and_clip):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)

@@ -53,6 +53,11 @@ def compile_denoiser(ctx, objective, source, params: list) -> CompileReport | No
     opt = ctx.profile.optimization
     if not opt.torch_compile:
         return None
+    if opt.blocks_to_swap and str(objective.device).startswith("cuda"):
+        ctx.warn("optimization.torch_compile: off for this run: block swap moves the weights of "
+                 f"{opt.blocks_to_swap} blocks in and out during every step, which a compiled graph would "
+                 "compile again for each time; use one or the other")
+        return None
     unet = objective.comp.unet
     shapes = batch_shapes(source)
     dynamic = len(shapes) > MAX_STATIC_SHAPES
