@@ -113,7 +113,10 @@ def apply_fp8(model, compute_dtype, convert: bool = True) -> int:
 
     fp8 = fp8_dtype()
     n = 0
+    adapters = _adapter_modules(model)  # a LoRA's own layers stay as they are, frozen or not
     for module in model.modules():
+        if id(module) in adapters:
+            continue
         if type(module) is torch.nn.Linear:
             forward = _linear_forward
         elif type(module) is torch.nn.Conv2d:
@@ -133,6 +136,23 @@ def apply_fp8(model, compute_dtype, convert: bool = True) -> int:
         module.forward = types.MethodType(forward, module)
         n += 1
     return n
+
+
+_ADAPTER_PARTS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
+
+
+def _adapter_modules(model) -> set[int]:
+    """ids of the modules inside peft LoRA layers' adapters (frozen when a LoRA file's modules
+    are kept but not trained): they are the LoRA, not the base."""
+    import torch
+
+    out: set[int] = set()
+    for m in model.modules():
+        for part in _ADAPTER_PARTS:
+            sub = getattr(m, part, None)
+            if isinstance(sub, torch.nn.Module):
+                out.update(id(x) for x in sub.modules())
+    return out
 
 
 def keeps_fp8(model, key: str) -> bool:

@@ -279,6 +279,21 @@ def test_torch_compile_stands_aside_for_block_swap_on_a_gpu():
     assert warned and warned[0].startswith("optimization.torch_compile: off for this run: block swap"), warned
 
 
+def test_torch_compile_stands_aside_for_an_fp8_base_on_a_gpu_before_ada(monkeypatch):
+    """Triton has no float8 type below compute capability 8.9 (an A100 is 8.0)."""
+    from types import SimpleNamespace
+
+    from loratui.engine.schema import profile_from_dict
+    from loratui.engine.training.compile import compile_denoiser
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    warned = []
+    profile = profile_from_dict({"model": {"fp8_base": True}, "optimization": {"torch_compile": True}})
+    ctx = SimpleNamespace(profile=profile, warn=warned.append)
+    assert compile_denoiser(ctx, SimpleNamespace(device="cuda", comp=None), source=None, params=[]) is None
+    assert warned and "compute capability 8.0" in warned[0] and "fp8_base" in warned[0], warned
+
+
 def _grads_after(backward_and_clip):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
@@ -365,3 +380,36 @@ def test_masked_loss_masks_come_to_the_device_like_the_latents(monkeypatch, tiny
     assert isinstance(result, Finished) and result.steps == 8, result
     assert dict(counts) == {"tolist": 5}, counts
     assert copies[(1, 64, 64)] == 8, copies  # one (N, 1, H, W) mask batch per step
+
+
+def test_a_skipped_step_leaves_prodigys_own_estimates_alone(monkeypatch):
+    """Prodigy keeps its step-size estimate in its param groups (d, d_numerator), which the
+    device-side undo does not put back: a non-finite step is decided on the host for it."""
+    from types import SimpleNamespace
+
+    from loratui.engine.schema import profile_from_dict
+    from loratui.engine.training.optim import make_optimizer
+    from loratui.engine.training.step import Accumulator, OptimizerStep
+
+    monkeypatch.setattr(fp, "HOST_DECIDES", ())  # the CUDA way on this CPU
+    profile = profile_from_dict({"optimization": {"optimizer": "Prodigy", "learning_rate": 1.0, "max_grad_norm": 1.0,
+                                                  "max_bad_steps": 3}})
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    params = list(model.parameters())
+    opt = make_optimizer(profile, [{"params": params}])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    stepper = OptimizerStep(profile, opt, sched, SimpleNamespace(scaler=None), params, "hint")
+
+    def step(k, scale):
+        loss = model(torch.ones(2, 4)).pow(2).mean() * scale
+        loss.backward()
+        return stepper.apply(Accumulator(loss=loss.detach()), k, 1, "")
+
+    for k in range(2):
+        step(k, 1.0)
+    before = {k: v for k, v in opt.param_groups[0].items() if isinstance(v, float)}
+    (bad,) = step(2, float("nan"))
+    assert bad.loss is None and "loss became nan" in bad.why
+    after = {k: v for k, v in opt.param_groups[0].items() if isinstance(v, float)}
+    assert after == before and math.isfinite(after["d_numerator"]) and math.isfinite(after["d"]), (before, after)

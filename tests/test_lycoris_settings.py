@@ -132,3 +132,18 @@ def test_export_writes_network_args_and_imports_back(tmp_path, net_type):
     assert back.problems() == []
     assert back.profile().network == p.network
     assert tomllib.loads(cfg.read_text())["network_args"] == a["network_args"]
+
+
+def test_an_fp8_base_with_a_lycoris_network_is_refused_and_never_suggested():
+    """LyCORIS computes its layers' weights from the base ones (w + Δ): not from float8."""
+    from loratui.engine.estimate.fit import candidates
+    from loratui.engine.training.memory import memory_problems
+
+    loha = profile_from_dict({"model": {"family": "flux", "fp8_base": True}, "network": {"network_type": "loha"}})
+    (p,) = memory_problems(loha)
+    assert p.key == "model.fp8_base" and "not with a LyCORIS network (loha)" in p.message and "fp8_base off" in p.hint
+    assert memory_problems(profile_from_dict({"model": {"family": "flux", "fp8_base": True}})) == []
+    plain = {"model": {"family": "flux", "fp8_base": False}}
+    assert "model.fp8_base" in [c.key for c in candidates(profile_from_dict(plain), "flux")]
+    lokr = profile_from_dict({**plain, "network": {"network_type": "lokr"}})
+    assert "model.fp8_base" not in [c.key for c in candidates(lokr, "flux")]

@@ -354,3 +354,14 @@ def test_pinned_copies_are_laid_out_in_one_buffer_of_their_exact_size():
         assert (c.data_ptr() - buf.data_ptr()) % 512 == 0
         assert torch.equal(c.reshape(-1).view(torch.uint8), t.contiguous().reshape(-1).view(torch.uint8))
     assert flat_copies([]) == (None, [])
+
+
+def test_fp8_base_leaves_a_frozen_lora_as_it_is(base_unet):
+    """A LoRA file's modules kept but not trained (train_unet off) are frozen: still the LoRA,
+    not base weights — never stored in float8."""
+    unet, net = _lora_unet(base_unet)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    n = apply_fp8(unet, torch.float32)
+    assert n == len([m for m in _frozen_layers(unet) if m.weight.dtype == FP8]) > 20
+    assert all(p.dtype == torch.float32 for p in net.parameters())

@@ -392,3 +392,30 @@ def test_the_cuda_rng_is_restored_for_this_processs_device_only(monkeypatch):
     restore_cuda_rng([torch.tensor([0], dtype=torch.uint8)])  # saved by one GPU: none for device 1
     restore_cuda_rng(None)
     assert restored == [7, 1]
+
+
+def test_an_optimizer_state_keeps_how_this_run_steps(monkeypatch):
+    """A state saved by a foreach AdamW (the CPU's) loaded into a fused one (the GPU's): the
+    optimizer stays fused (its found_inf guard needs it), its state is the saved one."""
+    from loratui.engine.training import fastpath as fp
+    from loratui.engine.training.checkpoint import load_optimizer_state
+
+    def model_and(**kw):
+        torch.manual_seed(0)
+        m = torch.nn.Linear(4, 3)
+        return m, torch.optim.AdamW(m.parameters(), lr=0.1, **kw)
+
+    m, saved_by = model_and(foreach=True)
+    for _ in range(2):
+        m(torch.ones(2, 4)).pow(2).mean().backward()
+        saved_by.step()
+        saved_by.zero_grad()
+    m2, fused = model_and(fused=True)
+    m2.load_state_dict(m.state_dict())
+    load_optimizer_state(fused, saved_by.state_dict())
+    assert fused.param_groups[0]["fused"] is True and fp.supports_found_inf(fused)
+    assert all(torch.equal(fused.state[p]["exp_avg"], saved_by.state[q]["exp_avg"])
+               for p, q in zip(m2.parameters(), m.parameters()))
+    m2(torch.ones(2, 4)).pow(2).mean().backward()
+    fp.guarded_step(fused, fp.total_norm([p.grad for p in m2.parameters()]), on_host=False)  # the GPU's way
+    assert all(int(s["step"]) == 3 for s in fused.state.values())

@@ -406,6 +406,23 @@ def test_full_bf16_casts_the_lora_weights():
     assert ws[0].dtype == torch.bfloat16 and len(warnings) == 1
 
 
+def test_full_fp16_is_not_used_with_an_optimizer_that_makes_it_nan():
+    """Prodigy's eps is 0 in fp16: 0/0 on a fresh LoRA's zero gradients. Its LoRA stays fp32."""
+    from loratui.engine.training.precision import full_precision
+
+    net = _Net([])
+    ws = [torch.nn.Parameter(torch.zeros(3))]
+    net.parameters = lambda: ws  # type: ignore[attr-defined]
+    warnings: list[str] = []
+    prodigy = profile_from_dict({"optimization": {"mixed_precision": "fp16", "full_fp16": True, "optimizer": "Prodigy",
+                                                  "learning_rate": 1.0}})
+    full_precision(prodigy, net, "fp16", warnings.append)
+    assert ws[0].dtype == torch.float32 and "Prodigy turns fp16 LoRA weights into NaN" in warnings[0]
+    full_precision(profile_from_dict({"optimization": {"mixed_precision": "fp16", "full_fp16": True}}), net, "fp16",
+                   warnings.append)
+    assert ws[0].dtype == torch.float16 and len(warnings) == 1
+
+
 def test_max_norm_figures_reach_the_dashboard_status_line():
     from loratui.engine.events import StepEvent, event_from_dict, event_to_dict
     from loratui.engine.runstate import RunState
@@ -449,3 +466,22 @@ def test_scheduler_args_reach_a_registry_scheduler():
     bad = profile_from_dict({"optimization": {"lr_scheduler": "cosine", "lr_scheduler_args": "nope=1"}})
     with pytest.raises(TrainingError, match="lr_scheduler_args: cosine refused them"):
         make_scheduler(bad, torch.optim.SGD([w], lr=0.1), 10)
+
+
+def test_fp16_for_sd3_or_flux_is_said_to_overflow(monkeypatch):
+    """A card without bf16 (T4, V100) falls back to fp16: fine for SD/SDXL, NaN for SD3/FLUX."""
+    from loratui.engine.training.setup import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    bf16 = profile_from_dict({"optimization": {"mixed_precision": "bf16"}})
+    said: list[str] = []
+    assert resolve_precision(bf16, "cuda", said.append, "sdxl") == "fp16"
+    assert said == ["optimization.mixed_precision: this GPU has no bf16; using fp16 with the grad scaler"]
+    said.clear()
+    assert resolve_precision(bf16, "cuda", said.append, "flux") == "fp16"
+    assert len(said) == 1 and said[0].startswith("optimization.mixed_precision: this GPU has no bf16; FLUX.1 overflows in fp16")
+    said.clear()
+    fp16 = profile_from_dict({"optimization": {"mixed_precision": "fp16"}})
+    assert resolve_precision(fp16, "cuda", said.append, "sd3") == "fp16" and "SD3 overflows in fp16" in said[0]
+    said.clear()
+    assert resolve_precision(fp16, "cuda", said.append, "sd1") == "fp16" and said == []

@@ -87,7 +87,10 @@ def candidates(profile, family: str, counted=None) -> list[Change]:
 
 def _transformer_savers(profile, fam, counted) -> list[Change]:
     out = []
-    if setting(profile, "fp8_base", None) is False:
+    from loratui.engine.registries import NETWORK_TYPES
+
+    lycoris = getattr(NETWORK_TYPES.get(profile.network.network_type), "algo", None) is not None
+    if setting(profile, "fp8_base", None) is False and not lycoris:  # (LyCORIS cannot compute from fp8 weights)
         out.append(Change(_key(profile, "fp8_base"), True, f"the {fam.denoiser_label}'s weights in 8 bits"))
     groups = getattr(counted, "swap_groups", None) or []
     most = fam.max_blocks_to_swap([len(g) for g in groups]) if groups else getattr(fam, "swap_block_count", 0) // 2

@@ -153,7 +153,7 @@ class Checkpointer:
         load = getattr(self.network, "load_state_tensors", self.network.load_kohya_state_dict)
         load(sd, source=str(state.folder / "lora.safetensors"))
         tr = load_training(state.folder)
-        self.optimizer.load_state_dict(tr["optimizer"])
+        load_optimizer_state(self.optimizer, tr["optimizer"])
         self.lr_scheduler.load_state_dict(tr["scheduler"])
         if tr.get("scaler") is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(tr["scaler"])
@@ -247,3 +247,26 @@ def restore_cuda_rng(saved) -> None:
             return
         saved = saved[i]
     torch.cuda.set_rng_state(saved)
+
+
+_BUILT = ("fused", "foreach", "capturable", "differentiable")  # how this run's optimizer steps, not the state
+
+
+def load_optimizer_state(optimizer, state: dict) -> None:
+    """``load_state_dict``, keeping how this run built its optimizer: torch takes every group
+    setting from the file, so a state saved on the CPU (foreach) would make the GPU's fused
+    AdamW a foreach one that the fused path's ``found_inf`` then breaks."""
+    import torch
+
+    from loratui.engine.training.fastpath import inner_optimizer
+
+    inner = inner_optimizer(optimizer)
+    built = [{k: g[k] for k in _BUILT if k in g} for g in inner.param_groups]
+    optimizer.load_state_dict(state)
+    for group, keep in zip(inner.param_groups, built):
+        group.update(keep)
+        if group.get("fused") or group.get("capturable"):  # their step counts live on the parameters' device
+            for p in group["params"]:
+                st = inner.state.get(p)
+                if st and torch.is_tensor(st.get("step")) and st["step"].device != p.device:
+                    st["step"] = st["step"].to(p.device, torch.float32)

@@ -58,6 +58,12 @@ def compile_denoiser(ctx, objective, source, params: list) -> CompileReport | No
                  f"{opt.blocks_to_swap} blocks in and out during every step, which a compiled graph would "
                  "compile again for each time; use one or the other")
         return None
+    if (ctx.profile.model.fp8_base and str(objective.device).startswith("cuda") and opt.dynamo_backend == "inductor"
+            and torch.cuda.get_device_capability() < (8, 9)):
+        major, minor = torch.cuda.get_device_capability()
+        ctx.warn(f"optimization.torch_compile: off for this run: this GPU (compute capability {major}.{minor}) has no "
+                 "float8 type for the compiled kernels model.fp8_base needs (Ada / Hopper and newer do)")
+        return None
     unet = objective.comp.unet
     shapes = batch_shapes(source)
     dynamic = len(shapes) > MAX_STATIC_SHAPES

@@ -159,7 +159,7 @@ def setup(ctx: RunContext, prepared, device: str) -> Run:
 
     profile, scan, plan = ctx.profile, prepared.scan, prepared.plan
     quiet_libraries()
-    mp = s.resolve_precision(profile, device, ctx.warn)
+    mp = s.resolve_precision(profile, device, ctx.warn, prepared.model.family)
     weight_dtype = s.weight_dtype_for(mp)
     # into main memory; its parts go onto the device in turn (memory.place_for_training)
     comp = s.load_model(profile, ctx.emit, "cpu", weight_dtype, ctx.warn)

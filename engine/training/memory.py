@@ -14,9 +14,17 @@ from loratui.engine.schema import Profile
 
 def memory_problems(profile: Profile) -> list[Problem]:
     """Errors only (``prepare_run`` adds them to its checks, which stop a run)."""
+    from loratui.engine.problems import error
+    from loratui.engine.registries import NETWORK_TYPES
     from loratui.engine.text_cache import cache_problems
 
-    return cache_problems(profile)
+    out = cache_problems(profile)
+    n = profile.network
+    if profile.model.fp8_base and n.network_type in NETWORK_TYPES and NETWORK_TYPES[n.network_type].algo is not None:
+        out.append(error("model.fp8_base", f"not with a LyCORIS network ({n.network_type}): LyCORIS computes its "
+                                           "layers' weights itself, and cannot from float8 ones",
+                         "turn model.fp8_base off, or train network_type = \"lora\" with the fp8 base"))
+    return out
 
 
 def cache_text_outputs(profile: Profile, scan, comp, ctx, device: str, accelerator, weight_dtype):

@@ -12,6 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 
+FP16_UNSAFE = ("Prodigy",)  # optimizers whose update divides by a term fp16 rounds to 0
+
+
 def full_precision(profile: Any, network: Any, mp: str, warn: Callable[[str], None]) -> None:
     """Cast the trained LoRA weights to bf16 / fp16 when full_bf16 / full_fp16 is on."""
     import torch
@@ -22,6 +25,12 @@ def full_precision(profile: Any, network: Any, mp: str, warn: Callable[[str], No
         return
     if mp != want:
         warn(f"optimization.full_{want}: training in {mp} mixed precision here; the LoRA weights stay in fp32")
+        return
+    if want == "fp16" and o.optimizer in FP16_UNSAFE:
+        # its eps (1e-8) is 0 in fp16: the zero gradients of a fresh LoRA's down weights give 0/0
+        warn(f"optimization.full_fp16: {o.optimizer} turns fp16 LoRA weights into NaN within a step or two; "
+             "the LoRA weights stay in fp32 (full_fp16 works with AdamW, AdamW8bit, Lion, Lion8bit, DAdaptAdam "
+             "and Adafactor)")
         return
     dtype = torch.bfloat16 if want == "bf16" else torch.float16
     for p in network.parameters():

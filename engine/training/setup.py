@@ -56,16 +56,25 @@ def describe_device(device: str) -> str:
     return "cpu"
 
 
-def resolve_precision(profile: Profile, device: str, warn: Callable[[str], None]) -> str:
+FP16_OVERFLOWS = {"sd3": "SD3", "flux": "FLUX.1"}  # their activations pass fp16's 65504 (T5 too)
+
+
+def resolve_precision(profile: Profile, device: str, warn: Callable[[str], None], family: str | None = None) -> str:
     import torch
 
     mp = profile.optimization.mixed_precision
     if device == "cpu" and mp != "no":
         warn(f"optimization.mixed_precision: {mp} needs a GPU; training in fp32 on the CPU")
         return "no"
+    why = ""
     if mp == "bf16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported(including_emulation=False):
-        warn("optimization.mixed_precision: this GPU has no bf16; using fp16 with the grad scaler")
-        return "fp16"
+        mp, why = "fp16", "this GPU has no bf16; "
+        if family not in FP16_OVERFLOWS:
+            warn(f"optimization.mixed_precision: {why}using fp16 with the grad scaler")
+    if mp == "fp16" and family in FP16_OVERFLOWS:
+        warn(f"optimization.mixed_precision: {why}{FP16_OVERFLOWS[family]} overflows in fp16 (NaN losses, black "
+             "samples): steps that overflow are skipped, and optimization.max_bad_steps ends the run; train it in "
+             "bf16 on an Ampere or newer GPU")
     return mp
 
 

@@ -195,7 +195,9 @@ class OptimizerStep:
             norm = None  # the scaler finds inf gradients itself
         inner = fp.inner_optimizer(self.optimizer)  # accelerate's wrapper adds per-step package lookups, nothing we use
         if scaler is None:
-            fp.guarded_step(inner, norm)  # skipped on the device when the norm is not finite
+            # skipped on the device when the norm is not finite; Prodigy / D-Adaptation keep state in their
+            # param groups, which the device-side undo does not cover: decided on the host (they sync anyway)
+            fp.guarded_step(inner, norm, on_host=True if self._adaptive else None)
         else:  # fp16: inf gradients are normal; the scaler skips the step and lowers its scale
             self.optimizer.step()
         if self.profile.network.scale_weight_norms and self.network is not None:
@@ -209,6 +211,13 @@ class OptimizerStep:
         # CUDA: step k's numbers are read once step k+1 is queued (the GPU never waits for the host);
         # elsewhere the step is done when apply returns: read now
         return self.collect(last_saved, keep=1 if self.pending[-1].event is not None else 0)
+
+    @property
+    def _adaptive(self) -> bool:
+        from loratui.engine.registries import OPTIMIZERS
+
+        entry = OPTIMIZERS.get(self.profile.optimization.optimizer)
+        return bool(entry is not None and entry.adaptive_lr)
 
     def collect(self, last_saved: str, keep: int = 0) -> list[StepResult]:
         """The results of all pending steps but the newest ``keep``, oldest first."""
