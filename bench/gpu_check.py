@@ -8,8 +8,11 @@ one H100/H200 (rows past ``--budget`` seconds are reported as skipped).
     python bench/gpu_check.py [--budget 420] [--json out.json]
     python bench/gpu_check.py --dry-run     # the same code, tiny models, CPU, seconds
 
-On the GPU machines (no network), install the wheels bench/gpu_wheels.sh fetched:
-    pip install -q --no-index --find-links .gpu-wheels -r bench/gpu_requirements.txt
+On the GPU machines (no network), install the wheels bench/gpu_wheels.sh fetched (its
+header has the command). Each row is printed as it is measured, and with ``--json`` (or
+``$OUT`` set: ``$OUT/gpu_check.json``) the file is rewritten after each row: a run cut off
+by a time limit keeps what it measured. A row that would not finish within ``--budget``
+is skipped; a package the machine lacks makes its rows "n/a", with the reason.
 
 Exit status 0 when no row failed or broke.
 """
@@ -18,9 +21,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
+import importlib.util
 import json
 import math
+import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -56,6 +63,9 @@ ROWS = [
     ("NVML panel figures", "all read"),
     ("WD14 tagger on onnxruntime CUDA", "CUDA provider"),
     ("host syncs in steady-state steps", "0"),
+    # sd-scripts' FLUX table (fp8 base): 24 GB fits batch 2, 12 GB needs 16 blocks swapped — aim for less
+    ("FLUX.1-dev 1024² b1 fp8 base: peak VRAM", "≤ 20 GB"),
+    ("FLUX.1-dev 1024² b1 fp8 base, blocks_to_swap 16: peak VRAM", "≤ 11 GB"),
     ("MFU SD1.5 512² batch 1", "≥ 15 %"),
     ("MFU SD1.5 512² batch 8", "≥ 40 %"),
     ("MFU SDXL 1024² batch 1", "≥ 40 %"),
@@ -65,9 +75,6 @@ ROWS = [
     ("estimated VRAM SD1.5 512² b1, low-VRAM profile", "—"),
     ("estimated VRAM SDXL 1024² b1, low-VRAM profile", "—"),
     ("engine ÷ minimal diffusers+peft loop, SD1.5 512² b1", "≤ 1.02"),
-    # sd-scripts' FLUX table (fp8 base): 24 GB fits batch 2, 12 GB needs 16 blocks swapped — aim for less
-    ("FLUX.1-dev 1024² b1 fp8 base: peak VRAM", "≤ 20 GB"),
-    ("FLUX.1-dev 1024² b1 fp8 base, blocks_to_swap 16: peak VRAM", "≤ 11 GB"),
     ("MFU SD1.5 512² batch 1, torch.compile", "≥ 15 %"),
     ("MFU SD1.5 512² batch 8, torch.compile", "≥ 40 %"),
     ("MFU SDXL 1024² batch 1, torch.compile", "≥ 40 %"),
@@ -126,11 +133,19 @@ class RunOut:
         return statistics.median(d) if d else math.nan
 
 
+def has_package(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+EIGHT_BIT = "bitsandbytes"  # AdamW8bit / Lion8bit
+
+
 class Check:
-    def __init__(self, dry: bool, budget: float, steps: int):
+    def __init__(self, dry: bool, budget: float, steps: int, on_row=lambda row: None):
         import torch
 
         self.dry, self.budget, self.steps = dry, budget if not dry else math.inf, steps
+        self.on_row = on_row  # called with each row as it is measured
         self.warmup = 1 if dry else 3  # steps left out of the timing
         self.cuda = torch.cuda.is_available() and not dry
         self.device = "cuda" if self.cuda else "cpu"
@@ -144,23 +159,31 @@ class Check:
 
     # ------------------------------------------------------------------ plumbing
 
-    def row(self, name: str, fn, *, cuda_only: bool = False) -> None:
+    def row(self, name: str, fn, *, cuda_only: bool = False, cost: float = 0.0) -> None:
+        """Measure one row; ``cost``: about the seconds it takes (skipped when it would end past the budget)."""
+        self._add(self._measure(name, fn, cuda_only, cost))
+
+    def _add(self, row: Row) -> None:
+        self.rows.append(row)
+        self.on_row(row)
+
+    def _measure(self, name: str, fn, cuda_only: bool, cost: float) -> Row:
         target = TARGETS[name]
         if cuda_only and not self.cuda:
-            self.rows.append(Row(name, "—", target, "n/a", "needs CUDA" + (" (dry run)" if self.dry else "")))
-            return
-        if time.perf_counter() - self.t0 > self.budget:
-            self.rows.append(Row(name, "—", target, "skipped", f"past the {self.budget:.0f} s budget"))
-            return
+            return Row(name, "—", target, "n/a", "needs CUDA" + (" (dry run)" if self.dry else ""))
+        elapsed = time.perf_counter() - self.t0
+        if elapsed + cost > self.budget:
+            why = f"past the {self.budget:.0f} s budget" if elapsed > self.budget else \
+                f"~{cost:.0f} s more would pass the {self.budget:.0f} s budget ({elapsed:.0f} s gone)"
+            return Row(name, "—", target, "skipped", why)
         t = time.perf_counter()
         try:
             value, ok, note = fn()
         except Exception as exc:  # noqa: BLE001 - one broken row must not hide the others
-            value, ok, note = "—", None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:160]
-            self.rows.append(Row(name, value, target, "error", note, time.perf_counter() - t))
-            return
+            note = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:160]
+            return Row(name, "—", target, "error", note, time.perf_counter() - t)
         result = {True: "pass", False: "FAIL", None: "info"}[ok] if not isinstance(ok, str) else ok
-        self.rows.append(Row(name, value, target, result, note, time.perf_counter() - t))
+        return Row(name, value, target, result, note, time.perf_counter() - t)
 
     def model(self, fam: str) -> Path:
         """A diffusers folder: tiny random weights (dry run), or the bundled configs
@@ -212,6 +235,11 @@ class Check:
         for dotted, value in over.items():
             section, key = dotted.split("__")
             d.setdefault(section, {})[key] = value
+        if d["optimization"]["optimizer"].endswith("8bit") and not has_package(EIGHT_BIT):
+            d["optimization"]["optimizer"] = "AdamW"  # (a LoRA's optimizer state is megabytes either way)
+        gc.collect()  # the rows before: freed now (an fp8 layer's bound forward is a cycle)
+        if self.cuda:
+            torch.cuda.empty_cache()
         out = RunOut(False, "")
         stamps: list[float] = []
         state = {"sync": False}
@@ -251,6 +279,7 @@ class Check:
         out.message = getattr(result, "message", "") or type(result).__name__
         stamps = stamps[:-1]  # the last step's numbers arrive with the final flush, not a step later
         out.step_times = [b - a for a, b in zip(stamps, stamps[1:])]
+        gc.collect()
         if self.cuda:
             torch.cuda.empty_cache()
         return out
@@ -405,6 +434,10 @@ def peak_tflops(name: str) -> float | None:
 # ---------------------------------------------------------------------- the rows
 
 
+def _no_8bit() -> str:
+    return "" if has_package(EIGHT_BIT) else f"; AdamW instead of AdamW8bit ({EIGHT_BIT} not installed)"
+
+
 def has_setting(dotted: str):
     """The declaration of a setting, or None when this build has no such setting."""
     from loratui.engine.schema import settings
@@ -422,6 +455,8 @@ def on_value(info):
 
 def path_row(c: Check, over: dict):
     def fn():
+        if str(over.get("optimization__optimizer", "")).endswith("8bit") and not has_package(EIGHT_BIT):
+            return "—", "n/a", f"{EIGHT_BIT} is not installed here (bench/gpu_wheels.sh carries it)"
         r = c.train("sd15", 512, 1, 4, **{"optimization__max_bad_steps": 1000, **over})  # random weights may overflow
         finite = [x for x in r.losses if math.isfinite(x)]
         value = f"{len(r.losses)} steps, loss {finite[-1]:.4f}" if finite else r.message[:60]
@@ -439,6 +474,8 @@ def setting_row(c: Check, dotted: str, over: dict):
 def nvml_row():
     from loratui.engine.gpu import default_monitor
 
+    if not has_package("pynvml"):
+        return "—", "n/a", "nvidia-ml-py is not installed here (bench/gpu_wheels.sh carries it)"
     mon = default_monitor()
     samples = mon.sample()
     if not samples:
@@ -446,12 +483,20 @@ def nvml_row():
     s = samples[0]
     figures = {"util": s.util, "mem": s.mem_used, "temp": s.temp, "power": s.power, "limit": s.power_limit}
     missing = [k for k, v in figures.items() if v is None]
-    value = f"{s.short_name()}: {s.util} %, {s.mem_used / 2**30:.1f}/{s.mem_total / 2**30:.0f} GB, {s.temp} °C, {s.power} W"
+    gb = lambda v: f"{v / 2**30:.1f}" if v is not None else "?"  # noqa: E731
+    value = f"{s.short_name()}: {s.util} %, {gb(s.mem_used)}/{gb(s.mem_total)} GB, {s.temp} °C, {s.power} W"
     return value, not missing, ("missing: " + ", ".join(missing)) if missing else ""
 
 
 def wd14_row(c: Check):
     def fn():
+        if not has_package("onnx"):
+            return "—", "n/a", "onnx is not installed here (the test tagger is built with it)"
+        if c.cuda:
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                return "—", "n/a", "this onnxruntime has no CUDA provider (onnxruntime-gpu is not installed here)"
         from PIL import Image
 
         from loratui.engine.captioners import CaptionSettings
@@ -515,7 +560,8 @@ def vram_row(c: Check, fam: str, res: int, store: dict):
             return r.message[:60], False, r.message.splitlines()[0][:120]
         store[fam] = r.peak_bytes
         gb = r.peak_bytes / 1e9
-        return f"{gb:.2f} GB", _meets(gb, TARGETS[f"peak VRAM {label(fam)} {res}² b1, low-VRAM profile"]), "max_memory_allocated while training"
+        note = "max_memory_allocated while training" + _no_8bit()
+        return f"{gb:.2f} GB", _meets(gb, TARGETS[f"peak VRAM {label(fam)} {res}² b1, low-VRAM profile"]), note
     return fn
 
 
@@ -594,7 +640,7 @@ def flux_row(c: Check, swap: int):
             return r.message[:60], False, r.message.splitlines()[0][:120]
         st = r.step_time(c.warmup)
         name = next(n for n, _ in ROWS if n.startswith("FLUX.1-dev") and ("blocks_to_swap" in n) == bool(swap))
-        note = f"{st:.2f} s/it, max_memory_allocated" + (f"; {swap} blocks swapped" if swap else "")
+        note = f"{st:.2f} s/it, max_memory_allocated" + (f"; {swap} blocks swapped" if swap else "") + _no_8bit()
         if not c.cuda:
             return "—", "n/a", f"{st * 1000:.0f} ms/step on the tiny FLUX (dry run)"
         # the row is the run's peak once its model is in main memory: the caches' text encoders, moving the
@@ -603,6 +649,9 @@ def flux_row(c: Check, swap: int):
         note += f"; training {r.peak_bytes / 1e9:.2f} GB, before it {r.setup_peak_bytes / 1e9:.2f} GB (caches, moving in)"
         return f"{peak:.2f} GB", _meets(peak, TARGETS[name]), note
     return fn
+
+
+COMPILE_COST = {"sd15": 120.0, "sdxl": 240.0}  # seconds, about (a row that would end past the budget is skipped)
 
 
 def run_all(c: Check) -> list[Row]:
@@ -619,6 +668,9 @@ def run_all(c: Check) -> list[Row]:
     c.row("NVML panel figures", nvml_row, cuda_only=True)
     c.row("WD14 tagger on onnxruntime CUDA", wd14_row(c))
     c.row("host syncs in steady-state steps", sync_row(c), cuda_only=True)
+    # the headline figures before the long rows: built on the GPU, moved to RAM, fp8, cached (~1-1.5 min each)
+    c.row("FLUX.1-dev 1024² b1 fp8 base: peak VRAM", flux_row(c, 0), cost=60)
+    c.row("FLUX.1-dev 1024² b1 fp8 base, blocks_to_swap 16: peak VRAM", flux_row(c, 16), cuda_only=True, cost=60)
     for fam, res, batch in (("sd15", 512, 1), ("sd15", 512, 8), ("sdxl", 1024, 1), ("sdxl", 1024, 4)):
         c.row(f"MFU {label(fam)} {res}² batch {batch}", mfu_row(c, fam, res, batch, False, times))
     for fam, res in (("sd15", 512), ("sdxl", 1024)):
@@ -626,12 +678,10 @@ def run_all(c: Check) -> list[Row]:
     for fam, res in (("sd15", 512), ("sdxl", 1024)):
         c.row(f"estimated VRAM {label(fam)} {res}² b1, low-VRAM profile", estimate_row(c, fam, res, peaks))
     c.row("engine ÷ minimal diffusers+peft loop, SD1.5 512² b1", overhead_row(c, times))
-    c.row("FLUX.1-dev 1024² b1 fp8 base: peak VRAM", flux_row(c, 0))
-    c.row("FLUX.1-dev 1024² b1 fp8 base, blocks_to_swap 16: peak VRAM", flux_row(c, 16), cuda_only=True)
     for fam, res, batch in (("sd15", 512, 1), ("sd15", 512, 8), ("sdxl", 1024, 1), ("sdxl", 1024, 4)):
         # inductor on a CPU takes minutes: the dry run leaves these out (tests/test_fastpath.py compiles on the CPU)
         c.row(f"MFU {label(fam)} {res}² batch {batch}, torch.compile", mfu_row(c, fam, res, batch, True, times),
-              cuda_only=True)
+              cuda_only=True, cost=COMPILE_COST[fam])  # a cold inductor compile of forward and backward
     return c.rows
 
 
@@ -651,8 +701,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="tiny models on the CPU: proves the script runs")
     ap.add_argument("--budget", type=float, default=420.0, help="seconds; rows after it are skipped")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per speed row (after 3 warm-up steps)")
-    ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--json", type=Path, help="also write the rows here, after each row "
+                                              "(default with $OUT set: $OUT/gpu_check.json)")
     args = ap.parse_args(argv)
+    if args.json is None and os.environ.get("OUT"):
+        args.json = Path(os.environ["OUT"]) / "gpu_check.json"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded: a library that tries fails at once
     _importable_loratui()
 
     import torch
@@ -660,21 +714,49 @@ def main(argv: list[str] | None = None) -> int:
     from loratui.engine import quiet_libraries
 
     quiet_libraries()
-    c = Check(args.dry_run, args.budget, 2 if args.dry_run else args.steps)
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.dry_run else "cpu"
+    header = (f"loratui gpu_check — {name}, torch {torch.__version__}"
+              + (" — DRY RUN (tiny models, CPU)" if args.dry_run else ""))
+    print(header, flush=True)
+
+    def on_row(row: Row) -> None:  # as it is measured: a run cut off keeps what it had
+        print(f"  {row.name}: {row.value} (target {row.target}) {row.result}" + (f" — {row.note}" if row.note else ""),
+              f"[{row.seconds:.0f} s]", flush=True)
+        if args.json:
+            write_json(args.json, name, c.rows)
+
+    c = Check(args.dry_run, args.budget, 2 if args.dry_run else args.steps, on_row)
     threads = torch.get_num_threads()
     if c.dry:
         torch.set_num_threads(1)  # tiny models: threads only fight each other
+    previous = signal.signal(signal.SIGTERM, _terminated) if _main_thread() else None
     try:
         rows = run_all(c)
     finally:
         torch.set_num_threads(threads)
         shutil.rmtree(c.tmp, ignore_errors=True)
-    header = (f"loratui gpu_check — {c.gpu_name}, torch {torch.__version__}"
-              + (" — DRY RUN (tiny models, CPU)" if c.dry else "") + f", {time.perf_counter() - c.t0:.0f} s")
-    print(table(rows, header))
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    print(table(rows, f"{header}, {time.perf_counter() - c.t0:.0f} s"), flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"device": c.gpu_name, "rows": [asdict(r) for r in rows]}, indent=1))
+        write_json(args.json, name, rows)
     return 1 if any(r.result in ("FAIL", "error") for r in rows) else 0
+
+
+def write_json(path: Path, device: str, rows: list[Row]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"device": device, "rows": [asdict(r) for r in rows]}, indent=1))
+    os.replace(tmp, path)  # never half a file
+
+
+def _terminated(signum, frame):  # a time limit's SIGTERM: end through the finally clauses, the rows kept
+    raise SystemExit(128 + signum)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ mkdir -p "$DEST"
 # most needed first: what loratui.engine imports, then what the check's rows use,
 # then the TUI's (the check does not import the TUI)
 NAMES=(pydantic-core pydantic annotated-types typing-inspection typing-extensions tomli-w tomlkit platformdirs
-       diffusers importlib-metadata bitsandbytes
-       textual mdit-py-plugins linkify-it-py uc-micro-py)
+       diffusers importlib-metadata nvidia-ml-py bitsandbytes
+       textual mdit-py-plugins linkify-it-py uc-micro-py onnx)
 
 PLATFORMS=()
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 \

@@ -107,7 +107,8 @@ def encoder_fingerprint(text_encoders: list, tokenizers: list, samples_per_tenso
                 flat = t.detach().reshape(-1)
                 if flat.numel() == 0 or flat.device.type == "meta":
                     continue
-                idx = torch.linspace(0, flat.numel() - 1, min(flat.numel(), samples_per_tensor), device=flat.device).long()
+                n = flat.numel()  # (integer steps: float32's linspace rounds past the end above 2^24 elements)
+                idx = torch.arange(min(n, samples_per_tensor), device=flat.device) * (n - 1) // max(min(n, samples_per_tensor) - 1, 1)
                 h.update(flat[idx].float().cpu().numpy().tobytes())
     for tok in tokenizers:
         vocab = sorted(tok.get_vocab().items())

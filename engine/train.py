@@ -84,10 +84,11 @@ def run_training(
             follower.close()
     if isinstance(result, Failed) and w.enabled:
         write_rank_failure(w.failures_dir, w.rank, result.message, result.hint)
-    if isinstance(result, Failed) and ctx.heavy:
-        # The model, optimizer and activations died with train()'s frames (the
-        # exception and its traceback are gone by now): give the memory back
-        # so the app can start another run.
+    if ctx.heavy:
+        # The model, optimizer and activations died with train()'s frames (a failure's
+        # exception and traceback are gone by now), but an fp8 layer's forward, bound to it,
+        # block swap's and compile's wrappers are cycles only the collector frees: give the
+        # memory back so the app can sample or start another run.
         release_memory()
     emit(result)
     metrics.close()

@@ -21,6 +21,8 @@ def test_the_dry_run_prints_every_row_and_runs_what_a_cpu_can(tmp_path, capsys):
     assert [r["name"] for r in rows] == [name for name, _ in gpu_check.ROWS]
     assert all(r["name"] in out and r["target"] in out for r in rows)
     assert "DRY RUN" in out.splitlines()[0]
+    streamed = out.split("\nfigure")[0]  # each row printed as it was measured, before the table
+    assert all(f"  {r['name']}: " in streamed for r in rows), streamed
     broken = [r for r in rows if r["result"] in ("FAIL", "error", "skipped")]
     assert not broken and rc == 0, broken
     by = {r["name"]: r for r in rows}
@@ -51,3 +53,15 @@ def test_full_size_sd15_step_flops_on_the_meta_device():
                                           ("NVIDIA L40S", 362.0), ("Some Other Card", None)])
 def test_peak_table_by_nvml_name(name, tflops):
     assert gpu_check.peak_tflops(name) == tflops
+
+
+def test_a_row_that_would_end_past_the_budget_is_skipped_and_rows_reach_the_file_as_they_come(tmp_path):
+    seen = []
+    c = gpu_check.Check(dry=False, budget=30.0, steps=1, on_row=seen.append)
+    name = "MFU SDXL 1024² batch 4, torch.compile"
+    c.row(name, lambda: ("1", True, ""), cost=240.0)
+    c.row("bf16", lambda: ("4 steps", True, ""))
+    assert [r.result for r in seen] == ["skipped", "pass"]
+    assert "~240 s more would pass the 30 s budget" in seen[0].note
+    gpu_check.write_json(tmp_path / "rows.json", "cpu", c.rows)
+    assert [r["name"] for r in json.loads((tmp_path / "rows.json").read_text())["rows"]] == [name, "bf16"]

@@ -365,3 +365,32 @@ def test_fp8_base_leaves_a_frozen_lora_as_it_is(base_unet):
     n = apply_fp8(unet, torch.float32)
     assert n == len([m for m in _frozen_layers(unet) if m.weight.dtype == FP8]) > 20
     assert all(p.dtype == torch.float32 for p in net.parameters())
+
+
+def test_a_finished_run_gives_its_fp8_model_back(tiny_sd1_dir, tmp_path, monkeypatch):
+    """An fp8 layer's bound forward makes a cycle: without a collection after the run, the
+    model would stay in (GPU) memory while the app goes on."""
+    import gc
+    import weakref
+
+    from loratui.engine import fp8
+    from loratui.engine.synthetic import write_synthetic_dataset
+
+    seen = []
+    real = fp8.apply_fp8
+
+    def apply(model, *a, **k):
+        n = real(model, *a, **k)
+        seen.extend(weakref.ref(m) for m in model.modules() if getattr(m, "loratui_compute_dtype", None) is not None)
+        return n
+
+    monkeypatch.setattr(fp8, "apply_fp8", apply)
+    data = write_synthetic_dataset(tmp_path / "images", {"2_toy": 4}, size=(64, 64))
+    p = tiny_profile(tiny_sd1_dir, data, tmp_path / "out", model__fp8_base=True, optimization__max_train_steps=2)
+    gc.disable()  # only the run's own collection may free it
+    try:
+        result = run_training(p, lambda ev: None)
+        assert isinstance(result, Finished), result
+        assert seen and all(ref() is None for ref in seen)
+    finally:
+        gc.enable()

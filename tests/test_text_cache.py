@@ -183,3 +183,23 @@ def test_only_as_many_text_encoders_visit_the_card_in_turn_as_its_free_memory_ne
     assert logs and "T5-XXL's 4 layers visiting cpu in turn" in logs[0] and "CLIP" not in logs[0]
     assert all(p.numel() > 0 for p in clip.parameters())
     swaps[0].restore()
+
+
+def test_the_encoder_fingerprint_samples_tensors_of_any_size():
+    """CLIP-L's token embedding has 49408 × 768 > 2^24 values: float32 steps would index past its end."""
+    from types import SimpleNamespace
+
+    from loratui.engine.text_cache import encoder_fingerprint
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.config = SimpleNamespace(to_dict=lambda: {"n": n})
+            self.embed = torch.nn.Embedding(n, 1)
+
+    big = Encoder(2**24 + 8)  # its last index, 2^24 + 7, is 2^24 + 8 in float32
+    first = encoder_fingerprint([big], [])
+    assert first == encoder_fingerprint([big], []) and len(first) == 32
+    with torch.no_grad():
+        big.embed.weight[-1] += 1.0  # the last value is among the samples
+    assert encoder_fingerprint([big], []) != first
