@@ -118,10 +118,33 @@ def atomic_write_text(target: str | Path, text: str) -> Path:
 
 
 def atomic_save(target: str | Path, writer: Callable[[Path], None]) -> Path:
-    """Call ``writer(tmp_path)`` and move the result into place atomically."""
+    """Call ``writer(tmp_path)`` and move the result into place atomically. A write
+    error comes out as an ``OSError`` whatever the writer raised it as (safetensors'
+    ``SafetensorError`` for a full disk), so callers that fall back on one catch it."""
     with atomic_path(target) as tmp:
-        writer(tmp)
+        try:
+            writer(tmp)
+        except OSError:
+            raise
+        except Exception as exc:
+            code = _io_errno(exc)
+            if code is None:
+                raise
+            raise OSError(code, os.strerror(code), str(target)) from exc
     return Path(target)
+
+
+def _io_errno(exc: Exception) -> int | None:
+    """The errno of an I/O error a library raised as its own type ("... (os error 28)"), else None."""
+    import errno
+    import re
+
+    if type(exc).__name__ != "SafetensorError":
+        return None
+    m = re.search(r"(?:os error |code: )(\d+)", str(exc))  # its Display, or its Debug
+    if m:
+        return int(m.group(1))
+    return errno.ENOSPC if "no space left" in str(exc).lower() else None
 
 
 def atomic_dir(target: str | Path, fill: Callable[[Path], None], *, keep_file_modes: bool = False) -> Path:

@@ -74,7 +74,7 @@ def _tail_complete(path: Path, fmt: str, nbytes: int) -> bool:
             if fmt == "PNG":
                 f.seek(max(0, nbytes - 12))
                 return f.read(12) == _PNG_END
-            if fmt == "JPEG":
+            if fmt in ("JPEG", "MPO"):  # MPO: a camera JPEG with its preview image after it
                 f.seek(max(0, nbytes - 2))
                 return f.read(2) == b"\xff\xd9"
             if fmt == "WEBP":
@@ -210,7 +210,7 @@ def load_image_array(item: ImageItem, flip: bool = False):
                 full = (img.size[1], img.size[0]) if turned else img.size
                 # the size the scan planned with, unless the file changed since
                 target = tuple(item.resized) if full == tuple(item.image_size) else cover_size(full, (bw, bh))
-                if img.format == "JPEG" and target[0] * 2 <= full[0] and target[1] * 2 <= full[1]:
+                if img.format in ("JPEG", "MPO") and target[0] * 2 <= full[0] and target[1] * 2 <= full[1]:
                     # decode a large JPEG at a reduced scale (still ≥ the resize target)
                     drafted = img.draft(None, (target[1], target[0]) if turned else target) is not None
                 img.load()

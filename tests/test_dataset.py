@@ -200,6 +200,29 @@ def test_probe_image_reports_size_after_exif_rotation(tmp_path):
     assert probe_image(p) == (40, 80)
 
 
+def test_a_camera_jpeg_with_a_preview_decodes_at_a_reduced_scale_like_any_jpeg(tmp_path, monkeypatch):
+    """Cameras and phones write MPO (a JPEG with its preview image after it): Pillow calls
+    it "MPO", and it gets the JPEG's cheap scan probe and reduced-size decode too."""
+    from PIL import JpegImagePlugin
+
+    p = tmp_path / "img/1_x/camera.jpg"
+    p.parent.mkdir(parents=True)
+    big = Image.new("RGB", (1024, 768), (200, 30, 30))
+    big.save(p, "MPO", save_all=True, append_images=[big.resize((160, 120))])
+    with Image.open(p) as img:
+        assert img.format == "MPO"
+    loads, drafts = [], []
+    real_load, real_draft = JpegImagePlugin.JpegImageFile.load, JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", lambda self: (loads.append(self.size), real_load(self))[1])
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda self, mode, size: (drafts.append(size), real_draft(self, mode, size))[1])
+    scan = scan_dataset(settings(tmp_path / "img", resolution=128, max_bucket_reso=256))
+    assert not loads and scan.items[0].image_size == (1024, 768)  # the scan read its header only
+    t, _ = load_image_tensor(scan.items[0])
+    assert drafts and loads and loads[0][0] < 1024  # decoded at a reduced scale
+    assert t[0].mean() > 0.5 and t[1].mean() < -0.5  # the picture itself, red
+
+
 def test_exif_rotated_jpeg_gets_a_portrait_bucket_and_loads_upright(tmp_path):
     p = tmp_path / "img/1_x/rot.jpg"
     p.parent.mkdir(parents=True)

@@ -192,6 +192,23 @@ def test_unwritable_cache_folder_falls_back_to_memory(data):
     assert tuple(store.get(4).shape) == (4, 8, 8)
 
 
+def test_a_full_disk_while_caching_falls_back_to_memory(data, monkeypatch):
+    """safetensors says a full disk as its own SafetensorError (not an OSError)."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*a, **k):
+        raise SafetensorError("Error while serializing: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    items = scan(data)
+    warnings = []
+    store = cache_latents(items, make_vae(), mode="disk", on_warning=warnings.append)
+    assert store.complete and len(store) == 5
+    assert len(warnings) == 1 and "No space left on device" in warnings[0] and "memory" in warnings[0], warnings
+    assert not any(p.name.startswith(".loratui-tmp-") for p in data.rglob("*"))
+
+
 def test_vae_fingerprint():
     a, b = make_vae(0), make_vae(1)
     assert vae_fingerprint(a) == vae_fingerprint(make_vae(0))

@@ -342,3 +342,51 @@ def test_text_encoders_off_the_device_encode_where_they_are():
     assert out.hidden_states[1].device.type == "meta" and out[0].device.type == "meta"
     assert not te._forward_hooks and not te._forward_pre_hooks
     assert te(torch.ones(1, 2), attention_mask=torch.ones(1, 2)).last_hidden_state.device.type == "cpu"
+
+
+def test_a_sample_decodes_in_tiles_only_where_the_card_is_short_of_memory(monkeypatch):
+    import torch
+
+    from loratui.engine.samples import render
+    from loratui.engine.training import memory
+
+    class Vae(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1, dtype=torch.float16))
+            self.use_tiling = False
+
+        def enable_tiling(self):
+            self.use_tiling = True
+
+        def disable_tiling(self):
+            self.use_tiling = False
+
+    vae = Vae()
+    need = render.decode_need(vae, 1024, 1024)
+    assert 8 * 2**30 < need < 10 * 2**30  # SDXL's VAE at 1024² in 16 bits: ~9 GiB
+    for free, tiled in ((need // 4, True), (need * 2, False), (None, False)):  # None: not a CUDA device
+        monkeypatch.setattr(memory, "free_memory", lambda device, free=free: free)
+        with render._tiled_if_short(vae, "cuda", 1024, 1024):
+            assert vae.use_tiling is tiled
+        assert vae.use_tiling is False
+
+
+def test_samples_run_a_compiled_denoiser_eagerly():
+    """no_grad, eval and the CFG batch of 2 would each compile the denoiser again."""
+    import torch
+
+    from loratui.engine.samples.render import _eager
+
+    calls = []
+
+    def backend(gm, inputs):
+        calls.append(1)
+        return gm.forward
+
+    f = torch.compile(lambda x: x * 2, backend=backend)
+    with _eager():
+        assert torch.equal(f(torch.ones(3)), torch.full((3,), 2.0))
+    assert calls == []
+    f(torch.ones(3))
+    assert calls == [1]

@@ -154,11 +154,48 @@ def render(comp, prompts: list[SamplePrompt], *, device: str, clip_skip: int = 1
                        if k in inspect.signature(pipe.__call__).parameters})
             if own_decode:
                 kw["output_type"] = "latent"
-            with (autocast() if autocast is not None else contextlib.nullcontext()):
-                result = pipe(**kw).images
-            image = _decode(comp, pipe, result, device) if own_decode else result[0]
+            # eager: a compiled denoiser (optimization.torch_compile) would compile again for no_grad,
+            # eval and the CFG batch of 2; tiled decode where the card is short of memory for the VAE
+            with _eager(), _tiled_if_short(comp.vae, device, p.width, p.height):
+                with (autocast() if autocast is not None else contextlib.nullcontext()):
+                    result = pipe(**kw).images
+                image = _decode(comp, pipe, result, device) if own_decode else result[0]
             out.append(Rendered(image, p))
     return out
+
+
+def _eager():
+    """Compiled modules run as plain eager code inside (torch >= 2.6; else nothing changes)."""
+    import torch
+
+    set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+
+
+DECODE_BYTES_PER_PIXEL = 9 * 2**30 / 1024**2  # an SDXL-sized VAE decoding 1024² in 16 bits: ~9 GiB at its peak
+
+
+def decode_need(vae, width: int, height: int) -> int:
+    """About the bytes a VAE's untiled decode of a ``width`` × ``height`` image takes at its peak."""
+    dtype = next(vae.parameters()).dtype
+    return int(DECODE_BYTES_PER_PIXEL * width * height * (2 if dtype.itemsize >= 4 else 1))
+
+
+@contextlib.contextmanager
+def _tiled_if_short(vae, device: str, width: int, height: int):
+    """The VAE decodes in tiles while this lasts where the device's free memory is short of
+    :func:`decode_need` (the denoiser and the optimizer stay on the card during a run)."""
+    from loratui.engine.training.memory import free_memory
+
+    free = free_memory(device) if vae is not None and hasattr(vae, "enable_tiling") else None
+    tile = free is not None and free < decode_need(vae, width or 1024, height or 1024) and not getattr(vae, "use_tiling", False)
+    if tile:
+        vae.enable_tiling()
+    try:
+        yield
+    finally:
+        if tile:
+            vae.disable_tiling()
 
 
 def _decode(comp, pipe, latents, device: str):
