@@ -92,15 +92,18 @@ def follow_plain(path: Path, out=None, poll: float = 0.5, idle_exit: float | Non
     printer = ConsolePrinter(out or sys.stdout)
     tail = MetricsTail(path)
     last = time.monotonic()
+    last_event = None
     while True:
         events, _reset = tail.read()
         for ev in events:
             printer(ev)
-            if isinstance(ev, TERMINAL_EVENTS):
-                return 1 if isinstance(ev, Failed) else 0
-        if events:
-            last = time.monotonic()
-        elif idle_exit is not None and time.monotonic() - last > idle_exit:
+        if events:  # read on at once: the file may hold more
+            last_event, last = events[-1], time.monotonic()
+            continue
+        # the end is the file's last event: a resumed run appends to the file its earlier attempt ended
+        if isinstance(last_event, TERMINAL_EVENTS):
+            return 1 if isinstance(last_event, Failed) else 0
+        if idle_exit is not None and time.monotonic() - last > idle_exit:
             return 3
         time.sleep(poll)
 

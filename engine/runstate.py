@@ -174,6 +174,8 @@ class RunState:
             self._failed(ev)
 
     def _step(self, ev: StepEvent) -> None:
+        if ev.step <= len(self.losses):  # a resumed run goes on in the same metrics file from an earlier step
+            del self.losses[ev.step - 1:], self.smoothed_losses[ev.step - 1:], self.lrs[ev.step - 1:]
         self.phase = Phase.TRAINING
         self.epoch, self.epochs = ev.epoch, ev.epochs
         self.step, self.total_steps = ev.step, ev.total_steps
@@ -199,6 +201,9 @@ class RunState:
             self.pending = None
 
     def _planned(self, ev: RunPlanned) -> None:
+        # the metrics file of a resumed run holds the earlier attempt's end: this one is live again
+        self.finished = self.failed = None
+        self.pending = None
         self.planned = ev
         self.device = ev.device
         self.total_steps = ev.plan.total_steps

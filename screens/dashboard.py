@@ -47,6 +47,9 @@ def watching_note(state: RunState) -> str:
     return "  (watching)" if state.controllable and not state.done else "  (watching, read-only)"
 
 
+GPU_BOX_HEIGHT, GPU_BOX_MOST = 7, 12  # the GPU box's rows (border included): as dashboard.tcss, and at most
+
+
 class DashboardScreen(Screen):
     CSS_PATH = "dashboard.tcss"
     BINDINGS = [
@@ -60,7 +63,7 @@ class DashboardScreen(Screen):
     ]
 
     def __init__(self, readonly: bool = False) -> None:
-        super().__init__(id="dashboard-screen")
+        super().__init__()  # (no fixed id: a second run's dashboard is made while the first one's goes away)
         self.readonly = readonly
         self._status_at = 0.0
         self._chart_at = 0.0
@@ -260,7 +263,12 @@ class DashboardScreen(Screen):
                 index = 0
         indices = list(state.planned.gpus) if state is not None and state.planned is not None else []
         width = self.query_one("#gpu", TextPanel).size.width or 36
-        self.query_one("#gpu", TextPanel).show(gpu_text(samples, reason, width, index, indices))
+        text = gpu_text(samples, reason, width, index, indices)
+        box = self.query_one("#gpu-box")
+        want = max(GPU_BOX_HEIGHT, min(2 + len(text.plain.splitlines()), GPU_BOX_MOST))  # 8 GPUs: every one shown
+        if box.styles.height is None or box.styles.height.value != want:  # (a relayout only when it changes)
+            box.styles.height = want
+        self.query_one("#gpu", TextPanel).show(text)
         self.query_one("#gpu-line", TextPanel).show(gpu_line(samples, reason, index, indices))
 
     def _tick(self) -> None:

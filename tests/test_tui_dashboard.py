@@ -395,3 +395,73 @@ def test_the_gpu_panel_shows_every_gpu_a_multi_gpu_run_uses():
     assert line == "GPU H100 80GB HBM3  ×3  91–93%  max 33.0/80 GB (GPU 3)  ≤63°C"
     # one GPU: the single-GPU box as before
     assert "91 %" in gpu_text(cards, "", 40, index=1, indices=[1]).plain
+
+
+async def test_a_second_and_third_run_in_one_session_each_get_a_fresh_dashboard(tmp_path, env):
+    """Train, look at the result, go back to the form (f), train again: the old dashboard
+    goes away (its id no longer clashes with the new one's), its timers with it."""
+    app = dashboard_app(tmp_path)
+    app._run_worker = lambda profile, overwrite: None  # no torch: each run's events are fed by hand
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        seen = []
+        for i in range(3):
+            app.begin_run(app.session.profile)
+            await until(pilot, lambda: isinstance(app.screen, DashboardScreen), "the dashboard")
+            dash = app.screen
+            assert all(dash is not old for old in seen)
+            seen.append(dash)
+            app.bridge.feed(Finished(path=str(tmp_path / f"run{i}.safetensors"), steps=10, elapsed=1.0))
+            await until(pilot, lambda: app.run_state.done, "the run's end")
+            await pilot.press("f")
+            await until(pilot, lambda: not isinstance(app.screen, DashboardScreen), "the form")
+        await until(pilot, lambda: all(not old.is_attached for old in seen[:-1]), "the old dashboards removed")
+
+
+def _resumed_run_file(path, end=None):
+    """A run that failed at step 60, resumed from its state at step 50 (the same metrics file)."""
+    write_events(path, [planned(), *(step(i) for i in range(1, 61)), Failed(message="CUDA out of memory")], mode="w")
+    write_events(path, [planned(), *(step(i) for i in range(51, 81))] + ([end] if end is not None else []))
+
+
+def test_a_resumed_run_is_live_again_and_its_chart_goes_on_from_the_step_it_resumed_at(tmp_path):
+    path = tmp_path / "toy.metrics.jsonl"
+    _resumed_run_file(path)
+    s = RunState()
+    for ev in MetricsTail(path).read()[0]:
+        s.apply(ev)
+    assert not s.done and s.display_phase == "training" and s.step == 80
+    assert len(s.losses) == len(s.lrs) == len(s.smoothed_losses) == 80  # not 90: the overlap once
+    assert s.losses[-1] == step(80).loss and s.losses[49] == step(50).loss
+
+
+def test_watch_plain_follows_a_resumed_run_to_its_real_end(tmp_path, capsys):
+    from loratui.engine.metrics import follow_plain
+
+    path = tmp_path / "toy.metrics.jsonl"
+    _resumed_run_file(path, Finished(path="/out/toy_v1.safetensors", steps=80, elapsed=9.0))
+    assert follow_plain(path, poll=0.01) == 0  # not 1 at the earlier attempt's Failed
+    assert "done     80 steps in 9s" in capsys.readouterr().out
+
+
+async def test_a_run_on_eight_gpus_shows_every_one_of_them(env):
+    from dataclasses import replace
+
+    samples = [GpuSample(i, "NVIDIA H100 80GB HBM3", 90, (20 + i) * 1024**3, 80 * 1024**3, 70, 600.0, 700.0)
+               for i in range(8)]
+
+    class FakeMonitor:
+        reason = ""
+
+        def sample(self):
+            return samples
+
+    app = dashboard_app(env, gpu=FakeMonitor())
+    async with app.run_test(size=(120, 40)) as pilot:
+        bridge = await open_dashboard(app, pilot)
+        bridge.feed(replace(planned(), gpus=list(range(8))))
+        dash = app.screen
+        await until(pilot, lambda: "27.0" in rendered(dash, "#gpu"), "GPU 7's figures")
+        lines = rendered(dash, "#gpu").splitlines()
+        assert len(lines) > 5  # more than the box's usual 5 rows
+        await until(pilot, lambda: dash.query_one("#gpu").region.height >= len(lines), "a box that holds them")

@@ -123,6 +123,8 @@ class RunControl:
             if self.screen is old:
                 self.switch_screen("form") if self._installed("form") else None
             self.uninstall_screen("dashboard")
+            if old not in self.screen_stack:  # uninstalled is not removed: it and its timers would live on
+                old.remove()
 
     @work(exclusive=True, group="run", exit_on_error=False)
     async def _run_worker(self, profile: Profile, overwrite: bool) -> None:
