@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from loratui.engine.families.base import UNET_PREFIX
+from loratui.engine.fp8 import descale  # (re-exported: ComfyUI's scaled fp8 files, SD3/FLUX and U-Nets alike)
 from loratui.engine.loading import _empty, _fill_model, _match_text_keys, _progress, load_state_dict_file
 from loratui.engine.modelfiles import _hub_cache_dir, _hub_offline, _read_json
 from loratui.engine.models import ModelLoadError
@@ -52,34 +53,6 @@ def convert_by_map(sd: dict, model, weight_map: list[tuple[str, list[str], bool]
             out.update({f"{tg}.{tsuffix}": piece for tg, piece in zip(targets, torch.split(t, sizes, dim=0))})
     return out
 
-
-SCALE_SUFFIXES = (".scale_weight", ".weight_scale")  # ComfyUI's scaled fp8 (older, newer)
-SCALE_EXTRAS = (".scale_input", ".input_scale")
-SCALE_MARKERS = ("scaled_fp8",)
-
-
-def descale(sd: dict, dtype) -> dict:
-    """A "scaled fp8" file's weights as their real values: ComfyUI's ``*_fp8_scaled`` files
-    (SD3.5's own ``sd3.5_large_fp8_scaled``, ``t5xxl_fp8_e4m3fn_scaled``) store each weight
-    as fp8 divided by a per-tensor (or per-row) scale kept beside it. Each such weight is
-    multiplied back, in ``dtype`` (the run's; bf16 when None): a plain fp8 read would train on
-    weights off by that scale. Input scales (for fp8 matmuls) and markers are dropped."""
-    import torch
-
-    scales = {k: v for k, v in sd.items() if k.endswith(SCALE_SUFFIXES)}
-    if not scales:
-        return sd
-    out = {k: v for k, v in sd.items() if k not in scales and not k.endswith(SCALE_EXTRAS)
-           and k.rsplit(".", 1)[-1] not in SCALE_MARKERS and k not in SCALE_MARKERS}
-    target = dtype or torch.bfloat16
-    for k, s in scales.items():
-        w = k[: -len(".scale_weight")] + ".weight"
-        if w in out:
-            scale = s.float()
-            if scale.ndim == 1 and out[w].ndim > 1:
-                scale = scale.reshape(-1, *([1] * (out[w].ndim - 1)))
-            out[w] = (out[w].float() * scale).to(target)
-    return out
 
 
 def load_flow_parts(fam, info, ms, dtype, on_progress) -> dict:
@@ -190,6 +163,12 @@ def _text_encoder(spec, cfg, sd: dict, dtype, src: Path, setting: str):
     names = set(model.state_dict())
     if "encoder.embed_tokens.weight" in names and "encoder.embed_tokens.weight" not in state and "shared.weight" in state:
         state["encoder.embed_tokens.weight"] = state["shared.weight"]
+    if "text_projection.weight" in names and "text_projection.weight" not in state and state:
+        # the clip_l.safetensors everyone uses with SD3 (its repo's, comfyanonymous/flux_text_encoders')
+        # has no projection: the identity, as sd-scripts' load_clip_l and ComfyUI take it
+        import torch
+
+        state["text_projection.weight"] = torch.eye(*model.text_projection.weight.shape)
     if not state:
         raise ModelLoadError(f"{src} has no {spec.label} weights: set {setting} to the {spec.label} file (or use an all-in-one file).")
     hint = f"Is {src.name} the {spec.label} text encoder? ({setting})"

@@ -171,3 +171,34 @@ def keeps_fp8(model, key: str) -> bool:
     except AttributeError:
         return False
     return type(module) in (torch.nn.Linear, torch.nn.Conv2d)
+
+
+# --------------------------------------------------------------------------- scaled fp8 files
+
+SCALE_SUFFIXES = (".scale_weight", ".weight_scale")  # ComfyUI's scaled fp8 (older, newer)
+SCALE_EXTRAS = (".scale_input", ".input_scale")
+SCALE_MARKERS = ("scaled_fp8",)
+
+
+def descale(sd: dict, dtype) -> dict:
+    """A "scaled fp8" file's weights as their real values: ComfyUI's ``*_fp8_scaled`` files
+    (SD3.5's own ``sd3.5_large_fp8_scaled``, ``t5xxl_fp8_e4m3fn_scaled``) store each weight
+    as fp8 divided by a per-tensor (or per-row) scale kept beside it. Each such weight is
+    multiplied back, in ``dtype`` (the run's; bf16 when None): a plain fp8 read would train on
+    weights off by that scale. Input scales (for fp8 matmuls) and markers are dropped."""
+    import torch
+
+    scales = {k: v for k, v in sd.items() if k.endswith(SCALE_SUFFIXES)}
+    if not scales:
+        return sd
+    out = {k: v for k, v in sd.items() if k not in scales and not k.endswith(SCALE_EXTRAS)
+           and k.rsplit(".", 1)[-1] not in SCALE_MARKERS and k not in SCALE_MARKERS}
+    target = dtype or torch.bfloat16
+    for k, s in scales.items():
+        w = k[: -len(".scale_weight")] + ".weight"
+        if w in out:
+            scale = s.float()
+            if scale.ndim == 1 and out[w].ndim > 1:
+                scale = scale.reshape(-1, *([1] * (out[w].ndim - 1)))
+            out[w] = (out[w].float() * scale).to(target)
+    return out

@@ -348,7 +348,10 @@ def _load_single_file(info: ModelInfo, ms, prediction_type: str, dtype, on_progr
         f"The file does not match the {fam.label} configs in {cfg}; if it is a model of "
         f"another shape, set model.model_config_dir to a diffusers folder of the same architecture."
     )
-    sd = fam.normalize_checkpoint(load_state_dict_file(path, on_progress))
+    from loratui.engine.fp8 import descale
+
+    # ComfyUI's scaled fp8 layout (scaled_fp8 + *.scale_weight) exists for U-Nets too: the real weights
+    sd = fam.normalize_checkpoint(descale(load_state_dict_file(path, on_progress), dtype))
 
     try:
         _progress(on_progress, "Building U-Net")

@@ -147,7 +147,8 @@ def detect_family_from_keys(
     shapes = shapes or {}
     for fam in families().values():  # transformer families (SD3, FLUX): their blocks, in any layout
         if fam.checkpoint_markers and fam.match_checkpoint(keys, shapes) is not None:
-            return fam.name, None
+            reason = fam.reject_checkpoint(keys, shapes)  # a relative of the family's shape (Chroma, FLUX Fill)
+            return (None, reason) if reason else (fam.name, None)
     has_unet = _any_prefix(keys, "model.diffusion_model.")
     if not has_unet:
         if _any_prefix(keys, "lora_unet_", "lora_te_", "lora_te1_", "lora_te2_"):

@@ -142,7 +142,8 @@ def write_sd3_all_in_one(folder: Path, out: Path) -> Path:
     sd = {f"model.diffusion_model.{k}": v for k, v in sd3_to_sai(tr).items()}
     for sub, name in (("text_encoder", "clip_l"), ("text_encoder_2", "clip_g")):
         te = CLIPTextModelWithProjection.from_pretrained(folder, subfolder=sub)
-        sd |= {f"text_encoders.{name}.transformer.{k}": v.contiguous() for k, v in te.state_dict().items()}
+        sd |= {f"text_encoders.{name}.transformer.{k}": v.contiguous() for k, v in te.state_dict().items()
+               if not (name == "clip_l" and k == "text_projection.weight")}  # as the real clip_l files: none
     t5 = T5EncoderModel.from_pretrained(folder, subfolder="text_encoder_3")
     sd |= {f"text_encoders.t5xxl.transformer.{k}": v.contiguous() for k, v in t5.state_dict().items()
            if k != "encoder.embed_tokens.weight"}

@@ -677,7 +677,12 @@ def test_sd3_all_in_one_file_loads_the_same_model_and_trains(tiny_dirs, data, tm
     ref = load_components(ModelSettings(base_model=str(tiny_dirs["sd3"])))
     for a, b in ((comp.unet, ref.unet), (comp.vae, ref.vae), *zip(comp.text_encoders, ref.text_encoders)):
         sa, sb = a.state_dict(), b.state_dict()
-        assert set(sa) <= set(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+        assert set(sa) <= set(sb)
+        differ = [k for k in sa if not torch.equal(sa[k], sb[k])]
+        assert differ == (["text_projection.weight"] if a is comp.text_encoders[0] else []), differ
+    # its clip_l has no projection (as the real files): the identity, as sd-scripts and ComfyUI take it
+    proj = comp.text_encoders[0].text_projection.weight
+    assert torch.equal(proj, torch.eye(*proj.shape, dtype=proj.dtype))
     result = _train(tiny_profile(str(path), data, tmp_path / "out", optimization__max_train_epochs=1,
                                  model__model_config_dir=str(tiny_dirs["sd3"]), model__t5xxl_max_token_length=8))
     with safe_open(result.path, "pt") as f:
@@ -705,7 +710,11 @@ def test_sd3_split_files_load_the_same_model(tiny_dirs, tmp_path):
     ref = load_components(ModelSettings(base_model=str(tiny_dirs["sd3"])))
     for a, b in ((comp.unet, ref.unet), (comp.vae, ref.vae), *zip(comp.text_encoders, ref.text_encoders)):
         sa, sb = a.state_dict(), b.state_dict()
-        assert set(sa) <= set(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+        assert set(sa) <= set(sb)
+        differ = [k for k in sa if not torch.equal(sa[k], sb[k])]
+        assert differ == (["text_projection.weight"] if a is comp.text_encoders[0] else []), differ
+    proj = comp.text_encoders[0].text_projection.weight  # clip_l.safetensors has none: the identity
+    assert torch.equal(proj, torch.eye(*proj.shape, dtype=proj.dtype))
 
 
 def _scaled_fp8(sd: dict) -> dict:
@@ -823,3 +832,21 @@ def test_sample_prompts_are_encoded_with_the_cache_and_samples_reuse_them(tiny_d
     encoded, _ = run("encoded", dataset__cache_text_encoder_outputs="off")
     assert len(memos) == 1  # no cache, no memo: the encoders are there for the samples
     np.testing.assert_array_equal(reused, encoded)
+
+
+@pytest.mark.parametrize(("extra", "img_in", "words"), [
+    ({"distilled_guidance_layer.in_proj.weight": (5120, 64)}, 64, "is a Chroma model"),
+    ({"single_stream_modulation.lin.weight": (18432, 3072)}, 64, "is a FLUX.2 model"),
+    ({}, 384, "is a FLUX.1 Fill / Depth / Canny model (384 input features"),
+    ({}, 128, "(128 input features, FLUX.1 has 64)"),
+])
+def test_flux_shaped_models_that_are_not_flux1_are_refused_by_name(extra, img_in, words):
+    from loratui.engine.models import detect_family_from_keys
+
+    shapes = {"double_blocks.0.img_attn.qkv.weight": (9216, 3072), "single_blocks.0.linear1.weight": (21504, 3072),
+              "vector_in.in_layer.weight": (3072, 768), "img_in.weight": (3072, img_in), **extra}
+    family, problem = detect_family_from_keys(set(shapes), shapes)
+    assert family is None and words in problem and "choose one of those" in problem, problem
+    ok = {**shapes, "img_in.weight": (3072, 64)}
+    ok = {k: v for k, v in ok.items() if k not in extra}
+    assert detect_family_from_keys(set(ok), ok) == ("flux", None)

@@ -394,3 +394,30 @@ def test_a_finished_run_gives_its_fp8_model_back(tiny_sd1_dir, tmp_path, monkeyp
         assert seen and all(ref() is None for ref in seen)
     finally:
         gc.enable()
+
+
+def test_a_scaled_fp8_unet_file_loads_as_its_real_weights(tiny_sd1_dir, tmp_path):
+    """ComfyUI's scaled fp8 layout (``scaled_fp8`` + ``*.scale_weight``) for an SD U-Net: each
+    weight is fp8(w / s) — read plainly it would be off by s (up to 448×)."""
+    from loratui.engine.loading import load_components
+    from loratui.engine.schema import ModelSettings
+
+    single = ldm_convert.save_single_file(tiny_sd1_dir, "sd1", tmp_path / "tiny-sd1.safetensors")
+    sd = load_file(str(single))
+    out = {"model.diffusion_model.scaled_fp8": torch.zeros(2, dtype=FP8)}
+    for k, v in sd.items():
+        if k.startswith("model.diffusion_model.") and k.endswith(".weight") and v.ndim == 2 and v.abs().max() > 0:
+            s = v.float().abs().max() / 448
+            out[k] = (v.float() / s).to(FP8)
+            out[k[: -len(".weight")] + ".scale_weight"] = s.reshape(())
+        else:
+            out[k] = v
+    scaled = tmp_path / "tiny-sd1-fp8-scaled.safetensors"
+    save_file(out, str(scaled))
+    ms = dict(model_config_dir=str(tiny_sd1_dir))
+    ref = load_components(ModelSettings(base_model=str(single), **ms)).unet.state_dict()
+    got = load_components(ModelSettings(base_model=str(scaled), **ms)).unet.state_dict()
+    q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
+    assert got[q].abs().max() < 2 * ref[q].abs().max()  # not fp8(w / s) read as w
+    for k in ref:
+        torch.testing.assert_close(got[k].float(), ref[k].float(), atol=0.02 * ref[k].abs().max().item() + 1e-6, rtol=0.1)

@@ -348,7 +348,7 @@ def test_a_sample_decodes_in_tiles_only_where_the_card_is_short_of_memory(monkey
     import torch
 
     from loratui.engine.samples import render
-    from loratui.engine.training import memory
+    from loratui.engine.training import fastpath
 
     class Vae(torch.nn.Module):
         def __init__(self):
@@ -366,7 +366,7 @@ def test_a_sample_decodes_in_tiles_only_where_the_card_is_short_of_memory(monkey
     need = render.decode_need(vae, 1024, 1024)
     assert 8 * 2**30 < need < 10 * 2**30  # SDXL's VAE at 1024² in 16 bits: ~9 GiB
     for free, tiled in ((need // 4, True), (need * 2, False), (None, False)):  # None: not a CUDA device
-        monkeypatch.setattr(memory, "free_memory", lambda device, free=free: free)
+        monkeypatch.setattr(fastpath, "free_memory", lambda device, free=free: free)
         with render._tiled_if_short(vae, "cuda", 1024, 1024):
             assert vae.use_tiling is tiled
         assert vae.use_tiling is False

@@ -136,7 +136,7 @@ class Family:
             return 1
         return None
 
-    def reject_checkpoint(self, keys: set[str]) -> str | None:
+    def reject_checkpoint(self, keys: set[str], shapes: Mapping | None = None) -> str | None:
         """A model of this family's kind that cannot be trained on (e.g. a
         refiner): the reason, said after the file's path."""
         return None

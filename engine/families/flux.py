@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from loratui.engine.families._flow import FlowFamily
-from loratui.engine.families.base import TextEncoderSpec
+from loratui.engine.families.base import TextEncoderSpec, any_prefix
 
 # diffusers module (inside a block) -> (sd-scripts/BFL module, part of its fused layer or None)
 DOUBLE = {
@@ -89,6 +89,21 @@ class Flux(FlowFamily):
     network_keys = ("train_blocks", "train_t5xxl")
 
     modelspec_prediction = False
+
+    def reject_checkpoint(self, keys, shapes=None) -> str | None:
+        """FLUX-shaped models that are not FLUX.1 dev / schnell (their keys as diffusers' single-file
+        loader tells them apart): they would fail to load, or train a LoRA no FLUX.1 loads."""
+        bare = self.transformer_keys(keys)
+        why = ("; loratui trains FLUX.1 dev and schnell LoRAs: choose one of those as the base model")
+        if any_prefix(bare, "distilled_guidance_layer."):
+            return "is a Chroma model (FLUX-shaped, with its own guidance layers)" + why
+        if any_prefix(bare, "single_stream_modulation.", "double_stream_modulation_img."):
+            return "is a FLUX.2 model" + why
+        img_in = next((tuple(shapes[k]) for k in ("img_in.weight", "model.diffusion_model.img_in.weight")
+                       if shapes and k in shapes), None)
+        if img_in is not None and len(img_in) == 2 and img_in[1] != 64:
+            return f"is a FLUX.1 Fill / Depth / Canny model ({img_in[1]} input features, FLUX.1 has 64)" + why
+        return None
 
     def architecture(self, v_pred: bool, denoiser_config: Any = None) -> str:
         """sd-scripts: flux-1-schnell for a transformer without the guidance embedding, else flux-1-dev."""

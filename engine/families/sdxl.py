@@ -48,7 +48,7 @@ class SDXL(Family):
             return 2
         return None
 
-    def reject_checkpoint(self, keys) -> str | None:
+    def reject_checkpoint(self, keys, shapes=None) -> str | None:
         if (
             not any_prefix(keys, "conditioner.embedders.1.")
             and any_prefix(keys, "conditioner.embedders.0.model.")

@@ -185,9 +185,9 @@ def decode_need(vae, width: int, height: int) -> int:
 def _tiled_if_short(vae, device: str, width: int, height: int):
     """The VAE decodes in tiles while this lasts where the device's free memory is short of
     :func:`decode_need` (the denoiser and the optimizer stay on the card during a run)."""
-    from loratui.engine.training.memory import free_memory
+    from loratui.engine.training import fastpath
 
-    free = free_memory(device) if vae is not None and hasattr(vae, "enable_tiling") else None
+    free = fastpath.free_memory(device) if vae is not None and hasattr(vae, "enable_tiling") else None
     tile = free is not None and free < decode_need(vae, width or 1024, height or 1024) and not getattr(vae, "use_tiling", False)
     if tile:
         vae.enable_tiling()

@@ -237,3 +237,14 @@ def attention_processors(unet) -> set[str]:
 # diffusers processors that call torch.nn.functional.scaled_dot_product_attention
 SDPA_PROCESSORS = {"AttnProcessor2_0", "FusedAttnProcessor2_0", "AttnAddedKVProcessor2_0", "JointAttnProcessor2_0",
                    "FluxAttnProcessor2_0", "FluxAttnProcessor"}
+
+
+def free_memory(device: str) -> int | None:
+    """Bytes free on a CUDA device (what other programs use is not; what torch caches is); None elsewhere."""
+    import torch
+
+    if not str(device).startswith("cuda"):
+        return None
+    dev = torch.device(device)
+    free, _ = torch.cuda.mem_get_info(dev.index if dev.index is not None else torch.cuda.current_device())  # (torch 2.4: an index)
+    return int(free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev))

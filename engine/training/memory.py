@@ -10,6 +10,7 @@ from __future__ import annotations
 from loratui.engine.events import LogEvent, Phase, PhaseChanged
 from loratui.engine.problems import Problem
 from loratui.engine.schema import Profile
+from loratui.engine.training.fastpath import free_memory
 
 
 def memory_problems(profile: Profile) -> list[Problem]:
@@ -104,17 +105,6 @@ def sample_prompts_memo(profile: Profile, comp, ctx, device: str, autocast, brin
     ctx.emit(LogEvent(message=f"sample prompts encoded with the text encoders ({len(prompts)} prompt(s), "
                               f"{len(memo)} encoder output(s)): samples reuse them"))
     return memo
-
-
-def free_memory(device: str) -> int | None:
-    """Bytes free on a CUDA device (what other programs use is not; what torch caches is); None elsewhere."""
-    import torch
-
-    if not str(device).startswith("cuda"):
-        return None
-    dev = torch.device(device)
-    free, _ = torch.cuda.mem_get_info(dev.index if dev.index is not None else torch.cuda.current_device())  # (torch 2.4: an index)
-    return int(free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev))
 
 
 def module_bytes(module) -> int:
