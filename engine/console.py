@@ -57,6 +57,9 @@ def report_lines(report: DatasetReport, plan: StepPlan | None, shown: Collection
     return lines
 
 
+TTY_REDRAW = 0.1  # seconds between redraws of a terminal's progress line, at least
+
+
 class ConsolePrinter:
     """Prints events: a redrawn progress line on a terminal, a line every few
     seconds otherwise (logs, pipes)."""
@@ -66,6 +69,7 @@ class ConsolePrinter:
         self.tty = self.out.isatty()
         self.every = every
         self._last = 0.0
+        self._drawn = 0.0  # the progress line's last redraw (a terminal)
         self._line_open = False
         self._warned: set[str] = set()  # warnings printed, not repeated in the dataset report
 
@@ -101,7 +105,10 @@ class ConsolePrinter:
             )
             now = time.monotonic()
             if self.tty:
-                self._progress(text)
+                # at most ~10 redraws a second: `watch --plain` replaying 100k steps over SSH drew each one
+                if now - self._drawn >= TTY_REDRAW or ev.step == ev.total_steps:
+                    self._drawn = now
+                    self._progress(text)
             elif now - self._last >= self.every or ev.step == ev.total_steps:
                 self._last = now
                 self._print(text)

@@ -118,3 +118,17 @@ async def test_a_broken_sample_file_is_a_line_not_a_crash(mode, samples_env, tmp
         view.show(str(tmp_path / "gone.png"))
         await pilot.pause()
         assert "sample file missing" in "".join(s.text for s in view._strips()[0])
+
+
+def test_half_block_images_are_kept_at_most_512_pixels_a_side(tmp_path):
+    """64 cached 2048² samples were 768 MB decoded; no terminal shows more than 512 in half blocks."""
+    from PIL import Image
+
+    from loratui.tui.widgets.sample_view import _load_rgb, halfblock_rows
+
+    path = tmp_path / "sample.png"
+    Image.new("RGB", (2048, 1024), (200, 10, 10)).save(path)
+    im = _load_rgb(str(path), path.stat().st_mtime)
+    assert im.size == (512, 256) and im.mode == "RGB"
+    rows = halfblock_rows(im, 40, 10)
+    assert len(rows) == 10 and any("#c80a0a" in str(seg.style) for seg in rows[5])

@@ -465,3 +465,22 @@ async def test_a_run_on_eight_gpus_shows_every_one_of_them(env):
         lines = rendered(dash, "#gpu").splitlines()
         assert len(lines) > 5  # more than the box's usual 5 rows
         await until(pilot, lambda: dash.query_one("#gpu").region.height >= len(lines), "a box that holds them")
+
+
+def test_a_terminal_progress_line_is_redrawn_about_ten_times_a_second_not_every_step():
+    """`loratui watch --plain` on a terminal replays a long run's file: 100k redraws over SSH before."""
+    import io
+
+    from loratui.engine.console import ConsolePrinter
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    printer = ConsolePrinter(out)
+    for i in range(1, 1001):  # at once, as a replay
+        printer(step(i, total=1000))
+    redraws = out.getvalue().count("\r")
+    assert 1 <= redraws <= 5, redraws
+    assert "step 1000/1000" in out.getvalue()  # the last one always drawn

@@ -26,11 +26,16 @@ from loratui.tui import graphics
 UPPER_HALF = "▀"
 
 
+HALFBLOCK_MOST = 512  # pixels a side: more than any terminal's cells show in half blocks (2 pixels a cell)
+
+
 @lru_cache(maxsize=64)
 def _load_rgb(path: str, mtime: float):
+    """The image at half-block sizes at most (a 2048² sample is 12 MB decoded; 64 of them cached)."""
     from PIL import Image
 
     with Image.open(path) as im:
+        im.thumbnail((HALFBLOCK_MOST, HALFBLOCK_MOST), reducing_gap=2.0)
         return im.convert("RGB")
 
 
