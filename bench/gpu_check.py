@@ -11,8 +11,9 @@ one H100/H200 (rows past ``--budget`` seconds are reported as skipped).
 On the GPU machines (no network), install the wheels bench/gpu_wheels.sh fetched (its
 header has the command). Each row is printed as it is measured, and with ``--json`` (or
 ``$OUT`` set: ``$OUT/gpu_check.json``) the file is rewritten after each row: a run cut off
-by a time limit keeps what it measured. A row that would not finish within ``--budget``
-is skipped; a package the machine lacks makes its rows "n/a", with the reason.
+by a time limit keeps what it measured. Every row is skipped once ``--budget`` is spent,
+and the long ones (FLUX, torch.compile: their cost is known) when they would end past it;
+a package the machine lacks makes its rows "n/a", with the reason.
 
 Exit status 0 when no row failed or broke.
 """

@@ -17,7 +17,6 @@ block's inputs — what checkpointing keeps for the backward pass — in CPU mem
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 
@@ -37,18 +36,19 @@ class BlockSwap:
         self.loads = 0  # copies made onto the device (tests and the log read it)
         self._handles: list = []
         self._own_forward: list = []  # a block's forward set on the instance before (else None)
-        self.buffers: list = []  # one page-locked buffer per block (pinned copies)
-        self.unpinned = ""  # why the copies could not be page-locked ("": they are, or were not asked to be)
+        self.buffers: list = []  # the page-locked buffers the pinned copies live in
+        frozen_of = [[p for p in block.parameters() if not p.requires_grad] for block in self.blocks]
+        hosts = [p.data.detach().to(offload) for ps in frozen_of for p in ps]  # no copy while the model is in RAM
+        # pinned: copies that overlap compute (a copy of the weights in page-locked RAM); not pinned:
+        # the weights as they are (a mapped file's views: no RAM of their own), copied in step
+        if self.cuda and pin:
+            self.buffers, hosts = pinned_copies(hosts)
+        it = iter(hosts)
         for i, block in enumerate(self.blocks):
-            frozen = [p for p in block.parameters() if not p.requires_grad]
+            frozen = frozen_of[i]
             self.params.append(frozen)
-            hosts = [p.data.detach().to(offload) for p in frozen]  # no copy while the model is in main memory
-            # pinned: copies that overlap compute (a copy of the weights in page-locked RAM); not pinned:
-            # the weights as they are (a mapped file's views: no RAM of their own), copied in step
-            if self.cuda and pin:
-                hosts = self._pinned(hosts)
-            for p, host in zip(frozen, hosts):
-                self.host[id(p)] = host
+            for p in frozen:
+                self.host[id(p)] = next(it)
                 self.owner[id(p)] = i
                 self.by_id[id(p)] = p
             self._evict(i, force=True)
@@ -60,20 +60,6 @@ class BlockSwap:
                 if any(not p.requires_grad for p in module.parameters(recurse=False)):
                     self._handles.append(module.register_forward_pre_hook(
                         lambda m, args, i=i: self.use(i, i - 1 if _in_backward() else i + 1)))
-
-    def _pinned(self, tensors: list) -> list:
-        """Copies of ``tensors`` in one buffer of exactly their size, page-locked with
-        ``cudaHostRegister`` (``pin_memory()`` per tensor would round each up to a power of
-        two: ~1.7× the RAM for FLUX's weights). Unpinned where the driver refuses (the copies
-        then block: slower, still right; ``unpinned`` says why)."""
-        buf, views = flat_copies(tensors)
-        if buf is not None and not self.unpinned:
-            self.unpinned = _register(buf)
-            if not self.unpinned:
-                if not self.buffers:
-                    weakref.finalize(self, _unregister, self.buffers)
-                self.buffers.append(buf)
-        return views
 
     def restore(self) -> None:
         """Undo: every swapped weight back in its block, in main memory (its host copy); the hooks gone."""
@@ -208,47 +194,57 @@ def _saved_tensors_hooked() -> bool:
 _ALIGN = 512  # bytes: every copy starts where any dtype (and a DMA engine) can read it
 
 
-def flat_copies(tensors: list):
-    """(buffer, copies): contiguous copies of ``tensors`` laid out in one uint8 buffer of
-    their total size (each aligned), or (None, []) for none."""
+def _aligned(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
+
+def chunk_layout(sizes: list[int]) -> tuple[list[int], list[tuple[int, int]]]:
+    """(chunk sizes, (chunk, offset) of each tensor): ``sizes`` packed into a few buffers of
+    power-of-two sizes. torch rounds every pinned allocation up to a power of two (its
+    caching host allocator): one per weight took ~1.7× FLUX's swapped RAM; chunks of
+    exactly a power of two, filled first-fit, waste only their ends."""
+    place: list[tuple[int, int] | None] = [None] * len(sizes)
+    chunks: list[int] = []
+    left = [i for i in range(len(sizes))]
+    while left:
+        rest = sum(_aligned(sizes[i]) for i in left)
+        biggest = max(_aligned(sizes[i]) for i in left)
+        cap = max(1 << (rest.bit_length() - 1), 1 << (biggest - 1).bit_length())  # ≤ what is left, ≥ its largest
+        used, keep = 0, []
+        for i in left:
+            if used + _aligned(sizes[i]) <= cap:
+                place[i] = (len(chunks), used)
+                used += _aligned(sizes[i])
+            else:
+                keep.append(i)
+        if keep and used == 0:  # (cannot happen: cap holds the largest)
+            raise AssertionError("chunk_layout: nothing fits")
+        chunks.append(cap if keep or used > cap // 2 else 1 << (used - 1).bit_length())
+        left = keep
+    return chunks, place  # type: ignore[return-value]
+
+
+def flat_copies(tensors: list, chunks: list[int], place: list[tuple[int, int]], pin: bool):
+    """(buffers, copies): contiguous copies of ``tensors`` at their ``place`` in uint8 buffers
+    of the ``chunks``' sizes (page-locked with ``pin``)."""
     import torch
 
-    sizes = [t.numel() * t.element_size() for t in tensors]
-    offsets, total = [], 0
-    for n in sizes:
-        total = -(-total // _ALIGN) * _ALIGN
-        offsets.append(total)
-        total += n
-    if not tensors:
-        return None, []
-    buf = torch.empty(total, dtype=torch.uint8)
+    buffers = [torch.empty(n, dtype=torch.uint8, pin_memory=pin) for n in chunks]
     views = []
-    for t, off, n in zip(tensors, offsets, sizes):
-        v = buf[off : off + n].view(t.dtype).view(t.shape)
+    for t, (c, off) in zip(tensors, place):
+        n = t.numel() * t.element_size()
+        v = buffers[c][off : off + n].view(t.dtype).view(t.shape)
         v.copy_(t)
         views.append(v)
-    return buf, views
+    return buffers, views
 
 
-def _register(buf) -> str:
-    """Page-lock ``buf`` (CUDA); "" when done, else why not."""
-    import torch
-
-    try:
-        err = torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), buf.numel() * buf.element_size(), 0)
-    except Exception as exc:  # noqa: BLE001 - no such call in this torch: copies from pageable memory
-        return f"{type(exc).__name__}: {exc}"
-    return "" if int(err) == 0 else f"cudaHostRegister failed ({err})"
-
-
-def _unregister(buffers: list) -> None:
-    import torch
-
-    for buf in buffers:
-        try:
-            torch.cuda.cudart().cudaHostUnregister(buf.data_ptr())
-        except Exception:  # noqa: BLE001 - at exit the runtime may be gone already
-            pass
+def pinned_copies(tensors: list):
+    """(buffers, copies) of ``tensors`` in page-locked memory, laid out by :func:`chunk_layout`."""
+    if not tensors:
+        return [], []
+    chunks, place = chunk_layout([t.numel() * t.element_size() for t in tensors])
+    return flat_copies(tensors, chunks, place, pin=True)
 
 
 def _in_backward() -> bool:

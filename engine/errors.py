@@ -56,6 +56,9 @@ def release_memory() -> None:
     try:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+            host_empty = getattr(torch._C, "_host_emptyCache", None)  # pinned RAM (block swap's) the host cache keeps
+            if host_empty is not None:
+                host_empty()
     except Exception:  # noqa: BLE001 - best effort
         pass
 

@@ -7,6 +7,7 @@ file.  No UI code here: the TUI's bridge only decides when to redraw.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import deque
 from dataclasses import dataclass, field, fields
@@ -82,6 +83,7 @@ class RunState:
     losses: list[float] = field(default_factory=list)
     smoothed_losses: list[float] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)
+    loss_steps: list[int] = field(default_factory=list)  # the step of each point of the series above
     norms: tuple[int, float, float] | None = None  # max-norm of the last step: (keys scaled, mean norm, max norm)
     checkpoints: list[CheckpointSaved] = field(default_factory=list)
     samples: list[SampleSaved] = field(default_factory=list)  # in the order they were written
@@ -174,8 +176,11 @@ class RunState:
             self._failed(ev)
 
     def _step(self, ev: StepEvent) -> None:
-        if ev.step <= len(self.losses):  # a resumed run goes on in the same metrics file from an earlier step
-            del self.losses[ev.step - 1:], self.smoothed_losses[ev.step - 1:], self.lrs[ev.step - 1:]
+        if self.loss_steps and ev.step <= self.loss_steps[-1]:  # a resumed run goes on in the same file from earlier
+            cut = bisect.bisect_left(self.loss_steps, ev.step)  # (skipped steps have no point: not by index)
+            for series in (self.loss_steps, self.losses, self.smoothed_losses, self.lrs):
+                del series[cut:]
+        self.loss_steps.append(ev.step)
         self.phase = Phase.TRAINING
         self.epoch, self.epochs = ev.epoch, ev.epochs
         self.step, self.total_steps = ev.step, ev.total_steps

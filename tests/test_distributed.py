@@ -324,6 +324,8 @@ def test_cuda_visible_devices_counts_as_the_gpus_a_run_may_use(monkeypatch):
     (p,) = compute_problems(one, gpu_count=8)
     assert p.key == "compute.gpu_ids" and "GPU 5 is hidden from this process (CUDA_VISIBLE_DEVICES=0,1)" in str(p), str(p)
     assert compute_problems(profile_from_dict({"compute": {"gpu_ids": "1"}}), gpu_count=8) == []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8f2a0c1e-1111-2222-3333-444455556666,MIG-1")  # UUIDs: not counted
+    assert compute_problems(profile_from_dict({"compute": {"processes": 2}}), gpu_count=8) == []
 
 
 def test_a_one_process_run_trains_on_the_gpu_its_gpu_ids_names(monkeypatch):
@@ -341,6 +343,7 @@ def test_a_one_process_run_trains_on_the_gpu_its_gpu_ids_names(monkeypatch):
     chosen = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     one = profile_from_dict({"compute": {"gpu_ids": "3"}})
     assert pick_device(one) == "cuda" and chosen == [3]
@@ -351,3 +354,8 @@ def test_a_one_process_run_trains_on_the_gpu_its_gpu_ids_names(monkeypatch):
     assert chosen == [3, 1]
     with pytest.raises(TrainingError, match=r"GPU 5 is hidden from this process \(CUDA_VISIBLE_DEVICES=2,3\)"):
         pick_device(profile_from_dict({"compute": {"gpu_ids": "5"}}))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert pick_device(profile_from_dict({"compute": {"gpu_ids": "9"}})) == "cuda" and chosen == [3, 1]  # 4 GPUs:
+    # no set_device past the last one (the run's checks name compute.gpu_ids), no "invalid device ordinal"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8f2a0c1e-1111-2222-3333-444455556666")  # a UUID: not checked
+    assert pick_device(one) == "cuda" and chosen == [3, 1, 3]

@@ -365,6 +365,10 @@ def test_family_detection_from_synthetic_headers(tmp_path):
     assert "LoRA" in detect_family_from_keys(wrong["LoRA"])[1]
     assert "model.vae" in detect_family_from_keys(wrong["VAE only"])[1]
     assert "refiner" in detect_family_from_keys(wrong["refiner"])[1]
+    for marker in ("edm_mean", "edm_vpred.sigma_max"):  # Playground v2.5, CosXL: as ComfyUI tells them
+        fam, problem = detect_family_from_keys([*cases["sdxl"], marker])
+        assert fam is None and "is an EDM-trained SDXL model" in problem, problem
+    assert detect_family_from_keys(list(cases["sdxl"])) == ("sdxl", None)
     inp = U + "input_blocks.0.0.weight"
     assert "inpainting" in detect_family_from_keys([inp, "cond_stage_model.transformer.x"], {inp: (320, 9, 3, 3)})[1]
 

@@ -419,8 +419,10 @@ async def test_a_second_and_third_run_in_one_session_each_get_a_fresh_dashboard(
 
 
 def _resumed_run_file(path, end=None):
-    """A run that failed at step 60, resumed from its state at step 50 (the same metrics file)."""
-    write_events(path, [planned(), *(step(i) for i in range(1, 61)), Failed(message="CUDA out of memory")], mode="w")
+    """A run that failed at step 60 (steps 10-19 skipped: non-finite), resumed from its state at
+    step 50 (the same metrics file)."""
+    write_events(path, [planned(), *(step(i) for i in range(1, 61) if not 10 <= i < 20),
+                        Failed(message="CUDA out of memory")], mode="w")
     write_events(path, [planned(), *(step(i) for i in range(51, 81))] + ([end] if end is not None else []))
 
 
@@ -431,8 +433,9 @@ def test_a_resumed_run_is_live_again_and_its_chart_goes_on_from_the_step_it_resu
     for ev in MetricsTail(path).read()[0]:
         s.apply(ev)
     assert not s.done and s.display_phase == "training" and s.step == 80
-    assert len(s.losses) == len(s.lrs) == len(s.smoothed_losses) == 80  # not 90: the overlap once
-    assert s.losses[-1] == step(80).loss and s.losses[49] == step(50).loss
+    assert len(s.losses) == len(s.lrs) == len(s.smoothed_losses) == 70  # the overlap once, the skipped ones not at all
+    assert s.loss_steps == [*range(1, 10), *range(20, 81)]
+    assert s.losses[-1] == step(80).loss and s.losses[s.loss_steps.index(50)] == step(50).loss
 
 
 def test_watch_plain_follows_a_resumed_run_to_its_real_end(tmp_path, capsys):

@@ -55,6 +55,9 @@ class SDXL(Family):
             and any_prefix(keys, LABEL_EMB_PREFIX)
         ):
             return "is an SDXL refiner. LoRAs are trained on the SDXL base model; choose that instead."
+        if "edm_mean" in keys or "edm_vpred.sigma_max" in keys:  # Playground v2.5 (EDM), CosXL (EDM v-pred)
+            return ("is an EDM-trained SDXL model (Playground v2.5 or CosXL): loratui trains SDXL with the DDPM "
+                    "schedule (epsilon or v-prediction), which would train it wrong; choose another SDXL model")
         return None
 
     def match_diffusers(self, folder: Path, index: Mapping, unet: Mapping, text_encoder: Mapping) -> int | None:

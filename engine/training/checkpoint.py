@@ -164,7 +164,8 @@ class Checkpointer:
             self.ctx.warn(f"{state.folder.name} was saved on another kind of device: the noise and timesteps "
                           f"go on from the seed ({self.profile.optimization.seed}), not from where the run was")
         self.source.restore_rng(tr["caption_rng"])
-        restore_cuda_rng(tr.get("cuda_rng"))
+        if self.world is None or not self.world.enabled or self.world.is_main:  # (the state has rank 0's own)
+            restore_cuda_rng(tr.get("cuda_rng"))
         self.ctx.last_saved = str(state.extra.get("last_saved") or "")
         self.ctx.last_state = str(state.folder)
         self.ctx.emit(

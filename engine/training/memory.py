@@ -248,9 +248,6 @@ def apply_memory_savers(profile: Profile, comp, network, device: str, weight_dty
                      "main memory; nothing is swapped")
         else:
             swapper = BlockSwap(chosen, device=device, offload="cpu")
-            if swapper.unpinned:
-                ctx.warn(f"optimization.blocks_to_swap: the swapped blocks' RAM could not be page-locked "
-                         f"({swapper.unpinned}); their copies to the GPU will not overlap compute (slower)")
             ctx.emit(LogEvent(message=f"block swap {o.blocks_to_swap}: {len(chosen)} of {total} denoiser blocks "
                                       "kept on the CPU"))
     if o.cpu_offload_checkpointing:

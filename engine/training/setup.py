@@ -23,7 +23,9 @@ def pick_device(profile: Profile | None = None) -> str:
         return "cpu"
     ids = profile.compute.gpu_list() if profile is not None and profile.compute.world_size == 1 else []
     if ids:
-        torch.cuda.set_device(cuda_index(ids[0]))
+        index = cuda_index(ids[0])
+        if index < torch.cuda.device_count():  # (past the last GPU: the run's checks say so, by the field)
+            torch.cuda.set_device(index)
     return "cuda"
 
 
@@ -34,7 +36,10 @@ def visible_gpus() -> list[int] | None:
     raw = os.environ.get("CUDA_VISIBLE_DEVICES")
     if raw is None or not raw.strip():
         return None
-    return [int(v) for v in raw.split(",") if v.strip().isdigit()]
+    parts = [v.strip() for v in raw.split(",") if v.strip()]
+    if not all(v.isdigit() for v in parts):  # GPU-…/MIG-… UUIDs: not numbers to check gpu_ids against
+        return None
+    return [int(v) for v in parts]
 
 
 def cuda_index(gpu: int) -> int:
