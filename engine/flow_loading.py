@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from loratui.engine.families.base import UNET_PREFIX
-from loratui.engine.fp8 import descale  # (re-exported: ComfyUI's scaled fp8 files, SD3/FLUX and U-Nets alike)
+from loratui.engine.fp8 import descale
 from loratui.engine.loading import _empty, _fill_model, _match_text_keys, _progress, load_state_dict_file
 from loratui.engine.modelfiles import _hub_cache_dir, _hub_offline, _read_json
 from loratui.engine.models import ModelLoadError

@@ -121,8 +121,6 @@ def start(ctx: RunContext, *, overwrite: bool, resume: str | None):
 
 def run_gpus(profile: Profile, device: str) -> list[int]:
     """The NVML (physical) numbers of the GPUs this machine's processes of the run use."""
-    import os
-
     if not device.startswith("cuda"):
         return []
     c = profile.compute
@@ -130,9 +128,11 @@ def run_gpus(profile: Profile, device: str) -> list[int]:
         return c.gpu_list()[: c.processes] or list(range(c.processes))
     import torch
 
-    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip().isdigit()]
+    from loratui.engine.training.setup import visible_gpus
+
+    visible = visible_gpus() or []
     current = torch.cuda.current_device()
-    return [int(visible[current])] if current < len(visible) else [current]
+    return [visible[current]] if current < len(visible) else [current]
 
 
 def _few(paths: list, n: int = 4) -> str:

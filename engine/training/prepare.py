@@ -295,7 +295,7 @@ def compute_problems(profile: Profile, gpu_count: int | None = None) -> list[Pro
         gpu_count = len(mon.sample()) if mon.available else 0
     if not gpu_count:
         return []
-    from loratui.engine.training.setup import visible_gpus
+    from loratui.engine.training.setup import hidden_gpu, visible_gpus
 
     out = []
     visible = visible_gpus()  # CUDA_VISIBLE_DEVICES: what this process may use
@@ -304,9 +304,8 @@ def compute_problems(profile: Profile, gpu_count: int | None = None) -> list[Pro
         out.append(error("compute.gpu_ids", f"{c.gpu_ids!r} names GPU {max(ids)}, but this machine has {gpu_count} (0 to {gpu_count - 1})",
                          "name GPUs this machine has (nvidia-smi lists them)"))
     elif ids and c.world_size == 1 and visible is not None and ids[0] not in visible:
-        shown = ",".join(map(str, visible))
-        out.append(error("compute.gpu_ids", f"{c.gpu_ids!r}: GPU {ids[0]} is hidden from this process (CUDA_VISIBLE_DEVICES={shown})",
-                         "name a GPU CUDA_VISIBLE_DEVICES lists, or unset CUDA_VISIBLE_DEVICES"))
+        message, hint = hidden_gpu(ids[0], visible)
+        out.append(error("compute.gpu_ids", f"{c.gpu_ids!r}: {message}", hint))
     elif not ids and visible is not None and c.processes > len(visible):
         shown = ",".join(map(str, visible))
         out.append(error("compute.processes", f"{c.processes} processes, but CUDA_VISIBLE_DEVICES={shown} leaves {len(visible)} GPU(s)",

@@ -48,9 +48,15 @@ def cuda_index(gpu: int) -> int:
     if visible is None:
         return gpu
     if gpu not in visible:
-        raise TrainingError(f"compute.gpu_ids: GPU {gpu} is hidden from this process (CUDA_VISIBLE_DEVICES={','.join(map(str, visible))})",
-                            "name a GPU CUDA_VISIBLE_DEVICES lists, or unset CUDA_VISIBLE_DEVICES")
+        message, hint = hidden_gpu(gpu, visible)
+        raise TrainingError(f"compute.gpu_ids: {message}", hint)
     return visible.index(gpu)
+
+
+def hidden_gpu(gpu: int, visible: list[int]) -> tuple[str, str]:
+    """(message, hint) for a GPU number ``CUDA_VISIBLE_DEVICES`` leaves out."""
+    return (f"GPU {gpu} is hidden from this process (CUDA_VISIBLE_DEVICES={','.join(map(str, visible))})",
+            "name a GPU CUDA_VISIBLE_DEVICES lists, or unset CUDA_VISIBLE_DEVICES")
 
 
 def describe_device(device: str) -> str:

@@ -16,6 +16,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from loratui.engine.schema import Profile
@@ -212,8 +213,8 @@ class OptimizerStep:
         # elsewhere the step is done when apply returns: read now
         return self.collect(last_saved, keep=1 if self.pending[-1].event is not None else 0)
 
-    @property
-    def _adaptive(self) -> bool:
+    @cached_property
+    def _adaptive(self) -> bool:  # (once a run: not per step)
         from loratui.engine.registries import OPTIMIZERS
 
         entry = OPTIMIZERS.get(self.profile.optimization.optimizer)
